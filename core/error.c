@@ -32,7 +32,21 @@ int primal_err_prefix(primal_err *err, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(ctx, sizeof ctx, fmt, ap);
     va_end(ap);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", ctx, cause);
+    /* Truncation is acceptable here (the cause's tail goes first), so assemble by hand rather
+     * than have snprintf warn about it. */
+    size_t a = strlen(ctx), b = strlen(cause), cap = sizeof err->msg - 1;
+    if (a > cap)
+        a = cap;
+    memcpy(err->msg, ctx, a);
+    size_t used = a;
+    if (used + 2 <= cap) {
+        memcpy(err->msg + used, ": ", 2);
+        used += 2;
+    }
+    if (b > cap - used)
+        b = cap - used;
+    memcpy(err->msg + used, cause, b);
+    err->msg[used + b] = '\0';
     return err->code;
 }
 

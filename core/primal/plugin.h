@@ -192,6 +192,10 @@ typedef struct primal_step_info {
     int n_micro;
     uint64_t seed;
     double lr_mult; /* [optim] warmup/decay factor times the schedulers' multiplier */
+    /* Gradient clipping ([optim] clip): the factor (<= 1) by which this step's accumulated
+     * gradients are to be multiplied, known only once backward is complete.  Policies that keep
+     * a float gradient (the adamw baselines) apply it; the others may ignore it. */
+    double clip_scale;
 } primal_step_info;
 
 /* What step() reports for one tensor; the core sums and logs it. */

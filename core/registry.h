@@ -1,0 +1,48 @@
+/* registry.h (private to libprimal): finding and loading plugins.
+ *
+ * A plugin named in the experiment file is looked up as NAME.so along the search path:
+ * --plugin-path directories, then $PRIMAL_PLUGIN_PATH (colon-separated), then the build tree (so
+ * `make check` and uninstalled runs work), then $(pkglibdir).  A value with a '/' is the path of
+ * a .so.  Loading checks, in order: dlopen works, the descriptor symbol exists, the ABI major
+ * version matches and the minor is not newer, `size` covers the descriptor, the kind is the one
+ * the section needs, the name is the one asked for, the key table is well-formed (types,
+ * ranges, defaults that pass their own range), and the vtable has its required members. */
+#ifndef PRIMAL_REGISTRY_H
+#define PRIMAL_REGISTRY_H
+
+#include <primal/plugin.h>
+
+typedef struct primal_search {
+    char **dirs;
+    int n;
+} primal_search;
+
+typedef struct primal_loaded {
+    const primal_plugin *desc;
+    void *dl;
+    char *path;
+} primal_loaded;
+
+/* extra: --plugin-path directories (NULL-terminated, may be NULL). */
+int primal_search_init(primal_search *s, const char *const *extra, primal_err *err);
+void primal_search_free(primal_search *s);
+
+const char *primal_kind_name(primal_kind k); /* "grid", "flip policy", ... */
+
+/* Load name_or_path as a plugin of kind want.  On failure the message names the file (or, if
+ * not found, the directories searched). */
+int primal_plugin_load(const primal_search *s, const char *name_or_path, primal_kind want,
+                       primal_loaded **out, primal_err *err);
+void primal_plugin_unload(primal_loaded *p);
+
+/* Check a descriptor as the loader does (exposed for tests of in-process descriptors). */
+int primal_plugin_check(const primal_plugin *d, const char *path, primal_kind want,
+                        const char *want_name, primal_err *err);
+
+/* Call fn for every .so along the search path (first occurrence of a name wins).  ok is 0 and
+ * err_msg set for files that fail to load. */
+typedef void (*primal_list_fn)(void *user, const char *path, const primal_plugin *d,
+                               const char *err_msg);
+void primal_plugin_list(const primal_search *s, primal_list_fn fn, void *user);
+
+#endif
