@@ -1,0 +1,486 @@
+/* tokens: pre-tokenised files of little-endian uint16 or uint32 ids, memory-mapped.
+ * SPEC.md, "Data loaders".
+ *
+ * Keys ([data]; the core handles plugin and tokenizer itself):
+ *   path          STRING, required  one or more paths or globs, comma-separated; relative ones
+ *                                   resolve against the experiment file's directory
+ *   val_fraction  FLOAT  "0.02"     [0,0.5): the last fraction of the tokens of the
+ *                                   concatenated files is the val split
+ *   val_path      STRING ""         a separate validation file set; val_fraction must then be 0
+ *                                   or unset
+ *   width         INT    "16"       bits per id: 16 or 32
+ *
+ * The files are taken as one array of ids (they are expected to hold their own document
+ * separators).  Train: row n of the single-rank sequence is the window of seq_len + 1 ids at a
+ * position drawn from the counter-based RNG with counter n, so the position is just n and a
+ * seq_len change needs nothing special; the split never ends.  Val: sequential windows
+ * overlapping by one id (every id predicted once), finite; the last partial row is padded with
+ * mask 0, as are the rows of the last batch the split cannot fill.  The mask is otherwise all
+ * ones.  Every id copied into a batch is checked against the tokenizer's vocabulary; a bad one is
+ * an error naming the file and its byte offset (checked on copy, not by a scan at open, so that
+ * opening a large corpus costs nothing).
+ *
+ * Ranks: a batch takes rows * nranks consecutive rows of the single-rank sequence and rank r
+ * keeps those with index % nranks == r. */
+#include <errno.h>
+#include <fcntl.h>
+#include <glob.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <primal/plugin.h>
+
+#define RNG_TAG 0xDA7Au  /* loaders' tensor-id slot in primal_rng_stream: no model tensor */
+#define STATE_MAGIC 0x316b7470u /* "ptk1" */
+
+/* ------------------------------------------------------------------------------------------ */
+/* Files (each loader is one file, so these helpers recur in text.c and sft_jsonl.c)          */
+
+typedef struct dfile {
+    char *path;
+    int64_t size;
+} dfile;
+
+static void free_files(dfile *f, int n)
+{
+    for (int i = 0; i < n; i++)
+        free(f[i].path);
+    free(f);
+}
+
+static int add_file(dfile **f, int *n, int *cap, char *path, primal_err *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        int rc = primal_errf(err, PRIMAL_EIO, "%s: cannot open: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        free(path);
+        return rc;
+    }
+    close(fd);
+    if (!S_ISREG(st.st_mode)) {
+        int rc = primal_errf(err, PRIMAL_EIO, "%s: not a regular file", path);
+        free(path);
+        return rc;
+    }
+    if (*n == *cap) {
+        int nc = *cap ? 2 * *cap : 8;
+        dfile *g = realloc(*f, (size_t)nc * sizeof *g);
+        if (g == NULL) {
+            free(path);
+            return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+        }
+        *f = g;
+        *cap = nc;
+    }
+    (*f)[*n].path = path;
+    (*f)[*n].size = (int64_t)st.st_size;
+    (*n)++;
+    return PRIMAL_OK;
+}
+
+/* Comma-separated paths or globs from key; a glob's matches come sorted, as glob(3) gives. */
+static int expand_paths(const primal_config *cfg, const char *key, dfile **out, int *nout,
+                        primal_err *err)
+{
+    const char *dir = primal_cfg_dir(cfg);
+    char *list = strdup(primal_cfg_str(cfg, key));
+    if (list == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    dfile *f = NULL;
+    int n = 0, cap = 0, rc = PRIMAL_OK;
+    char *save = NULL;
+    for (char *item = strtok_r(list, ",", &save); item && rc == PRIMAL_OK;
+         item = strtok_r(NULL, ",", &save)) {
+        while (*item == ' ' || *item == '\t')
+            item++;
+        size_t len = strlen(item);
+        while (len > 0 && (item[len - 1] == ' ' || item[len - 1] == '\t'))
+            item[--len] = '\0';
+        if (len == 0)
+            continue;
+        char *full;
+        if (item[0] == '/' || dir == NULL || dir[0] == '\0')
+            full = strdup(item);
+        else if (asprintf(&full, "%s/%s", dir, item) < 0)
+            full = NULL;
+        if (full == NULL) {
+            rc = primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+            break;
+        }
+        if (strpbrk(full, "*?[") == NULL) {
+            rc = add_file(&f, &n, &cap, full, err);
+            continue;
+        }
+        glob_t g;
+        int gr = glob(full, 0, NULL, &g);
+        if (gr == GLOB_NOMATCH)
+            rc = primal_errf(err, PRIMAL_EIO, "%s: no file matches", full);
+        else if (gr != 0)
+            rc = primal_errf(err, PRIMAL_EIO, "%s: cannot expand the pattern", full);
+        for (size_t i = 0; gr == 0 && i < g.gl_pathc && rc == PRIMAL_OK; i++) {
+            char *p = strdup(g.gl_pathv[i]);
+            rc = p ? add_file(&f, &n, &cap, p, err)
+                   : primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+        }
+        if (gr == 0)
+            globfree(&g);
+        free(full);
+    }
+    free(list);
+    if (rc == PRIMAL_OK && n == 0)
+        rc = primal_cfg_errf(cfg, key, err, PRIMAL_ECONFIG, "no file given");
+    if (rc != PRIMAL_OK) {
+        free_files(f, n);
+        return rc;
+    }
+    *out = f;
+    *nout = n;
+    return PRIMAL_OK;
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Ids                                                                                        */
+
+typedef struct tseg {
+    int file;
+    int64_t start, end; /* id range of the file in this split */
+    int64_t base;       /* index of start within the split */
+} tseg;
+
+typedef struct tokens_ctx {
+    int32_t vocab, pad;
+    int split, rank, nranks, width;
+    uint64_t seed;
+    dfile *files;
+    int nfiles;
+    const uint8_t **maps; /* (nfiles) mapped files; NULL when empty */
+    tseg *segs;
+    int nsegs;
+    int64_t n;          /* ids in the split */
+    uint64_t counter;   /* train: rows drawn */
+    int64_t pos;        /* val: where the next row starts */
+    int ended;
+} tokens_ctx;
+
+/* Copy ids [at, at + len) of the split into dst, checking each against the vocabulary. */
+static int copy_ids(const tokens_ctx *c, int32_t *dst, int64_t at, int64_t len, primal_err *err)
+{
+    int lo = 0, hi = c->nsegs - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (c->segs[mid].base <= at)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    int64_t k = 0;
+    for (int s = lo; s < c->nsegs && k < len; s++) {
+        const tseg *g = &c->segs[s];
+        const uint8_t *m = c->maps[g->file];
+        int64_t i = g->start + (at + k - g->base);
+        for (; i < g->end && k < len; i++, k++) {
+            const uint8_t *p = m + i * c->width / 8;
+            uint32_t v = (uint32_t)p[0] | (uint32_t)p[1] << 8;
+            if (c->width == 32)
+                v |= (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+            if (v >= (uint32_t)c->vocab)
+                return primal_errf(err, PRIMAL_EIO, "%s: byte offset %lld: id %u is not below "
+                                   "the tokenizer's vocabulary size %d",
+                                   c->files[g->file].path, (long long)(i * c->width / 8), v,
+                                   c->vocab);
+            dst[k] = (int32_t)v;
+        }
+    }
+    return PRIMAL_OK;
+}
+
+static void tokens_close(void *ctx)
+{
+    tokens_ctx *c = ctx;
+    if (c == NULL)
+        return;
+    for (int i = 0; c->maps && i < c->nfiles; i++)
+        if (c->maps[i] != NULL)
+            munmap((void *)c->maps[i], (size_t)c->files[i].size);
+    free(c->maps);
+    free_files(c->files, c->nfiles);
+    free(c->segs);
+    free(c);
+}
+
+static int map_files(tokens_ctx *c, primal_err *err)
+{
+    c->maps = calloc((size_t)c->nfiles, sizeof *c->maps);
+    if (c->maps == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    for (int i = 0; i < c->nfiles; i++) {
+        const dfile *f = &c->files[i];
+        if (f->size % (c->width / 8) != 0)
+            return primal_errf(err, PRIMAL_EIO, "%s: %lld bytes is not a whole number of "
+                               "%d-bit ids", f->path, (long long)f->size, c->width);
+        if (f->size == 0)
+            continue;
+        int fd = open(f->path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return primal_errf(err, PRIMAL_EIO, "%s: cannot open: %s", f->path,
+                               strerror(errno));
+        void *m = mmap(NULL, (size_t)f->size, PROT_READ, MAP_PRIVATE, fd, 0);
+        int e = errno;
+        close(fd);
+        if (m == MAP_FAILED)
+            return primal_errf(err, PRIMAL_EIO, "%s: cannot map: %s", f->path, strerror(e));
+        /* train windows land anywhere: read-ahead would only waste page cache */
+        madvise(m, (size_t)f->size, c->split == PRIMAL_SPLIT_TRAIN ? MADV_RANDOM
+                                                                   : MADV_SEQUENTIAL);
+        c->maps[i] = m;
+    }
+    return PRIMAL_OK;
+}
+
+static int tokens_open(const primal_config *cfg, const primal_loader_info *info, void **ctx,
+                       primal_err *err)
+{
+    *ctx = NULL;
+    if (info->nranks < 1 || info->rank < 0 || info->rank >= info->nranks)
+        return primal_errf(err, PRIMAL_ECONFIG, "tokens loader: rank %d of %d", info->rank,
+                           info->nranks);
+    int width = (int)primal_cfg_int(cfg, "width");
+    if (width != 16 && width != 32)
+        return primal_cfg_errf(cfg, "width", err, PRIMAL_ECONFIG, "must be 16 or 32 (got %d)",
+                               width);
+    const char *val_path = primal_cfg_str(cfg, "val_path");
+    double vf = primal_cfg_float(cfg, "val_fraction");
+    int separate = val_path != NULL && val_path[0] != '\0';
+    if (separate && primal_cfg_is_set(cfg, "val_fraction") && vf != 0.0)
+        return primal_cfg_errf(cfg, "val_fraction", err, PRIMAL_ECONFIG,
+                               "must be 0 or unset when val_path is given (got %g)", vf);
+    if (info->split == PRIMAL_SPLIT_VAL && !separate && vf == 0.0)
+        return primal_errf(err, PRIMAL_EOF, "[data] no validation split: val_fraction is 0 "
+                           "and val_path is not given");
+    tokens_ctx *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    c->split = info->split;
+    c->seed = info->seed;
+    c->rank = info->rank;
+    c->nranks = info->nranks;
+    c->width = width;
+    c->vocab = primal_tokenizer_vocab(info->tok);
+    c->pad = primal_tokenizer_eot(info->tok);
+    if (c->pad < 0)
+        c->pad = 0; /* padding is masked out: any valid id will do */
+    int rc = expand_paths(cfg, separate && info->split == PRIMAL_SPLIT_VAL ? "val_path" : "path",
+                          &c->files, &c->nfiles, err);
+    if (rc != PRIMAL_OK) {
+        free(c);
+        return rc;
+    }
+    if ((rc = map_files(c, err)) != PRIMAL_OK) {
+        tokens_close(c);
+        return rc;
+    }
+    int64_t total = 0;
+    for (int i = 0; i < c->nfiles; i++)
+        total += c->files[i].size / (width / 8);
+    int64_t lo = 0, hi = total; /* this split's ids, in the concatenation */
+    if (!separate) {
+        int64_t cut = total - (int64_t)(vf * (double)total);
+        if (info->split == PRIMAL_SPLIT_TRAIN)
+            hi = cut;
+        else
+            lo = cut;
+    }
+    c->segs = calloc((size_t)c->nfiles, sizeof *c->segs);
+    if (c->segs == NULL) {
+        tokens_close(c);
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    }
+    int64_t base = 0;
+    for (int i = 0; i < c->nfiles; i++) {
+        int64_t nt = c->files[i].size / (width / 8);
+        int64_t a = lo > base ? lo - base : 0, b = hi < base + nt ? hi - base : nt;
+        if (b > a) {
+            c->segs[c->nsegs++] = (tseg){i, a, b, c->n};
+            c->n += b - a;
+        }
+        base += nt;
+    }
+    if (c->n == 0) {
+        rc = info->split == PRIMAL_SPLIT_VAL
+                 ? primal_errf(err, PRIMAL_EOF, "%s: the validation split is empty",
+                               c->files[0].path)
+                 : primal_errf(err, PRIMAL_ECONFIG, "%s: the train split is empty (%lld ids "
+                               "in %d file(s))", c->files[0].path, (long long)total,
+                               c->nfiles);
+        tokens_close(c);
+        return rc;
+    }
+    *ctx = c;
+    return PRIMAL_OK;
+}
+
+static int tokens_next(void *ctx, primal_batch *b, primal_err *err)
+{
+    tokens_ctx *c = ctx;
+    if (b->rows < 1 || b->seq_len < 1 || b->tokens == NULL || b->mask == NULL)
+        return primal_errf(err, PRIMAL_ERROR, "tokens loader: batch of %d rows x seq_len %d",
+                           b->rows, b->seq_len);
+    int L = b->seq_len;
+    size_t W = (size_t)L + 1;
+    int total = b->rows * c->nranks;
+    int rc;
+    if (c->split == PRIMAL_SPLIT_TRAIN) {
+        if (c->n < (int64_t)W)
+            return primal_errf(err, PRIMAL_ECONFIG, "%s: the train split holds %lld ids, fewer "
+                               "than seq_len + 1 = %zu", c->files[c->segs[0].file].path,
+                               (long long)c->n, W);
+        uint64_t stream = primal_rng_stream(RNG_TAG, 0, 3);
+        for (int j = 0; j < total; j++) {
+            uint64_t row = c->counter++;
+            if (j % c->nranks != c->rank)
+                continue;
+            int64_t at = (int64_t)(primal_rng_u64(c->seed, stream, row) %
+                                   (uint64_t)(c->n - L));
+            rc = copy_ids(c, b->tokens + (size_t)(j / c->nranks) * W, at, (int64_t)W, err);
+            if (rc != PRIMAL_OK)
+                return rc;
+        }
+        memset(b->mask, 1, (size_t)b->rows * (size_t)L);
+        return PRIMAL_OK;
+    }
+    for (int j = 0; j < total; j++) {
+        int64_t n = c->ended ? 0 : c->n - c->pos;
+        if (n > (int64_t)W)
+            n = (int64_t)W;
+        if (n < 2)
+            n = 0; /* a lone id predicts nothing */
+        int64_t at = c->pos;
+        if (n < (int64_t)W)
+            c->ended = 1;
+        else
+            c->pos += L;
+        if (j == 0 && n == 0)
+            return primal_errf(err, PRIMAL_EOF, "validation split exhausted");
+        if (j % c->nranks != c->rank)
+            continue;
+        size_t i = (size_t)(j / c->nranks);
+        int32_t *dst = b->tokens + i * W;
+        uint8_t *m = b->mask + i * (size_t)L;
+        if ((rc = copy_ids(c, dst, at, n, err)) != PRIMAL_OK)
+            return rc;
+        for (size_t k = (size_t)n; k < W; k++)
+            dst[k] = c->pad;
+        for (int k = 0; k < L; k++)
+            m[k] = k < n - 1;
+    }
+    return PRIMAL_OK;
+}
+
+static int tokens_rewind(void *ctx, primal_err *err)
+{
+    (void)err;
+    tokens_ctx *c = ctx;
+    c->counter = 0;
+    c->pos = 0;
+    c->ended = 0;
+    return PRIMAL_OK;
+}
+
+enum { F_MAGIC, F_SPLIT, F_N, F_WIDTH, F_VOCAB, F_COUNTER, F_POS, F_ENDED, F_COUNT };
+
+static int tokens_save(void *ctx, void *buf, size_t cap, size_t *n, primal_err *err)
+{
+    tokens_ctx *c = ctx;
+    if (cap < F_COUNT * 8)
+        return primal_errf(err, PRIMAL_ERROR, "tokens loader: state needs %d bytes, got %zu",
+                           F_COUNT * 8, cap);
+    uint64_t v[F_COUNT] = {
+        [F_MAGIC] = STATE_MAGIC, [F_SPLIT] = (uint64_t)c->split, [F_N] = (uint64_t)c->n,
+        [F_WIDTH] = (uint64_t)c->width, [F_VOCAB] = (uint64_t)c->vocab,
+        [F_COUNTER] = c->counter, [F_POS] = (uint64_t)c->pos, [F_ENDED] = (uint64_t)c->ended,
+    };
+    for (int i = 0; i < F_COUNT; i++)
+        put64((uint8_t *)buf + 8 * i, v[i]);
+    *n = F_COUNT * 8;
+    return PRIMAL_OK;
+}
+
+static int tokens_restore(void *ctx, const void *buf, size_t n, primal_err *err)
+{
+    tokens_ctx *c = ctx;
+    uint64_t v[F_COUNT];
+    if (n != F_COUNT * 8)
+        return primal_errf(err, PRIMAL_ECONFIG, "tokens loader: saved state is %zu bytes, "
+                           "expected %d", n, F_COUNT * 8);
+    for (int i = 0; i < F_COUNT; i++)
+        v[i] = get64((const uint8_t *)buf + 8 * i);
+    if (v[F_MAGIC] != STATE_MAGIC || v[F_SPLIT] != (uint64_t)c->split)
+        return primal_errf(err, PRIMAL_ECONFIG, "tokens loader: saved state is not a tokens "
+                           "loader's for this split");
+    if (v[F_N] != (uint64_t)c->n || v[F_WIDTH] != (uint64_t)c->width ||
+        v[F_VOCAB] != (uint64_t)c->vocab || v[F_POS] > (uint64_t)c->n)
+        return primal_errf(err, PRIMAL_ECONFIG, "%s: the data or [data] keys changed since the "
+                           "state was saved (%llu ids of %llu bits, vocab %llu then; %lld, %d, "
+                           "%d now)", c->files[0].path, (unsigned long long)v[F_N],
+                           (unsigned long long)v[F_WIDTH], (unsigned long long)v[F_VOCAB],
+                           (long long)c->n, c->width, c->vocab);
+    c->counter = v[F_COUNTER];
+    c->pos = (int64_t)v[F_POS];
+    c->ended = (int)v[F_ENDED];
+    return PRIMAL_OK;
+}
+
+static const primal_key tokens_keys[] = {
+    {"path", PRIMAL_KEY_STRING, NULL, "id files or globs, comma-separated", NULL},
+    {"val_fraction", PRIMAL_KEY_FLOAT, "0.02", "last fraction of the ids held out for "
+     "validation", "[0,0.5)"},
+    {"val_path", PRIMAL_KEY_STRING, "", "separate validation files (val_fraction then 0)", NULL},
+    {"width", PRIMAL_KEY_INT, "16", "bits per little-endian id: 16 or 32", "[16,32]"},
+    {0},
+};
+
+static const primal_loader_vt tokens_vt = {
+    .size = sizeof(primal_loader_vt),
+    .open = tokens_open,
+    .close = tokens_close,
+    .next = tokens_next,
+    .rewind = tokens_rewind,
+    .save = tokens_save,
+    .restore = tokens_restore,
+};
+
+PRIMAL_EXPORT const primal_plugin *primal_plugin_descriptor(void)
+{
+    static const primal_plugin d = {
+        .abi_version = PRIMAL_ABI_VERSION,
+        .size = sizeof d,
+        .kind = PRIMAL_KIND_LOADER,
+        .name = "tokens",
+        .description = "pre-tokenised uint16/uint32 id files, mmapped, random train windows",
+        .keys = tokens_keys,
+        .vtable = &tokens_vt,
+    };
+    return &d;
+}
