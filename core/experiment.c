@@ -1,0 +1,492 @@
+/* experiment.c: loading and resolving an experiment file (experiment.h). */
+#include <fnmatch.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "experiment.h"
+
+/* Key names are an interface (SPEC.md): examples, sweeps and users' files depend on them. */
+const primal_key primal_run_keys[] = {
+    {"out", PRIMAL_KEY_STRING, "", "run directory (default: runs/<experiment file name>)", NULL},
+    {"steps", PRIMAL_KEY_INT, "1000", "optimizer steps", "[0,1000000000]"},
+    {"batch", PRIMAL_KEY_INT, "8", "rows per micro-batch", "[1,65536]"},
+    {"seq_len", PRIMAL_KEY_INT, "256", "tokens per row (schedulers may change it)", "[1,1048576]"},
+    {"grad_accum", PRIMAL_KEY_INT, "1", "micro-batches per optimizer step", "[1,65536]"},
+    {"seed", PRIMAL_KEY_INT, "0", "seed of every random draw of the run", "[0,inf)"},
+    {"ckpt_every", PRIMAL_KEY_INT, "0", "steps between checkpoints (0: only the final one)",
+     "[0,inf)"},
+    {"eval_every", PRIMAL_KEY_INT, "100", "steps between evaluations (0: only at the end)",
+     "[0,inf)"},
+    {"eval_batches", PRIMAL_KEY_INT, "0", "validation batches per evaluation (0: all)",
+     "[0,inf)"},
+    {"log_every", PRIMAL_KEY_INT, "10", "steps between log lines", "[1,inf)"},
+    {"device", PRIMAL_KEY_ENUM, "cpu", "where the step runs", "cpu|cuda"},
+    {"threads", PRIMAL_KEY_INT, "0", "CPU threads (0: all cores)", "[0,4096]"},
+    {"recompute", PRIMAL_KEY_BOOL, "false", "recompute each block's activations in backward",
+     NULL},
+    {"reduce", PRIMAL_KEY_ENUM, "grad",
+     "data parallelism: all-reduce gradients, or the votes of sum-type policies", "grad|votes"},
+    {"sample_tokens", PRIMAL_KEY_INT, "200", "tokens of text sampled at the end (0: none)",
+     "[0,100000]"},
+    {"sample_prompt", PRIMAL_KEY_STRING, "And God said", "prompt of the final sample", NULL},
+    {0},
+};
+
+const primal_key primal_model_keys[] = {
+    {"init", PRIMAL_KEY_STRING, "random",
+     "random, a checkpoint (.safetensors) or a Hugging Face model directory", NULL},
+    {"init_std", PRIMAL_KEY_FLOAT, "0.02", "std of the random normal initialisation",
+     "(0,10]"},
+    {"arch", PRIMAL_KEY_ENUM, "llama", "model family", "llama|qwen2"},
+    {"vocab", PRIMAL_KEY_INT, "0", "vocabulary size (0: the tokenizer's)", "[0,16777216]"},
+    {"dim", PRIMAL_KEY_INT, "256", "hidden size", "[1,65536]"},
+    {"layers", PRIMAL_KEY_INT, "4", "transformer blocks", "[1,1024]"},
+    {"heads", PRIMAL_KEY_INT, "4", "attention heads", "[1,1024]"},
+    {"kv_heads", PRIMAL_KEY_INT, "0", "key/value heads (0: same as heads)", "[0,1024]"},
+    {"ffn", PRIMAL_KEY_INT, "688", "SwiGLU hidden size", "[1,1048576]"},
+    {"rope_theta", PRIMAL_KEY_FLOAT, "10000", "RoPE base", "(0,inf)"},
+    {"norm_eps", PRIMAL_KEY_FLOAT, "1e-5", "RMSNorm epsilon", "(0,1)"},
+    {"tied", PRIMAL_KEY_BOOL, "false", "LM head shares the embedding matrix", NULL},
+    {"qkv_bias", PRIMAL_KEY_BOOL, "false", "q/k/v projections have biases (Qwen2)", NULL},
+    {0},
+};
+
+const primal_key primal_optim_keys[] = {
+    {"lr", PRIMAL_KEY_FLOAT, "3e-3", "AdamW learning rate of the float parameters (scales, "
+                                     "norms, biases)", "[0,10]"},
+    {"betas", PRIMAL_KEY_STRING, "0.9, 0.95", "AdamW beta1, beta2", NULL},
+    {"eps", PRIMAL_KEY_FLOAT, "1e-8", "AdamW epsilon", "(0,1)"},
+    {"weight_decay", PRIMAL_KEY_FLOAT, "0", "AdamW decoupled weight decay", "[0,10]"},
+    {"warmup", PRIMAL_KEY_INT, "100", "linear warmup steps", "[0,inf)"},
+    {"schedule", PRIMAL_KEY_ENUM, "cosine", "learning-rate decay after warmup",
+     "constant|cosine|linear"},
+    {"min_lr", PRIMAL_KEY_FLOAT, "3e-4", "learning rate at the last step (cosine, linear)",
+     "[0,10]"},
+    {"clip", PRIMAL_KEY_FLOAT, "1.0", "gradient-norm clipping (0: off)", "[0,inf)"},
+    {0},
+};
+
+const primal_key primal_data_keys[] = {
+    {"plugin", PRIMAL_KEY_STRING, "text", "data loader plugin", NULL},
+    {"tokenizer", PRIMAL_KEY_STRING, "bytes",
+     "bytes, or the path of a Hugging Face tokenizer.json", NULL},
+    {0},
+};
+
+const primal_key primal_scheduler_keys[] = {
+    {"plugins", PRIMAL_KEY_STRING, "", "scheduler plugins applied in order, comma-separated",
+     NULL},
+    {0},
+};
+
+static int bind_core(primal_ini *ini, const char *section, const primal_key *keys,
+                     const char *const *ignore, primal_config **out, primal_err *err)
+{
+    return primal_config_bind(ini, section, keys, "the core", ignore, out, err);
+}
+
+/* The keys of a plugin section, minus "plugin"; the loaded plugin declares the rest. */
+static int load_plugin_section(primal_experiment *e, const char *section, const char *name,
+                               int line, primal_kind kind, const char *const *ignore,
+                               primal_loaded **pl, primal_config **cfg, primal_err *err)
+{
+    int rc = primal_plugin_load(&e->search, name, kind, pl, err);
+    if (rc != PRIMAL_OK) {
+        if (line > 0)
+            return primal_err_prefix(err, "%s:%d: [%s] plugin", primal_ini_path(e->ini), line,
+                                     section);
+        return primal_err_prefix(err, "[%s] plugin", section);
+    }
+    return primal_config_bind(e->ini, section, (*pl)->desc->keys, (*pl)->desc->name, ignore,
+                              cfg, err);
+}
+
+static char *trim(char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    size_t n = strlen(s);
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+        s[--n] = '\0';
+    return s;
+}
+
+static int resolve_run(primal_experiment *e, primal_err *err)
+{
+    primal_config *c = e->run_c;
+    primal_run_cfg *r = &e->run;
+    r->out = primal_cfg_str(c, "out");
+    r->steps = primal_cfg_int(c, "steps");
+    r->batch = (int)primal_cfg_int(c, "batch");
+    r->seq_len = (int)primal_cfg_int(c, "seq_len");
+    r->grad_accum = (int)primal_cfg_int(c, "grad_accum");
+    r->seed = (uint64_t)primal_cfg_int(c, "seed");
+    r->ckpt_every = primal_cfg_int(c, "ckpt_every");
+    r->eval_every = primal_cfg_int(c, "eval_every");
+    r->eval_batches = (int)primal_cfg_int(c, "eval_batches");
+    r->log_every = primal_cfg_int(c, "log_every");
+    r->device = strcmp(primal_cfg_str(c, "device"), "cuda") == 0 ? PRIMAL_DEVICE_CUDA
+                                                                  : PRIMAL_DEVICE_CPU;
+    r->threads = (int)primal_cfg_int(c, "threads");
+    r->recompute = primal_cfg_bool(c, "recompute");
+    r->reduce_votes = strcmp(primal_cfg_str(c, "reduce"), "votes") == 0;
+    r->sample_tokens = (int)primal_cfg_int(c, "sample_tokens");
+    r->sample_prompt = primal_cfg_str(c, "sample_prompt");
+    (void)err;
+    return PRIMAL_OK;
+}
+
+static int resolve_model(primal_experiment *e, primal_err *err)
+{
+    primal_config *c = e->model_c;
+    primal_model_config *m = &e->model;
+    e->model_init = primal_cfg_str(c, "init");
+    e->init_std = primal_cfg_float(c, "init_std");
+    m->arch = strcmp(primal_cfg_str(c, "arch"), "qwen2") == 0 ? PRIMAL_ARCH_QWEN2
+                                                               : PRIMAL_ARCH_LLAMA;
+    m->vocab = (int)primal_cfg_int(c, "vocab");
+    m->dim = (int)primal_cfg_int(c, "dim");
+    m->layers = (int)primal_cfg_int(c, "layers");
+    m->heads = (int)primal_cfg_int(c, "heads");
+    m->kv_heads = (int)primal_cfg_int(c, "kv_heads");
+    if (m->kv_heads == 0)
+        m->kv_heads = m->heads;
+    m->ffn = (int)primal_cfg_int(c, "ffn");
+    m->rope_theta = primal_cfg_float(c, "rope_theta");
+    m->norm_eps = primal_cfg_float(c, "norm_eps");
+    m->tied = primal_cfg_bool(c, "tied");
+    m->qkv_bias = primal_cfg_bool(c, "qkv_bias");
+    if (m->dim % m->heads != 0)
+        return primal_cfg_errf(c, "heads", err, PRIMAL_ECONFIG,
+                               "dim %d is not a multiple of heads %d", m->dim, m->heads);
+    if ((m->dim / m->heads) % 2 != 0)
+        return primal_cfg_errf(c, "heads", err, PRIMAL_ECONFIG,
+                               "head size dim/heads = %d must be even for RoPE",
+                               m->dim / m->heads);
+    if (m->heads % m->kv_heads != 0)
+        return primal_cfg_errf(c, "kv_heads", err, PRIMAL_ECONFIG,
+                               "heads %d is not a multiple of kv_heads %d", m->heads,
+                               m->kv_heads);
+    return PRIMAL_OK;
+}
+
+static int resolve_optim(primal_experiment *e, primal_err *err)
+{
+    primal_config *c = e->optim_c;
+    primal_optim_cfg *o = &e->optim;
+    o->lr = primal_cfg_float(c, "lr");
+    o->eps = primal_cfg_float(c, "eps");
+    o->weight_decay = primal_cfg_float(c, "weight_decay");
+    o->warmup = primal_cfg_int(c, "warmup");
+    o->min_lr = primal_cfg_float(c, "min_lr");
+    o->clip = primal_cfg_float(c, "clip");
+    const char *s = primal_cfg_str(c, "schedule");
+    o->schedule = strcmp(s, "cosine") == 0 ? 1 : strcmp(s, "linear") == 0 ? 2 : 0;
+    const char *betas = primal_cfg_str(c, "betas");
+    char *end;
+    o->beta1 = strtod(betas, &end);
+    const char *p = end;
+    while (*p == ' ')
+        p++;
+    if (*p == ',') {
+        o->beta2 = strtod(p + 1, &end);
+        while (*end == ' ')
+            end++;
+    }
+    if (end == betas || *p != ',' || *end != '\0' || !(o->beta1 >= 0 && o->beta1 < 1) ||
+        !(o->beta2 >= 0 && o->beta2 < 1))
+        return primal_cfg_errf(c, "betas", err, PRIMAL_ECONFIG,
+                               "expected two numbers in [0,1) separated by a comma, got \"%s\"",
+                               betas);
+    if (o->min_lr > o->lr && o->schedule != 0)
+        return primal_cfg_errf(c, "min_lr", err, PRIMAL_ECONFIG,
+                               "%g is above lr %g", o->min_lr, o->lr);
+    return PRIMAL_OK;
+}
+
+static int load_grids(primal_experiment *e, primal_err *err)
+{
+    int rc = primal_grid_from_ini(&e->search, e->ini, "grid", &e->grid, err);
+    if (rc != PRIMAL_OK)
+        return rc;
+    e->grid_ref = (primal_grid_ref){e->grid->name, e->grid->values, e->grid->size};
+    int n = primal_ini_nsections(e->ini);
+    e->overrides = calloc((size_t)n + 1, sizeof *e->overrides);
+    e->override_refs = calloc((size_t)n + 1, sizeof *e->override_refs);
+    if (e->overrides == NULL || e->override_refs == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const char *name = primal_ini_section_name(e->ini, i);
+        if (strncmp(name, "grid.", 5) != 0)
+            continue;
+        primal_grid_override *o = &e->overrides[e->n_overrides];
+        o->pattern = strdup(name + 5);
+        if (o->pattern == NULL)
+            return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+        /* an override without a plugin key inherits [grid]'s plugin */
+        if (primal_ini_get(e->ini, name, "plugin", NULL) == NULL) {
+            char set[600];
+            const char *base = primal_ini_get(e->ini, "grid", "plugin", NULL);
+            snprintf(set, sizeof set, "%s.plugin=%s", name, base ? base : "prime13");
+            rc = primal_ini_set(e->ini, set, err);
+            if (rc != PRIMAL_OK)
+                return rc;
+        }
+        rc = primal_grid_from_ini(&e->search, e->ini, name, &o->grid, err);
+        if (rc != PRIMAL_OK)
+            return rc;
+        e->override_refs[e->n_overrides] =
+            (primal_grid_ref){o->grid->name, o->grid->values, o->grid->size};
+        e->n_overrides++;
+    }
+    return PRIMAL_OK;
+}
+
+const primal_grid_ref *primal_experiment_grid_for(void *user, const char *tensor_name)
+{
+    primal_experiment *e = user;
+    const primal_policy_vt *vt = e->policy->desc->vtable;
+    if (vt->storage == PRIMAL_STORAGE_DENSE)
+        return NULL;
+    for (int i = e->n_overrides - 1; i >= 0; i--)
+        if (fnmatch(e->overrides[i].pattern, tensor_name, 0) == 0)
+            return &e->override_refs[i];
+    return &e->grid_ref;
+}
+
+static int load_schedulers(primal_experiment *e, primal_err *err)
+{
+    const char *list = primal_cfg_str(e->sched_c, "plugins");
+    char *copy = strdup(list);
+    if (copy == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    int cap = 1;
+    for (const char *p = list; *p; p++)
+        cap += *p == ',';
+    e->scheds = calloc((size_t)cap, sizeof *e->scheds);
+    e->sched_cs = calloc((size_t)cap, sizeof *e->sched_cs);
+    if (e->scheds == NULL || e->sched_cs == NULL) {
+        free(copy);
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    }
+    int rc = PRIMAL_OK;
+    char *save = NULL;
+    for (char *tok = strtok_r(copy, ",", &save); tok && rc == PRIMAL_OK;
+         tok = strtok_r(NULL, ",", &save)) {
+        char *name = trim(tok);
+        if (*name == '\0')
+            continue;
+        int line = 0;
+        primal_ini_get(e->ini, "scheduler", "plugins", &line);
+        /* a scheduler's keys live in a section named after it (the basename for a path) */
+        const char *section = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
+        char sect[256];
+        snprintf(sect, sizeof sect, "%s", section);
+        char *dot = strstr(sect, ".so");
+        if (dot)
+            *dot = '\0';
+        int k = e->n_scheds;
+        rc = primal_plugin_load(&e->search, name, PRIMAL_KIND_SCHEDULER, &e->scheds[k], err);
+        if (rc != PRIMAL_OK) {
+            rc = line > 0 ? primal_err_prefix(err, "%s:%d: [scheduler] plugins",
+                                              primal_ini_path(e->ini), line)
+                          : primal_err_prefix(err, "[scheduler] plugins");
+            break;
+        }
+        e->n_scheds++;
+        rc = primal_config_bind(e->ini, sect, e->scheds[k]->desc->keys,
+                                e->scheds[k]->desc->name, NULL, &e->sched_cs[k], err);
+    }
+    free(copy);
+    return rc;
+}
+
+int primal_experiment_load(const char *path, const char *const *sets,
+                           const char *const *plugin_dirs, primal_experiment **out,
+                           primal_err *err)
+{
+    *out = NULL;
+    primal_experiment *e = calloc(1, sizeof *e);
+    if (e == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    int rc = primal_ini_load(path, &e->ini, err);
+    for (; rc == PRIMAL_OK && sets && *sets; sets++)
+        rc = primal_ini_set(e->ini, *sets, err);
+    if (rc == PRIMAL_OK)
+        rc = primal_search_init(&e->search, plugin_dirs, err);
+    static const char *const ignore_plugin[] = {"plugin", NULL};
+    static const char *const ignore_data[] = {"plugin", "tokenizer", NULL};
+    if (rc == PRIMAL_OK)
+        rc = bind_core(e->ini, "run", primal_run_keys, NULL, &e->run_c, err);
+    if (rc == PRIMAL_OK)
+        rc = bind_core(e->ini, "model", primal_model_keys, NULL, &e->model_c, err);
+    if (rc == PRIMAL_OK)
+        rc = bind_core(e->ini, "optim", primal_optim_keys, NULL, &e->optim_c, err);
+    if (rc == PRIMAL_OK)
+        rc = bind_core(e->ini, "scheduler", primal_scheduler_keys, NULL, &e->sched_c, err);
+    if (rc == PRIMAL_OK) {
+        /* [data]'s own keys first (plugin, tokenizer), then the loader binds the rest */
+        primal_ini *tmp = primal_ini_new(primal_ini_path(e->ini));
+        if (tmp == NULL)
+            rc = primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+        const char *dk[] = {"plugin", "tokenizer"};
+        char set[4096];
+        for (int i = 0; i < 2 && rc == PRIMAL_OK; i++) {
+            const char *v = primal_ini_get(e->ini, "data", dk[i], NULL);
+            if (v != NULL) {
+                snprintf(set, sizeof set, "data.%s=%s", dk[i], v);
+                rc = primal_ini_set(tmp, set, err);
+            }
+        }
+        if (rc == PRIMAL_OK)
+            rc = bind_core(tmp, "data", primal_data_keys, NULL, &e->data_c, err);
+        primal_ini_free(tmp);
+    }
+    if (rc == PRIMAL_OK)
+        rc = resolve_run(e, err);
+    if (rc == PRIMAL_OK)
+        rc = resolve_model(e, err);
+    if (rc == PRIMAL_OK)
+        rc = resolve_optim(e, err);
+    if (rc == PRIMAL_OK) {
+        int line = 0;
+        const char *name = primal_ini_get(e->ini, "flip", "plugin", &line);
+        rc = load_plugin_section(e, "flip", name ? name : "threshold_consensus", line,
+                                 PRIMAL_KIND_POLICY, ignore_plugin, &e->policy, &e->policy_c,
+                                 err);
+    }
+    if (rc == PRIMAL_OK)
+        rc = load_grids(e, err);
+    if (rc == PRIMAL_OK)
+        rc = load_schedulers(e, err);
+    if (rc == PRIMAL_OK) {
+        int line = 0;
+        primal_ini_get(e->ini, "data", "plugin", &line);
+        e->tokenizer = primal_cfg_str(e->data_c, "tokenizer");
+        rc = load_plugin_section(e, "data", primal_cfg_str(e->data_c, "plugin"), line,
+                                 PRIMAL_KIND_LOADER, ignore_data, &e->loader, &e->loader_c,
+                                 err);
+    }
+    if (rc == PRIMAL_OK) {
+        char hint[512];
+        snprintf(hint, sizeof hint,
+                 "known: run, model, grid, grid.TENSOR, flip, optim, scheduler, data%s%s",
+                 e->n_scheds ? ", and the sections of the schedulers listed in [scheduler] "
+                               "plugins"
+                             : "",
+                 "");
+        rc = primal_ini_check_unused(e->ini, hint, err);
+    }
+    if (rc != PRIMAL_OK) {
+        primal_experiment_free(e);
+        return rc;
+    }
+    *out = e;
+    return PRIMAL_OK;
+}
+
+void primal_experiment_free(primal_experiment *e)
+{
+    if (e == NULL)
+        return;
+    primal_config_free(e->run_c);
+    primal_config_free(e->model_c);
+    primal_config_free(e->optim_c);
+    primal_config_free(e->data_c);
+    primal_config_free(e->sched_c);
+    primal_config_free(e->policy_c);
+    primal_config_free(e->loader_c);
+    primal_plugin_unload(e->policy);
+    primal_plugin_unload(e->loader);
+    for (int i = 0; i < e->n_scheds; i++) {
+        primal_config_free(e->sched_cs[i]);
+        primal_plugin_unload(e->scheds[i]);
+    }
+    free(e->scheds);
+    free(e->sched_cs);
+    primal_grid_free(e->grid);
+    for (int i = 0; e->overrides && i < e->n_overrides; i++) {
+        free(e->overrides[i].pattern);
+        primal_grid_free(e->overrides[i].grid);
+    }
+    free(e->overrides);
+    free(e->override_refs);
+    primal_search_free(&e->search);
+    primal_ini_free(e->ini);
+    free(e);
+}
+
+static void append(char **buf, size_t *len, size_t *cap, const char *text)
+{
+    size_t n = strlen(text);
+    if (*buf == NULL)
+        return;
+    if (*len + n + 1 > *cap) {
+        size_t nc = (*cap + n + 1) * 2;
+        char *nb = realloc(*buf, nc);
+        if (nb == NULL) {
+            free(*buf);
+            *buf = NULL;
+            return;
+        }
+        *buf = nb;
+        *cap = nc;
+    }
+    memcpy(*buf + *len, text, n + 1);
+    *len += n;
+}
+
+static void section_text(char **buf, size_t *len, size_t *cap, const char *name,
+                         const char *plugin, const primal_config *c, const char *extra)
+{
+    char line[4200];
+    snprintf(line, sizeof line, "[%s]\n", name);
+    append(buf, len, cap, line);
+    if (plugin != NULL) {
+        snprintf(line, sizeof line, "plugin = %s\n", plugin);
+        append(buf, len, cap, line);
+    }
+    if (extra != NULL)
+        append(buf, len, cap, extra);
+    if (c != NULL) {
+        char *mem = NULL;
+        size_t mlen = 0;
+        FILE *f = open_memstream(&mem, &mlen);
+        if (f != NULL) {
+            primal_config_write(c, f);
+            fclose(f);
+            append(buf, len, cap, mem);
+            free(mem);
+        }
+    }
+    append(buf, len, cap, "\n");
+}
+
+char *primal_experiment_resolved(const primal_experiment *e)
+{
+    size_t len = 0, cap = 4096;
+    char *buf = malloc(cap);
+    if (buf == NULL)
+        return NULL;
+    buf[0] = '\0';
+    section_text(&buf, &len, &cap, "run", NULL, e->run_c, NULL);
+    section_text(&buf, &len, &cap, "model", NULL, e->model_c, NULL);
+    section_text(&buf, &len, &cap, "grid", e->grid->plugin, NULL, e->grid->keys_ini);
+    for (int i = 0; i < e->n_overrides; i++) {
+        char sect[512];
+        snprintf(sect, sizeof sect, "grid.%s", e->overrides[i].pattern);
+        section_text(&buf, &len, &cap, sect, e->overrides[i].grid->plugin, NULL,
+                     e->overrides[i].grid->keys_ini);
+    }
+    section_text(&buf, &len, &cap, "flip", e->policy->desc->name, e->policy_c, NULL);
+    section_text(&buf, &len, &cap, "optim", NULL, e->optim_c, NULL);
+    section_text(&buf, &len, &cap, "scheduler", NULL, e->sched_c, NULL);
+    for (int i = 0; i < e->n_scheds; i++)
+        section_text(&buf, &len, &cap, primal_cfg_section(e->sched_cs[i]), NULL,
+                     e->sched_cs[i], NULL);
+    char dline[600];
+    snprintf(dline, sizeof dline, "tokenizer = %s\n", e->tokenizer);
+    section_text(&buf, &len, &cap, "data", e->loader->desc->name, e->loader_c, dline);
+    return buf;
+}

@@ -1,0 +1,88 @@
+/* experiment.h (private to libprimal): an experiment file, resolved.
+ *
+ * Loading binds every section of the INI file to whoever declared its keys: the core ([run],
+ * [model], [optim], [data]'s plugin and tokenizer, [scheduler]'s plugins), the grid plugin
+ * ([grid] and each [grid.TENSOR] override), the flip policy ([flip]), each scheduler ([NAME])
+ * and the data loader (the rest of [data]).  Plugins are loaded along the search path.  Anything
+ * left over (a section or key nobody declared) is an error naming file and line.  SPEC.md, "The
+ * experiment file and the run directory". */
+#ifndef PRIMAL_EXPERIMENT_H
+#define PRIMAL_EXPERIMENT_H
+
+#include <stdint.h>
+
+#include "config.h"
+#include "grid.h"
+#include "model.h"
+#include "registry.h"
+
+typedef struct primal_run_cfg {
+    const char *out;
+    int64_t steps;
+    int batch, seq_len, grad_accum;
+    uint64_t seed;
+    int64_t ckpt_every, eval_every, log_every;
+    int eval_batches;
+    int device; /* PRIMAL_DEVICE_CPU / _CUDA */
+    int threads, recompute;
+    int reduce_votes;
+    int sample_tokens;
+    const char *sample_prompt;
+} primal_run_cfg;
+
+typedef struct primal_optim_cfg {
+    double lr, beta1, beta2, eps, weight_decay, min_lr, clip;
+    int64_t warmup;
+    int schedule; /* 0 constant, 1 cosine, 2 linear */
+} primal_optim_cfg;
+
+typedef struct primal_grid_override {
+    char *pattern; /* Hugging Face name or fnmatch glob */
+    primal_grid *grid;
+} primal_grid_override;
+
+typedef struct primal_experiment {
+    primal_ini *ini;
+    primal_search search;
+    primal_config *run_c, *model_c, *optim_c, *data_c, *sched_c;
+    primal_run_cfg run;
+    primal_optim_cfg optim;
+    primal_model_config model;
+    const char *model_init; /* "random", a checkpoint, or a Hugging Face directory */
+    double init_std;
+    const char *tokenizer; /* [data] tokenizer */
+
+    primal_grid *grid; /* [grid] */
+    primal_grid_ref grid_ref;
+    primal_grid_override *overrides;
+    primal_grid_ref *override_refs;
+    int n_overrides;
+
+    primal_loaded *policy;
+    primal_config *policy_c;
+    primal_loaded **scheds;
+    primal_config **sched_cs;
+    int n_scheds;
+    primal_loaded *loader;
+    primal_config *loader_c;
+} primal_experiment;
+
+/* sets: "section.key=value" overrides (NULL-terminated, may be NULL); plugin_dirs likewise. */
+int primal_experiment_load(const char *path, const char *const *sets,
+                           const char *const *plugin_dirs, primal_experiment **out,
+                           primal_err *err);
+void primal_experiment_free(primal_experiment *e);
+
+/* The fully resolved configuration, every key of every section with its value (defaults
+ * included), as INI text; malloc'ed. */
+char *primal_experiment_resolved(const primal_experiment *e);
+
+/* The grid a tensor is stored over: the last matching [grid.PATTERN] override, else [grid];
+ * NULL when the policy stores dense matrices.  (Signature of primal_grid_for.) */
+const primal_grid_ref *primal_experiment_grid_for(void *e, const char *tensor_name);
+
+/* The core's own key tables, for --describe and the docs. */
+extern const primal_key primal_run_keys[], primal_model_keys[], primal_optim_keys[],
+    primal_data_keys[], primal_scheduler_keys[];
+
+#endif

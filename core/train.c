@@ -1,0 +1,1090 @@
+/* train.c: the training loop (train.h). */
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include <primal/safetensors.h>
+#include <primal/tokenizer.h>
+
+#include "checkpoint.h"
+#include "dataq.h"
+#include "generate.h"
+#include "hfimport.h"
+#include "train.h"
+
+/* What the trainer keeps per model parameter: the policy's state for a trainable matrix, and
+ * AdamW moments for the parameter's float part (a matrix's scales, or a vector). */
+typedef struct pstate {
+    void *policy;
+    int has_policy;
+    float *m, *v; /* AdamW moments, (rows) for scales or (n) for vectors; NULL when frozen */
+    int64_t t;    /* AdamW steps taken by this parameter (it may join late) */
+    int64_t n;    /* floats in m and v */
+} pstate;
+
+typedef struct trainer {
+    primal_experiment *e;
+    const primal_train_opts *o;
+    primal_model *m;
+    int np;
+    pstate *ps;
+    const primal_policy_vt *pvt;
+    void *pctx;
+    void **sctx;
+    primal_tokenizer *tok_train, *tok_val, *tok_gen;
+    primal_dataq *dq;
+    void *val_ctx;
+    const primal_loader_vt *lvt;
+    int have_val;
+    char dir[4096];
+    FILE *log;
+    /* the schedulers' view */
+    primal_sched_view view;
+    const char **names;
+    int *layers;
+    uint8_t *trainable, *prev_trainable;
+    /* per step */
+    double gsq;    /* sum of squared matrix gradients this step (for clipping) */
+    int bad_step;  /* a non-finite loss or gradient was seen this step */
+    primal_accum_info ai;
+    int64_t step, tokens, nan_skips;
+    primal_ckpt *init_ckpt; /* kept open while the model uses its grids */
+} trainer;
+
+static void emit(trainer *t, primal_event ev)
+{
+    if (t->o->on_event != NULL)
+        t->o->on_event(t->o->user, &ev);
+}
+
+static void warn(trainer *t, const char *msg)
+{
+    emit(t, (primal_event){.kind = PRIMAL_EV_WARN, .step = t->step, .message = msg});
+}
+
+static size_t peak_rss(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return 0;
+    return (size_t)ru.ru_maxrss * 1024;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void primal_run_dir(const primal_experiment *e, char *buf, size_t n)
+{
+    if (e->run.out != NULL && e->run.out[0] != '\0') {
+        snprintf(buf, n, "%s", e->run.out);
+        return;
+    }
+    const char *path = primal_ini_path(e->ini);
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    char name[512];
+    snprintf(name, sizeof name, "%s", base);
+    char *dot = strrchr(name, '.');
+    if (dot != NULL && dot != name)
+        *dot = '\0';
+    snprintf(buf, n, "runs/%s", name);
+}
+
+static int mkdir_p(const char *path, primal_err *err)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, 0777) != 0 && errno != EEXIST)
+            return primal_errf(err, PRIMAL_EIO, "%s: cannot create: %s", tmp, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(tmp, 0777) != 0 && errno != EEXIST)
+        return primal_errf(err, PRIMAL_EIO, "%s: cannot create: %s", tmp, strerror(errno));
+    return PRIMAL_OK;
+}
+
+static int write_file_atomic(const char *path, const char *text, primal_err *err)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (f == NULL)
+        return primal_errf(err, PRIMAL_EIO, "%s: cannot write: %s", tmp, strerror(errno));
+    int ok = fputs(text, f) >= 0;
+    ok &= fflush(f) == 0 && fsync(fileno(f)) == 0;
+    ok &= fclose(f) == 0;
+    if (!ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return primal_errf(err, PRIMAL_EIO, "%s: cannot write: %s", path, strerror(errno));
+    }
+    return PRIMAL_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Learning rate                                                                              */
+
+/* The [optim] schedule's multiplier of lr at step s: linear warmup, then constant, cosine or
+ * linear decay to min_lr at the last step. */
+static double lr_factor(const primal_experiment *e, int64_t s)
+{
+    const primal_optim_cfg *o = &e->optim;
+    if (o->warmup > 0 && s < o->warmup)
+        return (double)(s + 1) / (double)o->warmup;
+    if (o->schedule == 0 || o->lr <= 0)
+        return 1.0;
+    double floor = o->min_lr / o->lr;
+    int64_t span = e->run.steps - o->warmup;
+    double x = span > 1 ? (double)(s - o->warmup) / (double)(span - 1) : 1.0;
+    if (x > 1)
+        x = 1;
+    double shape = o->schedule == 1 ? 0.5 * (1.0 + cos(M_PI * x)) : 1.0 - x;
+    return floor + (1.0 - floor) * shape;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Trainable set                                                                              */
+
+static int param_index(const trainer *t, const primal_param *p)
+{
+    for (int i = 0; i < t->np; i++)
+        if (primal_model_param(t->m, i) == p)
+            return i;
+    return -1;
+}
+
+static int64_t float_count(const primal_param *p)
+{
+    if (!p->is_matrix)
+        return p->n;
+    return p->q.dense != NULL ? 0 : p->q.rows; /* a dense matrix's floats belong to the policy */
+}
+
+static void free_state(trainer *t, int i)
+{
+    primal_param *p = primal_model_param(t->m, i);
+    pstate *s = &t->ps[i];
+    if (s->has_policy && t->pvt->tensor_free != NULL)
+        t->pvt->tensor_free(t->pctx, &p->q, s->policy);
+    s->policy = NULL;
+    s->has_policy = 0;
+    free(s->m);
+    free(s->v);
+    s->m = s->v = NULL;
+    s->t = 0;
+    s->n = 0;
+}
+
+static int alloc_state(trainer *t, int i, primal_err *err)
+{
+    primal_param *p = primal_model_param(t->m, i);
+    pstate *s = &t->ps[i];
+    if (p->is_matrix) {
+        int rc = t->pvt->tensor_init(t->pctx, &p->q, &s->policy, err);
+        if (rc != PRIMAL_OK)
+            return primal_err_prefix(err, "%s: tensor_init of %s", t->e->policy->desc->name,
+                                     p->name);
+        s->has_policy = 1;
+    }
+    s->n = float_count(p);
+    if (s->n > 0) {
+        s->m = calloc((size_t)s->n, sizeof *s->m);
+        s->v = calloc((size_t)s->n, sizeof *s->v);
+        if (s->m == NULL || s->v == NULL)
+            return primal_errf(err, PRIMAL_ENOMEM, "AdamW state of %s: out of memory", p->name);
+    }
+    s->t = 0;
+    return PRIMAL_OK;
+}
+
+/* Make the model's trainable set t->trainable, allocating and freeing state to match. */
+static int apply_trainable(trainer *t, primal_err *err)
+{
+    int rc = primal_model_set_trainable(t->m, t->trainable, err);
+    for (int i = 0; i < t->np && rc == PRIMAL_OK; i++) {
+        if (t->trainable[i] && !t->prev_trainable[i])
+            rc = alloc_state(t, i, err);
+        else if (!t->trainable[i] && t->prev_trainable[i])
+            free_state(t, i);
+    }
+    if (rc == PRIMAL_OK)
+        memcpy(t->prev_trainable, t->trainable, (size_t)t->np);
+    return rc;
+}
+
+static int run_schedulers(trainer *t, int64_t step, primal_err *err)
+{
+    primal_sched_view *v = &t->view;
+    v->step = step;
+    memset(t->trainable, 1, (size_t)t->np);
+    v->seq_len = t->e->run.seq_len;
+    v->grad_accum = t->e->run.grad_accum;
+    v->lr_mult = 1.0;
+    for (int i = 0; i < t->e->n_scheds; i++) {
+        const primal_scheduler_vt *vt = t->e->scheds[i]->desc->vtable;
+        int rc = vt->apply(t->sctx[i], v, err);
+        if (rc != PRIMAL_OK)
+            return primal_err_prefix(err, "scheduler %s at step %lld",
+                                     t->e->scheds[i]->desc->name, (long long)step);
+        if (v->seq_len < 1 || v->grad_accum < 1 || !(v->lr_mult >= 0) || !isfinite(v->lr_mult))
+            return primal_errf(err, PRIMAL_ERROR,
+                               "scheduler %s at step %lld: set seq_len %d, grad_accum %d, "
+                               "lr_mult %g",
+                               t->e->scheds[i]->desc->name, (long long)step, v->seq_len,
+                               v->grad_accum, v->lr_mult);
+    }
+    return PRIMAL_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Gradients                                                                                  */
+
+static int grad_hook(void *user, primal_param *p, const float *G, int64_t r0, int64_t nrows,
+                     primal_err *err)
+{
+    trainer *t = user;
+    int i = param_index(t, p);
+    if (i < 0 || !t->ps[i].has_policy)
+        return PRIMAL_OK;
+    int64_t n = nrows * p->q.cols;
+    double sq = 0.0;
+    for (int64_t k = 0; k < n; k++)
+        sq += (double)G[k] * G[k];
+    if (!isfinite(sq)) {
+        t->bad_step = 1;
+        return PRIMAL_OK;
+    }
+    t->gsq += sq;
+    if (t->pvt->observe != NULL) {
+        if (r0 != 0 || nrows != p->q.rows)
+            return primal_errf(err, PRIMAL_ERROR,
+                               "%s: gradient of %s came in row chunks, which the CPU trainer "
+                               "does not replay for a two-pass policy",
+                               t->e->policy->desc->name, p->name);
+        int rc = t->pvt->observe(t->pctx, t->ps[i].policy, &p->q, G, r0, nrows, &t->ai, err);
+        if (rc != PRIMAL_OK)
+            return primal_err_prefix(err, "%s: observe %s", t->e->policy->desc->name, p->name);
+    }
+    int rc = t->pvt->accumulate(t->pctx, t->ps[i].policy, &p->q, G, r0, nrows, &t->ai, err);
+    if (rc != PRIMAL_OK)
+        return primal_err_prefix(err, "%s: accumulate %s", t->e->policy->desc->name, p->name);
+    return PRIMAL_OK;
+}
+
+/* AdamW on the float parameters, in place. */
+static void adamw(trainer *t, double lr, double clip_scale)
+{
+    const primal_optim_cfg *o = &t->e->optim;
+    for (int i = 0; i < t->np; i++) {
+        primal_param *p = primal_model_param(t->m, i);
+        pstate *s = &t->ps[i];
+        if (!t->trainable[i] || s->n == 0)
+            continue;
+        float *w = p->is_matrix ? p->q.scale : p->vec;
+        const float *g = p->is_matrix ? p->dscale : p->dvec;
+        if (w == NULL || g == NULL)
+            continue;
+        s->t++;
+        double bc1 = 1.0 - pow(o->beta1, (double)s->t), bc2 = 1.0 - pow(o->beta2, (double)s->t);
+        for (int64_t k = 0; k < s->n; k++) {
+            double gk = (double)g[k] * clip_scale;
+            s->m[k] = (float)(o->beta1 * s->m[k] + (1.0 - o->beta1) * gk);
+            s->v[k] = (float)(o->beta2 * s->v[k] + (1.0 - o->beta2) * gk * gk);
+            double mh = s->m[k] / bc1, vh = s->v[k] / bc2;
+            w[k] = (float)(w[k] - lr * (mh / (sqrt(vh) + o->eps) + o->weight_decay * w[k]));
+        }
+    }
+}
+
+static double float_grad_sq(trainer *t, int *finite)
+{
+    double sq = 0.0;
+    for (int i = 0; i < t->np; i++) {
+        primal_param *p = primal_model_param(t->m, i);
+        if (!t->trainable[i] || t->ps[i].n == 0)
+            continue;
+        const float *g = p->is_matrix ? p->dscale : p->dvec;
+        for (int64_t k = 0; g && k < t->ps[i].n; k++)
+            sq += (double)g[k] * g[k];
+    }
+    *finite = isfinite(sq);
+    return sq;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Evaluation                                                                                 */
+
+static int evaluate(trainer *t, double *val_loss, primal_err *err)
+{
+    const primal_experiment *e = t->e;
+    int rc = t->lvt->rewind(t->val_ctx, err);
+    if (rc != PRIMAL_OK)
+        return rc;
+    int rows = e->run.batch, T = e->run.seq_len;
+    primal_batch b = {.rows = rows, .seq_len = T};
+    b.tokens = malloc((size_t)rows * (size_t)(T + 1) * sizeof *b.tokens);
+    b.mask = malloc((size_t)rows * (size_t)T);
+    if (b.tokens == NULL || b.mask == NULL) {
+        free(b.tokens);
+        free(b.mask);
+        return primal_errf(err, PRIMAL_ENOMEM, "evaluation: out of memory");
+    }
+    double sum = 0.0, count = 0.0;
+    for (int k = 0; e->run.eval_batches == 0 || k < e->run.eval_batches; k++) {
+        b.rows = rows;
+        b.seq_len = T;
+        rc = t->lvt->next(t->val_ctx, &b, err);
+        if (rc == PRIMAL_EOF) {
+            rc = PRIMAL_OK;
+            break;
+        }
+        if (rc != PRIMAL_OK)
+            break;
+        double n = 0;
+        for (int64_t j = 0; j < (int64_t)b.rows * T; j++)
+            n += b.mask[j];
+        if (n == 0)
+            continue;
+        float loss = 0;
+        rc = primal_model_forward(t->m, b.tokens, b.mask, b.rows, T, &loss, NULL, err);
+        if (rc != PRIMAL_OK)
+            break;
+        sum += (double)loss * n;
+        count += n;
+    }
+    free(b.tokens);
+    free(b.mask);
+    *val_loss = count > 0 ? sum / count : NAN;
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Checkpoints                                                                                */
+
+/* The "train" blob: fixed-width little-endian fields, so a checkpoint moves between hosts. */
+typedef struct train_blob {
+    int64_t step, tokens, nan_skips;
+    uint64_t seed;
+} train_blob;
+
+static int save_ckpt(trainer *t, primal_err *err)
+{
+    int np = t->np;
+    int cap = 2 * np + 4, nb = 0;
+    primal_ckpt_blob *blobs = calloc((size_t)cap, sizeof *blobs);
+    char **names = calloc((size_t)cap, sizeof *names);
+    void **bufs = calloc((size_t)cap, sizeof *bufs);
+    int rc = blobs && names && bufs ? PRIMAL_OK : primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    train_blob tb = {t->step, t->tokens, t->nan_skips, t->e->run.seed};
+    if (rc == PRIMAL_OK) {
+        blobs[nb++] = (primal_ckpt_blob){"train", &tb, sizeof tb};
+        blobs[nb++] = (primal_ckpt_blob){"trainable", t->prev_trainable, (size_t)np};
+        const void *pos;
+        size_t posn;
+        primal_dataq_position(t->dq, &pos, &posn);
+        blobs[nb++] = (primal_ckpt_blob){"loader", pos, posn};
+    }
+    for (int i = 0; i < np && rc == PRIMAL_OK; i++) {
+        primal_param *p = primal_model_param(t->m, i);
+        pstate *s = &t->ps[i];
+        if (!t->prev_trainable[i])
+            continue;
+        if (s->has_policy) {
+            size_t n = t->pvt->state_bytes(t->pctx, &p->q, s->policy);
+            bufs[nb] = malloc(n ? n : 1);
+            names[nb] = malloc(strlen(p->name) + 8);
+            if (bufs[nb] == NULL || names[nb] == NULL) {
+                rc = primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+                break;
+            }
+            sprintf(names[nb], "policy.%s", p->name);
+            rc = t->pvt->state_save(t->pctx, &p->q, s->policy, bufs[nb], err);
+            blobs[nb] = (primal_ckpt_blob){names[nb], bufs[nb], n};
+            nb++;
+        }
+        if (s->n > 0 && rc == PRIMAL_OK) {
+            size_t n = sizeof(int64_t) + 2 * (size_t)s->n * sizeof(float);
+            unsigned char *buf = malloc(n);
+            names[nb] = malloc(strlen(p->name) + 8);
+            bufs[nb] = buf;
+            if (buf == NULL || names[nb] == NULL) {
+                rc = primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+                break;
+            }
+            memcpy(buf, &s->t, sizeof s->t);
+            memcpy(buf + sizeof s->t, s->m, (size_t)s->n * sizeof(float));
+            memcpy(buf + sizeof s->t + (size_t)s->n * sizeof(float), s->v,
+                   (size_t)s->n * sizeof(float));
+            sprintf(names[nb], "adam.%s", p->name);
+            blobs[nb] = (primal_ckpt_blob){names[nb], buf, n};
+            nb++;
+        }
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/ckpt-%08lld.safetensors", t->dir, (long long)t->step);
+    if (rc == PRIMAL_OK) {
+        char *ini = primal_experiment_resolved(t->e);
+        rc = primal_ckpt_save(path, t->m, ini ? ini : "", blobs, nb, err);
+        free(ini);
+    }
+    for (int i = 0; i < cap && bufs && names; i++) {
+        free(bufs[i]);
+        free(names[i]);
+    }
+    free(blobs);
+    free(names);
+    free(bufs);
+    if (rc == PRIMAL_OK)
+        emit(t, (primal_event){.kind = PRIMAL_EV_CKPT, .step = t->step, .message = path});
+    return rc;
+}
+
+static int cmp_desc(const void *a, const void *b)
+{
+    return -strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Restore from the newest checkpoint of the run directory that verifies; warn about newer
+ * ones that do not.  *found is 0 when there is none at all. */
+static int resume(trainer *t, int *found, primal_err *err)
+{
+    *found = 0;
+    DIR *d = opendir(t->dir);
+    if (d == NULL)
+        return PRIMAL_OK;
+    char **names = NULL;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (strncmp(de->d_name, "ckpt-", 5) != 0 ||
+            strstr(de->d_name, ".safetensors") == NULL || strstr(de->d_name, ".tmp") != NULL)
+            continue;
+        char **nn = realloc(names, (size_t)(n + 1) * sizeof *names);
+        if (nn == NULL)
+            break;
+        names = nn;
+        names[n] = strdup(de->d_name);
+        if (names[n] != NULL)
+            n++;
+    }
+    closedir(d);
+    qsort(names, (size_t)n, sizeof *names, cmp_desc);
+    int rc = PRIMAL_OK;
+    primal_ckpt *c = NULL;
+    for (int i = 0; i < n && c == NULL; i++) {
+        char path[4400];
+        snprintf(path, sizeof path, "%s/%s", t->dir, names[i]);
+        primal_err e2;
+        primal_err_clear(&e2);
+        if (primal_ckpt_open(path, &c, &e2) != PRIMAL_OK) {
+            char msg[PRIMAL_ERR_MAX + 64];
+            snprintf(msg, sizeof msg, "ignoring a checkpoint that does not verify: %s", e2.msg);
+            warn(t, msg);
+            c = NULL;
+        }
+    }
+    for (int i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    if (c == NULL)
+        return PRIMAL_OK;
+    *found = 1;
+    const void *data;
+    size_t len;
+    train_blob tb;
+    rc = primal_ckpt_get_blob(c, "train", &data, &len);
+    if (rc != PRIMAL_OK || len != sizeof tb) {
+        rc = primal_errf(err, PRIMAL_EIO, "%s: no valid training state (state.train)",
+                         primal_ckpt_path(c));
+        goto out;
+    }
+    memcpy(&tb, data, sizeof tb);
+    if (tb.seed != t->e->run.seed) {
+        rc = primal_errf(err, PRIMAL_ECONFIG, "%s: saved with seed %llu, [run] seed is %llu",
+                         primal_ckpt_path(c), (unsigned long long)tb.seed,
+                         (unsigned long long)t->e->run.seed);
+        goto out;
+    }
+    rc = primal_ckpt_load_model(c, t->m, err);
+    if (rc != PRIMAL_OK)
+        goto out;
+    if (primal_ckpt_get_blob(c, "trainable", &data, &len) != PRIMAL_OK ||
+        len != (size_t)t->np) {
+        rc = primal_errf(err, PRIMAL_EIO, "%s: no valid state.trainable", primal_ckpt_path(c));
+        goto out;
+    }
+    memcpy(t->trainable, data, len);
+    rc = apply_trainable(t, err);
+    for (int i = 0; i < t->np && rc == PRIMAL_OK; i++) {
+        primal_param *p = primal_model_param(t->m, i);
+        pstate *s = &t->ps[i];
+        if (!t->trainable[i])
+            continue;
+        char name[160];
+        if (s->has_policy) {
+            snprintf(name, sizeof name, "policy.%s", p->name);
+            if (primal_ckpt_get_blob(c, name, &data, &len) != PRIMAL_OK) {
+                rc = primal_errf(err, PRIMAL_EIO, "%s: no state.%s", primal_ckpt_path(c), name);
+                break;
+            }
+            rc = t->pvt->state_load(t->pctx, &p->q, s->policy, data, len, err);
+            if (rc != PRIMAL_OK) {
+                rc = primal_err_prefix(err, "%s: %s", primal_ckpt_path(c), name);
+                break;
+            }
+        }
+        if (s->n > 0) {
+            snprintf(name, sizeof name, "adam.%s", p->name);
+            size_t want = sizeof(int64_t) + 2 * (size_t)s->n * sizeof(float);
+            if (primal_ckpt_get_blob(c, name, &data, &len) != PRIMAL_OK || len != want) {
+                rc = primal_errf(err, PRIMAL_EIO, "%s: state.%s missing or of the wrong size",
+                                 primal_ckpt_path(c), name);
+                break;
+            }
+            const unsigned char *b = data;
+            memcpy(&s->t, b, sizeof s->t);
+            memcpy(s->m, b + sizeof s->t, (size_t)s->n * sizeof(float));
+            memcpy(s->v, b + sizeof s->t + (size_t)s->n * sizeof(float),
+                   (size_t)s->n * sizeof(float));
+        }
+    }
+    if (rc == PRIMAL_OK) {
+        if (primal_ckpt_get_blob(c, "loader", &data, &len) != PRIMAL_OK) {
+            rc = primal_errf(err, PRIMAL_EIO, "%s: no state.loader", primal_ckpt_path(c));
+            goto out;
+        }
+        rc = primal_dataq_restore(t->dq, data, len, err);
+    }
+    if (rc == PRIMAL_OK) {
+        t->step = tb.step;
+        t->tokens = tb.tokens;
+        t->nan_skips = tb.nan_skips;
+        char msg[4600];
+        snprintf(msg, sizeof msg, "resumed from %s at step %lld", primal_ckpt_path(c),
+                 (long long)tb.step);
+        emit(t, (primal_event){.kind = PRIMAL_EV_START, .step = t->step, .message = msg});
+    }
+out:
+    primal_ckpt_close(c);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Set-up and tear-down                                                                       */
+
+static int open_model(trainer *t, primal_err *err)
+{
+    primal_experiment *e = t->e;
+    const char *init = e->model_init;
+    int rc;
+    if (strcmp(init, "random") == 0) {
+        rc = primal_model_create(&e->model, primal_experiment_grid_for, e, &t->m, err);
+        if (rc == PRIMAL_OK)
+            rc = primal_model_init_random(t->m, e->run.seed, (float)e->init_std, err);
+        return rc;
+    }
+    struct stat st;
+    if (stat(init, &st) != 0)
+        return primal_cfg_errf(e->model_c, "init", err, PRIMAL_ECONFIG,
+                               "%s: no such file or directory", init);
+    if (S_ISDIR(st.st_mode)) {
+        rc = primal_hf_load_model(init, primal_experiment_grid_for, e, &t->m, err);
+        if (rc == PRIMAL_OK)
+            e->model = *primal_model_cfg(t->m); /* the Hugging Face config's shape wins */
+        return rc;
+    }
+    rc = primal_ckpt_open(init, &t->init_ckpt, err);
+    if (rc != PRIMAL_OK)
+        return rc;
+    primal_model_config mc;
+    rc = primal_ckpt_model_config(t->init_ckpt, &mc, err);
+    if (rc != PRIMAL_OK)
+        return rc;
+    e->model = mc; /* the checkpoint's shape wins over [model]'s */
+    rc = primal_model_create(&e->model, primal_experiment_grid_for, e, &t->m, err);
+    if (rc == PRIMAL_OK)
+        rc = primal_ckpt_load_model(t->init_ckpt, t->m, err);
+    return rc;
+}
+
+static void trainer_free(trainer *t)
+{
+    if (t->ps != NULL)
+        for (int i = 0; i < t->np; i++)
+            free_state(t, i);
+    free(t->ps);
+    if (t->pctx != NULL && t->pvt->destroy != NULL)
+        t->pvt->destroy(t->pctx);
+    for (int i = 0; t->sctx && i < t->e->n_scheds; i++) {
+        const primal_scheduler_vt *vt = t->e->scheds[i]->desc->vtable;
+        if (vt->destroy != NULL)
+            vt->destroy(t->sctx[i]);
+    }
+    free(t->sctx);
+    primal_dataq_close(t->dq);
+    if (t->val_ctx != NULL)
+        t->lvt->close(t->val_ctx);
+    primal_tokenizer_close(t->tok_train);
+    primal_tokenizer_close(t->tok_val);
+    primal_tokenizer_close(t->tok_gen);
+    primal_model_free(t->m);
+    primal_ckpt_close(t->init_ckpt);
+    free(t->names);
+    free(t->layers);
+    free(t->trainable);
+    free(t->prev_trainable);
+    if (t->log != NULL)
+        fclose(t->log);
+}
+
+static int setup(trainer *t, primal_err *err)
+{
+    primal_experiment *e = t->e;
+    if (e->run.device == PRIMAL_DEVICE_CUDA)
+        return primal_cfg_errf(e->run_c, "device", err, PRIMAL_ECONFIG,
+                               "this build has no CUDA training loop yet (use device = cpu)");
+    primal_run_dir(e, t->dir, sizeof t->dir);
+    int rc = mkdir_p(t->dir, err);
+    if (rc != PRIMAL_OK)
+        return rc;
+    rc = primal_tokenizer_open(e->tokenizer, &t->tok_train, err);
+    if (rc == PRIMAL_OK)
+        rc = primal_tokenizer_open(e->tokenizer, &t->tok_val, err);
+    if (rc == PRIMAL_OK)
+        rc = primal_tokenizer_open(e->tokenizer, &t->tok_gen, err);
+    if (rc != PRIMAL_OK)
+        return primal_err_prefix(err, "[data] tokenizer");
+    int32_t tv = primal_tokenizer_vocab(t->tok_train);
+    if (e->model.vocab == 0)
+        e->model.vocab = tv;
+    else if (e->model.vocab < tv)
+        return primal_cfg_errf(e->model_c, "vocab", err, PRIMAL_ECONFIG,
+                               "%d is smaller than the tokenizer's vocabulary (%d)",
+                               e->model.vocab, (int)tv);
+    rc = open_model(t, err);
+    if (rc != PRIMAL_OK)
+        return rc;
+    primal_model_set_opts(t->m, &(primal_model_opts){e->run.threads, e->run.recompute});
+    t->np = primal_model_nparams(t->m);
+    t->ps = calloc((size_t)t->np, sizeof *t->ps);
+    t->names = calloc((size_t)t->np, sizeof *t->names);
+    t->layers = calloc((size_t)t->np, sizeof *t->layers);
+    t->trainable = calloc((size_t)t->np, 1);
+    t->prev_trainable = calloc((size_t)t->np, 1);
+    t->sctx = calloc((size_t)e->n_scheds + 1, sizeof *t->sctx);
+    if (!t->ps || !t->names || !t->layers || !t->trainable || !t->prev_trainable || !t->sctx)
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    for (int i = 0; i < t->np; i++) {
+        primal_param *p = primal_model_param(t->m, i);
+        t->names[i] = p->name;
+        t->layers[i] = p->layer;
+    }
+    /* nothing is trainable until the first step's schedule says so */
+    rc = primal_model_set_trainable(t->m, t->trainable, err);
+    if (rc != PRIMAL_OK)
+        return rc;
+    t->view = (primal_sched_view){
+        .total_steps = e->run.steps,
+        .n_layers = e->model.layers,
+        .n_tensors = t->np,
+        .tensor_names = t->names,
+        .tensor_layer = t->layers,
+        .trainable = t->trainable,
+    };
+    t->pvt = e->policy->desc->vtable;
+    primal_policy_info pinfo = {e->run.seed, e->run.steps, e->run.device};
+    rc = t->pvt->create(e->policy_c, &pinfo, &t->pctx, err);
+    if (rc != PRIMAL_OK)
+        return primal_err_prefix(err, "%s", e->policy->desc->name);
+    for (int i = 0; i < e->n_scheds; i++) {
+        const primal_scheduler_vt *vt = e->scheds[i]->desc->vtable;
+        rc = vt->create(e->sched_cs[i], &t->sctx[i], err);
+        if (rc != PRIMAL_OK)
+            return primal_err_prefix(err, "%s", e->scheds[i]->desc->name);
+    }
+    t->lvt = e->loader->desc->vtable;
+    primal_loader_info li = {t->tok_train, PRIMAL_SPLIT_TRAIN, e->run.seed, 0, 1};
+    rc = primal_dataq_open(e->loader, e->loader_c, &li, e->run.batch, e->run.seq_len, 4, &t->dq,
+                           err);
+    if (rc != PRIMAL_OK)
+        return primal_err_prefix(err, "[data] %s", e->loader->desc->name);
+    primal_loader_info vi = {t->tok_val, PRIMAL_SPLIT_VAL, e->run.seed, 0, 1};
+    rc = t->lvt->open(e->loader_c, &vi, &t->val_ctx, err);
+    if (rc == PRIMAL_EOF) {
+        t->val_ctx = NULL;
+        rc = PRIMAL_OK;
+    } else if (rc != PRIMAL_OK) {
+        return primal_err_prefix(err, "[data] %s (validation split)", e->loader->desc->name);
+    } else if (t->lvt->rewind == NULL) {
+        return primal_errf(err, PRIMAL_EABI, "%s: has a validation split but no rewind()",
+                           e->loader->desc->name);
+    }
+    t->have_val = t->val_ctx != NULL;
+    char *ini = primal_experiment_resolved(e);
+    if (ini == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/config.ini", t->dir);
+    rc = write_file_atomic(path, ini, err);
+    free(ini);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The loop                                                                                   */
+
+static void log_json(trainer *t, json_t *obj)
+{
+    if (t->log == NULL) {
+        json_decref(obj);
+        return;
+    }
+    char *s = json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(8));
+    if (s != NULL) {
+        fprintf(t->log, "%s\n", s);
+        fflush(t->log);
+        free(s);
+    }
+    json_decref(obj);
+}
+
+static void report_schedule(trainer *t, int seq_changed, int accum_changed, int old_seq,
+                            int old_accum)
+{
+    int64_t on = 0, off = 0;
+    for (int i = 0; i < t->np; i++) {
+        on += t->trainable[i] && !t->prev_trainable[i];
+        off += !t->trainable[i] && t->prev_trainable[i];
+    }
+    if (on == 0 && off == 0 && !seq_changed && !accum_changed)
+        return;
+    int64_t ntrain = 0;
+    for (int i = 0; i < t->np; i++)
+        ntrain += t->trainable[i];
+    char msg[512];
+    snprintf(msg, sizeof msg,
+             "step %lld: %lld tensors trainable (+%lld, -%lld), seq_len %d%s, grad_accum %d%s",
+             (long long)t->step, (long long)ntrain, (long long)on, (long long)off,
+             t->view.seq_len, seq_changed ? " (changed)" : "", t->view.grad_accum,
+             accum_changed ? " (changed)" : "");
+    json_t *j = json_pack("{s:s,s:I,s:I,s:I,s:I,s:i,s:i,s:i,s:i}", "event", "schedule", "step",
+                          (json_int_t)t->step, "trainable", (json_int_t)ntrain, "unfrozen",
+                          (json_int_t)on, "frozen", (json_int_t)off, "seq_len", t->view.seq_len,
+                          "grad_accum", t->view.grad_accum, "prev_seq_len", old_seq,
+                          "prev_grad_accum", old_accum);
+    log_json(t, j);
+    emit(t, (primal_event){.kind = PRIMAL_EV_SCHED, .step = t->step, .message = msg});
+}
+
+static double state_bytes_per_weight(trainer *t, double *index_bytes)
+{
+    double state = 0, weights = 0, idx = 0;
+    for (int i = 0; i < t->np; i++) {
+        primal_param *p = primal_model_param(t->m, i);
+        if (!p->is_matrix)
+            continue;
+        double w = (double)p->q.rows * (double)p->q.cols;
+        weights += w;
+        idx += p->q.dense ? 4.0 * w : (double)p->q.rows * (double)p->q.row_stride;
+        if (t->ps[i].has_policy)
+            state += (double)t->pvt->state_bytes(t->pctx, &p->q, t->ps[i].policy);
+    }
+    *index_bytes = weights > 0 ? idx / weights : 0;
+    return weights > 0 ? state / weights : 0;
+}
+
+static int one_step(trainer *t, double *loss_out, primal_step_stats *tot, primal_err *err)
+{
+    const primal_experiment *e = t->e;
+    int k = t->view.grad_accum, T = t->view.seq_len;
+    double mult = lr_factor(e, t->step) * t->view.lr_mult;
+    primal_model_zero_grad(t->m);
+    t->gsq = 0;
+    t->bad_step = 0;
+    double loss_sum = 0;
+    for (int micro = 0; micro < k; micro++) {
+        const primal_batch *b = NULL;
+        int rc = primal_dataq_next(t->dq, T, &b, err);
+        if (rc != PRIMAL_OK)
+            return primal_err_prefix(err, "[data] %s", e->loader->desc->name);
+        float loss = 0;
+        rc = primal_model_forward(t->m, b->tokens, b->mask, b->rows, T, &loss, NULL, err);
+        if (rc != PRIMAL_OK)
+            return rc;
+        t->tokens += (int64_t)b->rows * T;
+        if (!isfinite(loss)) {
+            t->bad_step = 1;
+            continue;
+        }
+        loss_sum += loss;
+        t->ai = (primal_accum_info){.step = t->step, .micro = micro, .n_micro = k,
+                                    .seed = e->run.seed, .lr = mult, .lr_mult = mult};
+        rc = primal_model_backward(t->m, 1.0f / (float)k, grad_hook, t, err);
+        if (rc != PRIMAL_OK)
+            return rc;
+    }
+    *loss_out = loss_sum / k;
+    int finite = 1;
+    double gsq = t->gsq + float_grad_sq(t, &finite);
+    if (!finite)
+        t->bad_step = 1;
+    if (t->bad_step)
+        return PRIMAL_OK;
+    double clip_scale = 1.0, gnorm = sqrt(gsq);
+    if (e->optim.clip > 0 && gnorm > e->optim.clip)
+        clip_scale = e->optim.clip / gnorm;
+    adamw(t, e->optim.lr * mult, clip_scale);
+    primal_step_info si = {t->step, k, e->run.seed, mult, clip_scale};
+    for (int i = 0; i < t->np; i++) {
+        primal_param *p = primal_model_param(t->m, i);
+        if (!t->ps[i].has_policy)
+            continue;
+        primal_step_stats st = {0, 0, 0};
+        int rc = t->pvt->step(t->pctx, t->ps[i].policy, &p->q, &si, &st, err);
+        if (rc != PRIMAL_OK)
+            return primal_err_prefix(err, "%s: step %s", e->policy->desc->name, p->name);
+        tot->flips += st.flips;
+        tot->saturated += st.saturated;
+        tot->weights += st.weights;
+    }
+    return PRIMAL_OK;
+}
+
+static int sample(trainer *t, primal_err *err)
+{
+    const primal_experiment *e = t->e;
+    if (e->run.sample_tokens <= 0)
+        return PRIMAL_OK;
+    char *text = NULL;
+    primal_gen_opts go = {.n_tokens = e->run.sample_tokens, .temperature = 0.8f, .top_k = 40,
+                          .seed = e->run.seed, .max_ctx = e->run.seq_len};
+    int rc = primal_generate(t->m, t->tok_gen, e->run.sample_prompt, &go, &text, err);
+    if (rc == PRIMAL_OK)
+        emit(t, (primal_event){.kind = PRIMAL_EV_SAMPLE, .step = t->step, .message = text});
+    free(text);
+    return rc;
+}
+
+int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *err)
+{
+    trainer t = {.e = e, .o = o};
+    int rc = setup(&t, err);
+    if (rc == PRIMAL_OK && o->resume) {
+        int found = 0;
+        rc = resume(&t, &found, err);
+        if (rc == PRIMAL_OK && !found)
+            warn(&t, "--resume: no checkpoint in the run directory; starting afresh");
+    }
+    if (rc == PRIMAL_OK) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/log.jsonl", t.dir);
+        t.log = fopen(path, t.step > 0 ? "a" : "w");
+        if (t.log == NULL)
+            rc = primal_errf(err, PRIMAL_EIO, "%s: cannot write: %s", path, strerror(errno));
+    }
+    if (rc != PRIMAL_OK) {
+        trainer_free(&t);
+        return rc;
+    }
+    /* the first schedule, to report state bytes for what trains at the start */
+    if (t.step == 0) {
+        rc = run_schedulers(&t, 0, err);
+        if (rc == PRIMAL_OK)
+            rc = apply_trainable(&t, err);
+    }
+    if (rc == PRIMAL_OK) {
+        double idx_b = 0, st_b = state_bytes_per_weight(&t, &idx_b);
+        primal_model_mem mm;
+        primal_model_memory(t.m, &mm);
+        int64_t nw = 0;
+        for (int i = 0; i < t.np; i++) {
+            primal_param *p = primal_model_param(t.m, i);
+            nw += p->is_matrix ? p->q.rows * p->q.cols : p->n;
+        }
+        char msg[1024];
+        snprintf(msg, sizeof msg,
+                 "%s: %lld parameters, policy %s, grid %s; training state %.3g B/weight "
+                 "(+ %.3g B/weight of index), weights in memory %.1f MB",
+                 t.dir, (long long)nw, e->policy->desc->name, e->grid->name, st_b, idx_b,
+                 (double)mm.weights / 1e6);
+        json_t *j = json_pack("{s:s,s:I,s:s,s:s,s:f,s:f,s:I}", "event", "start", "params",
+                              (json_int_t)nw, "policy", e->policy->desc->name, "grid",
+                              e->grid->name, "state_bytes_per_weight", st_b,
+                              "index_bytes_per_weight", idx_b, "step", (json_int_t)t.step);
+        log_json(&t, j);
+        emit(&t, (primal_event){.kind = PRIMAL_EV_START, .step = t.step,
+                                .total_steps = e->run.steps, .message = msg});
+    }
+    double t0 = now_s(), window_t = t0;
+    int64_t window_tokens = t.tokens, consecutive_bad = 0, start_step = t.step;
+    double loss_window = 0;
+    int nloss = 0;
+    primal_step_stats win = {0, 0, 0};
+    while (rc == PRIMAL_OK && t.step < e->run.steps) {
+        int old_seq = t.view.seq_len, old_accum = t.view.grad_accum;
+        rc = run_schedulers(&t, t.step, err);
+        if (rc != PRIMAL_OK)
+            break;
+        report_schedule(&t, t.step > 0 && old_seq != t.view.seq_len,
+                        t.step > 0 && old_accum != t.view.grad_accum, old_seq, old_accum);
+        rc = apply_trainable(&t, err);
+        if (rc != PRIMAL_OK)
+            break;
+        double loss = 0;
+        primal_step_stats st = {0, 0, 0};
+        rc = one_step(&t, &loss, &st, err);
+        if (rc != PRIMAL_OK)
+            break;
+        if (t.bad_step) {
+            t.nan_skips++;
+            consecutive_bad++;
+            char msg[256];
+            snprintf(msg, sizeof msg, "step %lld: loss or gradient not finite; step skipped",
+                     (long long)t.step);
+            warn(&t, msg);
+            if (consecutive_bad >= 10) {
+                rc = primal_errf(err, PRIMAL_ERROR,
+                                 "loss or gradients not finite for 10 steps in a row (at step "
+                                 "%lld): lower [optim] lr or the policy's lr",
+                                 (long long)t.step);
+                break;
+            }
+        } else {
+            consecutive_bad = 0;
+            loss_window += loss;
+            nloss++;
+            win.flips += st.flips;
+            win.saturated += st.saturated;
+            win.weights += st.weights;
+        }
+        t.step++;
+        int last = t.step == e->run.steps;
+        int stopping = o->stop_flag != NULL && *o->stop_flag;
+        if (t.step % e->run.log_every == 0 || last || stopping) {
+            double now = now_s();
+            double tps = (double)(t.tokens - window_tokens) / (now - window_t + 1e-9);
+            int64_t ntrain = 0;
+            for (int i = 0; i < t.np; i++)
+                ntrain += t.trainable[i];
+            double steps_per_s = (double)(t.step - start_step) / (now - t0 + 1e-9);
+            primal_event ev = {
+                .kind = PRIMAL_EV_STEP,
+                .step = t.step,
+                .total_steps = e->run.steps,
+                .loss = nloss ? loss_window / nloss : NAN,
+                .lr = e->optim.lr * lr_factor(e, t.step - 1) * t.view.lr_mult,
+                .tokens_per_s = tps,
+                .flips = win.flips,
+                .flip_frac = win.weights ? (double)win.flips / (double)win.weights : 0,
+                .saturated = win.saturated,
+                .trainable = ntrain,
+                .peak_mem_bytes = peak_rss(),
+                .eta_s = steps_per_s > 0 ? (double)(e->run.steps - t.step) / steps_per_s : 0,
+            };
+            json_t *j = json_pack(
+                "{s:I,s:f,s:f,s:f,s:I,s:f,s:I,s:f,s:I,s:I,s:I}", "step", (json_int_t)ev.step,
+                "loss", isfinite(ev.loss) ? ev.loss : -1.0, "lr", ev.lr, "tokens_per_s", tps,
+                "flips", (json_int_t)ev.flips, "flip_frac", ev.flip_frac, "saturated",
+                (json_int_t)ev.saturated, "saturated_frac",
+                win.weights ? (double)win.saturated / (double)win.weights : 0.0, "trainable",
+                (json_int_t)ntrain, "peak_mem_bytes", (json_int_t)ev.peak_mem_bytes,
+                "nan_skips", (json_int_t)t.nan_skips);
+            log_json(&t, j);
+            emit(&t, ev);
+            window_t = now;
+            window_tokens = t.tokens;
+            loss_window = 0;
+            nloss = 0;
+            win = (primal_step_stats){0, 0, 0};
+        }
+        if (t.have_val && ((e->run.eval_every > 0 && t.step % e->run.eval_every == 0) || last)) {
+            double vl = NAN;
+            rc = evaluate(&t, &vl, err);
+            if (rc != PRIMAL_OK)
+                break;
+            json_t *j = json_pack("{s:I,s:f}", "step", (json_int_t)t.step, "val_loss", vl);
+            log_json(&t, j);
+            emit(&t, (primal_event){.kind = PRIMAL_EV_EVAL, .step = t.step,
+                                    .total_steps = e->run.steps, .val_loss = vl});
+        }
+        if ((e->run.ckpt_every > 0 && t.step % e->run.ckpt_every == 0) || last || stopping) {
+            rc = save_ckpt(&t, err);
+            if (rc != PRIMAL_OK)
+                break;
+        }
+        if (stopping && !last) {
+            rc = PRIMAL_EINTR;
+            primal_errf(err, PRIMAL_EINTR, "stopped at step %lld; continue with --resume",
+                        (long long)t.step);
+        }
+    }
+    if (rc == PRIMAL_OK && t.step == e->run.steps && e->run.steps == start_step)
+        rc = save_ckpt(&t, err); /* zero steps asked: still leave a checkpoint */
+    if (rc == PRIMAL_OK)
+        rc = sample(&t, err);
+    if (rc == PRIMAL_OK)
+        emit(&t, (primal_event){.kind = PRIMAL_EV_DONE, .step = t.step,
+                                .peak_mem_bytes = peak_rss()});
+    trainer_free(&t);
+    return rc;
+}
+
+int primal_dump_batches(primal_experiment *e, int n, const char *path, primal_err *err)
+{
+    primal_tokenizer *tok = NULL;
+    int rc = primal_tokenizer_open(e->tokenizer, &tok, err);
+    if (rc != PRIMAL_OK)
+        return primal_err_prefix(err, "[data] tokenizer");
+    int B = e->run.batch, T = e->run.seq_len;
+    int64_t *dummy = NULL;
+    (void)dummy;
+    int32_t *tokens = malloc((size_t)n * B * (T + 1) * sizeof *tokens);
+    uint8_t *mask = malloc((size_t)n * B * T);
+    primal_dataq *q = NULL;
+    if (tokens == NULL || mask == NULL)
+        rc = primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    primal_loader_info li = {tok, PRIMAL_SPLIT_TRAIN, e->run.seed, 0, 1};
+    if (rc == PRIMAL_OK)
+        rc = primal_dataq_open(e->loader, e->loader_c, &li, B, T, 2, &q, err);
+    for (int i = 0; i < n && rc == PRIMAL_OK; i++) {
+        const primal_batch *b = NULL;
+        rc = primal_dataq_next(q, T, &b, err);
+        if (rc == PRIMAL_OK) {
+            memcpy(tokens + (size_t)i * B * (T + 1), b->tokens,
+                   (size_t)B * (T + 1) * sizeof *tokens);
+            memcpy(mask + (size_t)i * B * T, b->mask, (size_t)B * T);
+        }
+    }
+    primal_dataq_close(q);
+    primal_stw *w = NULL;
+    if (rc == PRIMAL_OK)
+        rc = primal_stw_begin(path, &w, err);
+    int64_t ts[3] = {n, B, T + 1}, ms[3] = {n, B, T};
+    if (rc == PRIMAL_OK)
+        rc = primal_stw_add(w, "tokens", PRIMAL_I32, 3, ts, tokens, err);
+    if (rc == PRIMAL_OK)
+        rc = primal_stw_add(w, "mask", PRIMAL_U8, 3, ms, mask, err);
+    if (rc == PRIMAL_OK)
+        rc = primal_stw_commit(w, err);
+    else if (w != NULL)
+        primal_stw_abort(w);
+    free(tokens);
+    free(mask);
+    primal_tokenizer_close(tok);
+    return rc;
+}

@@ -1,0 +1,57 @@
+/* train.h (private to libprimal): the training loop behind primal-run.
+ *
+ * Per optimizer step (SPEC.md, "The forward and backward pass", "Flip policies", "Schedulers"):
+ * the schedulers set the trainable tensors, seq_len, grad_accum and an lr multiplier; then for
+ * each micro-batch, forward and backward, with every trainable matrix's gradient handed to the
+ * flip policy's observe/accumulate as backward produces it; then AdamW on the float parameters
+ * (scales, norms, biases) and the policy's step on each trainable matrix.  The run directory
+ * gets config.ini, log.jsonl and checkpoints.  The library prints nothing: progress, warnings and
+ * the final sample reach the program through a callback. */
+#ifndef PRIMAL_TRAIN_H
+#define PRIMAL_TRAIN_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#include "experiment.h"
+
+typedef enum primal_event_kind {
+    PRIMAL_EV_START = 1, /* message: a summary of the run (model, state bytes, ...) */
+    PRIMAL_EV_STEP,      /* a logged training step */
+    PRIMAL_EV_EVAL,      /* val_loss */
+    PRIMAL_EV_SCHED,     /* message: what a scheduler changed */
+    PRIMAL_EV_CKPT,      /* message: the checkpoint written */
+    PRIMAL_EV_WARN,      /* message */
+    PRIMAL_EV_SAMPLE,    /* message: the sampled text */
+    PRIMAL_EV_DONE,
+} primal_event_kind;
+
+typedef struct primal_event {
+    primal_event_kind kind;
+    int64_t step, total_steps;
+    double loss, val_loss, lr, tokens_per_s, flip_frac, eta_s;
+    int64_t flips, saturated, trainable;
+    size_t peak_mem_bytes;
+    const char *message;
+} primal_event;
+
+typedef void (*primal_event_fn)(void *user, const primal_event *ev);
+
+typedef struct primal_train_opts {
+    int resume;                       /* continue from the newest valid checkpoint in out */
+    volatile sig_atomic_t *stop_flag; /* set (by a signal handler): finish the step, checkpoint,
+                                       * return PRIMAL_EINTR */
+    primal_event_fn on_event;
+    void *user;
+} primal_train_opts;
+
+int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *err);
+
+/* primal-run --dump-batches: write the first n training batches to path as safetensors:
+ * tokens I32 [n, batch, seq_len+1] and mask U8 [n, batch, seq_len]. */
+int primal_dump_batches(primal_experiment *e, int n, const char *path, primal_err *err);
+
+/* The run directory actually used ([run] out, or runs/<experiment name>). */
+void primal_run_dir(const primal_experiment *e, char *buf, size_t n);
+
+#endif

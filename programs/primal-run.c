@@ -1,0 +1,267 @@
+/* primal-run: train from an experiment file.  See --help. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <primal/primal.h>
+
+#include "experiment.h"
+#include "train.h"
+
+static volatile sig_atomic_t stop_flag;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_flag = 1;
+}
+
+static void usage(FILE *f)
+{
+    fputs("usage: primal-run EXP.ini [--set SECTION.KEY=VALUE]... [--plugin-path DIR]...\n"
+          "                  [--resume] [--check] [--dump-batches N OUT.safetensors]\n"
+          "       primal-run --list-plugins [--plugin-path DIR]...\n"
+          "       primal-run --describe NAME|PATH.so [--plugin-path DIR]...\n"
+          "       primal-run --version | --help\n"
+          "\n"
+          "Trains the model that EXP.ini describes.  The run directory ([run] out, default\n"
+          "runs/<EXP>) receives config.ini (the resolved configuration), log.jsonl and\n"
+          "checkpoints.\n"
+          "\n"
+          "  --set S.K=V      override key K of section S (repeatable); S may contain dots\n"
+          "  --plugin-path D  search D for plugins first (repeatable); then $PRIMAL_PLUGIN_PATH,\n"
+          "                   the build tree and the installed plugin directory\n"
+          "  --resume         continue from the newest valid checkpoint in the run directory\n"
+          "  --check          load and validate everything, print the resolved configuration\n"
+          "  --dump-batches N OUT  write the first N training batches (tokens, mask) and exit\n"
+          "  --list-plugins   name, kind, description and file of every plugin found\n"
+          "  --describe P     the keys plugin P accepts, with types, defaults and help\n"
+          "\n"
+          "Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and exits with\n"
+          "status 130; --resume continues from there.\n",
+          f);
+}
+
+static void list_one(void *user, const char *path, const primal_plugin *d, const char *msg)
+{
+    (void)user;
+    if (d != NULL)
+        printf("%-22s %-12s %s\n%22s %-12s (%s)\n", d->name, primal_kind_name(d->kind),
+               d->description ? d->description : "", "", "", path);
+    else
+        printf("%-22s %-12s %s\n", "?", "not loaded", msg);
+}
+
+static const char *type_name(primal_key_type t)
+{
+    switch (t) {
+    case PRIMAL_KEY_INT: return "int";
+    case PRIMAL_KEY_FLOAT: return "float";
+    case PRIMAL_KEY_BOOL: return "bool";
+    case PRIMAL_KEY_STRING: return "string";
+    case PRIMAL_KEY_ENUM: return "enum";
+    }
+    return "?";
+}
+
+static int describe(const primal_search *s, const char *name)
+{
+    primal_err err;
+    primal_loaded *p = NULL;
+    static const primal_kind kinds[] = {PRIMAL_KIND_GRID, PRIMAL_KIND_POLICY,
+                                        PRIMAL_KIND_SCHEDULER, PRIMAL_KIND_LOADER};
+    for (int i = 0; i < 4 && p == NULL; i++) {
+        if (primal_plugin_load(s, name, kinds[i], &p, &err) != PRIMAL_OK &&
+            err.code != PRIMAL_ECONFIG) {
+            fprintf(stderr, "primal-run: %s\n", err.msg);
+            return 1;
+        }
+    }
+    if (p == NULL) {
+        fprintf(stderr, "primal-run: no plugin named '%s'\n", name);
+        return 1;
+    }
+    const primal_plugin *d = p->desc;
+    printf("%s (%s plugin, ABI %u.%u)\n  %s\n  file: %s\n", d->name, primal_kind_name(d->kind),
+           d->abi_version >> 16, d->abi_version & 0xFFFFu, d->description ? d->description : "",
+           p->path);
+    if (d->kind == PRIMAL_KIND_POLICY) {
+        const primal_policy_vt *vt = d->vtable;
+        printf("  storage: %s; CUDA version: %s\n",
+               vt->storage == PRIMAL_STORAGE_DENSE ? "dense float32" : "indexed",
+               vt->cuda ? "yes" : "no");
+    }
+    if (d->keys == NULL || d->keys[0].name == NULL)
+        printf("  no keys\n");
+    for (const primal_key *k = d->keys; k && k->name; k++) {
+        printf("  %-18s %-6s default %-10s %s%s%s\n", k->name, type_name(k->type),
+               k->def ? (k->def[0] ? k->def : "\"\"") : "(required)", k->help ? k->help : "",
+               k->range ? "  " : "", k->range ? k->range : "");
+    }
+    primal_plugin_unload(p);
+    return 0;
+}
+
+static void on_event(void *user, const primal_event *ev)
+{
+    int tty = *(int *)user;
+    switch (ev->kind) {
+    case PRIMAL_EV_STEP: {
+        int eta = (int)ev->eta_s;
+        if (tty)
+            fprintf(stderr, "\r\033[K");
+        fprintf(stderr,
+                "step %lld/%lld  loss %.4f  lr %.2e  %.0f tok/s  flips %lld (%.2e)  "
+                "ETA %d:%02d:%02d%s",
+                (long long)ev->step, (long long)ev->total_steps, ev->loss, ev->lr,
+                ev->tokens_per_s, (long long)ev->flips, ev->flip_frac, eta / 3600,
+                eta / 60 % 60, eta % 60, tty ? "" : "\n");
+        break;
+    }
+    case PRIMAL_EV_EVAL:
+        if (tty)
+            fprintf(stderr, "\r\033[K");
+        fprintf(stderr, "step %lld/%lld  val_loss %.4f\n", (long long)ev->step,
+                (long long)ev->total_steps, ev->val_loss);
+        break;
+    case PRIMAL_EV_SAMPLE:
+        if (tty)
+            fprintf(stderr, "\r\033[K");
+        printf("--- sample ---\n%s\n--------------\n", ev->message);
+        break;
+    case PRIMAL_EV_DONE:
+        if (tty)
+            fprintf(stderr, "\r\033[K");
+        fprintf(stderr, "done at step %lld; peak memory %.1f MB\n", (long long)ev->step,
+                (double)ev->peak_mem_bytes / 1e6);
+        break;
+    case PRIMAL_EV_WARN:
+        if (tty)
+            fprintf(stderr, "\r\033[K");
+        fprintf(stderr, "primal-run: warning: %s\n", ev->message);
+        break;
+    default:
+        if (tty)
+            fprintf(stderr, "\r\033[K");
+        fprintf(stderr, "%s\n", ev->message ? ev->message : "");
+        break;
+    }
+    fflush(stderr);
+}
+
+int main(int argc, char **argv)
+{
+    const char *exp = NULL, *describe_name = NULL, *dump_out = NULL;
+    int check = 0, list = 0, resume = 0, dump_n = 0;
+    const char **sets = calloc((size_t)argc + 1, sizeof *sets);
+    const char **dirs = calloc((size_t)argc + 1, sizeof *dirs);
+    int nsets = 0, ndirs = 0;
+    if (sets == NULL || dirs == NULL)
+        return 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int more = i + 1 < argc;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(a, "--version") == 0) {
+            printf("primal-run %s (plugin ABI %d.%d)\n", PRIMAL_VERSION_STRING,
+                   PRIMAL_ABI_MAJOR, PRIMAL_ABI_MINOR);
+            return 0;
+        } else if (strcmp(a, "--set") == 0 && more) {
+            sets[nsets++] = argv[++i];
+        } else if (strncmp(a, "--set=", 6) == 0) {
+            sets[nsets++] = a + 6;
+        } else if (strcmp(a, "--plugin-path") == 0 && more) {
+            dirs[ndirs++] = argv[++i];
+        } else if (strcmp(a, "--check") == 0) {
+            check = 1;
+        } else if (strcmp(a, "--resume") == 0) {
+            resume = 1;
+        } else if (strcmp(a, "--list-plugins") == 0) {
+            list = 1;
+        } else if (strcmp(a, "--describe") == 0 && more) {
+            describe_name = argv[++i];
+        } else if (strcmp(a, "--dump-batches") == 0 && i + 2 < argc) {
+            char *end;
+            long n = strtol(argv[i + 1], &end, 10);
+            if (*end != '\0' || n < 1 || n > 1000000) {
+                fprintf(stderr, "primal-run: --dump-batches: expected a positive count, got "
+                                "\"%s\"\n", argv[i + 1]);
+                return 2;
+            }
+            dump_n = (int)n;
+            dump_out = argv[i + 2];
+            i += 2;
+        } else if (a[0] == '-' || exp != NULL) {
+            fprintf(stderr, "primal-run: unexpected argument '%s' (see --help)\n", a);
+            return 2;
+        } else {
+            exp = a;
+        }
+    }
+    primal_err err;
+    primal_err_clear(&err);
+    if (list || describe_name != NULL) {
+        primal_search s;
+        if (primal_search_init(&s, dirs, &err) != PRIMAL_OK) {
+            fprintf(stderr, "primal-run: %s\n", err.msg);
+            return 1;
+        }
+        int rc = 0;
+        if (list)
+            primal_plugin_list(&s, list_one, NULL);
+        else
+            rc = describe(&s, describe_name);
+        primal_search_free(&s);
+        free(sets);
+        free(dirs);
+        return rc;
+    }
+    if (exp == NULL) {
+        usage(stderr);
+        return 2;
+    }
+    primal_experiment *e = NULL;
+    int rc = primal_experiment_load(exp, sets, dirs, &e, &err);
+    if (rc != PRIMAL_OK) {
+        fprintf(stderr, "primal-run: %s\n", err.msg);
+        return 1;
+    }
+    if (check) {
+        char *ini = primal_experiment_resolved(e);
+        fputs(ini ? ini : "", stdout);
+        free(ini);
+        primal_experiment_free(e);
+        free(sets);
+        free(dirs);
+        return 0;
+    }
+    if (dump_out != NULL) {
+        rc = primal_dump_batches(e, dump_n, dump_out, &err);
+    } else {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_signal;
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+        int tty = isatty(STDERR_FILENO);
+        primal_train_opts o = {.resume = resume, .stop_flag = &stop_flag, .on_event = on_event,
+                               .user = &tty};
+        rc = primal_train(e, &o, &err);
+    }
+    primal_experiment_free(e);
+    free(sets);
+    free(dirs);
+    if (rc == PRIMAL_EINTR) {
+        fprintf(stderr, "primal-run: %s\n", err.msg);
+        return 130;
+    }
+    if (rc != PRIMAL_OK) {
+        fprintf(stderr, "primal-run: %s\n", err.msg);
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,51 @@
+#!/bin/sh
+# Build PRIMAL twice and run the whole test suite in each build: once with
+# -Wall -Wextra -Werror, once under AddressSanitizer and UndefinedBehaviorSanitizer.  Then
+# `make distcheck`.  Prints one closing line "tests: N passed, N failed".
+# Usage: scripts/check.sh [--no-distcheck]
+set -eu
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+jobs=$(nproc 2>/dev/null || echo 2)
+distcheck=yes
+[ "${1:-}" = "--no-distcheck" ] && distcheck=no
+
+[ -x configure ] || autoreconf -fi
+status=0
+
+build() { # dir, CFLAGS, LDFLAGS
+    mkdir -p "$1"
+    (cd "$1" && "$top/configure" -q --enable-werror CFLAGS="$2" LDFLAGS="$3" &&
+        make -s -j"$jobs" && make -s -j"$jobs" check) || status=1
+}
+
+build _build "-O2 -g -Wall -Wextra" ""
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+export ASAN_OPTIONS UBSAN_OPTIONS
+build _build-asan "-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -Wall -Wextra" \
+    "-fsanitize=address,undefined"
+
+if [ "$distcheck" = yes ] && [ "$status" -eq 0 ]; then
+    (cd _build && make -s -j"$jobs" distcheck DISTCHECK_CONFIGURE_FLAGS="--enable-werror CFLAGS=-O2") || status=1
+fi
+
+# Criterion's per-binary synthesis lines, summed over both builds.
+pass=0
+fail=0
+for log in _build/tests/*.log _build-asan/tests/*.log; do
+    [ -f "$log" ] || continue
+    line=$(grep -a 'Synthesis: Tested:' "$log" | tail -n 1) || true
+    if [ -z "$line" ]; then
+        # a binary that died before Criterion's summary counts as one failure
+        grep -aq '^FAIL\|^ERROR' "${log%.log}.trs" 2>/dev/null && fail=$((fail + 1))
+        continue
+    fi
+    p=$(echo "$line" | sed 's/.*Passing: \([0-9]*\).*/\1/')
+    f=$(echo "$line" | sed 's/.*Failing: \([0-9]*\).*/\1/')
+    c=$(echo "$line" | sed 's/.*Crashing: \([0-9]*\).*/\1/')
+    pass=$((pass + p))
+    fail=$((fail + f + c))
+done
+[ "$status" -eq 0 ] || [ "$fail" -gt 0 ] || fail=1
+echo "tests: $pass passed, $fail failed"
+exit "$status"
