@@ -11,6 +11,12 @@ distcheck=yes
 [ "${1:-}" = "--no-distcheck" ] && distcheck=no
 
 [ -x configure ] || autoreconf -fi
+# The builds below are out of tree (VPATH), which automake refuses while the source tree itself
+# is configured: clean an in-tree build first.
+if [ -f config.status ]; then
+    echo "check.sh: removing the in-tree build (make distclean) to build out of tree"
+    make -s distclean >/dev/null 2>&1 || true
+fi
 status=0
 
 build() { # dir, CFLAGS, LDFLAGS
