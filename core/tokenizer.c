@@ -1118,7 +1118,8 @@ static int bpe_word(primal_tokenizer *t, const uint8_t *s, size_t n, primal_ids 
         return primal_ids_push(out, t->byte_id[s[0]], err);
     if (t->ignore_merges) {
         /* A word that is a token as a whole is taken as it is (HF BPE ignore_merges). */
-        uint8_t stackbuf[512], *u = n <= 256 ? stackbuf : malloc(2 * n);
+        uint8_t stackbuf[512] = {0}; /* zeroed only to quiet a -O1 false positive */
+        uint8_t *u = n <= 256 ? stackbuf : malloc(2 * n);
         if (u == NULL)
             return primal_errf(err, PRIMAL_ENOMEM, "tokenizer: out of memory");
         size_t k = 0;
