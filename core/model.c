@@ -16,7 +16,9 @@
  * trainable parameter.  Random initialisation draws N(0, std) by Box-Muller from the
  * counter-based RNG, stream primal_rng_stream(tensor id, 0, INIT_PURPOSE), counter = the
  * element's flat index, then snaps like an import.  No keys: primal_model_opts carries threads
- * and recompute. */
+ * and recompute.  OpenMP is the only thread pool: creating a model or setting its options sets
+ * OpenBLAS to one thread (process-wide), because the kernels split each product among the
+ * OpenMP threads themselves (kernels/cpu/matmul.c says why). */
 #include "model.h"
 
 #include <cblas.h>
@@ -35,6 +37,9 @@
 #include "../kernels/cpu/rmsnorm.h"
 #include "../kernels/cpu/rope.h"
 #include "../kernels/cpu/swiglu.h"
+
+/* Below this many elements a loop runs on one thread: waking the others costs more. */
+#define PAR_MIN (1 << 15)
 
 #define INIT_PURPOSE 0x49 /* 'I': the RNG purpose of random initialisation */
 #define ALIGN_FLOATS 16   /* 64-byte alignment of every buffer carved from an arena */
@@ -88,7 +93,7 @@ struct primal_model {
     float *dres, *dln;             /* (N, C) */
     float *dact, *dgate, *dup;     /* (N, F) */
     float *datty, *dq, *dk, *dv;   /* (N, qdim), (N, qdim), (N, kvdim), (N, kvdim) */
-    float *ascratch;               /* (B, KVH, T) */
+    float *ascratch;               /* (threads, T, T) */
     float *dloss;                  /* (N) */
     float *G;                      /* (rows, cols) of the largest trainable matrix */
     size_t G_cap;
@@ -421,7 +426,7 @@ int primal_model_set_matrix(primal_model *m, primal_param *p, const float *w, pr
         memcpy(q->dense, w, (size_t)(q->rows * q->cols) * sizeof(float));
         return PRIMAL_OK;
     }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (q->rows * q->cols >= PAR_MIN)
     for (int64_t r = 0; r < q->rows; r++)
         snap_row(q, r, w + r * q->cols);
     return PRIMAL_OK;
@@ -460,7 +465,7 @@ int primal_model_init_random(primal_model *m, uint64_t seed, float std, primal_e
         }
         primal_qtensor *q = &p->q;
         uint64_t stream = primal_rng_stream((uint64_t)q->id, 0, INIT_PURPOSE);
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(static) num_threads(nt) if (p->n >= PAR_MIN)
         for (int64_t r = 0; r < q->rows; r++) {
             float *w = q->bits == 32 ? q->dense + r * q->cols : rows + omp_get_thread_num() * maxc;
             for (int64_t c = 0; c < q->cols; c++)
@@ -662,7 +667,7 @@ static size_t layout_ws(primal_model *m, int B, int T, float *base)
     m->dq = take(base, &off, N * (size_t)m->qdim);
     m->dk = take(base, &off, N * (size_t)m->kvdim);
     m->dv = take(base, &off, N * (size_t)m->kvdim);
-    m->ascratch = take(base, &off, (size_t)B * (size_t)m->c.kv_heads * (size_t)T);
+    m->ascratch = take(base, &off, (size_t)omp_get_max_threads() * (size_t)T * (size_t)T);
     m->dloss = take(base, &off, N);
     return off;
 }
@@ -703,7 +708,7 @@ static int grow_ws(primal_model *m, primal_err *err)
 
 static void add_inplace(float *y, const float *x, int64_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         y[i] += x[i];
 }

@@ -231,23 +231,27 @@ Test(matmul, indexed_4_bit_matches_the_reference_on_random_shapes)
     check_matmul(7, 33, 300, 13, 4); /* odd cols: the last nibble of a row; 3 tiles */
     check_matmul(16, 64, 128, 16, 4);
     check_matmul(5, 20, 1, 2, 4);
+    check_matmul(64, 129, 300, 13, 4); /* large enough to be split among threads */
 }
 
 Test(matmul, indexed_8_bit_matches_the_reference_on_random_shapes)
 {
     check_matmul(9, 40, 257, 200, 8);
     check_matmul(3, 17, 5, 256, 8);
+    check_matmul(70, 128, 200, 256, 8);
 }
 
 Test(matmul, indexed_16_bit_matches_the_reference_on_random_shapes)
 {
     check_matmul(6, 31, 130, 65536, 16);
     check_matmul(11, 8, 3, 257, 16);
+    check_matmul(50, 100, 260, 4000, 16);
 }
 
 Test(matmul, dense_matches_the_reference_on_random_shapes)
 {
     check_matmul(10, 24, 50, 0, 32);
+    check_matmul(66, 128, 150, 0, 32);
 }
 
 typedef struct mm_ctx {
@@ -306,8 +310,8 @@ Test(rmsnorm, normalises_a_hand_worked_row)
 
 Test(rmsnorm, fast_matches_the_reference_on_random_shapes)
 {
-    int shapes[][2] = {{1, 7}, {13, 64}, {40, 100}};
-    for (int s = 0; s < 3; s++) {
+    int shapes[][2] = {{1, 7}, {13, 64}, {40, 100}, {300, 128}}; /* the last one threaded */
+    for (int s = 0; s < 4; s++) {
         int N = shapes[s][0], C = shapes[s][1];
         int64_t nc = (int64_t)N * C;
         float *x = frand(nc, -2, 2), *w = frand(C, 0.5f, 1.5f), *dy = frand(nc, -1, 1);
@@ -377,8 +381,8 @@ Test(rope, rotates_first_and_second_halves_by_position_times_inverse_frequency)
 
 Test(rope, fast_matches_the_reference_on_random_shapes)
 {
-    int shapes[][4] = {{1, 5, 1, 2}, {2, 9, 3, 8}, {3, 17, 2, 64}}; /* B T nh hd */
-    for (int s = 0; s < 3; s++) {
+    int shapes[][4] = {{1, 5, 1, 2}, {2, 9, 3, 8}, {3, 17, 2, 64}, {4, 64, 4, 32}}; /* B T nh hd */
+    for (int s = 0; s < 4; s++) {
         int B = shapes[s][0], T = shapes[s][1], nh = shapes[s][2], hd = shapes[s][3];
         int64_t n = (int64_t)B * T * nh * hd;
         float *x = frand(n, -1, 1), *cs = malloc((size_t)T * hd / 2 * sizeof(float));
@@ -439,6 +443,7 @@ Test(attention, first_position_returns_its_own_value)
 
 static void check_attention(int B, int T, int H, int KVH, int hd)
 {
+    openblas_set_num_threads(1);
     int64_t nq = (int64_t)B * T * H * hd, nk = (int64_t)B * T * KVH * hd;
     float *q = frand(nq, -1.5f, 1.5f), *k = frand(nk, -1.5f, 1.5f), *v = frand(nk, -1, 1);
     float *dout = frand(nq, -1, 1);
@@ -450,7 +455,7 @@ static void check_attention(int B, int T, int H, int KVH, int hd)
     cr_assert_lt(relerr(out, outd, nq), FAST_TOL, "forward B%d T%d H%d KVH%d hd%d", B, T, H,
                  KVH, hd);
     float *dq = frand(nq, 5, 6), *dk = frand(nk, 5, 6), *dv = frand(nk, 5, 6); /* overwritten */
-    float *scratch = fzeros((int64_t)B * KVH * T);
+    float *scratch = fzeros((int64_t)omp_get_max_threads() * T * T);
     double *dqd = dzeros(nq), *dkd = dzeros(nk), *dvd = dzeros(nk);
     attention_backward(dq, dk, dv, scratch, dout, att, q, k, v, B, T, H, KVH, hd);
     attention_backward_ref(dqd, dkd, dvd, doutd, qd, kd, vd, B, T, H, KVH, hd);
@@ -468,6 +473,7 @@ Test(attention, fast_matches_the_reference_with_grouped_query_heads)
     check_attention(1, 12, 4, 1, 16); /* MQA */
     check_attention(3, 5, 2, 2, 4);  /* MHA */
     check_attention(2, 33, 6, 3, 64);
+    check_attention(2, 150, 4, 2, 16); /* several row blocks, the last one partial */
 }
 
 typedef struct at_ctx {
@@ -518,7 +524,7 @@ Test(swiglu, fast_matches_the_reference_and_a_hand_value)
     float g1 = 1.0f, u1 = 2.0f, o1;
     swiglu_forward(&o1, &g1, &u1, 1);
     cr_assert_float_eq(o1, 2.0 / (1.0 + exp(-1.0)), 1e-6);
-    int64_t n = 1001;
+    int64_t n = 40001; /* threaded */
     float *g = frand(n, -6, 6), *u = frand(n, -2, 2), *dy = frand(n, -1, 1), *o = fzeros(n);
     double *gd = to_d(g, n), *ud = to_d(u, n), *dyd = to_d(dy, n), *od = dzeros(n);
     swiglu_forward(o, g, u, n);
@@ -579,11 +585,11 @@ Test(crossentropy, uniform_logits_cost_log_v)
 
 Test(crossentropy, fast_matches_the_reference_and_skips_rows_with_zero_weight)
 {
-    int N = 17, V = 300;
+    int N = 117, V = 300; /* threaded */
     int64_t nv = (int64_t)N * V;
     float *x = frand(nv, -8, 8), *dl = frand(N, 0.1f, 1), *l = fzeros(N);
     dl[3] = 0.0f;
-    int32_t t[17];
+    int32_t t[117];
     for (int n = 0; n < N; n++)
         t[n] = (n * 37) % V;
     double *xd = to_d(x, nv), *dld = to_d(dl, N), *ld = dzeros(N), *dxd = dzeros(nv);

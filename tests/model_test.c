@@ -408,6 +408,44 @@ Test(model_fd, mqa_model_gradients_match_finite_differences)
     check_fd(&mc);
 }
 
+Test(model_fd, scale_gradients_of_an_indexed_model_match_finite_differences,
+     .init = prime13_init)
+{
+    primal_model_config mc = {.arch = PRIMAL_ARCH_QWEN2, .vocab = 21, .dim = 16, .layers = 2,
+                              .heads = 4, .kv_heads = 2, .ffn = 24, .rope_theta = 10000.0,
+                              .norm_eps = 1e-5, .tied = 1, .qkv_bias = 1};
+    primal_err err;
+    primal_model *m;
+    cr_assert_eq(primal_model_create(&mc, grid_user, (void *)&prime13, &m, &err), PRIMAL_OK);
+    cr_assert_eq(primal_model_init_random(m, 8, 0.3f, &err), PRIMAL_OK);
+    int32_t tok[FD_B * (FD_T + 1)];
+    random_tokens(tok, FD_B * (FD_T + 1), mc.vocab, 12);
+    fd_loss(m, tok);
+    primal_model_zero_grad(m);
+    cr_assert_eq(primal_model_backward(m, 1.0f, NULL, NULL, &err), PRIMAL_OK, "%s", err.msg);
+    int checked = 0;
+    for (int i = 0; i < primal_model_nparams(m); i++) {
+        primal_param *p = primal_model_param(m, i);
+        if (!p->is_matrix)
+            continue;
+        cr_assert_not_null(p->dscale, "%s", p->name);
+        for (int s = 0; s < 2; s++) {
+            int64_t r = (int64_t)(primal_rng_u64(23, (uint64_t)i, (uint64_t)s) %
+                                  (uint64_t)p->q.rows);
+            if (p->layer == PRIMAL_LAYER_EMBED)
+                r = tok[s];
+            /* the scale is about 0.6 here: a step of 1e-2 keeps the loss's rounding small */
+            double fd = fd_at(m, tok, &p->q.scale[r]);
+            cr_assert_leq(fabs(fd - p->dscale[r]), 1e-2 * fabs(p->dscale[r]) + 1e-4,
+                          "%s: dscale[%lld] %.6g, finite diff %.6g", p->name, (long long)r,
+                          p->dscale[r], fd);
+            checked++;
+        }
+    }
+    cr_assert_eq(checked, 2 * (1 + 2 * 7));
+    primal_model_free(m);
+}
+
 Test(model_fd, tied_model_has_no_head_and_one_hook_call_for_the_embedding)
 {
     primal_model_config mc = {.arch = PRIMAL_ARCH_LLAMA, .vocab = 23, .dim = 16, .layers = 1,
@@ -594,6 +632,40 @@ Test(model_frozen, recomputation_gives_the_same_gradients, .init = prime13_init)
     keep_free(&kb);
     primal_model_free(a);
     primal_model_free(b);
+}
+
+Test(model_frozen, two_threads_give_the_gradients_of_one, .init = prime13_init)
+{
+    /* Large enough that every product and loop is split among the threads. */
+    primal_model_config mc = {.arch = PRIMAL_ARCH_QWEN2, .vocab = 300, .dim = 128, .layers = 2,
+                              .heads = 4, .kv_heads = 2, .ffn = 256, .rope_theta = 10000.0,
+                              .norm_eps = 1e-6, .tied = 1, .qkv_bias = 1};
+    primal_err err;
+    primal_model *m;
+    cr_assert_eq(primal_model_create(&mc, grid_user, (void *)&prime13, &m, &err), PRIMAL_OK);
+    cr_assert_eq(primal_model_init_random(m, 2, 0.05f, &err), PRIMAL_OK);
+    int32_t tok[4 * 65];
+    random_tokens(tok, 4 * 65, 300, 5);
+    float loss[2];
+    keep k[2];
+    for (int run = 0; run < 2; run++) {
+        primal_model_opts o = {.threads = run + 1};
+        primal_model_set_opts(m, &o);
+        primal_model_zero_grad(m);
+        keep_init(&k[run], m);
+        cr_assert_eq(primal_model_forward(m, tok, NULL, 4, 64, &loss[run], NULL, &err),
+                     PRIMAL_OK);
+        cr_assert_eq(primal_model_backward(m, 1.0f, keep_hook, &k[run], &err), PRIMAL_OK);
+    }
+    cr_assert_float_eq(loss[0], loss[1], 1e-5);
+    for (int i = 0; i < primal_model_nparams(m); i++) {
+        primal_param *p = primal_model_param(m, i);
+        if (p->is_matrix)
+            cr_assert_lt(relerr(k[1].G[i], k[0].G[i], p->n), 1e-5, "%s", p->name);
+    }
+    keep_free(&k[0]);
+    keep_free(&k[1]);
+    primal_model_free(m);
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -2,24 +2,27 @@
  * reads kv head h / (H / KVH) (MQA when KVH = 1).  Scores are q·k / sqrt(hd), softmax over
  * positions t2 <= t in float32, as Hugging Face's eager attention.  SPEC.md, "Models".
  *
- * Forward keeps the probabilities att (B, H, T, T) for backward (only t2 <= t is written or
- * read).  Backward runs one task per (batch row, kv head), so the query heads that share a kv
- * head add into dk/dv from a single thread.  The _ref twins are plain loops in double.
- * No keys. */
+ * One OpenMP task per (batch row, head) runs the products of that head through single-threaded
+ * cblas_sgemm on strided views of q, k, v (no copies), in row blocks of ATT_BS so that the
+ * masked upper triangle is mostly skipped.  Forward keeps the probabilities att (B, H, T, T)
+ * for backward (entries above the diagonal within a block are zero, beyond it unwritten).
+ * Backward runs one task per (batch row, kv head), so the query heads that share a kv head add
+ * into dk/dv from a single thread.  OpenBLAS must be single-threaded here (the model sets it).
+ * The _ref twins are plain loops in double.  No keys. */
 #include "attention.h"
 
+#include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
-static inline float dot(const float *a, const float *b, int n)
-{
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int i = 0; i < n; i++)
-        s += a[i] * b[i];
-    return s;
-}
+/* Below this many multiply-adds the heads run on one thread: waking the others costs more. */
+#define PAR_MIN_MACS (1 << 20)
+
+/* Row blocks of the causal score matrix: a block of ATT_BS query rows only needs the key
+ * columns up to its last row, so about half of the T x T products are skipped. */
+#define ATT_BS 64
 
 void attention_forward(float *out,     /* (B, T, H, hd) */
                        float *att,     /* (B, H, T, T) softmax probabilities, kept for backward */
@@ -28,48 +31,51 @@ void attention_forward(float *out,     /* (B, T, H, hd) */
                        const float *v, /* (B, T, KVH, hd) */
                        int B, int T, int H, int KVH, int hd)
 {
-    int group = H / KVH;
+    int group = H / KVH, ldq = H * hd, ldk = KVH * hd;
     float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for collapse(3) schedule(dynamic, 8)
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) \
+    if ((int64_t)B * H * T * T * hd >= PAR_MIN_MACS)
     for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++)
-            for (int t = 0; t < T; t++) {
-                int kh = h / group;
-                const float *qt = q + (((int64_t)b * T + t) * H + h) * hd;
-                float *a = att + (((int64_t)b * H + h) * T + t) * T;
-                float mx = -INFINITY;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const float *kt = k + (((int64_t)b * T + t2) * KVH + kh) * hd;
-                    float s = dot(qt, kt, hd) * scale;
-                    a[t2] = s;
-                    if (s > mx)
-                        mx = s;
+        for (int h = 0; h < H; h++) {
+            int kh = h / group;
+            const float *Q = q + (int64_t)b * T * ldq + h * hd;
+            const float *K = k + (int64_t)b * T * ldk + kh * hd;
+            const float *V = v + (int64_t)b * T * ldk + kh * hd;
+            float *P = att + ((int64_t)b * H + h) * T * T;
+            float *O = out + (int64_t)b * T * ldq + h * hd;
+            for (int t0 = 0; t0 < T; t0 += ATT_BS) {
+                int m = T - t0 < ATT_BS ? T - t0 : ATT_BS, w = t0 + m;
+                /* S = Q Kᵀ · scale for rows [t0, t0 + m), columns [0, w) */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, w, hd, scale,
+                            Q + (int64_t)t0 * ldq, ldq, K, ldk, 0.0f, P + (int64_t)t0 * T, T);
+                for (int t = t0; t < t0 + m; t++) {
+                    float *a = P + (int64_t)t * T;
+                    float mx = -INFINITY;
+                    for (int t2 = 0; t2 <= t; t2++)
+                        mx = a[t2] > mx ? a[t2] : mx;
+                    float sum = 0.0f;
+                    for (int t2 = 0; t2 <= t; t2++) {
+                        a[t2] = expf(a[t2] - mx);
+                        sum += a[t2];
+                    }
+                    float inv = 1.0f / sum;
+                    for (int t2 = 0; t2 <= t; t2++)
+                        a[t2] *= inv;
+                    for (int t2 = t + 1; t2 < w; t2++) /* masked: read by the products below */
+                        a[t2] = 0.0f;
                 }
-                float sum = 0.0f;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    a[t2] = expf(a[t2] - mx);
-                    sum += a[t2];
-                }
-                float inv = 1.0f / sum;
-                for (int t2 = 0; t2 <= t; t2++)
-                    a[t2] *= inv;
-                float *o = out + (((int64_t)b * T + t) * H + h) * hd;
-                memset(o, 0, (size_t)hd * sizeof(float));
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const float *vt = v + (((int64_t)b * T + t2) * KVH + kh) * hd;
-                    float p = a[t2];
-#pragma omp simd
-                    for (int i = 0; i < hd; i++)
-                        o[i] += p * vt[i];
-                }
+                /* O = P V */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, hd, w, 1.0f,
+                            P + (int64_t)t0 * T, T, V, ldk, 0.0f, O + (int64_t)t0 * ldq, ldq);
             }
+        }
 }
 
 /* dq, dk, dv are written (not accumulated). */
 void attention_backward(float *dq,         /* (B, T, H, hd) */
                         float *dk,         /* (B, T, KVH, hd) */
                         float *dv,         /* (B, T, KVH, hd) */
-                        float *scratch,    /* (B, KVH, T) */
+                        float *scratch,    /* (threads, T, T): dL/d scores of one head */
                         const float *dout, /* (B, T, H, hd) */
                         const float *att,  /* (B, H, T, T) from forward */
                         const float *q,    /* (B, T, H, hd) */
@@ -77,47 +83,60 @@ void attention_backward(float *dq,         /* (B, T, H, hd) */
                         const float *v,    /* (B, T, KVH, hd) */
                         int B, int T, int H, int KVH, int hd)
 {
-    int group = H / KVH;
+    int group = H / KVH, ldq = H * hd, ldk = KVH * hd;
     float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) \
+    if ((int64_t)B * H * T * T * hd >= PAR_MIN_MACS)
     for (int b = 0; b < B; b++)
         for (int kh = 0; kh < KVH; kh++) {
-            float *da = scratch + ((int64_t)b * KVH + kh) * T; /* dL/d att of one row */
+            float *dS = scratch + (int64_t)omp_get_thread_num() * T * T;
+            const float *K = k + (int64_t)b * T * ldk + kh * hd;
+            const float *V = v + (int64_t)b * T * ldk + kh * hd;
+            float *dK = dk + (int64_t)b * T * ldk + kh * hd;
+            float *dV = dv + (int64_t)b * T * ldk + kh * hd;
             for (int t = 0; t < T; t++) {
-                memset(dk + (((int64_t)b * T + t) * KVH + kh) * hd, 0, (size_t)hd * sizeof(float));
-                memset(dv + (((int64_t)b * T + t) * KVH + kh) * hd, 0, (size_t)hd * sizeof(float));
+                memset(dK + (int64_t)t * ldk, 0, (size_t)hd * sizeof(float));
+                memset(dV + (int64_t)t * ldk, 0, (size_t)hd * sizeof(float));
             }
-            for (int h = kh * group; h < (kh + 1) * group; h++)
-                for (int t = 0; t < T; t++) {
-                    const float *a = att + (((int64_t)b * H + h) * T + t) * T;
-                    const float *qt = q + (((int64_t)b * T + t) * H + h) * hd;
-                    const float *dot_ = dout + (((int64_t)b * T + t) * H + h) * hd;
-                    float *dqt = dq + (((int64_t)b * T + t) * H + h) * hd;
-                    /* out = Σ a·v:  da = dout·v,  dv += a·dout */
-                    float sa = 0.0f;
-                    for (int t2 = 0; t2 <= t; t2++) {
-                        const float *vt = v + (((int64_t)b * T + t2) * KVH + kh) * hd;
-                        float *dvt = dv + (((int64_t)b * T + t2) * KVH + kh) * hd;
-                        da[t2] = dot(dot_, vt, hd);
-                        sa += a[t2] * da[t2];
-                        float p = a[t2];
-#pragma omp simd
-                        for (int i = 0; i < hd; i++)
-                            dvt[i] += p * dot_[i];
+            for (int h = kh * group; h < (kh + 1) * group; h++) {
+                const float *P = att + ((int64_t)b * H + h) * T * T;
+                const float *Q = q + (int64_t)b * T * ldq + h * hd;
+                const float *dO = dout + (int64_t)b * T * ldq + h * hd;
+                float *dQ = dq + (int64_t)b * T * ldq + h * hd;
+                for (int t0 = 0; t0 < T; t0 += ATT_BS) {
+                    int m = T - t0 < ATT_BS ? T - t0 : ATT_BS, w = t0 + m;
+                    /* dP = dO Vᵀ, then the softmax: dS = P·(dP − Σ P·dP) · scale */
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, w, hd, 1.0f,
+                                dO + (int64_t)t0 * ldq, ldq, V, ldk, 0.0f, dS + (int64_t)t0 * T,
+                                T);
+                    for (int t = t0; t < t0 + m; t++) {
+                        const float *a = P + (int64_t)t * T;
+                        float *d = dS + (int64_t)t * T;
+                        float s = 0.0f;
+                        for (int t2 = 0; t2 <= t; t2++)
+                            s += a[t2] * d[t2];
+                        for (int t2 = 0; t2 <= t; t2++)
+                            d[t2] = a[t2] * (d[t2] - s) * scale;
+                        for (int t2 = t + 1; t2 < w; t2++)
+                            d[t2] = 0.0f;
                     }
-                    /* softmax: ds = a·(da − Σ a·da);  s = q·k·scale */
-                    memset(dqt, 0, (size_t)hd * sizeof(float));
-                    for (int t2 = 0; t2 <= t; t2++) {
-                        float ds = a[t2] * (da[t2] - sa) * scale;
-                        const float *kt = k + (((int64_t)b * T + t2) * KVH + kh) * hd;
-                        float *dkt = dk + (((int64_t)b * T + t2) * KVH + kh) * hd;
-#pragma omp simd
-                        for (int i = 0; i < hd; i++) {
-                            dqt[i] += ds * kt[i];
-                            dkt[i] += ds * qt[i];
-                        }
-                    }
+                    /* dQ = dS K */
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, hd, w, 1.0f,
+                                dS + (int64_t)t0 * T, T, K, ldk, 0.0f, dQ + (int64_t)t0 * ldq,
+                                ldq);
                 }
+                /* Column blocks [s0, s0 + m) of keys see the query rows [s0, T):
+                 * dK += dSᵀ Q,  dV += Pᵀ dO. */
+                for (int s0 = 0; s0 < T; s0 += ATT_BS) {
+                    int m = T - s0 < ATT_BS ? T - s0 : ATT_BS;
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, hd, T - s0, 1.0f,
+                                dS + (int64_t)s0 * T + s0, T, Q + (int64_t)s0 * ldq, ldq, 1.0f,
+                                dK + (int64_t)s0 * ldk, ldk);
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, hd, T - s0, 1.0f,
+                                P + (int64_t)s0 * T + s0, T, dO + (int64_t)s0 * ldq, ldq, 1.0f,
+                                dV + (int64_t)s0 * ldk, ldk);
+                }
+            }
         }
 }
 

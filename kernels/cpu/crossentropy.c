@@ -8,12 +8,15 @@
 #include <math.h>
 #include <string.h>
 
+/* Below this many elements a loop runs on one thread: waking the others costs more. */
+#define PAR_MIN (1 << 15)
+
 void crossentropy_forward(float *losses,          /* (N) */
                           const float *logits,    /* (N, V) */
                           const int32_t *targets, /* (N) in [0, V) */
                           int N, int V)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((int64_t)N * V >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         const float *x = logits + (int64_t)n * V;
         float mx = x[0];
@@ -34,7 +37,7 @@ void crossentropy_backward(float *dlogits,         /* (N, V) */
                            const float *dloss,     /* (N) */
                            int N, int V)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((int64_t)N * V >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         const float *x = logits + (int64_t)n * V;
         float *dx = dlogits + (int64_t)n * V;

@@ -7,13 +7,16 @@
 
 #include "matmul.h"
 
+/* Below this many elements a loop runs on one thread: waking the others costs more. */
+#define PAR_MIN (1 << 15)
+
 void embedding_forward(float *out,              /* (N, C) */
                        const int32_t *tokens,   /* (N) in [0, rows of E), checked by the caller */
                        const primal_qtensor *E, /* (V, C) */
                        int N)
 {
     int64_t C = E->cols;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C >= PAR_MIN)
     for (int n = 0; n < N; n++)
         matmul_dequant_rows(out + n * C, E, tokens[n], 1);
 }

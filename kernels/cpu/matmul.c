@@ -2,16 +2,26 @@
  * (W[r][c] = grid[index[r][c]] * scale[r]) or as dense float32.  SPEC.md, "The forward and
  * backward pass of an indexed matrix".
  *
- * W is dequantised MATMUL_TILE_ROWS rows at a time into a caller-owned tile that stays in cache,
+ * W is dequantised MATMUL_TILE_ROWS rows at a time into a per-thread tile that stays in cache,
  * and every product goes through cblas_sgemm, so no float copy of W (or of the model) is ever
  * made.  The weight gradient G = dYᵀ·X is produced per row range for the caller to consume
- * (scale gradient, flip policy) and drop.  The _ref twins are plain loops in double over a dense
- * W: the tests' oracle.  No keys. */
+ * (scale gradient, flip policy) and drop.
+ *
+ * Threads: each product is split among the OpenMP threads (forward and dX by rows of X, G by
+ * rows of W), every thread calling a single-threaded sgemm on its share.  With OpenBLAS's own
+ * thread pool beside OpenMP's, both pools spin-wait on the same cores and a 2-core training
+ * step ran 3 to 5 times slower; so the model sets openblas_set_num_threads(1) and OpenMP is the
+ * only pool.  The _ref twins are plain loops in double over a dense W: the tests' oracle.
+ * No keys; MATMUL_TILE_ROWS (matmul.h) is a compile-time tunable. */
 #include "matmul.h"
 
 #include <cblas.h>
 #include <omp.h>
 #include <string.h>
+
+/* Below these sizes a product or loop runs on one thread: waking the others costs more. */
+#define PAR_MIN_MACS (1 << 20)
+#define PAR_MIN (1 << 15)
 
 /* out is (nrows, C) float32: rows [r0, r0 + nrows) of W. */
 void matmul_dequant_rows(float *out, const primal_qtensor *w, int64_t r0, int64_t nrows)
@@ -61,7 +71,7 @@ void matmul_forward(float *out,              /* (N, OC) */
                     float *tile,             /* (threads, MATMUL_TILE_ROWS, C) scratch */
                     int N, int C, int OC)
 {
-#pragma omp parallel
+#pragma omp parallel if ((int64_t)N * C * OC >= PAR_MIN_MACS)
     {
         int64_t n0, n1;
         share(N, &n0, &n1);
@@ -95,7 +105,7 @@ void matmul_backward_inp(float *dinp,             /* (N, C) accumulated into */
                          float *tile,             /* (threads, MATMUL_TILE_ROWS, C) scratch */
                          int N, int C, int OC)
 {
-#pragma omp parallel
+#pragma omp parallel if ((int64_t)N * C * OC >= PAR_MIN_MACS)
     {
         int64_t n0, n1;
         share(N, &n0, &n1);
@@ -121,7 +131,7 @@ void matmul_backward_weight(float *G,          /* (nrows, C) */
                             const float *inp,  /* (N, C) */
                             int64_t r0, int64_t nrows, int N, int C, int OC)
 {
-#pragma omp parallel
+#pragma omp parallel if (nrows * C * N >= PAR_MIN_MACS)
     {
         int64_t o0, o1;
         share(nrows, &o0, &o1);
@@ -136,7 +146,7 @@ void matmul_backward_bias(float *dbias,      /* (OC) accumulated into */
                           int N, int OC)
 {
     /* Column sums in double: N can be thousands of positions. */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((int64_t)N * OC >= PAR_MIN)
     for (int o = 0; o < OC; o++) {
         double s = 0.0;
         for (int n = 0; n < N; n++)
@@ -152,7 +162,7 @@ void matmul_scale_grad(float *dscale,           /* (rows of W), rows [r0, r0+nro
                        int64_t r0, int64_t nrows)
 {
     int64_t C = w->cols;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (nrows * C >= PAR_MIN)
     for (int64_t r = 0; r < nrows; r++) {
         const float *g = G + r * C;
         double s = 0.0;

@@ -11,7 +11,9 @@
 /* Rows of W dequantised at a time; one (MATMUL_TILE_ROWS, C) float tile per OpenMP thread is
  * the only float copy of W that exists.  Callers size the tile scratch with it:
  * omp_get_max_threads() * MATMUL_TILE_ROWS * C floats. */
+#ifndef MATMUL_TILE_ROWS
 #define MATMUL_TILE_ROWS 128
+#endif
 
 void matmul_dequant_rows(float *out, const primal_qtensor *w, int64_t r0, int64_t nrows);
 void matmul_forward(float *out, const float *inp, const primal_qtensor *w, const float *bias,

@@ -9,13 +9,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Below this many elements a loop runs on one thread: waking the others costs more. */
+#define PAR_MIN (1 << 15)
+
 void rmsnorm_forward(float *out,          /* (N, C) */
                      float *rstd,         /* (N) 1/sqrt(mean(x^2) + eps), kept for backward */
                      const float *inp,    /* (N, C) */
                      const float *weight, /* (C) */
                      int N, int C, double eps)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((int64_t)N * C >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (int64_t)n * C;
         float *y = out + (int64_t)n * C;
@@ -39,7 +42,7 @@ void rmsnorm_backward(float *dinp,         /* (N, C) */
                       int N, int C)
 {
     if (dinp != NULL) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((int64_t)N * C >= PAR_MIN)
         for (int n = 0; n < N; n++) {
             const float *x = inp + (int64_t)n * C, *dy = dout + (int64_t)n * C;
             float *dx = dinp + (int64_t)n * C;
@@ -54,7 +57,7 @@ void rmsnorm_backward(float *dinp,         /* (N, C) */
     }
     if (dweight != NULL) {
         /* Columns in parallel so that no two threads add into the same dweight[i]. */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((int64_t)N * C >= PAR_MIN)
         for (int i = 0; i < C; i++) {
             double s = 0.0;
             for (int n = 0; n < N; n++)

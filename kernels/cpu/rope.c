@@ -12,6 +12,9 @@
 #include <math.h>
 #include <stdint.h>
 
+/* Below this many elements a loop runs on one thread: waking the others costs more. */
+#define PAR_MIN (1 << 15)
+
 void rope_table(float *cosv, /* (T, hd/2) */
                 float *sinv, /* (T, hd/2) */
                 int T, int hd, double theta)
@@ -33,7 +36,7 @@ void rope_forward(float *out,        /* (B, T, nh, hd) */
                   int B, int T, int nh, int hd)
 {
     int h2 = hd / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((int64_t)B * T * nh * hd >= PAR_MIN)
     for (int bt = 0; bt < B * T; bt++) {
         const float *cs = cosv + (bt % T) * h2, *sn = sinv + (bt % T) * h2;
         for (int h = 0; h < nh; h++) {
@@ -56,7 +59,7 @@ void rope_backward(float *dinp,       /* (B, T, nh, hd) */
                    int B, int T, int nh, int hd)
 {
     int h2 = hd / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((int64_t)B * T * nh * hd >= PAR_MIN)
     for (int bt = 0; bt < B * T; bt++) {
         const float *cs = cosv + (bt % T) * h2, *sn = sinv + (bt % T) * h2;
         for (int h = 0; h < nh; h++) {

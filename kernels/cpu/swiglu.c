@@ -7,12 +7,15 @@
 
 #include <math.h>
 
+/* Below this many elements a loop runs on one thread: waking the others costs more. */
+#define PAR_MIN (1 << 15)
+
 void swiglu_forward(float *out,        /* (n) */
                     const float *gate, /* (n) */
                     const float *up,   /* (n) */
                     int64_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         float g = gate[i];
         out[i] = g / (1.0f + expf(-g)) * up[i];
@@ -27,7 +30,7 @@ void swiglu_backward(float *dgate,      /* (n) */
                      const float *up,   /* (n) */
                      int64_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         float g = gate[i];
         float s = 1.0f / (1.0f + expf(-g));
