@@ -58,11 +58,15 @@ typedef struct trainer {
     primal_accum_info ai;
     int64_t step, tokens, nan_skips;
     primal_ckpt *init_ckpt; /* kept open while the model uses its grids */
+    /* data parallelism */
+    primal_dist *dist;
+    int rank, nranks;
+    float *gbuf;   /* (largest matrix) the gradient tile being summed across ranks */
 } trainer;
 
 static void emit(trainer *t, primal_event ev)
 {
-    if (t->o->on_event != NULL)
+    if (t->o->on_event != NULL && t->rank == 0)
         t->o->on_event(t->o->user, &ev);
 }
 
@@ -262,6 +266,18 @@ static int grad_hook(void *user, primal_param *p, const float *G, int64_t r0, in
     if (i < 0 || !t->ps[i].has_policy)
         return PRIMAL_OK;
     int64_t n = nrows * p->q.cols;
+    if (t->nranks > 1) {
+        /* gradient all-reduce: the policy sees the mean over the ranks' micro-batches, exactly
+         * what one rank with N-times-larger micro-batches would see */
+        memcpy(t->gbuf, G, (size_t)n * sizeof *G);
+        int rc = primal_dist_sum_f32(t->dist, t->gbuf, (size_t)n, err);
+        if (rc != PRIMAL_OK)
+            return primal_err_prefix(err, "%s", p->name);
+        const float inv = 1.0f / (float)t->nranks;
+        for (int64_t k = 0; k < n; k++)
+            t->gbuf[k] *= inv;
+        G = t->gbuf;
+    }
     double sq = 0.0;
     for (int64_t k = 0; k < n; k++)
         sq += (double)G[k] * G[k];
@@ -369,6 +385,12 @@ static int evaluate(trainer *t, double *val_loss, primal_err *err)
     }
     free(b.tokens);
     free(b.mask);
+    if (rc == PRIMAL_OK && t->nranks > 1) {
+        double sc[2] = {sum, count}; /* each rank evaluated its share of the split */
+        rc = primal_dist_sum_f64(t->dist, sc, 2, err);
+        sum = sc[0];
+        count = sc[1];
+    }
     *val_loss = count > 0 ? sum / count : NAN;
     return rc;
 }
@@ -391,13 +413,24 @@ static int save_ckpt(trainer *t, primal_err *err)
     void **bufs = calloc((size_t)cap, sizeof *bufs);
     int rc = blobs && names && bufs ? PRIMAL_OK : primal_errf(err, PRIMAL_ENOMEM, "out of memory");
     train_blob tb = {t->step, t->tokens, t->nan_skips, t->e->run.seed};
+    /* every rank's loader position, each in a fixed-size slot: (uint32 length, bytes) */
+    const size_t slot = sizeof(uint32_t) + PRIMAL_LOADER_STATE_MAX;
+    unsigned char *mine = calloc(1, slot), *all = calloc((size_t)t->nranks, slot);
+    if (mine == NULL || all == NULL)
+        rc = primal_errf(err, PRIMAL_ENOMEM, "out of memory");
     if (rc == PRIMAL_OK) {
-        blobs[nb++] = (primal_ckpt_blob){"train", &tb, sizeof tb};
-        blobs[nb++] = (primal_ckpt_blob){"trainable", t->prev_trainable, (size_t)np};
         const void *pos;
         size_t posn;
         primal_dataq_position(t->dq, &pos, &posn);
-        blobs[nb++] = (primal_ckpt_blob){"loader", pos, posn};
+        uint32_t len = (uint32_t)posn;
+        memcpy(mine, &len, sizeof len);
+        memcpy(mine + sizeof len, pos, posn);
+        rc = primal_dist_gather(t->dist, mine, slot, all, err);
+    }
+    if (rc == PRIMAL_OK) {
+        blobs[nb++] = (primal_ckpt_blob){"train", &tb, sizeof tb};
+        blobs[nb++] = (primal_ckpt_blob){"trainable", t->prev_trainable, (size_t)np};
+        blobs[nb++] = (primal_ckpt_blob){"loader", all, slot * (size_t)t->nranks};
     }
     for (int i = 0; i < np && rc == PRIMAL_OK; i++) {
         primal_param *p = primal_model_param(t->m, i);
@@ -437,7 +470,7 @@ static int save_ckpt(trainer *t, primal_err *err)
     }
     char path[4200];
     snprintf(path, sizeof path, "%s/ckpt-%08lld.safetensors", t->dir, (long long)t->step);
-    if (rc == PRIMAL_OK) {
+    if (rc == PRIMAL_OK && t->rank == 0) { /* the ranks are identical: one writes */
         char *ini = primal_experiment_resolved(t->e);
         rc = primal_ckpt_save(path, t->m, ini ? ini : "", blobs, nb, err);
         free(ini);
@@ -449,6 +482,8 @@ static int save_ckpt(trainer *t, primal_err *err)
     free(blobs);
     free(names);
     free(bufs);
+    free(mine);
+    free(all);
     if (rc == PRIMAL_OK)
         emit(t, (primal_event){.kind = PRIMAL_EV_CKPT, .step = t->step, .message = path});
     return rc;
@@ -564,11 +599,26 @@ static int resume(trainer *t, int *found, primal_err *err)
         }
     }
     if (rc == PRIMAL_OK) {
-        if (primal_ckpt_get_blob(c, "loader", &data, &len) != PRIMAL_OK) {
-            rc = primal_errf(err, PRIMAL_EIO, "%s: no state.loader", primal_ckpt_path(c));
+        const size_t slot = sizeof(uint32_t) + PRIMAL_LOADER_STATE_MAX;
+        if (primal_ckpt_get_blob(c, "loader", &data, &len) != PRIMAL_OK || len % slot != 0) {
+            rc = primal_errf(err, PRIMAL_EIO, "%s: no valid state.loader", primal_ckpt_path(c));
             goto out;
         }
-        rc = primal_dataq_restore(t->dq, data, len, err);
+        if (len / slot != (size_t)t->nranks) {
+            /* the loaders shard rows by rank, so another rank count reads other rows */
+            rc = primal_errf(err, PRIMAL_ECONFIG,
+                             "%s: written by a run of %zu ranks; resume it with %zu ranks",
+                             primal_ckpt_path(c), len / slot, len / slot);
+            goto out;
+        }
+        const unsigned char *mine = (const unsigned char *)data + slot * (size_t)t->rank;
+        uint32_t plen;
+        memcpy(&plen, mine, sizeof plen);
+        if (plen > PRIMAL_LOADER_STATE_MAX) {
+            rc = primal_errf(err, PRIMAL_EIO, "%s: corrupt state.loader", primal_ckpt_path(c));
+            goto out;
+        }
+        rc = primal_dataq_restore(t->dq, mine + sizeof plen, plen, err);
     }
     if (rc == PRIMAL_OK) {
         t->step = tb.step;
@@ -648,6 +698,7 @@ static void trainer_free(trainer *t)
     free(t->layers);
     free(t->trainable);
     free(t->prev_trainable);
+    free(t->gbuf);
     if (t->log != NULL)
         fclose(t->log);
 }
@@ -658,8 +709,15 @@ static int setup(trainer *t, primal_err *err)
     if (e->run.device == PRIMAL_DEVICE_CUDA)
         return primal_cfg_errf(e->run_c, "device", err, PRIMAL_ECONFIG,
                                "this build has no CUDA training loop yet (use device = cpu)");
+    t->dist = t->o->dist;
+    t->rank = primal_dist_rank(t->dist);
+    t->nranks = primal_dist_size(t->dist);
+    if (t->nranks > 1 && e->run.reduce_votes)
+        return primal_cfg_errf(e->run_c, "reduce", err, PRIMAL_ECONFIG,
+                               "votes: the vote all-reduce is not implemented yet (the policy "
+                               "ABI has no vote-increment buffer); use reduce = grad");
     primal_run_dir(e, t->dir, sizeof t->dir);
-    int rc = mkdir_p(t->dir, err);
+    int rc = t->rank == 0 ? mkdir_p(t->dir, err) : PRIMAL_OK;
     if (rc != PRIMAL_OK)
         return rc;
     rc = primal_tokenizer_open(e->tokenizer, &t->tok_train, err);
@@ -718,12 +776,12 @@ static int setup(trainer *t, primal_err *err)
             return primal_err_prefix(err, "%s", e->scheds[i]->desc->name);
     }
     t->lvt = e->loader->desc->vtable;
-    primal_loader_info li = {t->tok_train, PRIMAL_SPLIT_TRAIN, e->run.seed, 0, 1};
+    primal_loader_info li = {t->tok_train, PRIMAL_SPLIT_TRAIN, e->run.seed, t->rank, t->nranks};
     rc = primal_dataq_open(e->loader, e->loader_c, &li, e->run.batch, e->run.seq_len, 4, &t->dq,
                            err);
     if (rc != PRIMAL_OK)
         return primal_err_prefix(err, "[data] %s", e->loader->desc->name);
-    primal_loader_info vi = {t->tok_val, PRIMAL_SPLIT_VAL, e->run.seed, 0, 1};
+    primal_loader_info vi = {t->tok_val, PRIMAL_SPLIT_VAL, e->run.seed, t->rank, t->nranks};
     rc = t->lvt->open(e->loader_c, &vi, &t->val_ctx, err);
     if (rc == PRIMAL_EOF) {
         t->val_ctx = NULL;
@@ -735,13 +793,57 @@ static int setup(trainer *t, primal_err *err)
                            e->loader->desc->name);
     }
     t->have_val = t->val_ctx != NULL;
+    if (t->nranks > 1) {
+        int64_t biggest = 0;
+        for (int i = 0; i < t->np; i++) {
+            primal_param *p = primal_model_param(t->m, i);
+            if (p->is_matrix && p->q.rows * p->q.cols > biggest)
+                biggest = p->q.rows * p->q.cols;
+        }
+        t->gbuf = malloc((size_t)biggest * sizeof *t->gbuf);
+        if (t->gbuf == NULL)
+            return primal_errf(err, PRIMAL_ENOMEM, "gradient all-reduce buffer: out of memory");
+    }
     char *ini = primal_experiment_resolved(e);
     if (ini == NULL)
         return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
-    char path[4200];
-    snprintf(path, sizeof path, "%s/config.ini", t->dir);
-    rc = write_file_atomic(path, ini, err);
+    rc = primal_dist_check_same(t->dist, "resolved configuration", ini, strlen(ini), err);
+    if (rc == PRIMAL_OK && t->rank == 0) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/config.ini", t->dir);
+        rc = write_file_atomic(path, ini, err);
+    }
     free(ini);
+    return rc;
+}
+
+/* The ranks of a data-parallel run must hold the same weights: compare a digest of every
+ * parameter (index, scales, vectors) across them. */
+static int check_weights(trainer *t, primal_err *err)
+{
+    if (t->nranks == 1)
+        return PRIMAL_OK;
+    char *digests = malloc((size_t)t->np * 3 * 65 + 1);
+    if (digests == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    size_t n = 0;
+    for (int i = 0; i < t->np; i++) {
+        primal_param *p = primal_model_param(t->m, i);
+        if (p->is_matrix && p->q.index != NULL)
+            primal_sha256_hex(p->q.index, (size_t)(p->q.rows * p->q.row_stride), digests + n);
+        else if (p->is_matrix)
+            primal_sha256_hex(p->q.dense, (size_t)(p->q.rows * p->q.cols) * sizeof(float),
+                              digests + n);
+        else
+            primal_sha256_hex(p->vec, (size_t)p->n * sizeof(float), digests + n);
+        n += 64;
+        if (p->is_matrix && p->q.scale != NULL) {
+            primal_sha256_hex(p->q.scale, (size_t)p->q.rows * sizeof(float), digests + n);
+            n += 64;
+        }
+    }
+    int rc = primal_dist_check_same(t->dist, "weights", digests, n, err);
+    free(digests);
     return rc;
 }
 
@@ -808,6 +910,30 @@ static double state_bytes_per_weight(trainer *t, double *index_bytes)
     return weights > 0 ? state / weights : 0;
 }
 
+/* After a step's micro-batches on several ranks: the float parameters' gradients, the loss and
+ * the "skip this step" verdict become the same on every rank. */
+static int reduce_step(trainer *t, double *loss_sum, primal_err *err)
+{
+    const float inv = 1.0f / (float)t->nranks;
+    for (int i = 0; i < t->np; i++) {
+        primal_param *p = primal_model_param(t->m, i);
+        float *g = p->is_matrix ? p->dscale : p->dvec;
+        int64_t n = p->is_matrix ? (p->q.dense ? 0 : p->q.rows) : p->n;
+        if (!t->trainable[i] || g == NULL || n == 0)
+            continue;
+        int rc = primal_dist_sum_f32(t->dist, g, (size_t)n, err);
+        if (rc != PRIMAL_OK)
+            return primal_err_prefix(err, "%s", p->name);
+        for (int64_t k = 0; k < n; k++)
+            g[k] *= inv;
+    }
+    int rc = primal_dist_sum_f64(t->dist, loss_sum, 1, err);
+    *loss_sum /= t->nranks;
+    if (rc == PRIMAL_OK)
+        rc = primal_dist_max_int(t->dist, &t->bad_step, err);
+    return rc;
+}
+
 static int one_step(trainer *t, double *loss_out, primal_step_stats *tot, primal_err *err)
 {
     const primal_experiment *e = t->e;
@@ -826,15 +952,24 @@ static int one_step(trainer *t, double *loss_out, primal_step_stats *tot, primal
         rc = primal_model_forward(t->m, b->tokens, b->mask, b->rows, T, &loss, NULL, err);
         if (rc != PRIMAL_OK)
             return rc;
-        t->tokens += (int64_t)b->rows * T;
+        t->tokens += (int64_t)b->rows * T * t->nranks;
         if (!isfinite(loss)) {
             t->bad_step = 1;
-            continue;
+            /* with several ranks, backward still runs: the others wait in its all-reduces,
+             * and the summed tiles carry the non-finite values to every rank's check */
+            if (t->nranks == 1)
+                continue;
+        } else {
+            loss_sum += loss;
         }
-        loss_sum += loss;
         t->ai = (primal_accum_info){.step = t->step, .micro = micro, .n_micro = k,
                                     .seed = e->run.seed, .lr = mult, .lr_mult = mult};
         rc = primal_model_backward(t->m, 1.0f / (float)k, grad_hook, t, err);
+        if (rc != PRIMAL_OK)
+            return rc;
+    }
+    if (t->nranks > 1) {
+        int rc = reduce_step(t, &loss_sum, err);
         if (rc != PRIMAL_OK)
             return rc;
     }
@@ -890,7 +1025,9 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
         if (rc == PRIMAL_OK && !found)
             warn(&t, "--resume: no checkpoint in the run directory; starting afresh");
     }
-    if (rc == PRIMAL_OK) {
+    if (rc == PRIMAL_OK)
+        rc = check_weights(&t, err);
+    if (rc == PRIMAL_OK && t.rank == 0) {
         char path[4200];
         snprintf(path, sizeof path, "%s/log.jsonl", t.dir);
         t.log = fopen(path, t.step > 0 ? "a" : "w");
@@ -975,6 +1112,8 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
         t.step++;
         int last = t.step == e->run.steps;
         int stopping = o->stop_flag != NULL && *o->stop_flag;
+        if (t.nranks > 1 && (rc = primal_dist_max_int(t.dist, &stopping, err)) != PRIMAL_OK)
+            break; /* a signal to any rank stops them all after the same step */
         if (t.step % e->run.log_every == 0 || last || stopping) {
             double now = now_s();
             double tps = (double)(t.tokens - window_tokens) / (now - window_t + 1e-9);

@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <stdint.h>
 
+#include "dist.h"
 #include "experiment.h"
 
 typedef enum primal_event_kind {
@@ -41,8 +42,9 @@ typedef struct primal_train_opts {
     int resume;                       /* continue from the newest valid checkpoint in out */
     volatile sig_atomic_t *stop_flag; /* set (by a signal handler): finish the step, checkpoint,
                                        * return PRIMAL_EINTR */
-    primal_event_fn on_event;
+    primal_event_fn on_event; /* called on rank 0 only */
     void *user;
+    primal_dist *dist;        /* the ranks of a data-parallel run; NULL: one rank */
 } primal_train_opts;
 
 int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *err);

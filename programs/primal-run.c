@@ -7,6 +7,7 @@
 
 #include <primal/primal.h>
 
+#include "dist.h"
 #include "experiment.h"
 #include "train.h"
 
@@ -167,8 +168,8 @@ int main(int argc, char **argv)
             usage(stdout);
             return 0;
         } else if (strcmp(a, "--version") == 0) {
-            printf("primal-run %s (plugin ABI %d.%d)\n", PRIMAL_VERSION_STRING,
-                   PRIMAL_ABI_MAJOR, PRIMAL_ABI_MINOR);
+            printf("primal-run %s (plugin ABI %d.%d, MPI %s)\n", PRIMAL_VERSION_STRING,
+                   PRIMAL_ABI_MAJOR, PRIMAL_ABI_MINOR, primal_dist_available() ? "yes" : "no");
             return 0;
         } else if (strcmp(a, "--set") == 0 && more) {
             sets[nsets++] = argv[++i];
@@ -230,6 +231,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "primal-run: %s\n", err.msg);
         return 1;
     }
+    primal_dist *dist = NULL;
+    if (!check && dump_out == NULL) {
+        rc = primal_dist_init(&argc, &argv, &dist, &err);
+        if (rc != PRIMAL_OK) {
+            fprintf(stderr, "primal-run: %s\n", err.msg);
+            primal_experiment_free(e);
+            return 1;
+        }
+    }
     if (check) {
         char *ini = primal_experiment_resolved(e);
         fputs(ini ? ini : "", stdout);
@@ -249,19 +259,26 @@ int main(int argc, char **argv)
         sigaction(SIGTERM, &sa, NULL);
         int tty = isatty(STDERR_FILENO);
         primal_train_opts o = {.resume = resume, .stop_flag = &stop_flag, .on_event = on_event,
-                               .user = &tty};
+                               .user = &tty, .dist = dist};
         rc = primal_train(e, &o, &err);
     }
+    int rank = primal_dist_rank(dist), nranks = primal_dist_size(dist);
+    if (rc != PRIMAL_OK && rc != PRIMAL_EINTR) {
+        if (nranks > 1)
+            fprintf(stderr, "primal-run: rank %d: %s\n", rank, err.msg);
+        else
+            fprintf(stderr, "primal-run: %s\n", err.msg);
+        fflush(stderr);
+    }
+    /* a failing rank takes the others down with it, so no rank waits in a collective */
+    primal_dist_finish(dist, rc == PRIMAL_OK || rc == PRIMAL_EINTR);
     primal_experiment_free(e);
     free(sets);
     free(dirs);
     if (rc == PRIMAL_EINTR) {
-        fprintf(stderr, "primal-run: %s\n", err.msg);
+        if (rank == 0)
+            fprintf(stderr, "primal-run: %s\n", err.msg);
         return 130;
     }
-    if (rc != PRIMAL_OK) {
-        fprintf(stderr, "primal-run: %s\n", err.msg);
-        return 1;
-    }
-    return 0;
+    return rc == PRIMAL_OK ? 0 : 1;
 }

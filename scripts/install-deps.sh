@@ -9,7 +9,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 PKGS="build-essential autoconf automake libtool pkg-config
       libinih-dev libjansson-dev libpcre2-dev libutf8proc-dev libssl-dev libopenblas-dev
-      libcriterion-dev bible-kjv gnuplot-nox"
+      libcriterion-dev libopenmpi-dev openmpi-bin bible-kjv gnuplot-nox"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 # shellcheck disable=SC2086
