@@ -1,0 +1,142 @@
+#!/bin/sh
+# install_test.sh: an installed PRIMAL is enough to write a plugin out of tree (docs/
+# writing-a-plugin.md).  `make install DESTDIR=TMP` from the build directory, then
+# examples/plugins/sign_flip is built with its Makefile against the installed headers, the
+# flags coming from `pkg-config --define-prefix --cflags primal` (PKG_CONFIG_PATH = the
+# installed lib/pkgconfig), and the installed primal-run, finding it with --plugin-path:
+#   - describes it (--describe lists its key, threshold),
+#   - trains 5 steps with examples/plugins/sign_flip/sign_flip.ini, moving indices, and
+#     checkpoints the policy's state;
+# and the installed primal-sweep finds the installed primal-run beside itself.
+# Skipped (77) without pkg-config or GNU make.  Runs `make install`, so it takes ~10 s.
+# shellcheck source-path=SCRIPTDIR source=run_lib.sh
+. "$(dirname "$0")/run_lib.sh"
+
+command -v pkg-config >/dev/null 2>&1 || skip "pkg-config is not installed"
+make=${MAKE:-make}
+$make --version 2>/dev/null | grep -q 'GNU Make' ||
+    skip "the example's Makefile needs GNU make ($make is not)"
+[ -f "$bld/Makefile" ] || skip "no Makefile in $bld (set PRIMAL_BUILD_DIR)"
+
+# ---------------------------------------------------------------------------------------------
+# make install
+
+root=$tmp/root
+# not the jobserver of a `make -j check` that runs this test
+if (cd "$bld" && MAKEFLAGS='' MFLAGS='' MAKELEVEL='' $make install DESTDIR="$root") \
+    >"$tmp/install.log" 2>&1; then
+    pass "make install DESTDIR=... succeeds"
+else
+    fail "make install DESTDIR=... succeeds" "$tmp/install.log"
+    finish
+fi
+pc=$(find "$root" -name primal.pc -path '*/pkgconfig/*' | head -n 1)
+run=$(find "$root" -name primal-run -type f | head -n 1)
+lib=$(find "$root" -name 'libprimal.so*' | head -n 1)
+if [ -z "$pc" ] || [ -z "$run" ] || [ -z "$lib" ]; then
+    fail "the install has primal.pc, primal-run and libprimal.so" "$(find "$root" | head -n 40)"
+    finish
+fi
+pass "the install has primal.pc, primal-run and libprimal.so"
+bindir=$(dirname "$run")
+libdir=$(dirname "$lib")
+plugindir=$libdir/primal
+check "the installed plugins include prime13 and momentum_carry" \
+    test -f "$plugindir/prime13.so" -a -f "$plugindir/momentum_carry.so"
+for p in primal-generate primal-sweep plot-runs; do
+    check "$p is installed in $(basename "$bindir")/" test -x "$bindir/$p"
+done
+
+# The installed programs use the installed library and plugins (the build tree's plugin
+# directories come after PRIMAL_PLUGIN_PATH in the search).
+LD_LIBRARY_PATH=$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+PRIMAL_PLUGIN_PATH=$plugindir
+export LD_LIBRARY_PATH PRIMAL_PLUGIN_PATH
+
+# ---------------------------------------------------------------------------------------------
+# Build sign_flip out of tree
+
+cflags=$(PKG_CONFIG_PATH=$(dirname "$pc") pkg-config --define-prefix --cflags primal 2>"$tmp/err")
+case $cflags in
+*"$root"*) pass "pkg-config --define-prefix --cflags primal points into the install ($cflags)" ;;
+*)
+    # a pkg-config without --define-prefix: relocate by hand
+    prefix=$(PKG_CONFIG_PATH=$(dirname "$pc") pkg-config --variable=prefix primal)
+    cflags=$(PKG_CONFIG_PATH=$(dirname "$pc") pkg-config --define-variable=prefix="$root$prefix" \
+        --cflags primal)
+    printf 'note: pkg-config has no --define-prefix; used --define-variable=prefix\n'
+    check "pkg-config --cflags primal points into the install ($cflags)" \
+        sh -c "case '$cflags' in *'$root'*) exit 0 ;; esac; exit 1"
+    ;;
+esac
+check "the installed primal.pc's include directory holds primal/primal.h" \
+    test -f "$(printf '%s' "$cflags" | sed 's/^ *-I\([^ ]*\).*/\1/')/primal/primal.h"
+
+sf=$tmp/sign_flip
+cp -r "$src/examples/plugins/sign_flip" "$sf"
+chmod -R u+w "$sf" # a distcheck source tree is read-only
+rm -f "$sf/sign_flip.so"
+if [ ! -f "$sf/Makefile" ]; then
+    fail "examples/plugins/sign_flip/Makefile exists (a top-level .gitignore 'Makefile' hides it from git)"
+    finish
+fi
+if MAKEFLAGS='' MFLAGS='' MAKELEVEL='' $make -C "$sf" PRIMAL_CFLAGS="$cflags" \
+    CFLAGS="-O2 -Wall -Wextra -Werror" >"$tmp/build.log" 2>&1 && [ -f "$sf/sign_flip.so" ]; then
+    pass "sign_flip.so builds against the installed headers with -Wall -Wextra -Werror"
+else
+    fail "sign_flip.so builds against the installed headers" "$tmp/build.log"
+    finish
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Load it with the installed primal-run
+
+if "$run" --describe sign_flip --plugin-path "$sf" >"$tmp/describe" 2>&1; then
+    pass "primal-run --describe sign_flip --plugin-path DIR succeeds"
+    check "it names the plugin, its kind and its file" \
+        sh -c "grep -q '^sign_flip (flip policy plugin' '$tmp/describe' &&
+               grep -q 'file: $sf/sign_flip.so' '$tmp/describe'"
+    check "it lists the key threshold with its default 4" \
+        grep -q '^  threshold  *int  *default 4 ' "$tmp/describe"
+else
+    fail "primal-run --describe sign_flip --plugin-path DIR succeeds" "$tmp/describe"
+fi
+"$run" --list-plugins >"$tmp/list" 2>&1
+check "--list-plugins finds the installed prime13" grep -q "($plugindir/prime13.so)" "$tmp/list"
+
+out=$tmp/sf-run
+if "$run" "$sf/sign_flip.ini" --plugin-path "$sf" --set "run.out=$out" --set run.steps=5 \
+    --set run.batch=4 --set run.seq_len=32 --set run.log_every=1 --set model.dim=32 \
+    --set model.heads=2 \
+    --set model.ffn=64 --set run.sample_tokens=0 --set "data.path=$fixtures/data/genesis.txt" \
+    --set data.val_fraction=0.1 >"$tmp/out" 2>&1; then
+    pass "5 steps with sign_flip.ini and the out-of-tree policy"
+    check "config.ini records plugin = sign_flip with threshold = 4" \
+        sh -c "grep -qx 'plugin = sign_flip' '$out/config.ini' &&
+               grep -qx 'threshold = 4' '$out/config.ini'"
+    nsteps=$(grep -v '"event"' "$out/log.jsonl" | grep -c '"loss":')
+    flips=$(grep -v '"event"' "$out/log.jsonl" | grep '"loss":' |
+        sed 's/.*"flips":\([0-9]*\).*/\1/' | awk '{ s += $1 } END { print s + 0 }')
+    check "log.jsonl has 5 training lines (got $nsteps)" test "$nsteps" -eq 5
+    # one vote per micro-batch, threshold 4: weights first move at the 4th step
+    check "the policy moved indices ($flips flips in 5 steps)" test "$flips" -gt 0
+    # state: one int8 vote per weight of each trainable matrix, e.g. q_proj of block 0 (32 x 32)
+    st_header "$out/ckpt-00000005.safetensors" >"$tmp/h"
+    check "the checkpoint holds the policy's state, 1024 bytes for a 32 x 32 q_proj" \
+        grep -q '"state.policy.model.layers.0.self_attn.q_proj.weight":{"dtype":"U8","shape":\[1024\]' \
+            "$tmp/h"
+else
+    fail "5 steps with sign_flip.ini and the out-of-tree policy" "$tmp/out"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# The installed primal-sweep finds the installed primal-run beside itself
+
+if [ -x "$bindir/primal-sweep" ]; then
+    (unset PRIMAL_RUN; "$bindir/primal-sweep" "$sf/sign_flip.ini" flip.threshold=2,4 -o "$tmp/sw" \
+        --dry-run) >"$tmp/cmds" 2>&1
+    check "the installed primal-sweep runs the installed primal-run" \
+        test "$(grep -c "^$run " "$tmp/cmds")" -eq 2
+fi
+
+finish

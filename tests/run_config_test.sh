@@ -1,0 +1,207 @@
+#!/bin/sh
+# run_config_test.sh: the experiment file as primal-run reads it (core/experiment.c, core/train.c;
+# SPEC.md, "The experiment file and the run directory", "Schedulers"):
+#   - --check prints the resolved configuration, defaults included, and touches nothing;
+#     --set overrides a value;
+#   - bad input (an unknown key in [flip], a bad number in [run], an unknown section, an
+#     unknown plugin) is refused with status 1 and the file:line of the culprit; a
+#     [grid.TENSOR] override with plugin = nf4 is accepted and reaches the checkpoint;
+#   - night_shift + sealing log "event":"schedule" lines at the steps SPEC.md implies, and a
+#     resume in the middle of the schedule changes nothing;
+#   - --dump-batches writes tokens I32 [n, batch, seq_len + 1] and mask U8 [n, batch, seq_len].
+# shellcheck source-path=SCRIPTDIR source=run_lib.sh
+. "$(dirname "$0")/run_lib.sh"
+
+need_programs "$RUN"
+write_base "$tmp/base.ini"
+
+# ---------------------------------------------------------------------------------------------
+# --check and --set
+
+if "$RUN" "$tmp/base.ini" --check --set run.steps=3 --set "run.out=$tmp/never" \
+    >"$tmp/check" 2>"$tmp/err"; then
+    pass "--check succeeds"
+    # the [run] section of the output
+    sed -n '/^\[run\]/,/^\[/p' "$tmp/check" >"$tmp/run"
+    check "--set run.steps=3 shows as steps = 3" grep -qx 'steps = 3' "$tmp/run"
+    check "a key the file leaves out shows with its default (eval_batches = 0)" \
+        grep -qx 'eval_batches = 0' "$tmp/run"
+    # threshold_consensus is the default policy; SPEC.md gives its decay default, 0.95
+    sed -n '/^\[flip\]/,/^\[/p' "$tmp/check" >"$tmp/flip"
+    check "the default policy's keys show with their defaults (decay = 0.95)" \
+        sh -c "grep -qx 'plugin = threshold_consensus' '$tmp/flip' &&
+               grep -qx 'decay = 0.95' '$tmp/flip'"
+    check "the data path of the file is kept" \
+        grep -qx "path = $fixtures/data/genesis.txt" "$tmp/check"
+    check "--check creates no run directory" test ! -e "$tmp/never"
+else
+    fail "--check succeeds" "$tmp/err"
+fi
+"$RUN" "$tmp/base.ini" --check --set run.stepz=3 >/dev/null 2>"$tmp/err"
+rc=$?
+check "--set of an unknown key fails with status 1 (got $rc)" test "$rc" -eq 1
+check "and names --set and the key" grep -q -- "--set: .*stepz" "$tmp/err"
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: status 1 and FILE:LINE of the culprit.  Each file is the base with one change; the
+# expected line is found in the file itself.
+
+refuse() { # name, grep pattern of the culprit line, what the message must also say
+    f=$tmp/$1.ini
+    line=$(grep -n "$2" "$f" | head -n 1 | cut -d: -f1)
+    "$RUN" "$f" --check >/dev/null 2>"$tmp/err"
+    rc=$?
+    if [ "$rc" -eq 1 ] && grep -q "$1.ini:$line: .*$3" "$tmp/err"; then
+        pass "$1: refused with status 1 and $1.ini:$line"
+    else
+        fail "$1: refused with status 1 and $1.ini:$line (status $rc)" "$tmp/err"
+    fi
+}
+
+{
+    cat "$tmp/base.ini"
+    printf '\n[flip]\nplugin = threshold_consensus\nthreshhold = 3\n'
+} >"$tmp/unknown-flip-key.ini"
+refuse unknown-flip-key '^threshhold' 'threshhold: unknown key'
+
+sed 's/^steps = 8$/steps = 8x/' "$tmp/base.ini" >"$tmp/bad-run-number.ini"
+refuse bad-run-number '^steps = 8x' 'steps'
+
+{
+    cat "$tmp/base.ini"
+    printf '\n[modle]\ndim = 3\n'
+} >"$tmp/unknown-section.ini"
+refuse unknown-section '^\[modle\]' 'unknown section'
+
+{
+    cat "$tmp/base.ini"
+    printf '\n[flip]\nplugin = no_such_policy\n'
+} >"$tmp/unknown-plugin.ini"
+refuse unknown-plugin 'no_such_policy' 'no_such_policy'
+
+sed 's/^plugin = prime13$/plugin = no_such_grid/' "$tmp/base.ini" >"$tmp/unknown-grid.ini"
+refuse unknown-grid 'no_such_grid' 'no_such_grid'
+
+# A grid override for one tensor pattern: accepted, and the checkpoint records nf4 for those
+# tensors and prime13 for the rest.
+{
+    cat "$tmp/base.ini"
+    printf '\n[grid.model.layers.*.mlp.down_proj.weight]\nplugin = nf4\n'
+} >"$tmp/nf4.ini"
+if "$RUN" "$tmp/nf4.ini" --check >"$tmp/check" 2>"$tmp/err"; then
+    pass "a [grid.model.layers.*.mlp.down_proj.weight] section with plugin = nf4 is accepted"
+    check "--check shows the override" \
+        test "$(sed -n '/^\[grid\.model\.layers\.\*\.mlp\.down_proj\.weight\]$/{n;p;}' \
+            "$tmp/check")" = "plugin = nf4"
+else
+    fail "a [grid.model.layers.*.mlp.down_proj.weight] section with plugin = nf4 is accepted" \
+        "$tmp/err"
+fi
+if "$RUN" "$tmp/nf4.ini" --set "run.out=$tmp/nf4" --set run.steps=2 >"$tmp/out" 2>&1; then
+    st_header "$tmp/nf4/ckpt-00000002.safetensors" >"$tmp/h"
+    check "the checkpoint stores layer 1's down_proj over nf4" \
+        grep -q 'model.layers.1.mlp.down_proj.weight\\":\\"nf4\\"' "$tmp/h"
+    check "and its q_proj over prime13" \
+        grep -q 'model.layers.1.self_attn.q_proj.weight\\":\\"prime13\\"' "$tmp/h"
+else
+    fail "2 steps with the nf4 override" "$tmp/out"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Relative paths resolve against the experiment file's directory, for [data] tokenizer as for
+# [data] path (loaders/text.c): the run must not depend on the directory it is started from.
+
+mkdir -p "$tmp/exp/sub" "$tmp/exp/tok" "$tmp/exp/text"
+ln -s "$fixtures/qwen-tokenizer/tokenizer.json" "$tmp/exp/tok/tokenizer.json"
+cp "$fixtures/data/genesis.txt" "$tmp/exp/text/"
+sed -e 's|^path = .*|path = ../text/genesis.txt|' \
+    -e 's|^\[data\]$|[data]\ntokenizer = ../tok/tokenizer.json|' "$tmp/base.ini" \
+    >"$tmp/exp/sub/bpe.ini"
+if (cd "$tmp" && "$RUN" exp/sub/bpe.ini --dump-batches 1 "$tmp/bpe.safetensors") \
+    >"$tmp/out" 2>&1; then
+    pass "[data] tokenizer = ../tok/tokenizer.json resolves against the experiment's directory"
+    st_header "$tmp/bpe.safetensors" >"$tmp/h"
+    check "and the batch it gives is I32 [1, 4, 33]" \
+        grep -q '"tokens":{"dtype":"I32","shape":\[1,4,33\]' "$tmp/h"
+else
+    fail "[data] tokenizer = ../tok/tokenizer.json resolves against the experiment's directory" \
+        "$tmp/out"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Schedulers.  2 blocks of 9 tensors (2 norms, q, k, v, o, gate, up, down), plus the embedding,
+# the final norm and the LM head: 21.  night_shift (warmup 2, every 2, count 1): steps 0-1
+# train the 3 outer tensors, step 2 adds block 1 (12), step 4 block 0 (21).  sealing (at 6,
+# seq_len 16, accum_mult 2): from step 6 seq_len 16 and grad_accum 2.
+
+{
+    cat "$tmp/base.ini"
+    printf '\n[scheduler]\nplugins = night_shift, sealing\n'
+    printf '\n[night_shift]\nwarmup = 2\nevery = 2\ncount = 1\n'
+    printf '\n[sealing]\nat = 6\nseq_len = 16\naccum_mult = 2\n'
+} >"$tmp/sched.ini"
+x=$tmp/x
+if "$RUN" "$tmp/sched.ini" --set "run.out=$x" >"$tmp/out" 2>&1; then
+    pass "8 steps with night_shift and sealing"
+    mv "$x" "$tmp/sched"
+    grep '"event":"schedule"' "$tmp/sched/log.jsonl" |
+        sed 's/.*"step":\([0-9]*\),"trainable":\([0-9]*\).*"seq_len":\([0-9]*\),"grad_accum":\([0-9]*\),.*/\1 \2 \3 \4/' \
+            >"$tmp/ev"
+    printf '2 12 32 1\n4 21 32 1\n6 21 16 2\n' >"$tmp/want"
+    if cmp -s "$tmp/ev" "$tmp/want"; then
+        pass "schedule events at steps 2, 4, 6 with 12, 21, 21 tensors; seq_len 16, grad_accum 2 from step 6"
+    else
+        fail "schedule events (step trainable seq_len grad_accum) are 2 12 32 1 / 4 21 32 1 / 6 21 16 2" \
+            "$tmp/ev"
+    fi
+    train_lines "$tmp/sched/log.jsonl" | sed 's/.*"step":\([0-9]*\),.*"trainable":\([0-9]*\),.*/\1 \2/' |
+        tr '\n' ' ' >"$tmp/tr"
+    check "training lines report 3, 3, 12, 12, 21, 21, 21, 21 trainable tensors" \
+        test "$(cat "$tmp/tr")" = "1 3 2 3 3 12 4 12 5 21 6 21 7 21 8 21 "
+    # the same with a stop after step 5 and a resume
+    if "$RUN" "$tmp/sched.ini" --set "run.out=$x" --set run.steps=5 >"$tmp/out" 2>&1 &&
+        "$RUN" "$tmp/sched.ini" --set "run.out=$x" --resume >"$tmp/out" 2>&1; then
+        check "a resume at step 5 ends with the same checkpoint" \
+            cmp -s "$x/ckpt-00000008.safetensors" "$tmp/sched/ckpt-00000008.safetensors"
+        grep '"event":"schedule"' "$tmp/sched/log.jsonl" >"$tmp/ea"
+        grep '"event":"schedule"' "$x/log.jsonl" >"$tmp/eb"
+        if cmp -s "$tmp/ea" "$tmp/eb"; then
+            pass "and logs the same schedule events"
+        else
+            diff "$tmp/ea" "$tmp/eb" >"$tmp/diff"
+            fail "and logs the same schedule events" "$tmp/diff"
+        fi
+    else
+        fail "5 steps, then --resume to 8, with night_shift and sealing" "$tmp/out"
+    fi
+else
+    fail "8 steps with night_shift and sealing" "$tmp/out"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# --dump-batches N OUT: tokens I32 [N, batch, seq_len + 1] and mask U8 [N, batch, seq_len].
+
+b=$tmp/batches.safetensors
+if (cd "$tmp" && "$RUN" base.ini --dump-batches 3 "$b") >"$tmp/out" 2>&1; then
+    pass "--dump-batches 3 succeeds"
+    st_header "$b" >"$tmp/h"
+    check "tokens is I32 [3, 4, 33]" grep -q '"tokens":{"dtype":"I32","shape":\[3,4,33\]' "$tmp/h"
+    check "mask is U8 [3, 4, 32]" grep -q '"mask":{"dtype":"U8","shape":\[3,4,32\]' "$tmp/h"
+    hlen=$(od -An -v -tu8 -N8 "$b" | tr -d ' ')
+    size=$(wc -c <"$b" | tr -d ' ')
+    check "the file is 8 + header + 3*4*33*4 + 3*4*32 bytes" \
+        test "$size" -eq $((8 + hlen + 3 * 4 * 33 * 4 + 3 * 4 * 32))
+    # the tokens are bytes (< 256) and the text loader counts every position
+    dd if="$b" bs=1 skip=$((8 + hlen)) count=1584 2>/dev/null | od -An -v -tu4 |
+        tr -s ' ' '\n' | grep . >"$tmp/tok"
+    check "all 396 tokens are byte values" \
+        test "$(awk '$1 < 256' "$tmp/tok" | wc -l | tr -d ' ')" -eq 396
+    dd if="$b" bs=1 skip=$((8 + hlen + 1584)) count=384 2>/dev/null | od -An -v -tu1 |
+        tr -s ' ' '\n' | grep . >"$tmp/mask"
+    check "all 384 mask bytes are 1" test "$(grep -cx 1 "$tmp/mask")" -eq 384
+    check "--dump-batches trains nothing (no run directory)" test ! -e "$tmp/runs"
+else
+    fail "--dump-batches 3 succeeds" "$tmp/out"
+fi
+
+finish
