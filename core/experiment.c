@@ -364,6 +364,21 @@ int primal_experiment_load(const char *path, const char *const *sets,
         int line = 0;
         primal_ini_get(e->ini, "data", "plugin", &line);
         e->tokenizer = primal_cfg_str(e->data_c, "tokenizer");
+        if (strcmp(e->tokenizer, "bytes") != 0 && e->tokenizer[0] != '/') {
+            /* relative to the experiment file, like every other path in it */
+            const char *dir = primal_cfg_dir(e->data_c);
+            size_t n = strlen(dir) + strlen(e->tokenizer) + 2;
+            e->tokenizer_path = malloc(n);
+            if (e->tokenizer_path == NULL)
+                rc = primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+            else
+                snprintf(e->tokenizer_path, n, "%s/%s", dir, e->tokenizer);
+            e->tokenizer = e->tokenizer_path;
+        }
+    }
+    if (rc == PRIMAL_OK) {
+        int line = 0;
+        primal_ini_get(e->ini, "data", "plugin", &line);
         rc = load_plugin_section(e, "data", primal_cfg_str(e->data_c, "plugin"), line,
                                  PRIMAL_KIND_LOADER, ignore_data, &e->loader, &e->loader_c,
                                  err);
@@ -414,6 +429,7 @@ void primal_experiment_free(primal_experiment *e)
     free(e->override_refs);
     primal_search_free(&e->search);
     primal_ini_free(e->ini);
+    free(e->tokenizer_path);
     free(e);
 }
 

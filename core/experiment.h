@@ -50,7 +50,8 @@ typedef struct primal_experiment {
     primal_model_config model;
     const char *model_init; /* "random", a checkpoint, or a Hugging Face directory */
     double init_std;
-    const char *tokenizer; /* [data] tokenizer */
+    const char *tokenizer; /* [data] tokenizer: "bytes" or a path (made absolute) */
+    char *tokenizer_path;  /* owns the absolute path */
 
     primal_grid *grid; /* [grid] */
     primal_grid_ref grid_ref;

@@ -893,6 +893,36 @@ static void report_schedule(trainer *t, int seq_changed, int accum_changed, int 
     emit(t, (primal_event){.kind = PRIMAL_EV_SCHED, .step = t->step, .message = msg});
 }
 
+/* After --resume from step s, drop the log lines of steps after s (written by the run that
+ * went on past its last checkpoint), so that log.jsonl reads as one uninterrupted run. */
+static int truncate_log(const char *path, int64_t s, primal_err *err)
+{
+    FILE *in = fopen(path, "r");
+    if (in == NULL)
+        return PRIMAL_OK; /* nothing logged yet */
+    char *kept = NULL;
+    size_t klen = 0;
+    FILE *out = open_memstream(&kept, &klen);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while (out != NULL && (n = getline(&line, &cap, in)) > 0) {
+        json_t *j = json_loads(line, 0, NULL);
+        json_t *step = j ? json_object_get(j, "step") : NULL;
+        if (step == NULL || !json_is_integer(step) || json_integer_value(step) <= s)
+            fwrite(line, 1, (size_t)n, out);
+        json_decref(j);
+    }
+    free(line);
+    fclose(in);
+    if (out == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    fclose(out);
+    int rc = write_file_atomic(path, kept, err);
+    free(kept);
+    return rc;
+}
+
 static double state_bytes_per_weight(trainer *t, double *index_bytes)
 {
     double state = 0, weights = 0, idx = 0;
@@ -1030,7 +1060,9 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
     if (rc == PRIMAL_OK && t.rank == 0) {
         char path[4200];
         snprintf(path, sizeof path, "%s/log.jsonl", t.dir);
-        t.log = fopen(path, t.step > 0 ? "a" : "w");
+        if (t.step > 0)
+            rc = truncate_log(path, t.step, err);
+        t.log = rc == PRIMAL_OK ? fopen(path, t.step > 0 ? "a" : "w") : NULL;
         if (t.log == NULL)
             rc = primal_errf(err, PRIMAL_EIO, "%s: cannot write: %s", path, strerror(errno));
     }
@@ -1038,12 +1070,13 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
         trainer_free(&t);
         return rc;
     }
-    /* the first schedule, to report state bytes for what trains at the start */
-    if (t.step == 0) {
-        rc = run_schedulers(&t, 0, err);
-        if (rc == PRIMAL_OK)
-            rc = apply_trainable(&t, err);
-    }
+    /* the schedule of the step before the first one to run: after --resume that is the one
+     * the checkpoint was written under, so the first step reports only real changes; on a
+     * fresh run it is step 0's, to report state bytes for what trains at the start */
+    if (rc == PRIMAL_OK)
+        rc = run_schedulers(&t, t.step > 0 ? t.step - 1 : 0, err);
+    if (rc == PRIMAL_OK && t.step == 0)
+        rc = apply_trainable(&t, err);
     if (rc == PRIMAL_OK) {
         double idx_b = 0, st_b = state_bytes_per_weight(&t, &idx_b);
         primal_model_mem mm;
