@@ -19,7 +19,8 @@
  *                                   concatenated files (moved forward to a line start) is the
  *                                   val split
  *   val_path      STRING ""         a separate validation file set; val_fraction must then be 0
- *                                   or unset
+ *                                   or unset; these three keys are read by
+ *                                   primal_data_split_new (primal/datafiles.h)
  *   on_error      ENUM   "stop"     stop|skip: a malformed line (bad JSON, missing field, wrong
  *                                   type, unknown role) stops the open with PRIMAL_ECONFIG and
  *                                   "PATH:LINE: what", or is skipped and counted in
@@ -38,246 +39,22 @@
  * keeps those with index % nranks == r. */
 #include <errno.h>
 #include <fcntl.h>
-#include <glob.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
 
+#include <primal/datafiles.h>
 #include <primal/plugin.h>
 
 #define RNG_TAG 0xDA7Au  /* loaders' tensor-id slot in primal_rng_stream: no model tensor */
 #define STATE_MAGIC 0x31667370u /* "psf1" */
 
 /* ------------------------------------------------------------------------------------------ */
-/* Files and splits (each loader is one file, so these helpers recur in text.c and tokens.c)  */
-
-typedef struct dfile {
-    char *path;
-    int64_t size;
-} dfile;
-
-typedef struct seg {
-    int file;
-    int64_t start, end; /* byte range of the file in this split */
-} seg;
-
-static void free_files(dfile *f, int n)
-{
-    for (int i = 0; i < n; i++)
-        free(f[i].path);
-    free(f);
-}
-
-static int add_file(dfile **f, int *n, int *cap, char *path, primal_err *err)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0) {
-        int rc = primal_errf(err, PRIMAL_EIO, "%s: cannot open: %s", path, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        free(path);
-        return rc;
-    }
-    close(fd);
-    if (!S_ISREG(st.st_mode)) {
-        int rc = primal_errf(err, PRIMAL_EIO, "%s: not a regular file", path);
-        free(path);
-        return rc;
-    }
-    if (*n == *cap) {
-        int nc = *cap ? 2 * *cap : 8;
-        dfile *g = realloc(*f, (size_t)nc * sizeof *g);
-        if (g == NULL) {
-            free(path);
-            return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
-        }
-        *f = g;
-        *cap = nc;
-    }
-    (*f)[*n].path = path;
-    (*f)[*n].size = (int64_t)st.st_size;
-    (*n)++;
-    return PRIMAL_OK;
-}
-
-/* Comma-separated paths or globs from key; a glob's matches come sorted, as glob(3) gives. */
-static int expand_paths(const primal_config *cfg, const char *key, dfile **out, int *nout,
-                        primal_err *err)
-{
-    const char *dir = primal_cfg_dir(cfg);
-    char *list = strdup(primal_cfg_str(cfg, key));
-    if (list == NULL)
-        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
-    dfile *f = NULL;
-    int n = 0, cap = 0, rc = PRIMAL_OK;
-    char *save = NULL;
-    for (char *item = strtok_r(list, ",", &save); item && rc == PRIMAL_OK;
-         item = strtok_r(NULL, ",", &save)) {
-        while (*item == ' ' || *item == '\t')
-            item++;
-        size_t len = strlen(item);
-        while (len > 0 && (item[len - 1] == ' ' || item[len - 1] == '\t'))
-            item[--len] = '\0';
-        if (len == 0)
-            continue;
-        char *full;
-        if (item[0] == '/' || dir == NULL || dir[0] == '\0')
-            full = strdup(item);
-        else if (asprintf(&full, "%s/%s", dir, item) < 0)
-            full = NULL;
-        if (full == NULL) {
-            rc = primal_errf(err, PRIMAL_ENOMEM, "out of memory");
-            break;
-        }
-        if (strpbrk(full, "*?[") == NULL) {
-            rc = add_file(&f, &n, &cap, full, err);
-            continue;
-        }
-        glob_t g;
-        int gr = glob(full, 0, NULL, &g);
-        if (gr == GLOB_NOMATCH)
-            rc = primal_errf(err, PRIMAL_EIO, "%s: no file matches", full);
-        else if (gr != 0)
-            rc = primal_errf(err, PRIMAL_EIO, "%s: cannot expand the pattern", full);
-        for (size_t i = 0; gr == 0 && i < g.gl_pathc && rc == PRIMAL_OK; i++) {
-            char *p = strdup(g.gl_pathv[i]);
-            rc = p ? add_file(&f, &n, &cap, p, err)
-                   : primal_errf(err, PRIMAL_ENOMEM, "out of memory");
-        }
-        if (gr == 0)
-            globfree(&g);
-        free(full);
-    }
-    free(list);
-    if (rc == PRIMAL_OK && n == 0)
-        rc = primal_cfg_errf(cfg, key, err, PRIMAL_ECONFIG, "no file given");
-    if (rc != PRIMAL_OK) {
-        free_files(f, n);
-        return rc;
-    }
-    *out = f;
-    *nout = n;
-    return PRIMAL_OK;
-}
-
-/* The first line start at or after off in file f (its end if no newline follows). */
-static int line_start_from(const dfile *f, int64_t off, int64_t *cut, primal_err *err)
-{
-    if (off <= 0 || off >= f->size) {
-        *cut = off <= 0 ? 0 : f->size;
-        return PRIMAL_OK;
-    }
-    int fd = open(f->path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return primal_errf(err, PRIMAL_EIO, "%s: cannot open: %s", f->path, strerror(errno));
-    char buf[65536];
-    int64_t pos = off - 1; /* a newline just before off makes off a line start */
-    *cut = f->size;
-    for (;;) {
-        ssize_t r = pread(fd, buf, sizeof buf, (off_t)pos);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            int rc = primal_errf(err, PRIMAL_EIO, "%s: read at byte %lld: %s", f->path,
-                                 (long long)pos, strerror(errno));
-            close(fd);
-            return rc;
-        }
-        if (r == 0)
-            break;
-        char *nl = memchr(buf, '\n', (size_t)r);
-        if (nl != NULL) {
-            *cut = pos + (nl - buf) + 1;
-            break;
-        }
-        pos += r;
-    }
-    close(fd);
-    return PRIMAL_OK;
-}
-
-/* The files and byte ranges of one split.  PRIMAL_EOF: a val split that is empty. */
-static int make_split(const primal_config *cfg, int split, dfile **files, int *nfiles,
-                      seg **segs, int *nsegs, primal_err *err)
-{
-    const char *val_path = primal_cfg_str(cfg, "val_path");
-    double vf = primal_cfg_float(cfg, "val_fraction");
-    int separate = val_path != NULL && val_path[0] != '\0';
-    if (separate && primal_cfg_is_set(cfg, "val_fraction") && vf != 0.0)
-        return primal_cfg_errf(cfg, "val_fraction", err, PRIMAL_ECONFIG,
-                               "must be 0 or unset when val_path is given (got %g)", vf);
-    if (split == PRIMAL_SPLIT_VAL && !separate && vf == 0.0)
-        return primal_errf(err, PRIMAL_EOF, "[data] no validation split: val_fraction is 0 "
-                           "and val_path is not given");
-    dfile *f = NULL;
-    int n = 0;
-    int rc = expand_paths(cfg, separate && split == PRIMAL_SPLIT_VAL ? "val_path" : "path",
-                          &f, &n, err);
-    if (rc != PRIMAL_OK)
-        return rc;
-    seg *s = calloc((size_t)n, sizeof *s);
-    if (s == NULL) {
-        free_files(f, n);
-        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
-    }
-    int64_t total = 0;
-    for (int i = 0; i < n; i++)
-        total += f[i].size;
-    /* the cut, in bytes of the concatenation: the whole set on a separate val_path */
-    int cut_file = n;
-    int64_t cut_off = 0;
-    if (!separate) {
-        int64_t c0 = total - (int64_t)(vf * (double)total), base = 0;
-        for (int i = 0; i < n; i++) {
-            if (c0 < base + f[i].size) {
-                cut_file = i;
-                rc = line_start_from(&f[i], c0 - base, &cut_off, err);
-                break;
-            }
-            base += f[i].size;
-        }
-    }
-    int k = 0;
-    for (int i = 0; i < n && rc == PRIMAL_OK; i++) {
-        int64_t a = 0, b = f[i].size;
-        if (!separate && split == PRIMAL_SPLIT_TRAIN) {
-            if (i > cut_file)
-                continue;
-            if (i == cut_file)
-                b = cut_off;
-        } else if (!separate) {
-            if (i < cut_file)
-                continue;
-            if (i == cut_file)
-                a = cut_off;
-        }
-        if (b > a)
-            s[k++] = (seg){i, a, b};
-    }
-    if (rc == PRIMAL_OK && k == 0) {
-        if (split == PRIMAL_SPLIT_VAL)
-            rc = primal_errf(err, PRIMAL_EOF, "%s: the validation split is empty", f[0].path);
-        else
-            rc = primal_errf(err, PRIMAL_ECONFIG, "%s: the train split is empty (%lld bytes "
-                             "in %d file(s))", f[0].path, (long long)total, n);
-    }
-    if (rc != PRIMAL_OK) {
-        free(s);
-        free_files(f, n);
-        return rc;
-    }
-    *files = f;
-    *nfiles = n;
-    *segs = s;
-    *nsegs = k;
-    return PRIMAL_OK;
-}
+/* Small helpers (each loader is one file, so these recur in text.c and tokens.c)             */
 
 /* The token that ends a document: eot, else the id of "\n" ("bytes" has no eot). */
 static int find_eot(primal_tokenizer *tok, int32_t *eot, primal_err *err)
@@ -325,11 +102,7 @@ typedef struct sft_ctx {
     int32_t eot, vocab;
     int split, rank, nranks, shuffle;
     uint64_t seed;
-    dfile *files;
-    int nfiles;
-    seg *segs;
-    int nsegs;
-    int64_t split_bytes;
+    primal_data_split *data; /* the split's files and byte ranges */
     example *ex;
     int64_t nex;
     int64_t skipped;    /* malformed lines skipped with on_error = skip */
@@ -446,9 +219,9 @@ static int index_lines(sft_ctx *c, int skip, primal_err *err)
     int64_t cap = 0, bad = 0;
     char first[PRIMAL_ERR_MAX] = "";
     int rc = PRIMAL_OK;
-    for (int s = 0; s < c->nsegs && rc == PRIMAL_OK; s++) {
-        const seg *g = &c->segs[s];
-        const char *path = c->files[g->file].path;
+    for (int s = 0; s < c->data->nsegs && rc == PRIMAL_OK; s++) {
+        const primal_data_seg *g = &c->data->segs[s];
+        const char *path = c->data->files[g->file].path;
         FILE *fp = fopen(path, "rb");
         if (fp == NULL)
             return primal_errf(err, PRIMAL_EIO, "%s: cannot open: %s", path, strerror(errno));
@@ -507,9 +280,9 @@ static int index_lines(sft_ctx *c, int skip, primal_err *err)
     if (c->nex == 0)
         return c->split == PRIMAL_SPLIT_VAL
                    ? primal_errf(err, PRIMAL_EOF, "%s: the validation split has no examples",
-                                 c->files[0].path)
+                                 c->data->files[0].path)
                    : primal_errf(err, PRIMAL_ECONFIG, "%s: the train split has no examples",
-                                 c->files[0].path);
+                                 c->data->files[0].path);
     return PRIMAL_OK;
 }
 
@@ -587,7 +360,7 @@ static int read_at(int fd, const char *path, char *buf, size_t n, int64_t off, p
 static int load_example(sft_ctx *c, int64_t k, primal_err *err)
 {
     const example *e = &c->ex[c->order[k]];
-    const char *path = c->files[e->file].path;
+    const char *path = c->data->files[e->file].path;
     if (c->fd_file != e->file) {
         if (c->fd >= 0)
             close(c->fd);
@@ -711,8 +484,7 @@ static void sft_close(void *ctx)
         return;
     if (c->fd >= 0)
         close(c->fd);
-    free_files(c->files, c->nfiles);
-    free(c->segs);
+    primal_data_split_free(c->data);
     free(c->ex);
     free(c->line);
     free(c->order);
@@ -744,18 +516,16 @@ static int sft_open(const primal_config *cfg, const primal_loader_info *info, vo
     c->carry = -1;
     int rc = find_eot(c->tok, &c->eot, err);
     if (rc == PRIMAL_OK)
-        rc = make_split(cfg, info->split, &c->files, &c->nfiles, &c->segs, &c->nsegs, err);
+        rc = primal_data_split_new(cfg, info->split, PRIMAL_DATA_LINES, &c->data, err);
     if (rc != PRIMAL_OK) {
         free(c);
         return rc;
     }
-    for (int i = 0; i < c->nsegs; i++)
-        c->split_bytes += c->segs[i].end - c->segs[i].start;
     const char *on_error = primal_cfg_str(cfg, "on_error");
     rc = index_lines(c, on_error != NULL && strcmp(on_error, "skip") == 0, err);
     if (rc == PRIMAL_OK && c->nex > (int64_t)UINT32_MAX)
         rc = primal_errf(err, PRIMAL_ECONFIG, "%s: %lld examples, more than 2^32",
-                         c->files[0].path, (long long)c->nex);
+                         c->data->files[0].path, (long long)c->nex);
     if (rc == PRIMAL_OK && (c->order = malloc((size_t)c->nex * sizeof *c->order)) == NULL)
         rc = primal_errf(err, PRIMAL_ENOMEM, "out of memory");
     if (rc == PRIMAL_OK)
@@ -799,7 +569,7 @@ static int sft_next(void *ctx, primal_batch *b, primal_err *err)
                 if (!c->epoch_rows)
                     return primal_errf(err, PRIMAL_ECONFIG, "%s: the train split's %lld "
                                        "examples hold fewer than seq_len + 1 = %d tokens",
-                                       c->files[0].path, (long long)c->nex, L + 1);
+                                       c->data->files[0].path, (long long)c->nex, L + 1);
                 c->epoch++;
                 if ((rc = start_epoch(c, err)) != PRIMAL_OK)
                     return rc;
@@ -848,7 +618,7 @@ static int sft_save(void *ctx, void *buf, size_t cap, size_t *n, primal_err *err
                            F_N * 8, cap);
     uint64_t v[F_N] = {
         [F_MAGIC] = STATE_MAGIC, [F_SPLIT] = (uint64_t)c->split, [F_NEX] = (uint64_t)c->nex,
-        [F_BYTES] = (uint64_t)c->split_bytes, [F_VOCAB] = (uint64_t)c->vocab,
+        [F_BYTES] = (uint64_t)c->data->bytes, [F_VOCAB] = (uint64_t)c->vocab,
         [F_SHUF] = (uint64_t)c->shuffle, [F_EPOCH] = c->epoch, [F_K] = (uint64_t)c->k,
         [F_T] = (uint64_t)c->t, [F_CARRY] = (uint64_t)(int64_t)c->carry,
         [F_CARRYM] = c->carry_m, [F_ROWS] = (uint64_t)c->epoch_rows,
@@ -872,14 +642,14 @@ static int sft_restore(void *ctx, const void *buf, size_t n, primal_err *err)
     if (v[F_MAGIC] != STATE_MAGIC || v[F_SPLIT] != (uint64_t)c->split)
         return primal_errf(err, PRIMAL_ECONFIG, "sft_jsonl loader: saved state is not an "
                            "sft_jsonl loader's for this split");
-    if (v[F_NEX] != (uint64_t)c->nex || v[F_BYTES] != (uint64_t)c->split_bytes ||
+    if (v[F_NEX] != (uint64_t)c->nex || v[F_BYTES] != (uint64_t)c->data->bytes ||
         v[F_VOCAB] != (uint64_t)c->vocab || v[F_SHUF] != (uint64_t)c->shuffle ||
         v[F_K] >= (uint64_t)c->nex)
         return primal_errf(err, PRIMAL_ECONFIG, "%s: the data or [data] keys changed since the "
                            "state was saved (%llu examples in %llu bytes then, %lld in %lld "
-                           "now)", c->files[0].path, (unsigned long long)v[F_NEX],
+                           "now)", c->data->files[0].path, (unsigned long long)v[F_NEX],
                            (unsigned long long)v[F_BYTES], (long long)c->nex,
-                           (long long)c->split_bytes);
+                           (long long)c->data->bytes);
     c->epoch = v[F_EPOCH];
     draw_order(c);
     int rc = load_example(c, (int64_t)v[F_K], err);
@@ -887,7 +657,7 @@ static int sft_restore(void *ctx, const void *buf, size_t n, primal_err *err)
         return rc;
     if (v[F_T] > c->ids.n)
         return primal_errf(err, PRIMAL_ECONFIG, "%s: saved position lies past example %lld's "
-                           "%zu tokens: the data changed", c->files[0].path,
+                           "%zu tokens: the data changed", c->data->files[0].path,
                            (long long)v[F_K], c->ids.n);
     c->t = (int64_t)v[F_T];
     c->carry = (int32_t)(int64_t)v[F_CARRY];

@@ -7,7 +7,8 @@
  *   val_fraction  FLOAT  "0.02"     [0,0.5): the last fraction of the bytes of the concatenated
  *                                   files (moved forward to a line start) is the val split
  *   val_path      STRING ""         a separate validation file set; val_fraction must then be 0
- *                                   or unset
+ *                                   or unset; these three keys are read by
+ *                                   primal_data_split_new (primal/datafiles.h)
  *   doc_sep       STRING ""         separator between documents inside a file, with C escapes
  *                                   (\n \r \t \\), e.g. "\n\n"; "" = each file is one document
  *   shuffle_rows  INT    "1024"     rows per shuffle window; 0 = sequential
@@ -35,245 +36,20 @@
  * consecutive rows and rank r keeps those with index % nranks == r. */
 #include <errno.h>
 #include <fcntl.h>
-#include <glob.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
+#include <primal/datafiles.h>
 #include <primal/plugin.h>
 
 #define RNG_TAG 0xDA7Au  /* loaders' tensor-id slot in primal_rng_stream: no model tensor */
 #define STATE_MAGIC 0x31787470u /* "ptx1" */
 
 /* ------------------------------------------------------------------------------------------ */
-/* Files and splits (each loader is one file, so these few helpers recur in tokens.c and     */
-/* sft_jsonl.c)                                                                               */
-
-typedef struct dfile {
-    char *path;
-    int64_t size;
-} dfile;
-
-typedef struct seg {
-    int file;
-    int64_t start, end; /* byte range of the file in this split */
-} seg;
-
-static void free_files(dfile *f, int n)
-{
-    for (int i = 0; i < n; i++)
-        free(f[i].path);
-    free(f);
-}
-
-static int add_file(dfile **f, int *n, int *cap, char *path, primal_err *err)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0) {
-        int rc = primal_errf(err, PRIMAL_EIO, "%s: cannot open: %s", path, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        free(path);
-        return rc;
-    }
-    close(fd);
-    if (!S_ISREG(st.st_mode)) {
-        int rc = primal_errf(err, PRIMAL_EIO, "%s: not a regular file", path);
-        free(path);
-        return rc;
-    }
-    if (*n == *cap) {
-        int nc = *cap ? 2 * *cap : 8;
-        dfile *g = realloc(*f, (size_t)nc * sizeof *g);
-        if (g == NULL) {
-            free(path);
-            return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
-        }
-        *f = g;
-        *cap = nc;
-    }
-    (*f)[*n].path = path;
-    (*f)[*n].size = (int64_t)st.st_size;
-    (*n)++;
-    return PRIMAL_OK;
-}
-
-/* Comma-separated paths or globs from key; a glob's matches come sorted, as glob(3) gives. */
-static int expand_paths(const primal_config *cfg, const char *key, dfile **out, int *nout,
-                        primal_err *err)
-{
-    const char *dir = primal_cfg_dir(cfg);
-    char *list = strdup(primal_cfg_str(cfg, key));
-    if (list == NULL)
-        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
-    dfile *f = NULL;
-    int n = 0, cap = 0, rc = PRIMAL_OK;
-    char *save = NULL;
-    for (char *item = strtok_r(list, ",", &save); item && rc == PRIMAL_OK;
-         item = strtok_r(NULL, ",", &save)) {
-        while (*item == ' ' || *item == '\t')
-            item++;
-        size_t len = strlen(item);
-        while (len > 0 && (item[len - 1] == ' ' || item[len - 1] == '\t'))
-            item[--len] = '\0';
-        if (len == 0)
-            continue;
-        char *full;
-        if (item[0] == '/' || dir == NULL || dir[0] == '\0')
-            full = strdup(item);
-        else if (asprintf(&full, "%s/%s", dir, item) < 0)
-            full = NULL;
-        if (full == NULL) {
-            rc = primal_errf(err, PRIMAL_ENOMEM, "out of memory");
-            break;
-        }
-        if (strpbrk(full, "*?[") == NULL) {
-            rc = add_file(&f, &n, &cap, full, err);
-            continue;
-        }
-        glob_t g;
-        int gr = glob(full, 0, NULL, &g);
-        if (gr == GLOB_NOMATCH)
-            rc = primal_errf(err, PRIMAL_EIO, "%s: no file matches", full);
-        else if (gr != 0)
-            rc = primal_errf(err, PRIMAL_EIO, "%s: cannot expand the pattern", full);
-        for (size_t i = 0; gr == 0 && i < g.gl_pathc && rc == PRIMAL_OK; i++) {
-            char *p = strdup(g.gl_pathv[i]);
-            rc = p ? add_file(&f, &n, &cap, p, err)
-                   : primal_errf(err, PRIMAL_ENOMEM, "out of memory");
-        }
-        if (gr == 0)
-            globfree(&g);
-        free(full);
-    }
-    free(list);
-    if (rc == PRIMAL_OK && n == 0)
-        rc = primal_cfg_errf(cfg, key, err, PRIMAL_ECONFIG, "no file given");
-    if (rc != PRIMAL_OK) {
-        free_files(f, n);
-        return rc;
-    }
-    *out = f;
-    *nout = n;
-    return PRIMAL_OK;
-}
-
-/* The first line start at or after off in file f (its end if no newline follows). */
-static int line_start_from(const dfile *f, int64_t off, int64_t *cut, primal_err *err)
-{
-    if (off <= 0 || off >= f->size) {
-        *cut = off <= 0 ? 0 : f->size;
-        return PRIMAL_OK;
-    }
-    int fd = open(f->path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return primal_errf(err, PRIMAL_EIO, "%s: cannot open: %s", f->path, strerror(errno));
-    char buf[65536];
-    int64_t pos = off - 1; /* a newline just before off makes off a line start */
-    *cut = f->size;
-    for (;;) {
-        ssize_t r = pread(fd, buf, sizeof buf, (off_t)pos);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            int rc = primal_errf(err, PRIMAL_EIO, "%s: read at byte %lld: %s", f->path,
-                                 (long long)pos, strerror(errno));
-            close(fd);
-            return rc;
-        }
-        if (r == 0)
-            break;
-        char *nl = memchr(buf, '\n', (size_t)r);
-        if (nl != NULL) {
-            *cut = pos + (nl - buf) + 1;
-            break;
-        }
-        pos += r;
-    }
-    close(fd);
-    return PRIMAL_OK;
-}
-
-/* The files and byte ranges of one split.  PRIMAL_EOF: a val split that is empty. */
-static int make_split(const primal_config *cfg, int split, dfile **files, int *nfiles,
-                      seg **segs, int *nsegs, primal_err *err)
-{
-    const char *val_path = primal_cfg_str(cfg, "val_path");
-    double vf = primal_cfg_float(cfg, "val_fraction");
-    int separate = val_path != NULL && val_path[0] != '\0';
-    if (separate && primal_cfg_is_set(cfg, "val_fraction") && vf != 0.0)
-        return primal_cfg_errf(cfg, "val_fraction", err, PRIMAL_ECONFIG,
-                               "must be 0 or unset when val_path is given (got %g)", vf);
-    if (split == PRIMAL_SPLIT_VAL && !separate && vf == 0.0)
-        return primal_errf(err, PRIMAL_EOF, "[data] no validation split: val_fraction is 0 "
-                           "and val_path is not given");
-    dfile *f = NULL;
-    int n = 0;
-    int rc = expand_paths(cfg, separate && split == PRIMAL_SPLIT_VAL ? "val_path" : "path",
-                          &f, &n, err);
-    if (rc != PRIMAL_OK)
-        return rc;
-    seg *s = calloc((size_t)n, sizeof *s);
-    if (s == NULL) {
-        free_files(f, n);
-        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
-    }
-    int64_t total = 0;
-    for (int i = 0; i < n; i++)
-        total += f[i].size;
-    /* the cut, in bytes of the concatenation: the whole set on a separate val_path */
-    int cut_file = n;
-    int64_t cut_off = 0;
-    if (!separate) {
-        int64_t c0 = total - (int64_t)(vf * (double)total), base = 0;
-        for (int i = 0; i < n; i++) {
-            if (c0 < base + f[i].size) {
-                cut_file = i;
-                rc = line_start_from(&f[i], c0 - base, &cut_off, err);
-                break;
-            }
-            base += f[i].size;
-        }
-    }
-    int k = 0;
-    for (int i = 0; i < n && rc == PRIMAL_OK; i++) {
-        int64_t a = 0, b = f[i].size;
-        if (!separate && split == PRIMAL_SPLIT_TRAIN) {
-            if (i > cut_file)
-                continue;
-            if (i == cut_file)
-                b = cut_off;
-        } else if (!separate) {
-            if (i < cut_file)
-                continue;
-            if (i == cut_file)
-                a = cut_off;
-        }
-        if (b > a)
-            s[k++] = (seg){i, a, b};
-    }
-    if (rc == PRIMAL_OK && k == 0) {
-        if (split == PRIMAL_SPLIT_VAL)
-            rc = primal_errf(err, PRIMAL_EOF, "%s: the validation split is empty", f[0].path);
-        else
-            rc = primal_errf(err, PRIMAL_ECONFIG, "%s: the train split is empty (%lld bytes "
-                             "in %d file(s))", f[0].path, (long long)total, n);
-    }
-    if (rc != PRIMAL_OK) {
-        free(s);
-        free_files(f, n);
-        return rc;
-    }
-    *files = f;
-    *nfiles = n;
-    *segs = s;
-    *nsegs = k;
-    return PRIMAL_OK;
-}
+/* Small helpers (each loader is one file, so these recur in sft_jsonl.c and tokens.c)        */
 
 /* The token that ends a document: eot, else the id of "\n" ("bytes" has no eot). */
 static int find_eot(primal_tokenizer *tok, int32_t *eot, primal_err *err)
@@ -322,11 +98,7 @@ typedef struct text_ctx {
     int32_t eot, vocab;
     int split, rank, nranks;
     uint64_t seed;
-    dfile *files;
-    int nfiles;
-    seg *segs;
-    int nsegs;
-    int64_t split_bytes;
+    primal_data_split *data; /* the split's files and byte ranges */
     char sep[256];
     size_t seplen;
     size_t chunk, margin;
@@ -434,8 +206,8 @@ static int encode_piece(text_ctx *c, const char *path, size_t a, size_t n, prima
 /* Read and tokenise the chunk of segment s that starts at off. */
 static int load_chunk(text_ctx *c, int s, int64_t off, int doc_open, primal_err *err)
 {
-    const seg *g = &c->segs[s];
-    const char *path = c->files[g->file].path;
+    const primal_data_seg *g = &c->data->segs[s];
+    const char *path = c->data->files[g->file].path;
     if (c->fd_file != g->file) {
         if (c->fd >= 0)
             close(c->fd);
@@ -498,8 +270,8 @@ static rpos snapshot(const text_ctx *c)
 
 static int seek(text_ctx *c, rpos p, primal_err *err)
 {
-    if (p.seg < 0 || p.seg >= c->nsegs || p.off < c->segs[p.seg].start ||
-        p.off >= c->segs[p.seg].end || p.tpos < 0)
+    if (p.seg < 0 || p.seg >= c->data->nsegs || p.off < c->data->segs[p.seg].start ||
+        p.off >= c->data->segs[p.seg].end || p.tpos < 0)
         return primal_errf(err, PRIMAL_ECONFIG, "text loader: saved position (segment %d, "
                            "byte %lld) lies outside the data", p.seg, (long long)p.off);
     int rc = PRIMAL_OK;
@@ -510,7 +282,7 @@ static int seek(text_ctx *c, rpos p, primal_err *err)
     if (p.tpos > (int64_t)c->ids.n)
         return primal_errf(err, PRIMAL_ECONFIG, "%s: saved position (token %lld of the chunk "
                            "at byte %lld) lies past its %zu tokens: the data changed",
-                           c->files[c->segs[p.seg].file].path, (long long)p.tpos,
+                           c->data->files[c->data->segs[p.seg].file].path, (long long)p.tpos,
                            (long long)p.off, c->ids.n);
     c->tpos = p.tpos;
     c->carry = p.carry;
@@ -519,7 +291,7 @@ static int seek(text_ctx *c, rpos p, primal_err *err)
 
 static rpos stream_start(const text_ctx *c)
 {
-    return (rpos){0, c->segs[0].start, 0, 0, -1};
+    return (rpos){0, c->data->segs[0].start, 0, 0, -1};
 }
 
 /* 1 and the next token, 0 at the end of the split, or an error. */
@@ -527,10 +299,10 @@ static int next_token(text_ctx *c, int32_t *t, primal_err *err)
 {
     while (c->tpos >= (int64_t)c->ids.n) {
         int rc;
-        if (c->next_off < c->segs[c->seg_i].end)
+        if (c->next_off < c->data->segs[c->seg_i].end)
             rc = load_chunk(c, c->seg_i, c->next_off, c->doc_open_after, err);
-        else if (c->seg_i + 1 < c->nsegs)
-            rc = load_chunk(c, c->seg_i + 1, c->segs[c->seg_i + 1].start, 0, err);
+        else if (c->seg_i + 1 < c->data->nsegs)
+            rc = load_chunk(c, c->seg_i + 1, c->data->segs[c->seg_i + 1].start, 0, err);
         else
             return 0;
         if (rc != PRIMAL_OK)
@@ -621,8 +393,8 @@ static int train_row(text_ctx *c, int L, int32_t *out, primal_err *err)
         if (!c->epoch_rows)
             return primal_errf(err, PRIMAL_ECONFIG, "%s: the train split (%lld bytes) holds "
                                "fewer than seq_len + 1 = %d tokens",
-                               c->files[c->segs[0].file].path, (long long)c->split_bytes,
-                               L + 1);
+                               c->data->files[c->data->segs[0].file].path,
+                               (long long)c->data->bytes, L + 1);
         c->epoch++;
         c->wnext = 0;
         c->epoch_rows = 0;
@@ -645,8 +417,7 @@ static void text_close(void *ctx)
         return;
     if (c->fd >= 0)
         close(c->fd);
-    free_files(c->files, c->nfiles);
-    free(c->segs);
+    primal_data_split_free(c->data);
     free(c->buf);
     free(c->ids.v);
     free(c->win);
@@ -708,13 +479,11 @@ static int text_open(const primal_config *cfg, const primal_loader_info *info, v
     if (rc == PRIMAL_OK)
         rc = find_eot(c->tok, &c->eot, err);
     if (rc == PRIMAL_OK)
-        rc = make_split(cfg, info->split, &c->files, &c->nfiles, &c->segs, &c->nsegs, err);
+        rc = primal_data_split_new(cfg, info->split, PRIMAL_DATA_LINES, &c->data, err);
     if (rc != PRIMAL_OK) {
         free(c);
         return rc;
     }
-    for (int i = 0; i < c->nsegs; i++)
-        c->split_bytes += c->segs[i].end - c->segs[i].start;
     c->margin = c->seplen + 16;
     c->buf = malloc(c->chunk + c->margin);
     c->perm = malloc((size_t)c->wcap * sizeof *c->perm);
@@ -807,7 +576,7 @@ static int text_save(void *ctx, void *buf, size_t cap, size_t *n, primal_err *er
     rpos p = c->split == PRIMAL_SPLIT_TRAIN ? c->wstart : snapshot(c);
     uint64_t v[F_N] = {
         [F_MAGIC] = STATE_MAGIC, [F_SPLIT] = (uint64_t)c->split,
-        [F_BYTES] = (uint64_t)c->split_bytes, [F_CHUNK] = c->chunk,
+        [F_BYTES] = (uint64_t)c->data->bytes, [F_CHUNK] = c->chunk,
         [F_SHUF] = (uint64_t)c->shuffle_rows, [F_VOCAB] = (uint64_t)c->vocab,
         [F_EPOCH] = c->epoch, [F_WNUM] = c->wnum, [F_WNEXT] = c->wnext,
         [F_SEG] = (uint64_t)p.seg, [F_OFF] = (uint64_t)p.off, [F_DOC] = (uint64_t)p.doc_open,
@@ -833,14 +602,14 @@ static int text_restore(void *ctx, const void *buf, size_t n, primal_err *err)
     if (v[F_MAGIC] != STATE_MAGIC || v[F_SPLIT] != (uint64_t)c->split)
         return primal_errf(err, PRIMAL_ECONFIG, "text loader: saved state is not a text "
                            "loader's for this split");
-    if (v[F_BYTES] != (uint64_t)c->split_bytes || v[F_CHUNK] != c->chunk ||
+    if (v[F_BYTES] != (uint64_t)c->data->bytes || v[F_CHUNK] != c->chunk ||
         v[F_SHUF] != (uint64_t)c->shuffle_rows || v[F_VOCAB] != (uint64_t)c->vocab)
         return primal_errf(err, PRIMAL_ECONFIG, "%s: the data or [data] keys changed since the "
                            "state was saved (split %llu bytes, chunk_bytes %llu, shuffle_rows "
                            "%llu, vocab %llu then; %lld, %zu, %lld, %d now)",
-                           c->files[0].path, (unsigned long long)v[F_BYTES],
+                           c->data->files[0].path, (unsigned long long)v[F_BYTES],
                            (unsigned long long)v[F_CHUNK], (unsigned long long)v[F_SHUF],
-                           (unsigned long long)v[F_VOCAB], (long long)c->split_bytes, c->chunk,
+                           (unsigned long long)v[F_VOCAB], (long long)c->data->bytes, c->chunk,
                            (long long)c->shuffle_rows, c->vocab);
     rpos p = {(int)v[F_SEG], (int64_t)v[F_OFF], (int)v[F_DOC], (int64_t)v[F_TPOS],
               (int32_t)(int64_t)v[F_CARRY]};
@@ -863,7 +632,7 @@ static int text_restore(void *ctx, const void *buf, size_t n, primal_err *err)
         return rc;
     if (c->wrows < wrows)
         return primal_errf(err, PRIMAL_ECONFIG, "%s: the saved window has %lld rows, the data "
-                           "now gives %lld: the data changed", c->files[0].path,
+                           "now gives %lld: the data changed", c->data->files[0].path,
                            (long long)wrows, (long long)c->wrows);
     c->wrows = wrows;
     c->wused = wused;

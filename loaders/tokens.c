@@ -7,7 +7,8 @@
  *   val_fraction  FLOAT  "0.02"     [0,0.5): the last fraction of the tokens of the
  *                                   concatenated files is the val split
  *   val_path      STRING ""         a separate validation file set; val_fraction must then be 0
- *                                   or unset
+ *                                   or unset; these three keys are read by
+ *                                   primal_data_split_new (primal/datafiles.h)
  *   width         INT    "16"       bits per id: 16 or 32
  *
  * The files are taken as one array of ids (they are expected to hold their own document
@@ -24,127 +25,21 @@
  * keeps those with index % nranks == r. */
 #include <errno.h>
 #include <fcntl.h>
-#include <glob.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
+#include <primal/datafiles.h>
 #include <primal/plugin.h>
 
 #define RNG_TAG 0xDA7Au  /* loaders' tensor-id slot in primal_rng_stream: no model tensor */
 #define STATE_MAGIC 0x316b7470u /* "ptk1" */
 
 /* ------------------------------------------------------------------------------------------ */
-/* Files (each loader is one file, so these helpers recur in text.c and sft_jsonl.c)          */
-
-typedef struct dfile {
-    char *path;
-    int64_t size;
-} dfile;
-
-static void free_files(dfile *f, int n)
-{
-    for (int i = 0; i < n; i++)
-        free(f[i].path);
-    free(f);
-}
-
-static int add_file(dfile **f, int *n, int *cap, char *path, primal_err *err)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0) {
-        int rc = primal_errf(err, PRIMAL_EIO, "%s: cannot open: %s", path, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        free(path);
-        return rc;
-    }
-    close(fd);
-    if (!S_ISREG(st.st_mode)) {
-        int rc = primal_errf(err, PRIMAL_EIO, "%s: not a regular file", path);
-        free(path);
-        return rc;
-    }
-    if (*n == *cap) {
-        int nc = *cap ? 2 * *cap : 8;
-        dfile *g = realloc(*f, (size_t)nc * sizeof *g);
-        if (g == NULL) {
-            free(path);
-            return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
-        }
-        *f = g;
-        *cap = nc;
-    }
-    (*f)[*n].path = path;
-    (*f)[*n].size = (int64_t)st.st_size;
-    (*n)++;
-    return PRIMAL_OK;
-}
-
-/* Comma-separated paths or globs from key; a glob's matches come sorted, as glob(3) gives. */
-static int expand_paths(const primal_config *cfg, const char *key, dfile **out, int *nout,
-                        primal_err *err)
-{
-    const char *dir = primal_cfg_dir(cfg);
-    char *list = strdup(primal_cfg_str(cfg, key));
-    if (list == NULL)
-        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
-    dfile *f = NULL;
-    int n = 0, cap = 0, rc = PRIMAL_OK;
-    char *save = NULL;
-    for (char *item = strtok_r(list, ",", &save); item && rc == PRIMAL_OK;
-         item = strtok_r(NULL, ",", &save)) {
-        while (*item == ' ' || *item == '\t')
-            item++;
-        size_t len = strlen(item);
-        while (len > 0 && (item[len - 1] == ' ' || item[len - 1] == '\t'))
-            item[--len] = '\0';
-        if (len == 0)
-            continue;
-        char *full;
-        if (item[0] == '/' || dir == NULL || dir[0] == '\0')
-            full = strdup(item);
-        else if (asprintf(&full, "%s/%s", dir, item) < 0)
-            full = NULL;
-        if (full == NULL) {
-            rc = primal_errf(err, PRIMAL_ENOMEM, "out of memory");
-            break;
-        }
-        if (strpbrk(full, "*?[") == NULL) {
-            rc = add_file(&f, &n, &cap, full, err);
-            continue;
-        }
-        glob_t g;
-        int gr = glob(full, 0, NULL, &g);
-        if (gr == GLOB_NOMATCH)
-            rc = primal_errf(err, PRIMAL_EIO, "%s: no file matches", full);
-        else if (gr != 0)
-            rc = primal_errf(err, PRIMAL_EIO, "%s: cannot expand the pattern", full);
-        for (size_t i = 0; gr == 0 && i < g.gl_pathc && rc == PRIMAL_OK; i++) {
-            char *p = strdup(g.gl_pathv[i]);
-            rc = p ? add_file(&f, &n, &cap, p, err)
-                   : primal_errf(err, PRIMAL_ENOMEM, "out of memory");
-        }
-        if (gr == 0)
-            globfree(&g);
-        free(full);
-    }
-    free(list);
-    if (rc == PRIMAL_OK && n == 0)
-        rc = primal_cfg_errf(cfg, key, err, PRIMAL_ECONFIG, "no file given");
-    if (rc != PRIMAL_OK) {
-        free_files(f, n);
-        return rc;
-    }
-    *out = f;
-    *nout = n;
-    return PRIMAL_OK;
-}
+/* Small helpers (each loader is one file, so these recur in text.c and sft_jsonl.c)          */
 
 static void put64(uint8_t *p, uint64_t v)
 {
@@ -173,10 +68,9 @@ typedef struct tokens_ctx {
     int32_t vocab, pad;
     int split, rank, nranks, width;
     uint64_t seed;
-    dfile *files;
-    int nfiles;
-    const uint8_t **maps; /* (nfiles) mapped files; NULL when empty */
-    tseg *segs;
+    primal_data_split *data; /* the split's files and byte ranges */
+    const uint8_t **maps; /* (data->nfiles) mapped files; NULL when empty */
+    tseg *segs;           /* (nsegs) data->segs in ids */
     int nsegs;
     int64_t n;          /* ids in the split */
     uint64_t counter;   /* train: rows drawn */
@@ -208,8 +102,8 @@ static int copy_ids(const tokens_ctx *c, int32_t *dst, int64_t at, int64_t len, 
             if (v >= (uint32_t)c->vocab)
                 return primal_errf(err, PRIMAL_EIO, "%s: byte offset %lld: id %u is not below "
                                    "the tokenizer's vocabulary size %d",
-                                   c->files[g->file].path, (long long)(i * c->width / 8), v,
-                                   c->vocab);
+                                   c->data->files[g->file].path,
+                                   (long long)(i * c->width / 8), v, c->vocab);
             dst[k] = (int32_t)v;
         }
     }
@@ -221,25 +115,22 @@ static void tokens_close(void *ctx)
     tokens_ctx *c = ctx;
     if (c == NULL)
         return;
-    for (int i = 0; c->maps && i < c->nfiles; i++)
+    for (int i = 0; c->maps && i < c->data->nfiles; i++)
         if (c->maps[i] != NULL)
-            munmap((void *)c->maps[i], (size_t)c->files[i].size);
+            munmap((void *)c->maps[i], (size_t)c->data->files[i].size);
     free(c->maps);
-    free_files(c->files, c->nfiles);
+    primal_data_split_free(c->data);
     free(c->segs);
     free(c);
 }
 
 static int map_files(tokens_ctx *c, primal_err *err)
 {
-    c->maps = calloc((size_t)c->nfiles, sizeof *c->maps);
+    c->maps = calloc((size_t)c->data->nfiles, sizeof *c->maps);
     if (c->maps == NULL)
         return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
-    for (int i = 0; i < c->nfiles; i++) {
-        const dfile *f = &c->files[i];
-        if (f->size % (c->width / 8) != 0)
-            return primal_errf(err, PRIMAL_EIO, "%s: %lld bytes is not a whole number of "
-                               "%d-bit ids", f->path, (long long)f->size, c->width);
+    for (int i = 0; i < c->data->nfiles; i++) {
+        const primal_data_file *f = &c->data->files[i];
         if (f->size == 0)
             continue;
         int fd = open(f->path, O_RDONLY | O_CLOEXEC);
@@ -270,15 +161,6 @@ static int tokens_open(const primal_config *cfg, const primal_loader_info *info,
     if (width != 16 && width != 32)
         return primal_cfg_errf(cfg, "width", err, PRIMAL_ECONFIG, "must be 16 or 32 (got %d)",
                                width);
-    const char *val_path = primal_cfg_str(cfg, "val_path");
-    double vf = primal_cfg_float(cfg, "val_fraction");
-    int separate = val_path != NULL && val_path[0] != '\0';
-    if (separate && primal_cfg_is_set(cfg, "val_fraction") && vf != 0.0)
-        return primal_cfg_errf(cfg, "val_fraction", err, PRIMAL_ECONFIG,
-                               "must be 0 or unset when val_path is given (got %g)", vf);
-    if (info->split == PRIMAL_SPLIT_VAL && !separate && vf == 0.0)
-        return primal_errf(err, PRIMAL_EOF, "[data] no validation split: val_fraction is 0 "
-                           "and val_path is not given");
     tokens_ctx *c = calloc(1, sizeof *c);
     if (c == NULL)
         return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
@@ -291,49 +173,24 @@ static int tokens_open(const primal_config *cfg, const primal_loader_info *info,
     c->pad = primal_tokenizer_eot(info->tok);
     if (c->pad < 0)
         c->pad = 0; /* padding is masked out: any valid id will do */
-    int rc = expand_paths(cfg, separate && info->split == PRIMAL_SPLIT_VAL ? "val_path" : "path",
-                          &c->files, &c->nfiles, err);
+    /* the cut falls between ids: of N ids, the last floor(val_fraction * N) are val */
+    int64_t w = width / 8;
+    int rc = primal_data_split_new(cfg, info->split, (int)w, &c->data, err);
     if (rc != PRIMAL_OK) {
         free(c);
         return rc;
     }
-    if ((rc = map_files(c, err)) != PRIMAL_OK) {
-        tokens_close(c);
-        return rc;
+    c->segs = calloc((size_t)c->data->nsegs, sizeof *c->segs);
+    if (c->segs == NULL)
+        rc = primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    for (int s = 0; rc == PRIMAL_OK && s < c->data->nsegs; s++) {
+        const primal_data_seg *g = &c->data->segs[s];
+        c->segs[c->nsegs++] = (tseg){g->file, g->start / w, g->end / w, c->n};
+        c->n += (g->end - g->start) / w;
     }
-    int64_t total = 0;
-    for (int i = 0; i < c->nfiles; i++)
-        total += c->files[i].size / (width / 8);
-    int64_t lo = 0, hi = total; /* this split's ids, in the concatenation */
-    if (!separate) {
-        int64_t cut = total - (int64_t)(vf * (double)total);
-        if (info->split == PRIMAL_SPLIT_TRAIN)
-            hi = cut;
-        else
-            lo = cut;
-    }
-    c->segs = calloc((size_t)c->nfiles, sizeof *c->segs);
-    if (c->segs == NULL) {
-        tokens_close(c);
-        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
-    }
-    int64_t base = 0;
-    for (int i = 0; i < c->nfiles; i++) {
-        int64_t nt = c->files[i].size / (width / 8);
-        int64_t a = lo > base ? lo - base : 0, b = hi < base + nt ? hi - base : nt;
-        if (b > a) {
-            c->segs[c->nsegs++] = (tseg){i, a, b, c->n};
-            c->n += b - a;
-        }
-        base += nt;
-    }
-    if (c->n == 0) {
-        rc = info->split == PRIMAL_SPLIT_VAL
-                 ? primal_errf(err, PRIMAL_EOF, "%s: the validation split is empty",
-                               c->files[0].path)
-                 : primal_errf(err, PRIMAL_ECONFIG, "%s: the train split is empty (%lld ids "
-                               "in %d file(s))", c->files[0].path, (long long)total,
-                               c->nfiles);
+    if (rc == PRIMAL_OK)
+        rc = map_files(c, err);
+    if (rc != PRIMAL_OK) {
         tokens_close(c);
         return rc;
     }
@@ -354,7 +211,7 @@ static int tokens_next(void *ctx, primal_batch *b, primal_err *err)
     if (c->split == PRIMAL_SPLIT_TRAIN) {
         if (c->n < (int64_t)W)
             return primal_errf(err, PRIMAL_ECONFIG, "%s: the train split holds %lld ids, fewer "
-                               "than seq_len + 1 = %zu", c->files[c->segs[0].file].path,
+                               "than seq_len + 1 = %zu", c->data->files[c->segs[0].file].path,
                                (long long)c->n, W);
         uint64_t stream = primal_rng_stream(RNG_TAG, 0, 3);
         for (int j = 0; j < total; j++) {
@@ -443,7 +300,7 @@ static int tokens_restore(void *ctx, const void *buf, size_t n, primal_err *err)
         v[F_VOCAB] != (uint64_t)c->vocab || v[F_POS] > (uint64_t)c->n)
         return primal_errf(err, PRIMAL_ECONFIG, "%s: the data or [data] keys changed since the "
                            "state was saved (%llu ids of %llu bits, vocab %llu then; %lld, %d, "
-                           "%d now)", c->files[0].path, (unsigned long long)v[F_N],
+                           "%d now)", c->data->files[0].path, (unsigned long long)v[F_N],
                            (unsigned long long)v[F_WIDTH], (unsigned long long)v[F_VOCAB],
                            (long long)c->n, c->width, c->vocab);
     c->counter = v[F_COUNTER];

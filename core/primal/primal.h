@@ -2,6 +2,7 @@
 #ifndef PRIMAL_PRIMAL_H
 #define PRIMAL_PRIMAL_H
 
+#include <primal/datafiles.h>
 #include <primal/error.h>
 #include <primal/plugin.h>
 #include <primal/rng.h>
