@@ -55,6 +55,12 @@
 
 #include <primal/plugin.h>
 
+#ifdef PRIMAL_HAVE_CUDA
+#include <primal/policy_cuda.h>
+/* the GPU entry points, in momentum_carry_cuda.cu */
+extern const primal_policy_cuda_vt primal_momentum_carry_cuda;
+#endif
+
 #define RNG_PURPOSE_MOMENTUM 0x4D
 #define RNG_PURPOSE_RESIDUAL 0x52
 
@@ -395,7 +401,11 @@ static const primal_policy_vt mc_vt = {
     .step = mc_step,
     .state_save = mc_state_save,
     .state_load = mc_state_load,
+#ifdef PRIMAL_HAVE_CUDA
+    .cuda = &primal_momentum_carry_cuda,
+#else
     .cuda = NULL,
+#endif
 };
 
 PRIMAL_EXPORT const primal_plugin *primal_plugin_descriptor(void)

@@ -33,6 +33,12 @@
 
 #include <primal/plugin.h>
 
+#ifdef PRIMAL_HAVE_CUDA
+#include <primal/policy_cuda.h>
+/* the GPU entry points, in stochastic_zscore_cuda.cu */
+extern const primal_policy_cuda_vt primal_stochastic_zscore_cuda;
+#endif
+
 #define VOTE_MAX 127
 #define VOTE_STRONG 32
 #define P_STRONG 0.1f
@@ -336,7 +342,11 @@ static const primal_policy_vt sz_vt = {
     .step = sz_step,
     .state_save = sz_state_save,
     .state_load = sz_state_load,
+#ifdef PRIMAL_HAVE_CUDA
+    .cuda = &primal_stochastic_zscore_cuda,
+#else
     .cuda = NULL,
+#endif
 };
 
 PRIMAL_EXPORT const primal_plugin *primal_plugin_descriptor(void)

@@ -45,6 +45,12 @@
 
 #include <primal/plugin.h>
 
+#ifdef PRIMAL_HAVE_CUDA
+#include <primal/policy_cuda.h>
+/* the GPU entry points, in threshold_consensus_cuda.cu */
+extern const primal_policy_cuda_vt primal_threshold_consensus_cuda;
+#endif
+
 #define VOTE_MAX 32760
 #define STRIDE_DYNAMIC 0
 
@@ -410,7 +416,11 @@ static const primal_policy_vt tc_vt = {
     .step = tc_step,
     .state_save = tc_state_save,
     .state_load = tc_state_load,
+#ifdef PRIMAL_HAVE_CUDA
+    .cuda = &primal_threshold_consensus_cuda,
+#else
     .cuda = NULL,
+#endif
 };
 
 PRIMAL_EXPORT const primal_plugin *primal_plugin_descriptor(void)

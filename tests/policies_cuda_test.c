@@ -1,0 +1,529 @@
+/* policies_cuda_test.c: the GPU versions of threshold_consensus, stochastic_zscore and
+ * momentum_carry (plugins/<policy>_cuda.cu, primal/policy_cuda.h) against their CPU versions.
+ *
+ * Each plugin is loaded once through the mock host; the CPU members run on a host copy of a
+ * random tensor and the .cuda members on a device copy, fed the same gradients in the same row
+ * chunks.  After every step the two must agree exactly: the step counts, every index byte, and
+ * the state (CPU state_save bytes against GPU state_download bytes), which also shows that a
+ * checkpoint written on one resumes on the other.  The reference is the CPU plugin, whose own
+ * tests (policies_test.c, momentum_carry_test.c) check it against hand-worked cases.
+ *
+ * Gradients are drawn to look like real ones (per-row and per-column magnitudes spread over four
+ * decades, heavy tails, exact zeros), plus coarse values that make many votes tie (for the
+ * max_flip_fraction cut).  Without a CUDA device, or with a plugin built without CUDA, every test
+ * is skipped with a message. */
+#include <math.h>
+#include <stdio.h>
+
+#include <cuda_runtime_api.h>
+
+#include <primal/policy_cuda.h>
+
+#include "policy_harness.h"
+
+static void teardown(void) { mockhost_unload_all(); }
+
+TestSuite(threshold_consensus_cuda, .fini = teardown);
+TestSuite(stochastic_zscore_cuda, .fini = teardown);
+TestSuite(momentum_carry_cuda, .fini = teardown);
+TestSuite(policies_cuda, .fini = teardown);
+
+#define CUDA_OK(call)                                                                          \
+    do {                                                                                       \
+        cudaError_t e_ = (call);                                                               \
+        cr_assert_eq(e_, cudaSuccess, "%s: %s", #call, cudaGetErrorString(e_));                \
+    } while (0)
+
+/* Skip the test unless a device is there and the plugin has its GPU half. */
+static void need_gpu(const policy_fx *f)
+{
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n < 1)
+        cr_skip_test("no CUDA device (%s): the GPU flip policies are not tested on this machine",
+                     e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+    if (f->vt->cuda == NULL)
+        cr_skip_test("%s was built without CUDA (no PRIMAL_HAVE_CUDA)", f->d->name);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Test data                                                                                  */
+
+typedef struct rng {
+    uint64_t s;
+} rng;
+
+static uint64_t rnext(rng *r)
+{
+    uint64_t z = (r->s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static double runif(rng *r) { return (double)(rnext(r) >> 11) * 0x1p-53; }
+
+static double rnorm(rng *r)
+{
+    double u = runif(r), v = runif(r);
+    return sqrt(-2.0 * log(u + 1e-300)) * cos(6.283185307179586 * v);
+}
+
+/* Grids: prime13 (4-bit indices, uneven gaps), 200 and 65536 evenly spaced (8 and 16 bits). */
+static float g200[200], g65k[65536];
+static void grids(void)
+{
+    for (int i = 0; i < 200; i++)
+        g200[i] = -1.0f + 2.0f * (float)i / 199.0f;
+    for (int i = 0; i < 65536; i++)
+        g65k[i] = -1.0f + 2.0f * (float)i / 65535.0f;
+}
+
+enum { GRAD_REAL, GRAD_COARSE };
+
+/* One micro-batch's G (rows, cols). */
+static void gradient(float *G, int64_t rows, int64_t cols, int kind, rng *r)
+{
+    if (kind == GRAD_COARSE) { /* few distinct values: many equal pressures */
+        for (int64_t i = 0; i < rows * cols; i++)
+            G[i] = (float)((int)(rnext(r) % 9) - 4) * 0.25f;
+        return;
+    }
+    float *cm = malloc((size_t)cols * sizeof *cm);
+    cr_assert_not_null(cm);
+    for (int64_t c = 0; c < cols; c++)
+        cm[c] = (float)exp(runif(r) * 4.0 - 2.0);
+    for (int64_t i = 0; i < rows; i++) {
+        double rm = exp(runif(r) * 9.2 - 13.8); /* 1e-6 .. 1e-2 */
+        for (int64_t c = 0; c < cols; c++) {
+            double u = runif(r), x = rnorm(r) * rm * cm[c];
+            if (u < 0.02)
+                x = 0.0;
+            else if (u < 0.03)
+                x *= 20.0;
+            G[i * cols + c] = (float)x;
+        }
+    }
+    free(cm);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* A tensor held twice: host (CPU policy) and device (GPU policy)                             */
+
+typedef struct twin {
+    policy_fx *f;
+    primal_qtensor h, d;
+    void *hs, *ds;
+    float *dG;
+    cudaStream_t st;
+} twin;
+
+static void twin_make(twin *w, policy_fx *f, int64_t rows, int64_t cols, const float *grid,
+                      int grid_size, rng *r)
+{
+    memset(w, 0, sizeof *w);
+    w->f = f;
+    tensor_make(&w->h, rows, cols, grid, grid_size, 0);
+    for (int64_t i = 0; i < rows; i++) {
+        float s = (float)exp(runif(r) * 3.0 - 4.6); /* 0.01 .. 0.2 */
+        w->h.scale[i] = runif(r) < 0.25 ? -s : s;
+        for (int64_t c = 0; c < cols; c++) {
+            uint64_t u = rnext(r);
+            uint32_t ix = (uint32_t)(u % (uint64_t)grid_size);
+            if ((u >> 40) % 16 == 0) /* some at the ends of the grid */
+                ix = (u >> 44) % 2 ? (uint32_t)grid_size - 1 : 0;
+            primal_index_set(&w->h, i, c, ix);
+        }
+    }
+    if (rows > 2)
+        w->h.scale[1] = 0.0f; /* sign(0) = +1 */
+    w->d = w->h;
+    size_t ni = (size_t)(rows * w->h.row_stride);
+    CUDA_OK(cudaMalloc(&w->d.index, ni));
+    CUDA_OK(cudaMalloc((void **)&w->d.scale, (size_t)rows * sizeof(float)));
+    CUDA_OK(cudaMalloc((void **)&w->d.grid, (size_t)grid_size * sizeof(float)));
+    CUDA_OK(cudaMalloc((void **)&w->dG, (size_t)(rows * cols) * sizeof(float)));
+    CUDA_OK(cudaMemcpy(w->d.index, w->h.index, ni, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(w->d.scale, w->h.scale, (size_t)rows * sizeof(float),
+                       cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy((void *)w->d.grid, grid, (size_t)grid_size * sizeof(float),
+                       cudaMemcpyHostToDevice));
+    CUDA_OK(cudaStreamCreate(&w->st));
+    w->hs = state_init(f, &w->h);
+    cr_assert_eq(f->vt->cuda->tensor_init(f->ctx, &w->d, &w->ds, w->st, &f->err), PRIMAL_OK, "%s",
+                 f->err.msg);
+}
+
+static void twin_free(twin *w)
+{
+    state_free(w->f, &w->h, w->hs);
+    if (w->f->vt->cuda->tensor_free != NULL)
+        w->f->vt->cuda->tensor_free(w->f->ctx, &w->d, w->ds);
+    cudaFree(w->d.index);
+    cudaFree(w->d.scale);
+    cudaFree((void *)w->d.grid);
+    cudaFree(w->dG);
+    cudaStreamDestroy(w->st);
+    tensor_free(&w->h);
+}
+
+/* One micro-batch, as the core calls it: observe on every chunk (when asked and the policy has
+ * it), then accumulate on every chunk.  chunk = rows per call (the last one shorter). */
+static void twin_feed(twin *w, const float *G, int64_t step, int micro, int n_micro,
+                      int64_t chunk, int observe, double lr_mult)
+{
+    policy_fx *f = w->f;
+    const primal_policy_cuda_vt *cu = f->vt->cuda;
+    const int64_t rows = w->h.rows, cols = w->h.cols;
+    CUDA_OK(cudaMemcpyAsync(w->dG, G, (size_t)(rows * cols) * sizeof(float),
+                            cudaMemcpyHostToDevice, w->st));
+    primal_accum_info ai = {.step = step, .micro = micro, .n_micro = n_micro, .seed = 42,
+                            .lr = 1e-3 * lr_mult, .lr_mult = lr_mult};
+    for (int pass = observe ? 0 : 1; pass < 2; pass++)
+        for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+            int64_t n = rows - r0 < chunk ? rows - r0 : chunk;
+            const float *hg = G + r0 * cols;
+            const float *dg = w->dG + r0 * cols;
+            if (pass == 0 && f->vt->observe != NULL) {
+                cr_assert_eq(f->vt->observe(f->ctx, w->hs, &w->h, hg, r0, n, &ai, &f->err),
+                             PRIMAL_OK, "%s", f->err.msg);
+                cr_assert_eq(cu->observe(f->ctx, w->ds, &w->d, dg, r0, n, &ai, w->st, &f->err),
+                             PRIMAL_OK, "%s", f->err.msg);
+            } else if (pass == 1) {
+                cr_assert_eq(f->vt->accumulate(f->ctx, w->hs, &w->h, hg, r0, n, &ai, &f->err),
+                             PRIMAL_OK, "%s", f->err.msg);
+                cr_assert_eq(cu->accumulate(f->ctx, w->ds, &w->d, dg, r0, n, &ai, w->st,
+                                            &f->err),
+                             PRIMAL_OK, "%s", f->err.msg);
+            }
+        }
+}
+
+/* The GPU state as bytes (malloc'ed, *n bytes), sized by the CPU's state_bytes. */
+static uint8_t *gpu_dump(twin *w, size_t *n)
+{
+    policy_fx *f = w->f;
+    *n = f->vt->state_bytes(f->ctx, &w->d, w->ds);
+    uint8_t *buf = malloc(*n ? *n : 1);
+    cr_assert_not_null(buf);
+    cr_assert_eq(f->vt->cuda->state_download(f->ctx, &w->d, w->ds, buf, w->st, &f->err),
+                 PRIMAL_OK, "%s", f->err.msg);
+    return buf;
+}
+
+/* Indices and state identical, or a message naming the first difference. */
+static void twin_compare(twin *w, const char *what, int64_t step)
+{
+    const primal_qtensor *h = &w->h;
+    size_t ni = (size_t)(h->rows * h->row_stride);
+    uint8_t *idx = malloc(ni);
+    cr_assert_not_null(idx);
+    CUDA_OK(cudaMemcpy(idx, w->d.index, ni, cudaMemcpyDeviceToHost));
+    if (memcmp(idx, h->index, ni) != 0) {
+        primal_qtensor g = *h;
+        g.index = idx;
+        for (int64_t r = 0; r < h->rows; r++)
+            for (int64_t c = 0; c < h->cols; c++)
+                cr_assert_eq(primal_index_get(&g, r, c), primal_index_get(h, r, c),
+                             "%s, step %lld: index [%lld][%lld] is %u on the GPU, %u on the CPU",
+                             what, (long long)step, (long long)r, (long long)c,
+                             primal_index_get(&g, r, c), primal_index_get(h, r, c));
+        cr_assert_fail("%s, step %lld: index storage differs outside the indices", what,
+                       (long long)step);
+    }
+    free(idx);
+    size_t nc, ng;
+    uint8_t *cpu = state_dump(w->f, h, w->hs, &nc);
+    uint8_t *gpu = gpu_dump(w, &ng);
+    cr_assert_eq(ng, nc, "%s: state_bytes %zu for the GPU state, %zu for the CPU's", what, ng, nc);
+    for (size_t i = 0; i < nc; i++)
+        if (cpu[i] != gpu[i])
+            cr_assert_fail("%s, step %lld: state byte %zu of %zu is %u on the GPU, %u on the CPU",
+                           what, (long long)step, i, nc, gpu[i], cpu[i]);
+    free(cpu);
+    free(gpu);
+}
+
+static primal_step_stats twin_step(twin *w, int64_t step, int n_micro, const char *what)
+{
+    policy_fx *f = w->f;
+    primal_step_info si = {.step = step, .n_micro = n_micro, .seed = 42, .lr_mult = 1.0,
+                           .clip_scale = 1.0};
+    primal_step_stats hc = {-1, -1, -1}, gc = {-2, -2, -2};
+    cr_assert_eq(f->vt->step(f->ctx, w->hs, &w->h, &si, &hc, &f->err), PRIMAL_OK, "%s",
+                 f->err.msg);
+    cr_assert_eq(f->vt->cuda->step(f->ctx, w->ds, &w->d, &si, &gc, w->st, &f->err), PRIMAL_OK,
+                 "%s", f->err.msg);
+    cr_assert_eq(gc.flips, hc.flips, "%s, step %lld: %lld flips on the GPU, %lld on the CPU",
+                 what, (long long)step, (long long)gc.flips, (long long)hc.flips);
+    cr_assert_eq(gc.saturated, hc.saturated, "%s, step %lld: saturated %lld vs %lld", what,
+                 (long long)step, (long long)gc.saturated, (long long)hc.saturated);
+    cr_assert_eq(gc.weights, hc.weights);
+    twin_compare(w, what, step);
+    return hc;
+}
+
+/* One run: `steps` steps of n_micro micro-batches, compared after each step.  Returns the
+ * flips summed over the run (so that a test can insist that something moved). */
+typedef struct run_spec {
+    int64_t rows, cols;
+    const float *grid;
+    int grid_size;
+    int steps, n_micro;
+    int64_t chunk; /* rows per observe/accumulate call */
+    int observe;
+    int grad;
+} run_spec;
+
+static int64_t run_twin(policy_fx *f, const run_spec *rs, uint64_t seed, const char *what)
+{
+    rng r = {seed};
+    twin w;
+    twin_make(&w, f, rs->rows, rs->cols, rs->grid, rs->grid_size, &r);
+    float *G = malloc((size_t)(rs->rows * rs->cols) * sizeof *G);
+    cr_assert_not_null(G);
+    int64_t flips = 0;
+    char label[256];
+    snprintf(label, sizeof label, "%s [%lld,%lld] grid %d, %d micro, chunk %lld%s", what,
+             (long long)rs->rows, (long long)rs->cols, rs->grid_size, rs->n_micro,
+             (long long)rs->chunk, rs->observe ? "" : ", no observe");
+    for (int s = 0; s < rs->steps; s++) {
+        double lr_mult = s % 3 == 2 ? 0.5 : 1.0;
+        for (int m = 0; m < rs->n_micro; m++) {
+            gradient(G, rs->rows, rs->cols, rs->grad, &r);
+            twin_feed(&w, G, s, m, rs->n_micro, rs->chunk, rs->observe, lr_mult);
+        }
+        flips += twin_step(&w, s, rs->n_micro, label).flips;
+    }
+    free(G);
+    twin_free(&w);
+    return flips;
+}
+
+/* Run one configuration of a policy over the standard shapes. */
+static int64_t run_shapes(const char *policy, const char *const *kv, int steps, int n_micro,
+                          int grad, int observe, uint64_t seed)
+{
+    grids();
+    policy_fx f;
+    pfx_open(&f, policy, kv);
+    need_gpu(&f);
+    char what[160];
+    int o = snprintf(what, sizeof what, "%s", policy);
+    for (int i = 0; kv != NULL && kv[i] != NULL && o < (int)sizeof what; i++)
+        o += snprintf(what + o, sizeof what - (size_t)o, " %s", kv[i]);
+    const run_spec shapes[] = {
+        {1, 1, prime13, 13, steps, n_micro, 1, observe, grad},
+        {7, 13, prime13, 13, steps, n_micro, 3, observe, grad},
+        {300, 257, prime13, 13, steps, n_micro, 128, observe, grad},
+        {64, 301, g200, 200, steps, n_micro, 64, observe, grad},
+        {33, 1024, g65k, 65536, steps, n_micro, 10, observe, grad},
+        {130, 96, g200, 200, steps, n_micro, 130, observe, grad},
+    };
+    int64_t flips = 0;
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
+        flips += run_twin(&f, &shapes[i], seed + i, what);
+    pfx_close(&f);
+    return flips;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* threshold_consensus                                                                        */
+
+Test(threshold_consensus_cuda, matches_the_cpu_with_the_default_keys)
+{
+    cr_expect_gt(run_shapes("threshold_consensus", NULL, 6, 2, GRAD_REAL, 1, 100), 0);
+}
+
+Test(threshold_consensus_cuda, matches_the_cpu_with_decay_stride_and_cooldowns)
+{
+    static const char *const kv1[] = {"threshold=5", "decay=0.9", "cooldown=3", NULL};
+    static const char *const kv2[] = {"threshold=12", "decay=0.7", "cooldown=300", "stride=3",
+                                      NULL};
+    cr_expect_gt(run_shapes("threshold_consensus", kv1, 6, 2, GRAD_REAL, 1, 200), 0);
+    cr_expect_gt(run_shapes("threshold_consensus", kv2, 6, 3, GRAD_REAL, 1, 300), 0);
+}
+
+Test(threshold_consensus_cuda, matches_the_cpu_in_block_mode)
+{
+    static const char *const kv1[] = {"threshold=30", "block=32", "decay=0.5", NULL};
+    static const char *const kv2[] = {"threshold=20", "block=5", "cooldown=2", NULL};
+    cr_expect_gt(run_shapes("threshold_consensus", kv1, 5, 2, GRAD_REAL, 1, 400), 0);
+    cr_expect_gt(run_shapes("threshold_consensus", kv2, 5, 2, GRAD_REAL, 1, 500), 0);
+}
+
+Test(threshold_consensus_cuda, matches_the_cpu_cut_of_max_flip_fraction_including_ties)
+{
+    /* coarse gradients make thousands of equal |votes|: the cut must keep the lower indices */
+    static const char *const kv1[] = {"threshold=8", "max_flip_fraction=0.01", "decay=1", NULL};
+    static const char *const kv2[] = {"threshold=10", "block=4", "max_flip_fraction=0.05",
+                                      "cooldown=2", NULL};
+    static const char *const kv3[] = {"threshold=3", "max_flip_fraction=0.2", NULL};
+    cr_expect_gt(run_shapes("threshold_consensus", kv1, 5, 2, GRAD_COARSE, 1, 600), 0);
+    cr_expect_gt(run_shapes("threshold_consensus", kv2, 5, 2, GRAD_COARSE, 1, 700), 0);
+    cr_expect_gt(run_shapes("threshold_consensus", kv3, 5, 1, GRAD_REAL, 1, 800), 0);
+}
+
+Test(threshold_consensus_cuda, matches_the_cpu_dynamic_stride_on_a_65k_grid)
+{
+    grids();
+    static const char *const kv[] = {"threshold=10", "stride=dynamic", NULL};
+    policy_fx f;
+    pfx_open(&f, "threshold_consensus", kv);
+    need_gpu(&f);
+    const run_spec rs = {48, 500, g65k, 65536, 6, 2, 16, 1, GRAD_REAL};
+    cr_expect_gt(run_twin(&f, &rs, 900, "threshold_consensus stride=dynamic"), 0);
+    pfx_close(&f);
+}
+
+Test(threshold_consensus_cuda, matches_the_cpu_when_the_core_skips_observe)
+{
+    /* each chunk is then normalised by its own max|G| */
+    cr_expect_gt(run_shapes("threshold_consensus", NULL, 4, 2, GRAD_REAL, 0, 1000), 0);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* stochastic_zscore                                                                          */
+
+Test(stochastic_zscore_cuda, matches_the_cpu_with_the_default_keys)
+{
+    cr_expect_gt(run_shapes("stochastic_zscore", NULL, 8, 2, GRAD_REAL, 1, 1100), 0);
+}
+
+Test(stochastic_zscore_cuda, matches_the_cpu_with_a_low_z_and_no_cooldown)
+{
+    static const char *const kv[] = {"z=0.09", "cooldown=0", NULL};
+    cr_expect_gt(run_shapes("stochastic_zscore", kv, 8, 3, GRAD_REAL, 1, 1200), 0);
+}
+
+Test(stochastic_zscore_cuda, matches_the_cpu_through_avalanches_and_tripled_cooldowns)
+{
+    /* z = 0 votes on about half the weights; base_p 1 makes p 0.05, so more than 0.1% flip */
+    static const char *const kv[] = {"z=0", "cooldown=4", "base_p=1", NULL};
+    cr_expect_gt(run_shapes("stochastic_zscore", kv, 10, 1, GRAD_REAL, 1, 1300), 0);
+}
+
+Test(stochastic_zscore_cuda, matches_the_cpu_when_the_core_skips_observe)
+{
+    static const char *const kv[] = {"z=0.3", "cooldown=2", "base_p=0.01", NULL};
+    cr_expect_gt(run_shapes("stochastic_zscore", kv, 6, 2, GRAD_REAL, 0, 1400), 0);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* momentum_carry                                                                             */
+
+static void mc_bits(const char *rbits, const char *mbits, uint64_t seed)
+{
+    const char *kv[] = {"lr=0.05", rbits, mbits, NULL};
+    /* one micro-batch per step, then three */
+    cr_expect_gt(run_shapes("momentum_carry", kv, 6, 1, GRAD_REAL, 1, seed), 0);
+    cr_expect_gt(run_shapes("momentum_carry", kv, 5, 3, GRAD_REAL, 1, seed + 50), 0);
+}
+
+Test(momentum_carry_cuda, matches_the_cpu_at_8_bit_residual_and_momentum)
+{
+    mc_bits("residual_bits=8", "momentum_bits=8", 2000);
+}
+
+Test(momentum_carry_cuda, matches_the_cpu_at_4_bit_residual_and_momentum)
+{
+    mc_bits("residual_bits=4", "momentum_bits=4", 2100);
+}
+
+Test(momentum_carry_cuda, matches_the_cpu_with_mixed_widths)
+{
+    mc_bits("residual_bits=8", "momentum_bits=4", 2200);
+    mc_bits("residual_bits=4", "momentum_bits=8", 2300);
+}
+
+Test(momentum_carry_cuda, matches_the_cpu_without_momentum_and_with_the_default_lr)
+{
+    static const char *const kv1[] = {"beta1=0", "lr=0.02", NULL};
+    cr_expect_gt(run_shapes("momentum_carry", kv1, 6, 2, GRAD_REAL, 1, 2400), 0);
+    /* lr 1e-3: few carries in 4 steps, but the residuals and momenta must still agree */
+    run_shapes("momentum_carry", NULL, 4, 2, GRAD_REAL, 1, 2500);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* All three                                                                                  */
+
+/* Train a few steps on both, then swap: the GPU continues from the CPU's saved state and the CPU
+ * from the GPU's downloaded one, each into freshly initialised state. */
+static void swap_states(const char *policy, const char *const *kv)
+{
+    grids();
+    policy_fx f;
+    pfx_open(&f, policy, kv);
+    need_gpu(&f);
+    rng r = {77};
+    twin w;
+    twin_make(&w, &f, 40, 150, g200, 200, &r);
+    float *G = malloc(40 * 150 * sizeof *G);
+    cr_assert_not_null(G);
+    int64_t flips = 0;
+    for (int s = 0; s < 8; s++) {
+        if (s == 4) {
+            size_t nc, ng;
+            uint8_t *cpu = state_dump(&f, &w.h, w.hs, &nc);
+            uint8_t *gpu = gpu_dump(&w, &ng);
+            void *hs2 = state_init(&f, &w.h), *ds2 = NULL;
+            cr_assert_eq(f.vt->cuda->tensor_init(f.ctx, &w.d, &ds2, w.st, &f.err), PRIMAL_OK,
+                         "%s", f.err.msg);
+            state_put(&f, &w.h, hs2, gpu, ng);
+            cr_assert_eq(f.vt->cuda->state_upload(f.ctx, &w.d, ds2, cpu, nc, w.st, &f.err),
+                         PRIMAL_OK, "%s", f.err.msg);
+            state_free(&f, &w.h, w.hs);
+            f.vt->cuda->tensor_free(f.ctx, &w.d, w.ds);
+            w.hs = hs2;
+            w.ds = ds2;
+            free(cpu);
+            free(gpu);
+        }
+        for (int m = 0; m < 2; m++) {
+            gradient(G, 40, 150, GRAD_REAL, &r);
+            twin_feed(&w, G, s, m, 2, 16, 1, 1.0);
+        }
+        flips += twin_step(&w, s, 2, policy).flips;
+    }
+    cr_expect_gt(flips, 0);
+    free(G);
+    twin_free(&w);
+    pfx_close(&f);
+}
+
+Test(policies_cuda, a_checkpoint_moves_between_cpu_and_gpu_and_training_goes_on_identically)
+{
+    static const char *const tc[] = {"threshold=10", "cooldown=3", NULL};
+    static const char *const sz[] = {"z=0.2", "cooldown=3", "base_p=0.05", NULL};
+    static const char *const mc[] = {"lr=0.05", "residual_bits=4", NULL};
+    swap_states("threshold_consensus", tc);
+    swap_states("stochastic_zscore", sz);
+    swap_states("momentum_carry", mc);
+}
+
+Test(policies_cuda, refuses_a_state_of_the_wrong_size_and_rows_outside_the_tensor)
+{
+    static const char *const names[] = {"threshold_consensus", "stochastic_zscore",
+                                        "momentum_carry"};
+    grids();
+    for (int i = 0; i < 3; i++) {
+        policy_fx f;
+        pfx_open(&f, names[i], NULL);
+        need_gpu(&f);
+        rng r = {5};
+        twin w;
+        twin_make(&w, &f, 4, 6, g200, 200, &r);
+        size_t n;
+        uint8_t *buf = gpu_dump(&w, &n);
+        cr_expect_eq(f.vt->cuda->state_upload(f.ctx, &w.d, w.ds, buf, n - 1, w.st, &f.err),
+                     PRIMAL_EIO, "%s", names[i]);
+        cr_expect(strstr(f.err.msg, "test.weight") != NULL, "%s", f.err.msg);
+        primal_accum_info ai = {.step = 0, .micro = 0, .n_micro = 1, .seed = 42, .lr_mult = 1};
+        cr_expect_eq(f.vt->cuda->accumulate(f.ctx, w.ds, &w.d, w.dG, 3, 2, &ai, w.st, &f.err),
+                     PRIMAL_ERROR, "%s", names[i]);
+        cr_expect(strstr(f.err.msg, "rows [3,5) outside [0,4)") != NULL, "%s", f.err.msg);
+        free(buf);
+        twin_free(&w);
+        pfx_close(&f);
+    }
+}
