@@ -1,0 +1,172 @@
+/* gpu_step.c: times one training step of the CUDA model (forward + backward with a gradient
+ * hook that does nothing; the flip policy's work is measured separately) on random tokens and
+ * prints one JSON line.  SPEC.md, "Figures to beat" (GPT-2-124M shape, batch 32 x 1024).
+ *
+ * Flags (defaults, the target shape): --dim 768 --layers 12 --heads 12 --kv-heads (= heads)
+ * --ffn 2048 --vocab 50304 --seq 1024 --batch 32 --grid prime13|dense (prime13)
+ * --precision bf16|fp32 (bf16) --chunk 8192 (rows per G tile of the embedding and head)
+ * --steps 10 --warmup 2 (untimed steps) --tied 0|1 (0).
+ *
+ * Output: {"gpu": .., "shape": {...}, "precision": .., "steps": .., "loss": ..,
+ *   "tokens_per_s": .., "step_s": .., "forward_s": .., "backward_s": ..,
+ *   "model_bytes": {"weights", "grads", "activations", "workspace", "peak"},
+ *   "device_used_bytes": .., "device_total_bytes": ..}
+ * device_used is total − free after the run (includes the CUDA context and cuBLAS). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <primal/rng.h>
+
+#include "../core/model.h"
+#include "../core/model_cuda.h"
+
+static float prime13_values[13];
+
+static const primal_grid_ref *grid_for(void *user, const char *name)
+{
+    (void)name;
+    return user;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int noop_hook(void *user, primal_cuda_param *p, const float *G, int64_t r0,
+                     int64_t nrows, void *stream, primal_err *err)
+{
+    (void)user, (void)p, (void)G, (void)r0, (void)nrows, (void)stream, (void)err;
+    return PRIMAL_OK;
+}
+
+static void usage(const char *argv0)
+{
+    fprintf(stderr,
+            "usage: %s [--dim N] [--layers N] [--heads N] [--kv-heads N] [--ffn N] [--vocab N] "
+            "[--seq N] [--batch N] [--grid prime13|dense] [--precision bf16|fp32] [--chunk N] "
+            "[--steps N] [--warmup N] [--tied 0|1]\n",
+            argv0);
+    exit(2);
+}
+
+static int fail(const primal_err *err)
+{
+    fprintf(stderr, "gpu_step: %s\n", err->msg);
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    primal_model_config mc = {.arch = PRIMAL_ARCH_LLAMA, .vocab = 50304, .dim = 768,
+                              .layers = 12, .heads = 12, .kv_heads = 0, .ffn = 2048,
+                              .rope_theta = 10000.0, .norm_eps = 1e-5, .tied = 0,
+                              .qkv_bias = 0};
+    int seq = 1024, batch = 32, steps = 10, warmup = 2, chunk = 8192;
+    const char *grid = "prime13", *prec = "bf16";
+    for (int i = 1; i < argc; i++) {
+        if (i + 1 >= argc)
+            usage(argv[0]);
+        const char *k = argv[i], *v = argv[++i];
+        int x = atoi(v);
+        if (strcmp(k, "--dim") == 0) mc.dim = x;
+        else if (strcmp(k, "--layers") == 0) mc.layers = x;
+        else if (strcmp(k, "--heads") == 0) mc.heads = x;
+        else if (strcmp(k, "--kv-heads") == 0) mc.kv_heads = x;
+        else if (strcmp(k, "--ffn") == 0) mc.ffn = x;
+        else if (strcmp(k, "--vocab") == 0) mc.vocab = x;
+        else if (strcmp(k, "--seq") == 0) seq = x;
+        else if (strcmp(k, "--batch") == 0) batch = x;
+        else if (strcmp(k, "--steps") == 0) steps = x;
+        else if (strcmp(k, "--warmup") == 0) warmup = x;
+        else if (strcmp(k, "--chunk") == 0) chunk = x;
+        else if (strcmp(k, "--tied") == 0) mc.tied = x;
+        else if (strcmp(k, "--grid") == 0 &&
+                 (strcmp(v, "prime13") == 0 || strcmp(v, "dense") == 0))
+            grid = v;
+        else if (strcmp(k, "--precision") == 0 &&
+                 (strcmp(v, "bf16") == 0 || strcmp(v, "fp32") == 0))
+            prec = v;
+        else
+            usage(argv[0]);
+    }
+    if (mc.kv_heads == 0)
+        mc.kv_heads = mc.heads;
+    if (seq < 1 || batch < 1 || steps < 1 || warmup < 0)
+        usage(argv[0]);
+
+    static const int den[] = {1, 2, 3, 5, 7, 11};
+    for (int i = 0; i < 6; i++) {
+        prime13_values[i] = (float)(-1.0 / den[i]);
+        prime13_values[12 - i] = (float)(1.0 / den[i]);
+    }
+    prime13_values[6] = 0.0f;
+    primal_grid_ref p13 = {"prime13", prime13_values, 13};
+
+    char gpu[256];
+    if (primal_cuda_device_count(gpu, sizeof gpu) < 1) {
+        fprintf(stderr, "gpu_step: no CUDA device\n");
+        return 1;
+    }
+    primal_err err;
+    primal_model *m;
+    int rc = primal_model_create(&mc, grid_for, strcmp(grid, "dense") == 0 ? NULL : &p13, &m,
+                                 &err);
+    if (rc == PRIMAL_OK)
+        rc = primal_model_init_random(m, 1, 0.02f, &err);
+    if (rc != PRIMAL_OK)
+        return fail(&err);
+    primal_cuda_opts o = {.precision = strcmp(prec, "bf16") == 0 ? PRIMAL_CUDA_BF16
+                                                                 : PRIMAL_CUDA_FP32,
+                          .device = 0, .chunk_rows = chunk, .attn_bytes = 0};
+    primal_cuda_model *cm;
+    if (primal_cuda_model_create(m, &o, &cm, &err) != PRIMAL_OK)
+        return fail(&err);
+
+    int32_t *tok = malloc((size_t)batch * (seq + 1) * sizeof(int32_t));
+    double tf = 0.0, tb = 0.0;
+    float loss = 0.0f;
+    for (int s = 0; s < warmup + steps; s++) {
+        for (int i = 0; i < batch * (seq + 1); i++)
+            tok[i] = (int32_t)(primal_rng_u64(7, (uint64_t)s, (uint64_t)i) % (uint64_t)mc.vocab);
+        if (primal_cuda_model_zero_grad(cm, &err) != PRIMAL_OK)
+            return fail(&err);
+        double t0 = now();
+        rc = primal_cuda_model_forward(cm, tok, NULL, batch, seq, &loss, NULL, &err);
+        double t1 = now();
+        if (rc == PRIMAL_OK)
+            rc = primal_cuda_model_backward(cm, 1.0f, noop_hook, NULL, &err);
+        if (rc == PRIMAL_OK)
+            rc = primal_cuda_model_sync(cm, &err);
+        double t2 = now();
+        if (rc != PRIMAL_OK)
+            return fail(&err);
+        if (s >= warmup) {
+            tf += t1 - t0;
+            tb += t2 - t1;
+        }
+    }
+    primal_cuda_mem mem;
+    if (primal_cuda_model_memory(cm, &mem, &err) != PRIMAL_OK)
+        return fail(&err);
+    double step = (tf + tb) / steps;
+    printf("{\"gpu\": \"%s\", \"shape\": {\"dim\": %d, \"layers\": %d, \"heads\": %d, "
+           "\"kv_heads\": %d, \"ffn\": %d, \"vocab\": %d, \"seq\": %d, \"batch\": %d, "
+           "\"grid\": \"%s\", \"tied\": %d}, \"precision\": \"%s\", \"chunk\": %d, "
+           "\"steps\": %d, \"loss\": %.4f, \"tokens_per_s\": %.1f, \"step_s\": %.4f, "
+           "\"forward_s\": %.4f, \"backward_s\": %.4f, \"model_bytes\": {\"weights\": %zu, "
+           "\"grads\": %zu, \"activations\": %zu, \"workspace\": %zu, \"peak\": %zu}, "
+           "\"device_used_bytes\": %zu, \"device_total_bytes\": %zu}\n",
+           gpu, mc.dim, mc.layers, mc.heads, mc.kv_heads, mc.ffn, mc.vocab, seq, batch, grid,
+           mc.tied, prec, chunk, steps, loss, (double)batch * seq / step, step, tf / steps,
+           tb / steps, mem.weights, mem.grads, mem.activations, mem.workspace, mem.peak,
+           mem.device_total - mem.device_free, mem.device_total);
+    free(tok);
+    primal_cuda_model_free(cm);
+    primal_model_free(m);
+    return 0;
+}

@@ -1,0 +1,1263 @@
+/* model_cuda.c: the decoder-only Llama/Qwen2 model on one CUDA GPU (core/model_cuda.h): the
+ * CPU model's math (core/model.c) with cuBLAS GEMMs and the kernels of kernels/cuda/.  SPEC.md,
+ * "Models", "The forward and backward pass of an indexed matrix".
+ *
+ * Precision: fp32 runs every GEMM as cublasGemmEx in float32 with float32 compute (no TF32), so
+ * it matches the CPU to rounding; bf16 materialises W in bfloat16 and converts the GEMM's other
+ * operand (an activation or an incoming gradient) to bfloat16 just before the GEMM, accumulating
+ * in float32 (CUBLAS_COMPUTE_32F).  Activations, gradients of activations, norms and the loss
+ * stay float32 in both modes; attention keeps its packed q/k/v in the compute dtype.
+ *
+ * Memory: one arena of forward activations (grown with B and T), one backward workspace (grown
+ * with B and T, allocated at the first backward), one attention scratch (batch rows in chunks
+ * under attn_bytes), and fixed buffers sized at creation: the W workspace and the G workspace,
+ * each (min(rows, chunk_rows) x cols) of the largest matrix.  Backward mirrors model.c stage for
+ * stage, including which stages run for a partly frozen model, the order of hook calls (LM head,
+ * blocks from the top, embedding last) and the tied embedding's single G (head + lookups).
+ * Reductions are deterministic; the embedding's scatter uses positions sorted on the host.
+ * No keys: primal_cuda_opts carries precision, device, chunk_rows and attn_bytes. */
+#include "model_cuda.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include "../kernels/cpu/rope.h"
+#include "../kernels/cuda/adamw.h"
+#include "../kernels/cuda/attention.h"
+#include "../kernels/cuda/crossentropy.h"
+#include "../kernels/cuda/dequant.h"
+#include "../kernels/cuda/elementwise.h"
+#include "../kernels/cuda/embedding.h"
+#include "../kernels/cuda/rmsnorm.h"
+#include "../kernels/cuda/rope.h"
+#include "../kernels/cuda/swiglu.h"
+
+#define DEFAULT_CHUNK 8192
+#define DEFAULT_ATTN_BYTES ((size_t)2 << 30)
+
+#define CUBLAS_TRY(call, err)                                                                  \
+    do {                                                                                       \
+        cublasStatus_t cublas_try_rc_ = (call);                                                \
+        if (cublas_try_rc_ != CUBLAS_STATUS_SUCCESS)                                           \
+            return primal_errf((err), PRIMAL_EDEVICE, "%s:%d: %s: %s", __FILE__, __LINE__,     \
+                               #call, cublasGetStatusString(cublas_try_rc_));                  \
+    } while (0)
+
+#define TRY(call)                                                                              \
+    do {                                                                                       \
+        int try_rc_ = (call);                                                                  \
+        if (try_rc_ != PRIMAL_OK)                                                              \
+            return try_rc_;                                                                    \
+    } while (0)
+
+/* A block's parameters, as model.c numbers them. */
+enum { L_Q, L_BQ, L_K, L_BK, L_V, L_BV, L_O, L_GATE, L_UP, L_DOWN, L_LN1, L_LN2, L_N };
+static const char *const block_names[L_N] = {
+    [L_Q] = "self_attn.q_proj.weight",  [L_BQ] = "self_attn.q_proj.bias",
+    [L_K] = "self_attn.k_proj.weight",  [L_BK] = "self_attn.k_proj.bias",
+    [L_V] = "self_attn.v_proj.weight",  [L_BV] = "self_attn.v_proj.bias",
+    [L_O] = "self_attn.o_proj.weight",  [L_GATE] = "mlp.gate_proj.weight",
+    [L_UP] = "mlp.up_proj.weight",      [L_DOWN] = "mlp.down_proj.weight",
+    [L_LN1] = "input_layernorm.weight", [L_LN2] = "post_attention_layernorm.weight",
+};
+
+enum { MEM_WEIGHTS, MEM_GRADS, MEM_ACTS, MEM_WORK, MEM_OTHER, MEM_KINDS };
+
+typedef struct block_acts {
+    float *ln1, *rstd1;       /* (N, C), (N) */
+    void *qh, *kh, *vh;       /* (B, H, T, hd), (B, KVH, T, hd) x2, dt: rotated, head-major */
+    float *lse;               /* (B, H, T) attention logsumexp */
+    float *atty;              /* (N, qdim) attention output before o_proj */
+    float *h;                 /* (N, C) residual after attention */
+    float *ln2, *rstd2;       /* (N, C), (N) */
+    float *gate, *up, *act;   /* (N, F) each */
+} block_acts;
+
+struct primal_cuda_model {
+    primal_model *cpu;
+    primal_model_config c;
+    int hd, qdim, kvdim, np;
+    primal_cuda_param *p;
+    int (*lp)[L_N];
+    int embed, fnorm, head;
+    cuda_dtype dt;
+    int64_t chunk;
+    size_t attn_cap;
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t cb;
+    size_t mem[MEM_KINDS], peak;
+
+    /* grids: one device copy per distinct host array */
+    int ngrids;
+    const float **grid_host;
+    float **grid_dev;
+
+    /* fixed workspaces */
+    void *wbuf;      /* dequantised W rows, dt */
+    float *G;        /* weight-gradient rows */
+    size_t wbuf_bytes, G_bytes;
+    double *sq_part, *sq_acc; /* (CUDA_SUMSQ_BLOCKS), (1) */
+    float *loss_dev;          /* (1) */
+    cuda_adamw_tensor *adamw_dev;
+    int adamw_cap;
+
+    /* forward arena */
+    int B, T, have_fwd;
+    int64_t count;
+    void *arena;
+    size_t arena_bytes;
+    int arena_B, arena_T;
+    float **x;       /* (layers + 1) residual stream (N, C) */
+    block_acts *blk; /* (layers) */
+    float *q, *k, *v;          /* (N, qdim), (N, kvdim) x2: projections before rope */
+    float *lnf, *rstdf;        /* (N, C), (N) */
+    float *logits;             /* (N, V); in fp32 backward turns it into dlogits */
+    float *lse_ce, *losses;    /* (N) */
+    int32_t *tok_in, *tok_tgt; /* (N) */
+    uint8_t *mask;             /* (N) */
+    int32_t *emb_start, *emb_order; /* (V + 1), (N) positions sorted by token */
+    float *cosv, *sinv;        /* (T, hd/2) */
+    void *xb;                  /* (N, max width) bf16 X operand in bf16 mode */
+
+    /* attention scratch */
+    void *attn;
+    size_t attn_bytes;
+    cuda_attn_scratch as;
+
+    /* backward workspace */
+    void *ws;
+    size_t ws_bytes;
+    int ws_B, ws_T;
+    float *dres, *dln;          /* (N, C) */
+    float *dact, *dgate, *dup;  /* (N, F) */
+    float *datty, *dq, *dk, *dv;/* (N, qdim) x2, (N, kvdim) x2 */
+    void *dlogits_b;            /* (N, V) bf16 in bf16 mode */
+    void *dyb;                  /* (N, max width) bf16 dY operand in bf16 mode */
+    float *colsum;              /* cuda_colsum_scratch(N, max(C, qdim, kvdim)) */
+
+    /* host staging */
+    int32_t *h_tok_in, *h_tok_tgt, *h_start, *h_order;
+    uint8_t *h_mask;
+    size_t h_cap;
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Device memory with accounting                                                              */
+
+static int dev_alloc(primal_cuda_model *cm, void **p, size_t bytes, int kind, const char *what,
+                     primal_err *err)
+{
+    *p = NULL;
+    if (bytes == 0)
+        return PRIMAL_OK;
+    cudaError_t rc = cudaMalloc(p, bytes);
+    if (rc != cudaSuccess) {
+        *p = NULL;
+        (void)cudaGetLastError();
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        return primal_errf(err, rc == cudaErrorMemoryAllocation ? PRIMAL_ENOMEM : PRIMAL_EDEVICE,
+                           "cuda model: %s: cudaMalloc of %zu bytes: %s (device: %zu of %zu "
+                           "bytes free)",
+                           what, bytes, cudaGetErrorString(rc), fr, tot);
+    }
+    cm->mem[kind] += bytes;
+    size_t sum = 0;
+    for (int k = 0; k < MEM_KINDS; k++)
+        sum += cm->mem[k];
+    if (sum > cm->peak)
+        cm->peak = sum;
+    return PRIMAL_OK;
+}
+
+static void dev_free(primal_cuda_model *cm, void *p, size_t bytes, int kind)
+{
+    if (p == NULL)
+        return;
+    cudaFree(p);
+    cm->mem[kind] -= bytes < cm->mem[kind] ? bytes : cm->mem[kind];
+}
+
+/* Carve n bytes, 256-aligned, from base (NULL: only count). */
+static void *carve(char *base, size_t *off, size_t n)
+{
+    void *p = base != NULL ? base + *off : NULL;
+    *off += (n + 255) / 256 * 256;
+    return p;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Parameters                                                                                 */
+
+int primal_cuda_device_count(char *name, size_t n)
+{
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        (void)cudaGetLastError();
+        count = 0;
+    }
+    if (name != NULL && n > 0) {
+        name[0] = '\0';
+        struct cudaDeviceProp prop;
+        if (count > 0 && cudaGetDeviceProperties(&prop, 0) == cudaSuccess)
+            snprintf(name, n, "%s", prop.name);
+    }
+    return count;
+}
+
+static size_t index_bytes(const primal_qtensor *q)
+{
+    return (size_t)q->rows * (size_t)q->row_stride;
+}
+
+static int grid_upload(primal_cuda_model *cm, const float *host, int size, float **out,
+                       primal_err *err)
+{
+    for (int i = 0; i < cm->ngrids; i++)
+        if (cm->grid_host[i] == host) {
+            *out = cm->grid_dev[i];
+            return PRIMAL_OK;
+        }
+    void *d;
+    TRY(dev_alloc(cm, &d, (size_t)size * sizeof(float), MEM_WEIGHTS, "grid", err));
+    cm->grid_host[cm->ngrids] = host;
+    cm->grid_dev[cm->ngrids] = d;
+    cm->ngrids++;
+    CUDA_TRY(cudaMemcpy(d, host, (size_t)size * sizeof(float), cudaMemcpyHostToDevice), err);
+    *out = d;
+    return PRIMAL_OK;
+}
+
+static int grad_alloc(primal_cuda_model *cm, primal_cuda_param *p, primal_err *err)
+{
+    if (p->is_matrix) {
+        if (p->q.bits == 32 || p->dscale != NULL)
+            return PRIMAL_OK;
+        TRY(dev_alloc(cm, (void **)&p->dscale, (size_t)p->q.rows * sizeof(float), MEM_GRADS,
+                      p->q.name, err));
+        CUDA_TRY(cudaMemsetAsync(p->dscale, 0, (size_t)p->q.rows * sizeof(float), cm->stream),
+                 err);
+    } else if (p->dvec == NULL) {
+        TRY(dev_alloc(cm, (void **)&p->dvec, (size_t)p->n * sizeof(float), MEM_GRADS,
+                      p->host->name, err));
+        CUDA_TRY(cudaMemsetAsync(p->dvec, 0, (size_t)p->n * sizeof(float), cm->stream), err);
+    }
+    return PRIMAL_OK;
+}
+
+static void grad_free(primal_cuda_model *cm, primal_cuda_param *p)
+{
+    if (p->dscale != NULL)
+        dev_free(cm, p->dscale, (size_t)p->q.rows * sizeof(float), MEM_GRADS);
+    if (p->dvec != NULL)
+        dev_free(cm, p->dvec, (size_t)p->n * sizeof(float), MEM_GRADS);
+    p->dscale = NULL;
+    p->dvec = NULL;
+}
+
+static int param_alloc(primal_cuda_model *cm, int i, primal_err *err)
+{
+    primal_param *hp = primal_model_param(cm->cpu, i);
+    primal_cuda_param *p = &cm->p[i];
+    p->host = hp;
+    p->index = i;
+    p->is_matrix = hp->is_matrix;
+    p->layer = hp->layer;
+    p->n = hp->n;
+    p->trainable = hp->trainable;
+    if (!hp->is_matrix) {
+        TRY(dev_alloc(cm, (void **)&p->vec, (size_t)p->n * sizeof(float), MEM_WEIGHTS, hp->name,
+                      err));
+    } else {
+        p->q = hp->q; /* rows, cols, bits, row_stride, grid_size, name, id */
+        p->q.index = NULL;
+        p->q.scale = NULL;
+        p->q.dense = NULL;
+        p->q.grid = NULL;
+        if (hp->q.bits == 32) {
+            TRY(dev_alloc(cm, (void **)&p->q.dense, (size_t)p->n * sizeof(float), MEM_WEIGHTS,
+                          hp->name, err));
+        } else {
+            TRY(dev_alloc(cm, &p->q.index, index_bytes(&hp->q), MEM_WEIGHTS, hp->name, err));
+            TRY(dev_alloc(cm, (void **)&p->q.scale, (size_t)hp->q.rows * sizeof(float),
+                          MEM_WEIGHTS, hp->name, err));
+            float *g = NULL;
+            TRY(grid_upload(cm, hp->q.grid, hp->q.grid_size, &g, err));
+            p->q.grid = g;
+        }
+    }
+    if (p->trainable)
+        TRY(grad_alloc(cm, p, err));
+    return PRIMAL_OK;
+}
+
+int primal_cuda_model_upload(primal_cuda_model *cm, const primal_model *cpu_c, primal_err *err)
+{
+    primal_model *cpu = (primal_model *)cpu_c; /* read only; the accessors are not const */
+    if (primal_model_nparams(cpu) != cm->np)
+        return primal_errf(err, PRIMAL_ERROR, "primal_cuda_model_upload: %d parameters, the "
+                           "GPU model has %d", primal_model_nparams(cpu), cm->np);
+    for (int i = 0; i < cm->np; i++) {
+        const primal_param *hp = primal_model_param(cpu, i);
+        primal_cuda_param *p = &cm->p[i];
+        if (hp->n != p->n || hp->is_matrix != p->is_matrix ||
+            (hp->is_matrix && hp->q.bits != p->q.bits))
+            return primal_errf(err, PRIMAL_ERROR,
+                               "primal_cuda_model_upload: %s: shape or storage differs from "
+                               "the GPU model's", hp->name);
+        if (!hp->is_matrix) {
+            CUDA_TRY(cudaMemcpy(p->vec, hp->vec, (size_t)p->n * sizeof(float),
+                                cudaMemcpyHostToDevice), err);
+        } else if (hp->q.bits == 32) {
+            CUDA_TRY(cudaMemcpy(p->q.dense, hp->q.dense, (size_t)p->n * sizeof(float),
+                                cudaMemcpyHostToDevice), err);
+        } else {
+            CUDA_TRY(cudaMemcpy(p->q.index, hp->q.index, index_bytes(&hp->q),
+                                cudaMemcpyHostToDevice), err);
+            CUDA_TRY(cudaMemcpy(p->q.scale, hp->q.scale, (size_t)hp->q.rows * sizeof(float),
+                                cudaMemcpyHostToDevice), err);
+        }
+    }
+    return PRIMAL_OK;
+}
+
+int primal_cuda_model_download(primal_cuda_model *cm, primal_model *cpu, primal_err *err)
+{
+    if (primal_model_nparams(cpu) != cm->np)
+        return primal_errf(err, PRIMAL_ERROR, "primal_cuda_model_download: %d parameters, the "
+                           "GPU model has %d", primal_model_nparams(cpu), cm->np);
+    CUDA_TRY(cudaStreamSynchronize(cm->stream), err);
+    for (int i = 0; i < cm->np; i++) {
+        primal_param *hp = primal_model_param(cpu, i);
+        primal_cuda_param *p = &cm->p[i];
+        if (hp->n != p->n || hp->is_matrix != p->is_matrix ||
+            (hp->is_matrix && hp->q.bits != p->q.bits))
+            return primal_errf(err, PRIMAL_ERROR,
+                               "primal_cuda_model_download: %s: shape or storage differs from "
+                               "the GPU model's", hp->name);
+        if (!hp->is_matrix) {
+            CUDA_TRY(cudaMemcpy(hp->vec, p->vec, (size_t)p->n * sizeof(float),
+                                cudaMemcpyDeviceToHost), err);
+        } else if (hp->q.bits == 32) {
+            CUDA_TRY(cudaMemcpy(hp->q.dense, p->q.dense, (size_t)p->n * sizeof(float),
+                                cudaMemcpyDeviceToHost), err);
+        } else {
+            CUDA_TRY(cudaMemcpy(hp->q.index, p->q.index, index_bytes(&hp->q),
+                                cudaMemcpyDeviceToHost), err);
+            CUDA_TRY(cudaMemcpy(hp->q.scale, p->q.scale, (size_t)hp->q.rows * sizeof(float),
+                                cudaMemcpyDeviceToHost), err);
+        }
+    }
+    return PRIMAL_OK;
+}
+
+static int64_t chunk_of(const primal_cuda_model *cm, int64_t rows)
+{
+    return rows > cm->chunk ? cm->chunk : rows;
+}
+
+int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
+                             primal_cuda_model **out, primal_err *err)
+{
+    *out = NULL;
+    if (o->precision != PRIMAL_CUDA_FP32 && o->precision != PRIMAL_CUDA_BF16)
+        return primal_errf(err, PRIMAL_ECONFIG, "cuda model: precision %d is neither fp32 (0) "
+                           "nor bf16 (1)", o->precision);
+    int ndev = primal_cuda_device_count(NULL, 0);
+    if (o->device < 0 || o->device >= ndev)
+        return primal_errf(err, PRIMAL_EDEVICE, "cuda model: device %d, but %d CUDA device%s "
+                           "present", o->device, ndev, ndev == 1 ? " is" : "s are");
+    CUDA_TRY(cudaSetDevice(o->device), err);
+    primal_cuda_model *cm = calloc(1, sizeof *cm);
+    if (cm == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "cuda model: out of memory");
+    cm->cpu = cpu;
+    cm->c = *primal_model_cfg(cpu);
+    cm->device = o->device;
+    cm->dt = o->precision == PRIMAL_CUDA_BF16 ? CUDA_BF16 : CUDA_F32;
+    cm->chunk = o->chunk_rows > 0 ? o->chunk_rows : DEFAULT_CHUNK;
+    cm->attn_cap = o->attn_bytes > 0 ? o->attn_bytes : DEFAULT_ATTN_BYTES;
+    const primal_model_config *c = &cm->c;
+    cm->hd = c->dim / c->heads;
+    cm->qdim = c->dim;
+    cm->kvdim = c->kv_heads * cm->hd;
+    cm->np = primal_model_nparams(cpu);
+    cm->p = calloc((size_t)cm->np, sizeof *cm->p);
+    cm->lp = calloc((size_t)c->layers, sizeof *cm->lp);
+    cm->grid_host = calloc((size_t)cm->np, sizeof *cm->grid_host);
+    cm->grid_dev = calloc((size_t)cm->np, sizeof *cm->grid_dev);
+    cm->x = calloc((size_t)c->layers + 1, sizeof *cm->x);
+    cm->blk = calloc((size_t)c->layers, sizeof *cm->blk);
+    int rc = PRIMAL_OK;
+    if (!cm->p || !cm->lp || !cm->grid_host || !cm->grid_dev || !cm->x || !cm->blk)
+        rc = primal_errf(err, PRIMAL_ENOMEM, "cuda model: out of memory");
+    if (rc == PRIMAL_OK && cudaStreamCreateWithFlags(&cm->stream, cudaStreamNonBlocking) !=
+                               cudaSuccess)
+        rc = primal_errf(err, PRIMAL_EDEVICE, "cuda model: cannot create a stream");
+    if (rc == PRIMAL_OK) {
+        cublasStatus_t st = cublasCreate(&cm->cb);
+        if (st != CUBLAS_STATUS_SUCCESS) {
+            cm->cb = NULL;
+            rc = primal_errf(err, PRIMAL_EDEVICE, "cuda model: cublasCreate: %s",
+                             cublasGetStatusString(st));
+        } else {
+            /* fp32 parity needs true float32 products: no TF32 */
+            cublasSetMathMode(cm->cb, CUBLAS_DEFAULT_MATH);
+            cublasSetStream(cm->cb, cm->stream);
+        }
+    }
+    /* the parameter numbers model.c gives each block member, found by name */
+    char name[128];
+    for (int l = 0; l < c->layers && rc == PRIMAL_OK; l++)
+        for (int j = 0; j < L_N; j++) {
+            snprintf(name, sizeof name, "model.layers.%d.%s", l, block_names[j]);
+            primal_param *hp = primal_model_find(cpu, name);
+            cm->lp[l][j] = hp != NULL ? hp->q.id : -1;
+        }
+    if (rc == PRIMAL_OK) {
+        primal_param *e = primal_model_find(cpu, "model.embed_tokens.weight");
+        primal_param *f = primal_model_find(cpu, "model.norm.weight");
+        primal_param *h = primal_model_find(cpu, "lm_head.weight");
+        if (e == NULL || f == NULL || (!c->tied && h == NULL))
+            rc = primal_errf(err, PRIMAL_ERROR, "cuda model: the CPU model lacks the embedding,"
+                             " final norm or LM head");
+        else {
+            cm->embed = e->q.id;
+            cm->fnorm = f->q.id;
+            cm->head = c->tied ? cm->embed : h->q.id;
+        }
+    }
+    for (int i = 0; i < cm->np && rc == PRIMAL_OK; i++)
+        rc = param_alloc(cm, i, err);
+    if (rc == PRIMAL_OK)
+        rc = primal_cuda_model_upload(cm, cpu, err);
+    /* fixed workspaces: W rows and G rows of the largest (chunk of a) matrix */
+    size_t wmax = 0;
+    for (int i = 0; i < cm->np && rc == PRIMAL_OK; i++) {
+        primal_cuda_param *p = &cm->p[i];
+        if (p->is_matrix) {
+            size_t e = (size_t)chunk_of(cm, p->q.rows) * (size_t)p->q.cols;
+            wmax = e > wmax ? e : wmax;
+        }
+    }
+    cm->wbuf_bytes = wmax * cuda_dtype_size(cm->dt);
+    cm->G_bytes = wmax * sizeof(float);
+    if (rc == PRIMAL_OK)
+        rc = dev_alloc(cm, &cm->wbuf, cm->wbuf_bytes, MEM_WORK, "weight workspace", err);
+    if (rc == PRIMAL_OK)
+        rc = dev_alloc(cm, (void **)&cm->G, cm->G_bytes, MEM_WORK, "gradient workspace", err);
+    if (rc == PRIMAL_OK)
+        rc = dev_alloc(cm, (void **)&cm->sq_part, (CUDA_SUMSQ_BLOCKS + 1) * sizeof(double),
+                       MEM_WORK, "sum of squares", err);
+    if (rc == PRIMAL_OK) {
+        cm->sq_acc = cm->sq_part + CUDA_SUMSQ_BLOCKS;
+        rc = dev_alloc(cm, (void **)&cm->loss_dev, sizeof(float), MEM_WORK, "loss", err);
+    }
+    if (rc == PRIMAL_OK && cudaMemsetAsync(cm->sq_acc, 0, sizeof(double), cm->stream) !=
+                               cudaSuccess)
+        rc = primal_errf(err, PRIMAL_EDEVICE, "cuda model: cudaMemsetAsync failed");
+    if (rc == PRIMAL_OK && cudaStreamSynchronize(cm->stream) != cudaSuccess)
+        rc = primal_errf(err, PRIMAL_EDEVICE, "cuda model: %s",
+                         cudaGetErrorString(cudaGetLastError()));
+    if (rc != PRIMAL_OK) {
+        primal_cuda_model_free(cm);
+        return rc;
+    }
+    *out = cm;
+    return PRIMAL_OK;
+}
+
+void primal_cuda_model_free(primal_cuda_model *cm)
+{
+    if (cm == NULL)
+        return;
+    if (cm->stream != NULL)
+        cudaStreamSynchronize(cm->stream);
+    for (int i = 0; cm->p != NULL && i < cm->np; i++) {
+        primal_cuda_param *p = &cm->p[i];
+        cudaFree(p->q.index);
+        cudaFree(p->q.scale);
+        cudaFree(p->q.dense);
+        cudaFree(p->vec);
+        cudaFree(p->dscale);
+        cudaFree(p->dvec);
+    }
+    for (int i = 0; i < cm->ngrids; i++)
+        cudaFree(cm->grid_dev[i]);
+    cudaFree(cm->wbuf);
+    cudaFree(cm->G);
+    cudaFree(cm->sq_part);
+    cudaFree(cm->loss_dev);
+    cudaFree(cm->adamw_dev);
+    cudaFree(cm->arena);
+    cudaFree(cm->attn);
+    cudaFree(cm->ws);
+    if (cm->cb != NULL)
+        cublasDestroy(cm->cb);
+    if (cm->stream != NULL)
+        cudaStreamDestroy(cm->stream);
+    free(cm->p);
+    free(cm->lp);
+    free(cm->grid_host);
+    free(cm->grid_dev);
+    free(cm->x);
+    free(cm->blk);
+    free(cm->h_tok_in);
+    free(cm->h_tok_tgt);
+    free(cm->h_start);
+    free(cm->h_order);
+    free(cm->h_mask);
+    free(cm);
+}
+
+int primal_cuda_model_nparams(const primal_cuda_model *cm) { return cm->np; }
+
+primal_cuda_param *primal_cuda_model_param(primal_cuda_model *cm, int i)
+{
+    return i >= 0 && i < cm->np ? &cm->p[i] : NULL;
+}
+
+void *primal_cuda_model_stream(primal_cuda_model *cm) { return cm->stream; }
+
+int primal_cuda_model_sync(primal_cuda_model *cm, primal_err *err)
+{
+    CUDA_TRY(cudaStreamSynchronize(cm->stream), err);
+    return PRIMAL_OK;
+}
+
+int primal_cuda_model_set_trainable(primal_cuda_model *cm, const uint8_t *trainable,
+                                    primal_err *err)
+{
+    for (int i = 0; i < cm->np; i++) {
+        primal_cuda_param *p = &cm->p[i];
+        uint8_t t = trainable[i] != 0;
+        if (t && !p->trainable)
+            TRY(grad_alloc(cm, p, err));
+        else if (!t && p->trainable) {
+            /* a gradient buffer may still be read by queued work */
+            CUDA_TRY(cudaStreamSynchronize(cm->stream), err);
+            grad_free(cm, p);
+        }
+        p->trainable = t;
+    }
+    return PRIMAL_OK;
+}
+
+int primal_cuda_model_zero_grad(primal_cuda_model *cm, primal_err *err)
+{
+    for (int i = 0; i < cm->np; i++) {
+        primal_cuda_param *p = &cm->p[i];
+        if (p->dscale != NULL)
+            CUDA_TRY(cudaMemsetAsync(p->dscale, 0, (size_t)p->q.rows * sizeof(float),
+                                     cm->stream), err);
+        if (p->dvec != NULL)
+            CUDA_TRY(cudaMemsetAsync(p->dvec, 0, (size_t)p->n * sizeof(float), cm->stream),
+                     err);
+    }
+    return PRIMAL_OK;
+}
+
+int primal_cuda_model_memory(primal_cuda_model *cm, primal_cuda_mem *out, primal_err *err)
+{
+    memset(out, 0, sizeof *out);
+    out->weights = cm->mem[MEM_WEIGHTS];
+    out->grads = cm->mem[MEM_GRADS];
+    out->activations = cm->mem[MEM_ACTS];
+    out->workspace = cm->mem[MEM_WORK];
+    out->other = cm->mem[MEM_OTHER];
+    out->peak = cm->peak;
+    CUDA_TRY(cudaMemGetInfo(&out->device_free, &out->device_total), err);
+    return PRIMAL_OK;
+}
+
+int primal_cuda_alloc(primal_cuda_model *cm, size_t bytes, void **out, primal_err *err)
+{
+    TRY(dev_alloc(cm, out, bytes, MEM_OTHER, "primal_cuda_alloc", err));
+    if (*out != NULL)
+        CUDA_TRY(cudaMemsetAsync(*out, 0, bytes, cm->stream), err);
+    return PRIMAL_OK;
+}
+
+void primal_cuda_free(primal_cuda_model *cm, void *p, size_t bytes)
+{
+    if (p != NULL)
+        cudaStreamSynchronize(cm->stream);
+    dev_free(cm, p, bytes, MEM_OTHER);
+}
+
+int primal_cuda_download_bytes(primal_cuda_model *cm, void *host, const void *dev, size_t n,
+                               primal_err *err)
+{
+    CUDA_TRY(cudaMemcpyAsync(host, dev, n, cudaMemcpyDeviceToHost, cm->stream), err);
+    CUDA_TRY(cudaStreamSynchronize(cm->stream), err);
+    return PRIMAL_OK;
+}
+
+int primal_cuda_upload_bytes(primal_cuda_model *cm, void *dev, const void *host, size_t n,
+                             primal_err *err)
+{
+    CUDA_TRY(cudaMemcpyAsync(dev, host, n, cudaMemcpyHostToDevice, cm->stream), err);
+    CUDA_TRY(cudaStreamSynchronize(cm->stream), err);
+    return PRIMAL_OK;
+}
+
+int primal_cuda_adamw(primal_cuda_model *cm, const primal_cuda_adamw_tensor *list, int n,
+                      const primal_cuda_adamw_hp *hp, primal_err *err)
+{
+    if (n <= 0)
+        return PRIMAL_OK;
+    if (n > cm->adamw_cap) {
+        CUDA_TRY(cudaStreamSynchronize(cm->stream), err);
+        dev_free(cm, cm->adamw_dev, (size_t)cm->adamw_cap * sizeof(cuda_adamw_tensor),
+                 MEM_WORK);
+        cm->adamw_cap = 0;
+        TRY(dev_alloc(cm, (void **)&cm->adamw_dev, (size_t)n * sizeof(cuda_adamw_tensor),
+                      MEM_WORK, "AdamW tensor list", err));
+        cm->adamw_cap = n;
+    }
+    cuda_adamw_tensor *k = malloc((size_t)n * sizeof *k);
+    if (k == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "primal_cuda_adamw: out of memory");
+    for (int i = 0; i < n; i++) {
+        k[i] = (cuda_adamw_tensor){list[i].w, list[i].g, list[i].m, list[i].v, list[i].n,
+                                   1.0 - pow(hp->beta1, (double)list[i].t),
+                                   1.0 - pow(hp->beta2, (double)list[i].t)};
+    }
+    cuda_adamw_hp h = {hp->lr, hp->beta1, hp->beta2, hp->eps, hp->weight_decay, hp->grad_scale};
+    int rc = cuda_adamw(cm->adamw_dev, k, n, &h, cm->stream, err);
+    free(k);
+    return rc;
+}
+
+int primal_cuda_sumsq(primal_cuda_model *cm, const float *x, int64_t n, primal_err *err)
+{
+    return cuda_sumsq(cm->sq_acc, cm->sq_part, x, n, cm->stream, err);
+}
+
+int primal_cuda_sumsq_float_grads(primal_cuda_model *cm, primal_err *err)
+{
+    for (int i = 0; i < cm->np; i++) {
+        primal_cuda_param *p = &cm->p[i];
+        if (!p->trainable)
+            continue;
+        if (p->dscale != NULL)
+            TRY(cuda_sumsq(cm->sq_acc, cm->sq_part, p->dscale, p->q.rows, cm->stream, err));
+        if (p->dvec != NULL)
+            TRY(cuda_sumsq(cm->sq_acc, cm->sq_part, p->dvec, p->n, cm->stream, err));
+    }
+    return PRIMAL_OK;
+}
+
+int primal_cuda_sumsq_read(primal_cuda_model *cm, double *out, int reset, primal_err *err)
+{
+    CUDA_TRY(cudaMemcpyAsync(out, cm->sq_acc, sizeof(double), cudaMemcpyDeviceToHost,
+                             cm->stream), err);
+    CUDA_TRY(cudaStreamSynchronize(cm->stream), err);
+    if (reset)
+        CUDA_TRY(cudaMemsetAsync(cm->sq_acc, 0, sizeof(double), cm->stream), err);
+    return PRIMAL_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Buffers                                                                                    */
+
+static size_t width_max(const primal_cuda_model *cm)
+{
+    size_t w = (size_t)cm->c.dim;
+    w = (size_t)cm->c.ffn > w ? (size_t)cm->c.ffn : w;
+    w = (size_t)cm->qdim > w ? (size_t)cm->qdim : w;
+    return w;
+}
+
+static size_t layout_acts(primal_cuda_model *cm, int B, int T, char *base)
+{
+    const primal_model_config *c = &cm->c;
+    size_t N = (size_t)B * T, C = (size_t)c->dim, F = (size_t)c->ffn, V = (size_t)c->vocab;
+    size_t e = cuda_dtype_size(cm->dt), off = 0, f = sizeof(float);
+    for (int l = 0; l <= c->layers; l++)
+        cm->x[l] = carve(base, &off, N * C * f);
+    for (int l = 0; l < c->layers; l++) {
+        block_acts *a = &cm->blk[l];
+        a->ln1 = carve(base, &off, N * C * f);
+        a->rstd1 = carve(base, &off, N * f);
+        a->qh = carve(base, &off, N * (size_t)cm->qdim * e);
+        a->kh = carve(base, &off, N * (size_t)cm->kvdim * e);
+        a->vh = carve(base, &off, N * (size_t)cm->kvdim * e);
+        a->lse = carve(base, &off, N * (size_t)c->heads * f);
+        a->atty = carve(base, &off, N * (size_t)cm->qdim * f);
+        a->h = carve(base, &off, N * C * f);
+        a->ln2 = carve(base, &off, N * C * f);
+        a->rstd2 = carve(base, &off, N * f);
+        a->gate = carve(base, &off, N * F * f);
+        a->up = carve(base, &off, N * F * f);
+        a->act = carve(base, &off, N * F * f);
+    }
+    cm->q = carve(base, &off, N * (size_t)cm->qdim * f);
+    cm->k = carve(base, &off, N * (size_t)cm->kvdim * f);
+    cm->v = carve(base, &off, N * (size_t)cm->kvdim * f);
+    cm->lnf = carve(base, &off, N * C * f);
+    cm->rstdf = carve(base, &off, N * f);
+    cm->logits = carve(base, &off, N * V * f);
+    cm->lse_ce = carve(base, &off, N * f);
+    cm->losses = carve(base, &off, N * f);
+    cm->tok_in = carve(base, &off, N * sizeof(int32_t));
+    cm->tok_tgt = carve(base, &off, N * sizeof(int32_t));
+    cm->mask = carve(base, &off, N);
+    cm->emb_start = carve(base, &off, (V + 1) * sizeof(int32_t));
+    cm->emb_order = carve(base, &off, N * sizeof(int32_t));
+    cm->cosv = carve(base, &off, (size_t)T * (size_t)(cm->hd / 2) * f);
+    cm->sinv = carve(base, &off, (size_t)T * (size_t)(cm->hd / 2) * f);
+    cm->xb = cm->dt == CUDA_BF16 ? carve(base, &off, N * width_max(cm) * 2) : NULL;
+    return off;
+}
+
+static size_t layout_ws(primal_cuda_model *cm, int B, int T, char *base)
+{
+    size_t N = (size_t)B * T, C = (size_t)cm->c.dim, F = (size_t)cm->c.ffn;
+    size_t V = (size_t)cm->c.vocab, off = 0, f = sizeof(float);
+    cm->dres = carve(base, &off, N * C * f);
+    cm->dln = carve(base, &off, N * C * f);
+    cm->dact = carve(base, &off, N * F * f);
+    cm->dgate = carve(base, &off, N * F * f);
+    cm->dup = carve(base, &off, N * F * f);
+    cm->datty = carve(base, &off, N * (size_t)cm->qdim * f);
+    cm->dq = carve(base, &off, N * (size_t)cm->qdim * f);
+    cm->dk = carve(base, &off, N * (size_t)cm->kvdim * f);
+    cm->dv = carve(base, &off, N * (size_t)cm->kvdim * f);
+    size_t cw = C > (size_t)cm->qdim ? C : (size_t)cm->qdim;
+    cm->colsum = carve(base, &off, (size_t)cuda_colsum_scratch((int64_t)N, (int64_t)cw) * f);
+    cm->dlogits_b = NULL;
+    cm->dyb = NULL;
+    if (cm->dt == CUDA_BF16) {
+        cm->dlogits_b = carve(base, &off, N * V * 2);
+        cm->dyb = carve(base, &off, N * width_max(cm) * 2);
+    }
+    return off;
+}
+
+/* The forward arena and attention scratch for (B, T); the rope table when T changed. */
+static int grow_acts(primal_cuda_model *cm, int B, int T, primal_err *err)
+{
+    if (cm->arena == NULL || B * T > cm->arena_B * cm->arena_T || T != cm->arena_T) {
+        size_t need = layout_acts(cm, B, T, NULL);
+        if (need > cm->arena_bytes) {
+            CUDA_TRY(cudaStreamSynchronize(cm->stream), err);
+            dev_free(cm, cm->arena, cm->arena_bytes, MEM_ACTS);
+            cm->arena = NULL;
+            cm->arena_bytes = 0;
+            TRY(dev_alloc(cm, &cm->arena, need, MEM_ACTS, "forward activations", err));
+            cm->arena_bytes = need;
+        }
+        layout_acts(cm, B, T, cm->arena);
+        size_t n = (size_t)T * (size_t)(cm->hd / 2);
+        float *cs = malloc(2 * n * sizeof(float));
+        if (cs == NULL)
+            return primal_errf(err, PRIMAL_ENOMEM, "cuda model: out of memory");
+        rope_table(cs, cs + n, T, cm->hd, cm->c.rope_theta);
+        cudaError_t r1 = cudaMemcpy(cm->cosv, cs, n * sizeof(float), cudaMemcpyHostToDevice);
+        cudaError_t r2 = cudaMemcpy(cm->sinv, cs + n, n * sizeof(float), cudaMemcpyHostToDevice);
+        free(cs);
+        if (r1 != cudaSuccess || r2 != cudaSuccess)
+            return primal_errf(err, PRIMAL_EDEVICE, "cuda model: rope table upload: %s",
+                               cudaGetErrorString(r1 != cudaSuccess ? r1 : r2));
+        cm->arena_B = B;
+        cm->arena_T = T;
+        /* a T change relays the arena: what backward kept is gone */
+    } else {
+        layout_acts(cm, B, T, cm->arena);
+    }
+    /* attention scratch: as many batch rows as fit under attn_cap (at least one) */
+    const primal_model_config *c = &cm->c;
+    cuda_attn_scratch tmp;
+    size_t row = cuda_attn_layout(&tmp, NULL, cm->dt, 1, T, c->heads, c->kv_heads, cm->hd);
+    int Bc = (int)(cm->attn_cap / (row > 0 ? row : 1));
+    Bc = Bc < 1 ? 1 : Bc > B ? B : Bc;
+    size_t need = cuda_attn_layout(&tmp, NULL, cm->dt, Bc, T, c->heads, c->kv_heads, cm->hd);
+    if (need > cm->attn_bytes) {
+        CUDA_TRY(cudaStreamSynchronize(cm->stream), err);
+        dev_free(cm, cm->attn, cm->attn_bytes, MEM_WORK);
+        cm->attn = NULL;
+        cm->attn_bytes = 0;
+        TRY(dev_alloc(cm, &cm->attn, need, MEM_WORK, "attention scratch", err));
+        cm->attn_bytes = need;
+    }
+    cuda_attn_layout(&cm->as, cm->attn, cm->dt, Bc, T, c->heads, c->kv_heads, cm->hd);
+    size_t N = (size_t)B * T;
+    if (N > cm->h_cap) {
+        free(cm->h_tok_in);
+        free(cm->h_tok_tgt);
+        free(cm->h_order);
+        free(cm->h_mask);
+        cm->h_tok_in = malloc(N * sizeof(int32_t));
+        cm->h_tok_tgt = malloc(N * sizeof(int32_t));
+        cm->h_order = malloc(N * sizeof(int32_t));
+        cm->h_mask = malloc(N);
+        cm->h_cap = 0;
+        if (!cm->h_tok_in || !cm->h_tok_tgt || !cm->h_order || !cm->h_mask)
+            return primal_errf(err, PRIMAL_ENOMEM, "cuda model: out of memory");
+        cm->h_cap = N;
+    }
+    if (cm->h_start == NULL) {
+        cm->h_start = malloc(((size_t)c->vocab + 1) * sizeof(int32_t));
+        if (cm->h_start == NULL)
+            return primal_errf(err, PRIMAL_ENOMEM, "cuda model: out of memory");
+    }
+    return PRIMAL_OK;
+}
+
+static int grow_ws(primal_cuda_model *cm, primal_err *err)
+{
+    if (cm->ws != NULL && cm->B * cm->T <= cm->ws_B * cm->ws_T) {
+        layout_ws(cm, cm->B, cm->T, cm->ws);
+        return PRIMAL_OK;
+    }
+    size_t need = layout_ws(cm, cm->B, cm->T, NULL);
+    if (need > cm->ws_bytes) {
+        CUDA_TRY(cudaStreamSynchronize(cm->stream), err);
+        dev_free(cm, cm->ws, cm->ws_bytes, MEM_WORK);
+        cm->ws = NULL;
+        cm->ws_bytes = 0;
+        TRY(dev_alloc(cm, &cm->ws, need, MEM_WORK, "backward workspace", err));
+        cm->ws_bytes = need;
+    }
+    layout_ws(cm, cm->B, cm->T, cm->ws);
+    cm->ws_B = cm->B;
+    cm->ws_T = cm->T;
+    return PRIMAL_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* GEMMs (row-major thinking, column-major cuBLAS)                                            */
+
+static cudaDataType_t cu_type(cuda_dtype dt)
+{
+    return dt == CUDA_BF16 ? CUDA_R_16BF : CUDA_R_32F;
+}
+
+static const void *elem(const void *p, int64_t i, cuda_dtype dt)
+{
+    return (const char *)p + (size_t)i * cuda_dtype_size(dt);
+}
+
+/* The GEMM operand for a float32 activation: itself in fp32, a bf16 copy in buf otherwise. */
+static int operand(primal_cuda_model *cm, const float *src, int64_t n, void *buf,
+                   const void **out, primal_err *err)
+{
+    if (cm->dt == CUDA_F32) {
+        *out = src;
+        return PRIMAL_OK;
+    }
+    TRY(cuda_convert(buf, CUDA_BF16, src, n, cm->stream, err));
+    *out = buf;
+    return PRIMAL_OK;
+}
+
+/* Rows [r0, r0 + nr) of matrix p as a GEMM operand: dense float32 in place, otherwise
+ * dequantised into the weight workspace. */
+static int weight_rows(primal_cuda_model *cm, const primal_cuda_param *p, int64_t r0, int64_t nr,
+                       const void **out, primal_err *err)
+{
+    if (p->q.bits == 32 && cm->dt == CUDA_F32) {
+        *out = p->q.dense + r0 * p->q.cols;
+        return PRIMAL_OK;
+    }
+    TRY(cuda_dequant_rows(cm->wbuf, cm->dt, &p->q, r0, nr, cm->stream, err));
+    *out = cm->wbuf;
+    return PRIMAL_OK;
+}
+
+/* y[:, r0:r0+nr] (row stride ldy) = x (N, C) · W[r0:r0+nr]ᵀ + beta·y */
+static int mm_forward(primal_cuda_model *cm, float *y, int64_t ldy, const void *x,
+                      const void *w, int64_t N, int64_t C, int64_t nr, float beta,
+                      primal_err *err)
+{
+    float one = 1.0f;
+    cudaDataType_t t = cu_type(cm->dt);
+    CUBLAS_TRY(cublasGemmEx(cm->cb, CUBLAS_OP_T, CUBLAS_OP_N, (int)nr, (int)N, (int)C, &one, w, t,
+                            (int)C, x, t, (int)C, &beta, y, CUDA_R_32F, (int)ldy,
+                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               err);
+    return PRIMAL_OK;
+}
+
+/* dx (N, C) = dy[:, r0:r0+nr] (dy already offset by r0, row stride ldy) · W[r0:r0+nr] +
+ * beta·dx */
+static int mm_backward_inp(primal_cuda_model *cm, float *dx, const void *dy, int64_t ldy,
+                           const void *w, int64_t N, int64_t C, int64_t nr, float beta,
+                           primal_err *err)
+{
+    float one = 1.0f;
+    cudaDataType_t t = cu_type(cm->dt);
+    CUBLAS_TRY(cublasGemmEx(cm->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)C, (int)N, (int)nr, &one, w, t,
+                            (int)C, dy, t, (int)ldy, &beta, dx, CUDA_R_32F, (int)C,
+                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               err);
+    return PRIMAL_OK;
+}
+
+/* G (nr, C) = dy[:, r0:r0+nr]ᵀ · x, dy already offset by r0, row stride ldy (+ beta·G) */
+static int mm_weight(primal_cuda_model *cm, float *G, const void *dy, int64_t ldy, const void *x,
+                     int64_t N, int64_t C, int64_t nr, float beta, primal_err *err)
+{
+    float one = 1.0f;
+    cudaDataType_t t = cu_type(cm->dt);
+    CUBLAS_TRY(cublasGemmEx(cm->cb, CUBLAS_OP_N, CUBLAS_OP_T, (int)C, (int)nr, (int)N, &one, x, t,
+                            (int)C, dy, t, (int)ldy, &beta, G, CUDA_R_32F, (int)C,
+                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               err);
+    return PRIMAL_OK;
+}
+
+/* out (N, rows) = x · Wᵀ (+ bias), W in row chunks; x already an operand. */
+static int linear_forward(primal_cuda_model *cm, int pi, float *out, const void *x,
+                          const float *bias, int64_t N, primal_err *err)
+{
+    const primal_cuda_param *p = &cm->p[pi];
+    int64_t rows = p->q.rows, cols = p->q.cols, ch = chunk_of(cm, rows);
+    float beta = 0.0f;
+    if (bias != NULL) {
+        TRY(cuda_bias_fill(out, bias, N, rows, cm->stream, err));
+        beta = 1.0f;
+    }
+    for (int64_t r0 = 0; r0 < rows; r0 += ch) {
+        int64_t nr = rows - r0 < ch ? rows - r0 : ch;
+        const void *w;
+        TRY(weight_rows(cm, p, r0, nr, &w, err));
+        TRY(mm_forward(cm, out + r0, rows, x, w, N, cols, nr, beta, err));
+    }
+    return PRIMAL_OK;
+}
+
+/* dx (N, cols) = dy (N, rows) · W + beta·dx, W in row chunks; dy already an operand. */
+static int linear_backward_inp(primal_cuda_model *cm, int pi, float *dx, const void *dy,
+                               int64_t N, float beta, primal_err *err)
+{
+    const primal_cuda_param *p = &cm->p[pi];
+    int64_t rows = p->q.rows, cols = p->q.cols, ch = chunk_of(cm, rows);
+    for (int64_t r0 = 0; r0 < rows; r0 += ch) {
+        int64_t nr = rows - r0 < ch ? rows - r0 : ch;
+        const void *w;
+        TRY(weight_rows(cm, p, r0, nr, &w, err));
+        TRY(mm_backward_inp(cm, dx, elem(dy, r0, cm->dt), rows, w, N, cols, nr,
+                            r0 == 0 ? beta : 1.0f, err));
+    }
+    return PRIMAL_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Forward                                                                                    */
+
+static const float *bias_of(const primal_cuda_model *cm, int pi)
+{
+    return pi >= 0 ? cm->p[pi].vec : NULL;
+}
+
+/* One block from xin into its activations and xout = xin + attn + mlp. */
+static int block_forward(primal_cuda_model *cm, int l, const float *xin, float *xout,
+                         primal_err *err)
+{
+    const primal_model_config *c = &cm->c;
+    const int *lp = cm->lp[l];
+    block_acts *a = &cm->blk[l];
+    const primal_cuda_param *P = cm->p;
+    int B = cm->B, T = cm->T, H = c->heads, KVH = c->kv_heads, hd = cm->hd;
+    int64_t N = (int64_t)B * T, C = c->dim, F = c->ffn;
+    cudaStream_t s = cm->stream;
+    float eps = (float)c->norm_eps;
+    const void *xo = NULL;
+
+    TRY(cuda_rmsnorm_forward(a->ln1, a->rstd1, xin, P[lp[L_LN1]].vec, N, C, eps, s, err));
+    TRY(operand(cm, a->ln1, N * C, cm->xb, &xo, err));
+    TRY(linear_forward(cm, lp[L_Q], cm->q, xo, bias_of(cm, lp[L_BQ]), N, err));
+    TRY(linear_forward(cm, lp[L_K], cm->k, xo, bias_of(cm, lp[L_BK]), N, err));
+    TRY(linear_forward(cm, lp[L_V], cm->v, xo, bias_of(cm, lp[L_BV]), N, err));
+    TRY(cuda_rope_pack(a->qh, a->kh, a->vh, cm->dt, cm->q, cm->k, cm->v, cm->cosv, cm->sinv, B,
+                       T, H, KVH, hd, s, err));
+    TRY(cuda_attention_forward(a->atty, a->lse, a->qh, a->kh, a->vh, &cm->as, cm->cb, cm->dt, B,
+                               T, H, KVH, hd, s, err));
+    TRY(operand(cm, a->atty, N * cm->qdim, cm->xb, &xo, err));
+    TRY(linear_forward(cm, lp[L_O], a->h, xo, NULL, N, err));
+    TRY(cuda_add_inplace(a->h, xin, N * C, s, err));
+    TRY(cuda_rmsnorm_forward(a->ln2, a->rstd2, a->h, P[lp[L_LN2]].vec, N, C, eps, s, err));
+    TRY(operand(cm, a->ln2, N * C, cm->xb, &xo, err));
+    TRY(linear_forward(cm, lp[L_GATE], a->gate, xo, NULL, N, err));
+    TRY(linear_forward(cm, lp[L_UP], a->up, xo, NULL, N, err));
+    TRY(cuda_swiglu_forward(a->act, a->gate, a->up, N * F, s, err));
+    TRY(operand(cm, a->act, N * F, cm->xb, &xo, err));
+    TRY(linear_forward(cm, lp[L_DOWN], xout, xo, NULL, N, err));
+    TRY(cuda_add_inplace(xout, a->h, N * C, s, err));
+    return PRIMAL_OK;
+}
+
+int primal_cuda_model_forward(primal_cuda_model *cm, const int32_t *tokens, const uint8_t *mask,
+                              int B, int T, float *loss, float *logits, primal_err *err)
+{
+    const primal_model_config *c = &cm->c;
+    cm->have_fwd = 0;
+    if (B < 1 || T < 1 || (int64_t)B * T > INT32_MAX / 2)
+        return primal_errf(err, PRIMAL_ERROR,
+                           "primal_cuda_model_forward: B %d, T %d out of range", B, T);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t <= T; t++) {
+            int32_t tok = tokens[(int64_t)b * (T + 1) + t];
+            if (tok < 0 || tok >= c->vocab)
+                return primal_errf(err, PRIMAL_ERROR,
+                                   "primal_cuda_model_forward: row %d, position %d: token %d "
+                                   "outside [0, %d)",
+                                   b, t, (int)tok, c->vocab);
+        }
+    TRY(grow_acts(cm, B, T, err));
+    cm->B = B;
+    cm->T = T;
+    int64_t N = (int64_t)B * T, C = c->dim, V = c->vocab;
+    cudaStream_t s = cm->stream;
+    cm->count = 0;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            int64_t n = (int64_t)b * T + t;
+            cm->h_tok_in[n] = tokens[(int64_t)b * (T + 1) + t];
+            cm->h_tok_tgt[n] = tokens[(int64_t)b * (T + 1) + t + 1];
+            cm->h_mask[n] = mask == NULL || mask[n] != 0;
+            cm->count += cm->h_mask[n];
+        }
+    cuda_embedding_sort(cm->h_start, cm->h_order, cm->h_tok_in, N, V);
+    /* pageable sources: each copy has left the host buffer when the call returns */
+    CUDA_TRY(cudaMemcpyAsync(cm->tok_in, cm->h_tok_in, (size_t)N * sizeof(int32_t),
+                             cudaMemcpyHostToDevice, s), err);
+    CUDA_TRY(cudaMemcpyAsync(cm->tok_tgt, cm->h_tok_tgt, (size_t)N * sizeof(int32_t),
+                             cudaMemcpyHostToDevice, s), err);
+    CUDA_TRY(cudaMemcpyAsync(cm->mask, cm->h_mask, (size_t)N, cudaMemcpyHostToDevice, s), err);
+    CUDA_TRY(cudaMemcpyAsync(cm->emb_start, cm->h_start, (size_t)(V + 1) * sizeof(int32_t),
+                             cudaMemcpyHostToDevice, s), err);
+    CUDA_TRY(cudaMemcpyAsync(cm->emb_order, cm->h_order, (size_t)N * sizeof(int32_t),
+                             cudaMemcpyHostToDevice, s), err);
+
+    const primal_cuda_param *P = cm->p;
+    TRY(cuda_embedding_forward(cm->x[0], cm->tok_in, &P[cm->embed].q, N, s, err));
+    for (int l = 0; l < c->layers; l++)
+        TRY(block_forward(cm, l, cm->x[l], cm->x[l + 1], err));
+    TRY(cuda_rmsnorm_forward(cm->lnf, cm->rstdf, cm->x[c->layers], P[cm->fnorm].vec, N, C,
+                             (float)c->norm_eps, s, err));
+    const void *xo = NULL;
+    TRY(operand(cm, cm->lnf, N * C, cm->xb, &xo, err));
+    TRY(linear_forward(cm, cm->head, cm->logits, xo, NULL, N, err));
+    TRY(cuda_crossentropy_forward(cm->losses, cm->lse_ce, cm->logits, cm->tok_tgt, N, V, s, err));
+    TRY(cuda_loss_mean(cm->loss_dev, cm->losses, cm->mask, N, cm->count, s, err));
+    CUDA_TRY(cudaMemcpyAsync(loss, cm->loss_dev, sizeof(float), cudaMemcpyDeviceToHost, s), err);
+    if (logits != NULL)
+        CUDA_TRY(cudaMemcpyAsync(logits, cm->logits, (size_t)(N * V) * sizeof(float),
+                                 cudaMemcpyDeviceToHost, s), err);
+    CUDA_TRY(cudaStreamSynchronize(s), err);
+    cm->have_fwd = 1;
+    return PRIMAL_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Backward                                                                                   */
+
+typedef struct bwd_ctx {
+    primal_cuda_grad_hook hook;
+    void *user;
+} bwd_ctx;
+
+static int trains(const primal_cuda_model *cm, int pi)
+{
+    return pi >= 0 && cm->p[pi].trainable;
+}
+
+/* Rows [r0, r0 + nr) of parameter pi's G are in cm->G: scale gradient, then the hook. */
+static int consume(primal_cuda_model *cm, int pi, int64_t r0, int64_t nr, const bwd_ctx *bc,
+                   primal_err *err)
+{
+    primal_cuda_param *p = &cm->p[pi];
+    if (p->q.bits != 32)
+        TRY(cuda_scale_grad(p->dscale, cm->G, &p->q, r0, nr, cm->stream, err));
+    if (bc->hook == NULL)
+        return PRIMAL_OK;
+    return bc->hook(bc->user, p, cm->G, r0, nr, cm->stream, err);
+}
+
+/* G = dyᵀ·x of matrix pi, chunk by chunk, each consumed; dy (N, rows) and x (N, cols) are
+ * operands. */
+static int weight_grad(primal_cuda_model *cm, int pi, const void *dy, const void *x,
+                       const bwd_ctx *bc, primal_err *err)
+{
+    const primal_cuda_param *p = &cm->p[pi];
+    int64_t rows = p->q.rows, cols = p->q.cols, ch = chunk_of(cm, rows);
+    int64_t N = (int64_t)cm->B * cm->T;
+    for (int64_t r0 = 0; r0 < rows; r0 += ch) {
+        int64_t nr = rows - r0 < ch ? rows - r0 : ch;
+        TRY(mm_weight(cm, cm->G, elem(dy, r0, cm->dt), rows, x, N, cols, nr, 0.0f, err));
+        TRY(consume(cm, pi, r0, nr, bc, err));
+    }
+    return PRIMAL_OK;
+}
+
+/* cm->dres holds dL/d(block output); on return, when need_dx, dL/d(block input).  The stages
+ * that run, and the order of hook calls, are model.c's. */
+static int block_backward(primal_cuda_model *cm, int l, const float *xin, int need_dx,
+                          const bwd_ctx *bc, primal_err *err)
+{
+    const primal_model_config *c = &cm->c;
+    const int *lp = cm->lp[l];
+    primal_cuda_param *P = cm->p;
+    int B = cm->B, T = cm->T, H = c->heads, KVH = c->kv_heads, hd = cm->hd;
+    int64_t N = (int64_t)B * T, C = c->dim, F = c->ffn;
+    cudaStream_t s = cm->stream;
+
+    int below_qkv = need_dx || trains(cm, lp[L_LN1]);
+    int need_dqkv = below_qkv || trains(cm, lp[L_Q]) || trains(cm, lp[L_K]) ||
+                    trains(cm, lp[L_V]) || trains(cm, lp[L_BQ]) || trains(cm, lp[L_BK]) ||
+                    trains(cm, lp[L_BV]);
+    int need_mid = need_dqkv || trains(cm, lp[L_O]);
+    int need_dln2 = need_mid || trains(cm, lp[L_LN2]);
+    int need_dgu = need_dln2 || trains(cm, lp[L_GATE]) || trains(cm, lp[L_UP]);
+    if (!need_dgu && !trains(cm, lp[L_DOWN]))
+        return PRIMAL_OK;
+    block_acts *a = &cm->blk[l];
+    const void *dyo = NULL, *xo = NULL;
+
+    /* xout = h + down(act) */
+    TRY(operand(cm, cm->dres, N * C, cm->dyb, &dyo, err));
+    if (trains(cm, lp[L_DOWN])) {
+        TRY(operand(cm, a->act, N * F, cm->xb, &xo, err));
+        TRY(weight_grad(cm, lp[L_DOWN], dyo, xo, bc, err));
+    }
+    if (!need_dgu)
+        return PRIMAL_OK;
+    TRY(linear_backward_inp(cm, lp[L_DOWN], cm->dact, dyo, N, 0.0f, err));
+    TRY(cuda_swiglu_backward(cm->dgate, cm->dup, cm->dact, a->gate, a->up, N * F, s, err));
+    if (trains(cm, lp[L_GATE]) || trains(cm, lp[L_UP]))
+        TRY(operand(cm, a->ln2, N * C, cm->xb, &xo, err));
+    TRY(operand(cm, cm->dgate, N * F, cm->dyb, &dyo, err));
+    if (trains(cm, lp[L_GATE]))
+        TRY(weight_grad(cm, lp[L_GATE], dyo, xo, bc, err));
+    if (need_dln2)
+        TRY(linear_backward_inp(cm, lp[L_GATE], cm->dln, dyo, N, 0.0f, err));
+    if (trains(cm, lp[L_UP]) || need_dln2)
+        TRY(operand(cm, cm->dup, N * F, cm->dyb, &dyo, err));
+    if (trains(cm, lp[L_UP]))
+        TRY(weight_grad(cm, lp[L_UP], dyo, xo, bc, err));
+    if (!need_dln2)
+        return PRIMAL_OK;
+    TRY(linear_backward_inp(cm, lp[L_UP], cm->dln, dyo, N, 1.0f, err));
+    TRY(cuda_rmsnorm_backward(need_mid ? cm->dres : NULL, P[lp[L_LN2]].dvec, cm->colsum, cm->dln,
+                              a->h, P[lp[L_LN2]].vec, a->rstd2, N, C, s, err));
+
+    /* h = xin + o(atty); cm->dres is now dL/dh */
+    if (!need_dqkv && !trains(cm, lp[L_O]))
+        return PRIMAL_OK;
+    TRY(operand(cm, cm->dres, N * C, cm->dyb, &dyo, err));
+    if (trains(cm, lp[L_O])) {
+        TRY(operand(cm, a->atty, N * cm->qdim, cm->xb, &xo, err));
+        TRY(weight_grad(cm, lp[L_O], dyo, xo, bc, err));
+    }
+    if (!need_dqkv)
+        return PRIMAL_OK;
+    TRY(linear_backward_inp(cm, lp[L_O], cm->datty, dyo, N, 0.0f, err));
+    TRY(cuda_attention_backward(cm->dq, cm->dk, cm->dv, cm->datty, a->atty, a->lse, a->qh, a->kh,
+                                a->vh, cm->cosv, cm->sinv, &cm->as, cm->cb, cm->dt, B, T, H, KVH,
+                                hd, s, err));
+    if (trains(cm, lp[L_BQ]))
+        TRY(cuda_bias_backward(P[lp[L_BQ]].dvec, cm->colsum, cm->dq, N, cm->qdim, s, err));
+    if (trains(cm, lp[L_BK]))
+        TRY(cuda_bias_backward(P[lp[L_BK]].dvec, cm->colsum, cm->dk, N, cm->kvdim, s, err));
+    if (trains(cm, lp[L_BV]))
+        TRY(cuda_bias_backward(P[lp[L_BV]].dvec, cm->colsum, cm->dv, N, cm->kvdim, s, err));
+    if (trains(cm, lp[L_Q]) || trains(cm, lp[L_K]) || trains(cm, lp[L_V]))
+        TRY(operand(cm, a->ln1, N * C, cm->xb, &xo, err));
+    static const int qkv[3] = {L_Q, L_K, L_V};
+    float *dy3[3] = {cm->dq, cm->dk, cm->dv};
+    int64_t w3[3] = {cm->qdim, cm->kvdim, cm->kvdim};
+    for (int j = 0; j < 3; j++) {
+        int pi = lp[qkv[j]];
+        if (!trains(cm, pi) && !below_qkv)
+            continue;
+        TRY(operand(cm, dy3[j], N * w3[j], cm->dyb, &dyo, err));
+        if (trains(cm, pi))
+            TRY(weight_grad(cm, pi, dyo, xo, bc, err));
+        if (below_qkv)
+            TRY(linear_backward_inp(cm, pi, cm->dln, dyo, N, j == 0 ? 0.0f : 1.0f, err));
+    }
+    if (!below_qkv)
+        return PRIMAL_OK;
+    TRY(cuda_rmsnorm_backward(need_dx ? cm->dres : NULL, P[lp[L_LN1]].dvec, cm->colsum, cm->dln,
+                              xin, P[lp[L_LN1]].vec, a->rstd1, N, C, s, err));
+    return PRIMAL_OK;
+}
+
+static int level_of(const primal_cuda_model *cm, const primal_cuda_param *p)
+{
+    if (p->layer == PRIMAL_LAYER_EMBED)
+        return -1;
+    if (p->layer == PRIMAL_LAYER_FINAL_NORM || p->layer == PRIMAL_LAYER_HEAD)
+        return cm->c.layers;
+    return p->layer;
+}
+
+int primal_cuda_model_backward(primal_cuda_model *cm, float loss_scale,
+                               primal_cuda_grad_hook hook, void *user, primal_err *err)
+{
+    if (!cm->have_fwd)
+        return primal_errf(err, PRIMAL_ERROR,
+                           "primal_cuda_model_backward: no forward to differentiate (each "
+                           "forward allows one backward)");
+    const primal_model_config *c = &cm->c;
+    int L = c->layers;
+    int lowest = L + 1;
+    for (int i = 0; i < cm->np; i++)
+        if (cm->p[i].trainable && level_of(cm, &cm->p[i]) < lowest)
+            lowest = level_of(cm, &cm->p[i]);
+    if (lowest > L)
+        return PRIMAL_OK; /* nothing trains; the forward stays usable */
+    cm->have_fwd = 0;     /* fp32 dlogits overwrite the logits */
+    TRY(grow_ws(cm, err));
+    bwd_ctx bc = {hook, user};
+    primal_cuda_param *P = cm->p;
+    int64_t N = (int64_t)cm->B * cm->T, C = c->dim, V = c->vocab;
+    cudaStream_t s = cm->stream;
+
+    float d = cm->count > 0 ? loss_scale / (float)cm->count : 0.0f;
+    void *dl = cm->dt == CUDA_F32 ? (void *)cm->logits : cm->dlogits_b;
+    TRY(cuda_crossentropy_backward(dl, cm->dt, cm->logits, cm->lse_ce, cm->tok_tgt, cm->mask, d,
+                                   N, V, s, err));
+    const void *xo = NULL;
+    if (!c->tied && P[cm->head].trainable) {
+        TRY(operand(cm, cm->lnf, N * C, cm->xb, &xo, err));
+        TRY(weight_grad(cm, cm->head, dl, xo, &bc, err));
+    }
+    if (lowest < L || P[cm->fnorm].trainable) {
+        TRY(linear_backward_inp(cm, cm->head, cm->dln, dl, N, 0.0f, err));
+        if (lowest < L)
+            CUDA_TRY(cudaMemsetAsync(cm->dres, 0, (size_t)(N * C) * sizeof(float), s), err);
+        TRY(cuda_rmsnorm_backward(lowest < L ? cm->dres : NULL, P[cm->fnorm].dvec, cm->colsum,
+                                  cm->dln, cm->x[L], P[cm->fnorm].vec, cm->rstdf, N, C, s, err));
+    }
+    for (int l = L - 1; l >= 0 && l >= lowest; l--)
+        TRY(block_backward(cm, l, cm->x[l], lowest < l, &bc, err));
+
+    if (lowest == -1) {
+        /* The embedding's G: its lookups' scatter, plus the head's G when tied, summed so that
+         * the hook sees each row once. */
+        if (c->tied)
+            TRY(operand(cm, cm->lnf, N * C, cm->xb, &xo, err));
+        int64_t ch = chunk_of(cm, V);
+        for (int64_t r0 = 0; r0 < V; r0 += ch) {
+            int64_t nr = V - r0 < ch ? V - r0 : ch;
+            if (c->tied)
+                TRY(mm_weight(cm, cm->G, elem(dl, r0, cm->dt), V, xo, N, C, nr, 0.0f, err));
+            else
+                CUDA_TRY(cudaMemsetAsync(cm->G, 0, (size_t)(nr * C) * sizeof(float), s), err);
+            TRY(cuda_embedding_backward(cm->G, cm->dres, cm->emb_start, cm->emb_order, r0, nr, C,
+                                        s, err));
+            TRY(consume(cm, cm->embed, r0, nr, &bc, err));
+        }
+    }
+    return PRIMAL_OK;
+}

@@ -1,0 +1,142 @@
+/* model_cuda.h (private to libprimal): the decoder-only Llama/Qwen2 model on one CUDA GPU, the
+ * same math, parameters and gradient-hook semantics as the CPU model (core/model.h).  SPEC.md,
+ * "Models", "The forward and backward pass of an indexed matrix".
+ *
+ * A primal_cuda_model is made from a CPU primal_model, which stays the host mirror: names,
+ * shapes, grids and checkpoints live there, and it must outlive the CUDA model.  Indices,
+ * scales, vectors, grids (and dense matrices) are uploaded once; download() copies them back
+ * for a checkpoint, upload() refreshes the device after the CPU model changed (a resume).
+ *
+ * Each GEMM materialises its W from (index, scale, grid) into ONE reused workspace just before
+ * it runs (float32 or bfloat16 by precision); the weight gradient G = dYᵀ·X of one matrix (or of
+ * CHUNK rows of it, for a large vocabulary) goes into one reused float32 workspace, the scale
+ * gradient is taken from it, the hook gets it, and it is dropped.  No full-model float copy of
+ * weights or gradients ever exists.
+ *
+ * Everything runs on one stream (primal_cuda_model_stream); the hook must put its work on it.
+ * Only forward (for the loss), download and the explicit read functions synchronise.
+ * This header needs no CUDA header: streams are void *. */
+#ifndef PRIMAL_MODEL_CUDA_H
+#define PRIMAL_MODEL_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <primal/error.h>
+#include <primal/plugin.h>
+
+#include "model.h"
+
+#define PRIMAL_CUDA_FP32 0 /* float32 GEMMs, no TF32: the parity tests' mode */
+#define PRIMAL_CUDA_BF16 1 /* bfloat16 GEMM operands, float32 accumulation and activations */
+
+typedef struct primal_cuda_opts {
+    int precision;      /* PRIMAL_CUDA_FP32 or PRIMAL_CUDA_BF16 */
+    int device;         /* CUDA device number */
+    int64_t chunk_rows; /* matrices of more rows are multiplied, and handed to the hook, this
+                         * many rows at a time (the embedding and LM head of a large
+                         * vocabulary); 0: 8192 */
+    size_t attn_bytes;  /* cap on the attention scratch (batch rows run in chunks); 0: 2 GiB */
+} primal_cuda_opts;
+
+/* One parameter as the GPU holds it.  Pointers are device pointers. */
+typedef struct primal_cuda_param {
+    primal_param *host; /* the CPU model's parameter (name, layer, shapes, host storage) */
+    int index;          /* its number in the model (== q.id) */
+    int is_matrix, layer;
+    int64_t n;          /* elements: rows * cols, or the vector's length */
+    /* matrices: the view handed to flip policies' CUDA entry points (primal/policy_cuda.h):
+     * index, scale, dense and grid are device pointers, the rest as on the CPU */
+    primal_qtensor q;
+    float *dscale;      /* (rows) scale gradient, summed over micro-batches; NULL when frozen or
+                         * dense */
+    float *vec, *dvec;  /* vectors: (n) values and gradient (dvec NULL when frozen) */
+    uint8_t trainable;
+} primal_cuda_param;
+
+/* Called by backward once per trainable matrix and micro-batch, for each row chunk of its
+ * straight-through gradient: G is a DEVICE float32 (nrows, cols) tile of rows [r0, r0 + nrows),
+ * valid until the stream has run the work the hook queues.  The hook queues its kernels on
+ * stream and must not synchronise.  A non-zero return stops backward and is passed up. */
+typedef int (*primal_cuda_grad_hook)(void *user, primal_cuda_param *p, const float *G,
+                                     int64_t r0, int64_t nrows, void *stream, primal_err *err);
+
+typedef struct primal_cuda_model primal_cuda_model;
+
+/* Number of CUDA devices (0 without a device or driver) and, if name is not NULL, the first
+ * device's name.  Never fails. */
+int primal_cuda_device_count(char *name, size_t n);
+
+int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
+                             primal_cuda_model **out, primal_err *err);
+void primal_cuda_model_free(primal_cuda_model *cm);
+
+int primal_cuda_model_nparams(const primal_cuda_model *cm);
+primal_cuda_param *primal_cuda_model_param(primal_cuda_model *cm, int i);
+void *primal_cuda_model_stream(primal_cuda_model *cm); /* a cudaStream_t */
+
+/* As primal_model_forward: tokens and mask are host arrays; *loss (host) is the masked mean
+ * cross-entropy (this call waits for it); logits, if not NULL, is a host (B, T, vocab) array. */
+int primal_cuda_model_forward(primal_cuda_model *cm, const int32_t *tokens, const uint8_t *mask,
+                              int B, int T, float *loss, float *logits, primal_err *err);
+
+/* As primal_model_backward: adds into dscale/dvec of trainable parameters, calls hook for each
+ * trainable matrix (embedding last, LM head first; G chunked by chunk_rows rows), stops below
+ * the lowest trainable parameter. */
+int primal_cuda_model_backward(primal_cuda_model *cm, float loss_scale,
+                               primal_cuda_grad_hook hook, void *user, primal_err *err);
+
+int primal_cuda_model_zero_grad(primal_cuda_model *cm, primal_err *err);
+/* trainable is (nparams); gradient buffers are allocated (zeroed) and freed to match. */
+int primal_cuda_model_set_trainable(primal_cuda_model *cm, const uint8_t *trainable,
+                                    primal_err *err);
+
+/* Device -> the CPU model's indices, scales, vectors and dense matrices (waits). */
+int primal_cuda_model_download(primal_cuda_model *cm, primal_model *cpu, primal_err *err);
+/* The CPU model's values -> device (after a checkpoint was loaded into it). */
+int primal_cuda_model_upload(primal_cuda_model *cm, const primal_model *cpu, primal_err *err);
+int primal_cuda_model_sync(primal_cuda_model *cm, primal_err *err);
+
+/* Device memory: the model's own accounting (bytes now, by kind, and the peak of the sum) and
+ * what the driver reports for the whole device. */
+typedef struct primal_cuda_mem {
+    size_t weights, grads, activations, workspace, other; /* other: primal_cuda_alloc */
+    size_t peak;                                           /* highest sum seen */
+    size_t device_free, device_total;                      /* cudaMemGetInfo */
+} primal_cuda_mem;
+int primal_cuda_model_memory(primal_cuda_model *cm, primal_cuda_mem *out, primal_err *err);
+
+/* Zeroed device memory for the trainer (AdamW moments), counted under "other"; free with the
+ * same byte count. */
+int primal_cuda_alloc(primal_cuda_model *cm, size_t bytes, void **out, primal_err *err);
+void primal_cuda_free(primal_cuda_model *cm, void *p, size_t bytes);
+/* Host <-> device copies on the model's stream that return once done (checkpoints). */
+int primal_cuda_download_bytes(primal_cuda_model *cm, void *host, const void *dev, size_t n,
+                               primal_err *err);
+int primal_cuda_upload_bytes(primal_cuda_model *cm, void *dev, const void *host, size_t n,
+                             primal_err *err);
+
+/* AdamW over many float tensors (scales, norms, biases) in one kernel launch on the model's
+ * stream.  w, g, m, v are device pointers; t is this tensor's step count including this step
+ * (bias corrections 1 − β^t).  The update is core/train.c's, in double. */
+typedef struct primal_cuda_adamw_tensor {
+    float *w;
+    const float *g;
+    float *m, *v;
+    int64_t n, t;
+} primal_cuda_adamw_tensor;
+typedef struct primal_cuda_adamw_hp {
+    double lr, beta1, beta2, eps, weight_decay;
+    double grad_scale; /* the clipping factor (<= 1) applied to every gradient first */
+} primal_cuda_adamw_hp;
+int primal_cuda_adamw(primal_cuda_model *cm, const primal_cuda_adamw_tensor *list, int n,
+                      const primal_cuda_adamw_hp *hp, primal_err *err);
+
+/* Gradient norm for clipping: sumsq adds Σ x² of a device array (a G tile, in the hook) to the
+ * model's accumulator; float_grads adds every trainable dscale/dvec; read waits, returns the
+ * sum and, with reset, zeroes it.  Deterministic (fixed-order reductions). */
+int primal_cuda_sumsq(primal_cuda_model *cm, const float *x, int64_t n, primal_err *err);
+int primal_cuda_sumsq_float_grads(primal_cuda_model *cm, primal_err *err);
+int primal_cuda_sumsq_read(primal_cuda_model *cm, double *out, int reset, primal_err *err);
+
+#endif

@@ -1,0 +1,36 @@
+/* attention.h: causal softmax attention with grouped-query heads on the GPU, through cuBLAS
+ * strided-batched GEMMs and row kernels.  See attention.cu. */
+#ifndef PRIMAL_KERNELS_CUDA_ATTENTION_H
+#define PRIMAL_KERNELS_CUDA_ATTENTION_H
+
+#include <cublas_v2.h>
+
+#include "cuda_common.h"
+
+/* Scratch for Bc batch rows at a time (carved from one allocation by cuda_attn_layout). */
+typedef struct cuda_attn_scratch {
+    float *S;         /* (Bc, H, T, T) scores */
+    void *P;          /* (Bc, H, T, T) probabilities, dt; the same memory as S in float32 */
+    float *dP;        /* (Bc, H, T, T) */
+    void *dS;         /* (Bc, H, T, T) dt; the same memory as dP in float32 */
+    float *Oh;        /* (Bc, H, T, hd) forward output; backward: dL/dq head-major */
+    void *dOh;        /* (Bc, H, T, hd) dt */
+    float *dKh, *dVh; /* (Bc, KVH, T, hd) */
+    float *D;         /* (Bc, H, T) rowsum(dout · out) */
+    int Bc;
+} cuda_attn_scratch;
+
+CUDA_EXTERN_C size_t cuda_attn_layout(cuda_attn_scratch *sc, void *base, cuda_dtype dt, int Bc,
+                                      int T, int H, int KVH, int hd);
+CUDA_EXTERN_C int cuda_attention_forward(float *out, float *lse, const void *qh, const void *kh,
+                                         const void *vh, const cuda_attn_scratch *sc,
+                                         cublasHandle_t cb, cuda_dtype dt, int B, int T, int H,
+                                         int KVH, int hd, cudaStream_t s, primal_err *err);
+CUDA_EXTERN_C int cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                                          const float *out, const float *lse, const void *qh,
+                                          const void *kh, const void *vh, const float *cosv,
+                                          const float *sinv, const cuda_attn_scratch *sc,
+                                          cublasHandle_t cb, cuda_dtype dt, int B, int T, int H,
+                                          int KVH, int hd, cudaStream_t s, primal_err *err);
+
+#endif

@@ -1,0 +1,93 @@
+/* dequant.cu: W[r][c] = grid[index[r][c]] · scale[r] for a row range of an indexed matrix
+ * (4-bit two per byte with the even column in the low nibble, 8-bit, 16-bit; the layout of
+ * primal/plugin.h), written as float32 or bfloat16 into the one reused weight workspace just
+ * before its GEMM; and the scale gradient dscale[r] += Σ_c G[r][c] · grid[index[r][c]] of a G
+ * tile.  SPEC.md, "The forward and backward pass of an indexed matrix".
+ *
+ * The qtensor's index, scale, dense and grid are device pointers.  A dense matrix (bits 32) is
+ * copied (converted, in bf16).  The scale gradient sums one row per block in double in a fixed
+ * order, as the CPU does, so that it is deterministic.  CPU twins: matmul_dequant_rows and
+ * matmul_scale_grad (kernels/cpu/matmul.c).  No keys. */
+#include "dequant.h"
+
+__device__ __forceinline__ uint32_t index_at(const uint8_t *index, int bits, int64_t stride,
+                                             int64_t r, int64_t c)
+{
+    const uint8_t *row = index + r * stride;
+    if (bits == 4)
+        return (row[c >> 1] >> ((c & 1) * 4)) & 0xFu;
+    if (bits == 8)
+        return row[c];
+    return ((const uint16_t *)row)[c];
+}
+
+template <typename T>
+__global__ void dequant_kernel(T *out,                /* (nrows, cols) */
+                               const uint8_t *index,  /* (rows, stride) packed */
+                               const float *scale,    /* (rows) */
+                               const float *grid,     /* (grid_size) */
+                               const float *dense,    /* (rows, cols) when bits == 32 */
+                               int bits, int64_t stride, int64_t r0, int64_t nrows,
+                               int64_t cols)
+{
+    CUDA_FOR(i, nrows * cols)
+    {
+        int64_t r = i / cols, c = i - r * cols;
+        float v = bits == 32 ? dense[(r0 + r) * cols + c]
+                             : grid[index_at(index, bits, stride, r0 + r, c)] * scale[r0 + r];
+        cuda_st(out, i, v);
+    }
+}
+
+int cuda_dequant_rows(void *out,               /* (nrows, cols) of dt */
+                      cuda_dtype dt,
+                      const primal_qtensor *w, /* device pointers */
+                      int64_t r0, int64_t nrows, cudaStream_t s, primal_err *err)
+{
+    int64_t n = nrows * w->cols;
+    if (n == 0)
+        return PRIMAL_OK;
+    unsigned nb = cuda_blocks(n, 256);
+    if (dt == CUDA_BF16)
+        dequant_kernel<<<nb, 256, 0, s>>>((__nv_bfloat16 *)out, (const uint8_t *)w->index,
+                                          w->scale, w->grid, w->dense, w->bits, w->row_stride,
+                                          r0, nrows, w->cols);
+    else
+        dequant_kernel<<<nb, 256, 0, s>>>((float *)out, (const uint8_t *)w->index, w->scale,
+                                          w->grid, w->dense, w->bits, w->row_stride, r0, nrows,
+                                          w->cols);
+    CUDA_LAUNCHED("dequant", err);
+    return PRIMAL_OK;
+}
+
+__global__ void scale_grad_kernel(float *dscale,        /* (rows) rows [r0, r0+nrows) += */
+                                  const float *G,       /* (nrows, cols) */
+                                  const uint8_t *index, /* (rows, stride) */
+                                  const float *grid,    /* (grid_size) */
+                                  int bits, int64_t stride, int64_t r0, int64_t cols)
+{
+    __shared__ double sh[32];
+    int64_t r = blockIdx.x;
+    const float *g = G + r * cols;
+    double acc = 0.0;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+        acc += (double)g[c] * grid[index_at(index, bits, stride, r0 + r, c)];
+    acc = cuda_block_sum(acc, sh);
+    if (threadIdx.x == 0)
+        dscale[r0 + r] += (float)acc;
+}
+
+int cuda_scale_grad(float *dscale,           /* (rows) device, accumulated into */
+                    const float *G,          /* (nrows, cols) device */
+                    const primal_qtensor *w, /* indexed, device pointers */
+                    int64_t r0, int64_t nrows, cudaStream_t s, primal_err *err)
+{
+    if (w->bits == 32 || nrows == 0)
+        return PRIMAL_OK;
+    /* one block per row: the grid's x dimension holds 2^31 - 1 */
+    scale_grad_kernel<<<(unsigned)nrows, 256, 0, s>>>(dscale, G, (const uint8_t *)w->index,
+                                                      w->grid, w->bits, w->row_stride, r0,
+                                                      w->cols);
+    CUDA_LAUNCHED("scale_grad", err);
+    return PRIMAL_OK;
+}

@@ -1,0 +1,157 @@
+/* elementwise.cu: conversion of float32 GEMM operands to the compute dtype, the residual add
+ * y += x, laying a bias under a GEMM's output (which then adds with beta 1), the bias gradient
+ * (column sums of dY, as matmul_backward_bias on the CPU) and a sum of squares (the trainer's
+ * gradient norm).  SPEC.md, "Models".
+ *
+ * Reductions are deterministic: fixed partial sums per block, then a fixed-order pass over the
+ * partials (no atomics), so that two runs of one step give the same bits.  No keys. */
+#include "elementwise.h"
+
+template <typename T>
+__global__ void convert_kernel(T *out,         /* (n) */
+                               const float *in, /* (n) */
+                               int64_t n)
+{
+    CUDA_FOR(i, n)
+    cuda_st(out, i, in[i]);
+}
+
+int cuda_convert(void *out, cuda_dtype dt, const float *in, int64_t n, cudaStream_t s,
+                 primal_err *err)
+{
+    if (n == 0 || out == (const void *)in)
+        return PRIMAL_OK;
+    if (dt == CUDA_F32) {
+        CUDA_TRY(cudaMemcpyAsync(out, in, (size_t)n * sizeof(float), cudaMemcpyDeviceToDevice, s),
+                 err);
+        return PRIMAL_OK;
+    }
+    convert_kernel<<<cuda_blocks(n, 256), 256, 0, s>>>((__nv_bfloat16 *)out, in, n);
+    CUDA_LAUNCHED("convert", err);
+    return PRIMAL_OK;
+}
+
+__global__ void add_kernel(float *y,       /* (n) += x */
+                           const float *x, /* (n) */
+                           int64_t n)
+{
+    CUDA_FOR(i, n)
+    y[i] += x[i];
+}
+
+int cuda_add_inplace(float *y, const float *x, int64_t n, cudaStream_t s, primal_err *err)
+{
+    if (n == 0)
+        return PRIMAL_OK;
+    add_kernel<<<cuda_blocks(n, 256), 256, 0, s>>>(y, x, n);
+    CUDA_LAUNCHED("add", err);
+    return PRIMAL_OK;
+}
+
+__global__ void bias_fill_kernel(float *out,        /* (N, OC) */
+                                 const float *bias, /* (OC) */
+                                 int64_t N, int64_t OC)
+{
+    CUDA_FOR(i, N * OC)
+    out[i] = bias[i % OC];
+}
+
+int cuda_bias_fill(float *out, const float *bias, int64_t N, int64_t OC, cudaStream_t s,
+                   primal_err *err)
+{
+    if (N * OC == 0)
+        return PRIMAL_OK;
+    bias_fill_kernel<<<cuda_blocks(N * OC, 256), 256, 0, s>>>(out, bias, N, OC);
+    CUDA_LAUNCHED("bias_fill", err);
+    return PRIMAL_OK;
+}
+
+/* partial[chunk][c] = Σ over the chunk's rows of dout[n][c]; block (32 columns, 8 row lanes). */
+__global__ void colsum_partial_kernel(float *partial,    /* (nchunks, OC) */
+                                      const float *dout, /* (N, OC) */
+                                      int64_t N, int64_t OC)
+{
+    __shared__ float sh[8][33];
+    int64_t c = (int64_t)blockIdx.x * 32 + threadIdx.x;
+    int64_t n0 = (int64_t)blockIdx.y * CUDA_COLSUM_ROWS;
+    int64_t n1 = n0 + CUDA_COLSUM_ROWS < N ? n0 + CUDA_COLSUM_ROWS : N;
+    float acc = 0.0f;
+    if (c < OC)
+        for (int64_t n = n0 + threadIdx.y; n < n1; n += 8)
+            acc += dout[n * OC + c];
+    sh[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < OC) {
+        float s = 0.0f;
+        for (int k = 0; k < 8; k++)
+            s += sh[k][threadIdx.x];
+        partial[blockIdx.y * OC + c] = s;
+    }
+}
+
+__global__ void colsum_finish_kernel(float *dbias,         /* (OC) += */
+                                     const float *partial, /* (nchunks, OC) */
+                                     int64_t nchunks, int64_t OC)
+{
+    CUDA_FOR(c, OC)
+    {
+        double s = 0.0;
+        for (int64_t k = 0; k < nchunks; k++)
+            s += partial[k * OC + c];
+        dbias[c] += (float)s;
+    }
+}
+
+int cuda_bias_backward(float *dbias,      /* (OC) accumulated into */
+                       float *scratch,    /* cuda_colsum_scratch(N, OC) floats */
+                       const float *dout, /* (N, OC) */
+                       int64_t N, int64_t OC, cudaStream_t s, primal_err *err)
+{
+    if (N == 0 || OC == 0)
+        return PRIMAL_OK;
+    int64_t nchunks = (N + CUDA_COLSUM_ROWS - 1) / CUDA_COLSUM_ROWS;
+    dim3 grid((unsigned)((OC + 31) / 32), (unsigned)nchunks);
+    colsum_partial_kernel<<<grid, dim3(32, 8), 0, s>>>(scratch, dout, N, OC);
+    CUDA_LAUNCHED("colsum_partial", err);
+    colsum_finish_kernel<<<cuda_blocks(OC, 256), 256, 0, s>>>(dbias, scratch, nchunks, OC);
+    CUDA_LAUNCHED("colsum_finish", err);
+    return PRIMAL_OK;
+}
+
+__global__ void sumsq_partial_kernel(double *partial, /* (CUDA_SUMSQ_BLOCKS) */
+                                     const float *x,  /* (n) */
+                                     int64_t n)
+{
+    __shared__ double sh[32];
+    double acc = 0.0;
+    CUDA_FOR(i, n)
+    acc += (double)x[i] * x[i];
+    acc = cuda_block_sum(acc, sh);
+    if (threadIdx.x == 0)
+        partial[blockIdx.x] = acc;
+}
+
+__global__ void sumsq_finish_kernel(double *acc,           /* (1) += */
+                                    const double *partial) /* (CUDA_SUMSQ_BLOCKS) */
+{
+    if (threadIdx.x == 0 && blockIdx.x == 0) {
+        double s = 0.0;
+        for (int k = 0; k < CUDA_SUMSQ_BLOCKS; k++)
+            s += partial[k];
+        *acc += s;
+    }
+}
+
+int cuda_sumsq(double *acc,     /* (1) device, accumulated into */
+               double *scratch, /* (CUDA_SUMSQ_BLOCKS) device */
+               const float *x,  /* (n) device */
+               int64_t n, cudaStream_t s, primal_err *err)
+{
+    if (n == 0)
+        return PRIMAL_OK;
+    sumsq_partial_kernel<<<CUDA_SUMSQ_BLOCKS, 256, 0, s>>>(scratch, x, n);
+    CUDA_LAUNCHED("sumsq_partial", err);
+    sumsq_finish_kernel<<<1, 32, 0, s>>>(acc, scratch);
+    CUDA_LAUNCHED("sumsq_finish", err);
+    return PRIMAL_OK;
+}

@@ -1,0 +1,29 @@
+/* elementwise.h: the small GPU kernels of the model: dtype conversion, residual add, bias fill
+ * and bias gradient, sum of squares.  See elementwise.cu. */
+#ifndef PRIMAL_KERNELS_CUDA_ELEMENTWISE_H
+#define PRIMAL_KERNELS_CUDA_ELEMENTWISE_H
+
+#include "cuda_common.h"
+
+/* Rows summed per block by the column-sum kernels; scratch for them is
+ * cuda_colsum_scratch(N, C) floats. */
+#define CUDA_COLSUM_ROWS 256
+#define CUDA_SUMSQ_BLOCKS 256
+
+static inline int64_t cuda_colsum_scratch(int64_t N, int64_t C)
+{
+    return (N + CUDA_COLSUM_ROWS - 1) / CUDA_COLSUM_ROWS * C;
+}
+
+CUDA_EXTERN_C int cuda_convert(void *out, cuda_dtype dt, const float *in, int64_t n,
+                               cudaStream_t s, primal_err *err);
+CUDA_EXTERN_C int cuda_add_inplace(float *y, const float *x, int64_t n, cudaStream_t s,
+                                   primal_err *err);
+CUDA_EXTERN_C int cuda_bias_fill(float *out, const float *bias, int64_t N, int64_t OC,
+                                 cudaStream_t s, primal_err *err);
+CUDA_EXTERN_C int cuda_bias_backward(float *dbias, float *scratch, const float *dout, int64_t N,
+                                     int64_t OC, cudaStream_t s, primal_err *err);
+CUDA_EXTERN_C int cuda_sumsq(double *acc, double *scratch, const float *x, int64_t n,
+                             cudaStream_t s, primal_err *err);
+
+#endif

@@ -1,0 +1,15 @@
+/* rmsnorm.h: RMSNorm forward and backward on the GPU.  See rmsnorm.cu. */
+#ifndef PRIMAL_KERNELS_CUDA_RMSNORM_H
+#define PRIMAL_KERNELS_CUDA_RMSNORM_H
+
+#include "cuda_common.h"
+
+CUDA_EXTERN_C int cuda_rmsnorm_forward(float *out, float *rstd, const float *inp,
+                                       const float *weight, int64_t N, int64_t C, float eps,
+                                       cudaStream_t s, primal_err *err);
+CUDA_EXTERN_C int cuda_rmsnorm_backward(float *dinp, float *dweight, float *scratch,
+                                        const float *dout, const float *inp, const float *weight,
+                                        const float *rstd, int64_t N, int64_t C, cudaStream_t s,
+                                        primal_err *err);
+
+#endif

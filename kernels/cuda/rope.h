@@ -1,0 +1,17 @@
+/* rope.h: rotary position embedding on the GPU, fused with the move between the token-major
+ * layout of the projections and the head-major layout of attention.  See rope.cu. */
+#ifndef PRIMAL_KERNELS_CUDA_ROPE_H
+#define PRIMAL_KERNELS_CUDA_ROPE_H
+
+#include "cuda_common.h"
+
+CUDA_EXTERN_C int cuda_rope_pack(void *qh, void *kh, void *vh, cuda_dtype dt, const float *q,
+                                 const float *k, const float *v, const float *cosv,
+                                 const float *sinv, int B, int T, int H, int KVH, int hd,
+                                 cudaStream_t s, primal_err *err);
+CUDA_EXTERN_C int cuda_rope_unpack_grad(float *dq, float *dk, float *dv, const float *dqh,
+                                        const float *dkh, const float *dvh, const float *cosv,
+                                        const float *sinv, int B, int T, int H, int KVH, int hd,
+                                        cudaStream_t s, primal_err *err);
+
+#endif

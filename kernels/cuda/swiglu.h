@@ -1,0 +1,13 @@
+/* swiglu.h: the SwiGLU gate of the MLP on the GPU.  See swiglu.cu. */
+#ifndef PRIMAL_KERNELS_CUDA_SWIGLU_H
+#define PRIMAL_KERNELS_CUDA_SWIGLU_H
+
+#include "cuda_common.h"
+
+CUDA_EXTERN_C int cuda_swiglu_forward(float *out, const float *gate, const float *up, int64_t n,
+                                      cudaStream_t s, primal_err *err);
+CUDA_EXTERN_C int cuda_swiglu_backward(float *dgate, float *dup, const float *dout,
+                                       const float *gate, const float *up, int64_t n,
+                                       cudaStream_t s, primal_err *err);
+
+#endif

@@ -1,0 +1,1142 @@
+/* cuda_test.c: the CUDA backend (kernels/cuda/, core/model_cuda.c).  Each kernel against its
+ * CPU _ref twin (plain double loops) on several random shapes, |got − ref| <= atol + rtol·|ref|;
+ * the whole GPU model against Hugging Face transformers (tests/fixtures/hf-qwen2-tiny: logits,
+ * loss and every gradient of the dense model, logits of the prime13-snapped one) and against
+ * the CPU model (logits, loss, every G tile the hook sees, scale and vector gradients) in fp32
+ * and bf16, with chunked vocabularies, masks, a tied MQA model and a partly frozen one.  Every
+ * test skips with "no CUDA device" where there is none. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include <primal/rng.h>
+#include <primal/safetensors.h>
+
+#include "../core/model.h"
+#include "../core/model_cuda.h"
+#include "../kernels/cpu/attention.h"
+#include "../kernels/cpu/crossentropy.h"
+#include "../kernels/cpu/embedding.h"
+#include "../kernels/cpu/rmsnorm.h"
+#include "../kernels/cpu/rope.h"
+#include "../kernels/cpu/swiglu.h"
+#include "../kernels/cuda/adamw.h"
+#include "../kernels/cuda/attention.h"
+#include "../kernels/cuda/crossentropy.h"
+#include "../kernels/cuda/dequant.h"
+#include "../kernels/cuda/elementwise.h"
+#include "../kernels/cuda/embedding.h"
+#include "../kernels/cuda/rmsnorm.h"
+#include "../kernels/cuda/rope.h"
+#include "../kernels/cuda/swiglu.h"
+
+#ifndef PRIMAL_TEST_FIXTURES
+#error "define PRIMAL_TEST_FIXTURES as the tests/fixtures directory (a string)"
+#endif
+#define HF PRIMAL_TEST_FIXTURES "/hf-qwen2-tiny/"
+
+/* ------------------------------------------------------------------------------------------ */
+/* Helpers                                                                                    */
+
+static void need_gpu(void)
+{
+    if (primal_cuda_device_count(NULL, 0) < 1)
+        cr_skip_test("no CUDA device");
+}
+
+#define CK(call)                                                                               \
+    do {                                                                                       \
+        cudaError_t ck_rc_ = (call);                                                           \
+        cr_assert_eq(ck_rc_, cudaSuccess, "%s: %s", #call, cudaGetErrorString(ck_rc_));        \
+    } while (0)
+#define OK(call)                                                                               \
+    do {                                                                                       \
+        primal_err ok_err_;                                                                    \
+        primal_err_clear(&ok_err_);                                                            \
+        int ok_rc_ = (call);                                                                   \
+        cr_assert_eq(ok_rc_, PRIMAL_OK, "%s: %s", #call, ok_err_.msg);                         \
+    } while (0)
+#define E (&ok_err_)
+
+static void *dmalloc(size_t bytes)
+{
+    void *p = NULL;
+    CK(cudaMalloc(&p, bytes ? bytes : 1));
+    /* poison: a kernel that leaves an element unwritten shows up as NaN */
+    CK(cudaMemset(p, 0xff, bytes ? bytes : 1));
+    return p;
+}
+
+static void *dup_to_dev(const void *h, size_t bytes)
+{
+    void *p = dmalloc(bytes);
+    CK(cudaMemcpy(p, h, bytes, cudaMemcpyHostToDevice));
+    return p;
+}
+
+static void to_host(void *h, const void *d, size_t bytes)
+{
+    CK(cudaDeviceSynchronize());
+    CK(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost));
+}
+
+/* n uniform floats in [lo, hi) for (seed, stream) */
+static float *rnd(int64_t n, float lo, float hi, uint64_t seed, uint64_t stream)
+{
+    float *x = malloc((size_t)n * sizeof(float));
+    for (int64_t i = 0; i < n; i++)
+        x[i] = lo + (hi - lo) * primal_rng_u01(seed, stream, (uint64_t)i);
+    return x;
+}
+
+static double *to_d(const float *x, int64_t n)
+{
+    double *d = malloc((size_t)n * sizeof(double));
+    for (int64_t i = 0; i < n; i++)
+        d[i] = x[i];
+    return d;
+}
+
+static float bf16_to_f(uint16_t b)
+{
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Every element within atol + rtol·|ref|; names the worst one. */
+static void close_d(const float *got, const double *ref, int64_t n, double atol, double rtol,
+                    const char *what)
+{
+    int64_t worst = -1;
+    double wex = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double e = fabs((double)got[i] - ref[i]), lim = atol + rtol * fabs(ref[i]);
+        if (!(e <= lim) && (worst < 0 || e - lim > wex)) {
+            worst = i;
+            wex = e - lim;
+        }
+    }
+    cr_assert_lt(worst, 0, "%s: element %lld is %.8g, reference %.8g (atol %g, rtol %g)", what,
+                 (long long)worst, worst >= 0 ? got[worst] : 0.0, worst >= 0 ? ref[worst] : 0.0,
+                 atol, rtol);
+}
+
+static void close_f(const float *got, const float *ref, int64_t n, double atol, double rtol,
+                    const char *what)
+{
+    double *r = to_d(ref, n);
+    close_d(got, r, n, atol, rtol, what);
+    free(r);
+}
+
+/* ‖a − b‖ / ‖b‖ */
+static double relerr(const float *a, const float *b, int64_t n)
+{
+    double num = 0.0, den = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return sqrt(num) / (sqrt(den) + 1e-30);
+}
+
+static float prime13_values[13];
+static const primal_grid_ref prime13 = {"prime13", prime13_values, 13};
+
+static void prime13_init(void)
+{
+    static const int den[] = {1, 2, 3, 5, 7, 11};
+    int k = 0;
+    for (int i = 0; i < 6; i++)
+        prime13_values[k++] = (float)(-1.0 / den[i]);
+    prime13_values[k++] = 0.0f;
+    for (int i = 5; i >= 0; i--)
+        prime13_values[k++] = (float)(1.0 / den[i]);
+}
+
+static const primal_grid_ref *grid_dense(void *user, const char *name)
+{
+    (void)user;
+    (void)name;
+    return NULL;
+}
+
+static const primal_grid_ref *grid_user(void *user, const char *name)
+{
+    (void)name;
+    return user;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Kernels                                                                                    */
+
+/* An indexed (rows, cols) matrix with random indices over a random ascending grid. */
+static void random_qtensor(primal_qtensor *h, int bits, int64_t rows, int64_t cols, int gsize,
+                           uint64_t seed)
+{
+    memset(h, 0, sizeof *h);
+    h->rows = rows;
+    h->cols = cols;
+    h->bits = bits;
+    h->row_stride = bits == 4 ? (cols + 1) / 2 : cols * (bits / 8);
+    h->grid_size = gsize;
+    float *g = malloc((size_t)gsize * sizeof(float));
+    for (int i = 0; i < gsize; i++)
+        g[i] = -1.0f + 2.0f * (float)i / (float)(gsize - 1);
+    h->grid = g;
+    h->index = calloc((size_t)(rows * h->row_stride), 1);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++)
+            primal_index_set(h, r, c,
+                             (uint32_t)(primal_rng_u64(seed, 1, (uint64_t)(r * cols + c)) %
+                                        (uint64_t)gsize));
+    h->scale = rnd(rows, 0.5f, 2.0f, seed, 2);
+}
+
+static void qtensor_to_dev(primal_qtensor *d, const primal_qtensor *h)
+{
+    *d = *h;
+    d->index = dup_to_dev(h->index, (size_t)(h->rows * h->row_stride));
+    d->scale = dup_to_dev(h->scale, (size_t)h->rows * sizeof(float));
+    d->grid = dup_to_dev(h->grid, (size_t)h->grid_size * sizeof(float));
+}
+
+static void qtensor_free(primal_qtensor *h, primal_qtensor *d)
+{
+    free(h->index);
+    free(h->scale);
+    free((void *)h->grid);
+    cudaFree(d->index);
+    cudaFree(d->scale);
+    cudaFree((void *)d->grid);
+}
+
+Test(cuda_kernels, dequant_matches_index_times_scale_for_4_8_and_16_bit_indices)
+{
+    need_gpu();
+    static const int bits[] = {4, 8, 16}, gsz[] = {13, 200, 40000};
+    static const int64_t shapes[][2] = {{7, 9}, {33, 64}, {5, 1001}};
+    for (int b = 0; b < 3; b++)
+        for (int s = 0; s < 3; s++) {
+            int64_t R = shapes[s][0], C = shapes[s][1];
+            primal_qtensor h, d;
+            random_qtensor(&h, bits[b], R, C, gsz[b], 10 + (uint64_t)(b * 3 + s));
+            qtensor_to_dev(&d, &h);
+            int64_t r0 = R / 3, nr = R - r0;
+            double *ref = malloc((size_t)(nr * C) * sizeof(double));
+            for (int64_t r = 0; r < nr; r++)
+                for (int64_t c = 0; c < C; c++)
+                    ref[r * C + c] =
+                        (double)h.grid[primal_index_get(&h, r0 + r, c)] * h.scale[r0 + r];
+            float *dout = dmalloc((size_t)(nr * C) * sizeof(float));
+            OK(cuda_dequant_rows(dout, CUDA_F32, &d, r0, nr, 0, E));
+            float *got = malloc((size_t)(nr * C) * sizeof(float));
+            to_host(got, dout, (size_t)(nr * C) * sizeof(float));
+            char what[64];
+            snprintf(what, sizeof what, "fp32 dequant, %d bits, %lldx%lld", bits[b],
+                     (long long)R, (long long)C);
+            close_d(got, ref, nr * C, 0.0, 1e-7, what);
+            /* bf16: the same values rounded to 8 significant bits */
+            uint16_t *bb = malloc((size_t)(nr * C) * 2);
+            OK(cuda_dequant_rows(dout, CUDA_BF16, &d, r0, nr, 0, E));
+            to_host(bb, dout, (size_t)(nr * C) * 2);
+            for (int64_t i = 0; i < nr * C; i++)
+                got[i] = bf16_to_f(bb[i]);
+            snprintf(what, sizeof what, "bf16 dequant, %d bits", bits[b]);
+            close_d(got, ref, nr * C, 0.0, 1.0 / 256, what);
+            free(bb);
+            free(got);
+            free(ref);
+            cudaFree(dout);
+            qtensor_free(&h, &d);
+        }
+}
+
+Test(cuda_kernels, scale_gradient_is_the_row_sum_of_G_times_grid_values)
+{
+    need_gpu();
+    static const int bits[] = {4, 8, 16}, gsz[] = {13, 256, 1000};
+    for (int b = 0; b < 3; b++) {
+        int64_t R = 37, C = 301, r0 = 5, nr = 20;
+        primal_qtensor h, d;
+        random_qtensor(&h, bits[b], R, C, gsz[b], 30 + (uint64_t)b);
+        qtensor_to_dev(&d, &h);
+        float *G = rnd(nr * C, -1, 1, 31, (uint64_t)b);
+        float *ds0 = rnd(R, -1, 1, 32, (uint64_t)b);
+        double *ref = to_d(ds0, R);
+        for (int64_t r = 0; r < nr; r++)
+            for (int64_t c = 0; c < C; c++)
+                ref[r0 + r] += (double)G[r * C + c] * h.grid[primal_index_get(&h, r0 + r, c)];
+        float *dG = dup_to_dev(G, (size_t)(nr * C) * sizeof(float));
+        float *dds = dup_to_dev(ds0, (size_t)R * sizeof(float));
+        OK(cuda_scale_grad(dds, dG, &d, r0, nr, 0, E));
+        float *got = malloc((size_t)R * sizeof(float));
+        to_host(got, dds, (size_t)R * sizeof(float));
+        close_d(got, ref, R, 1e-6, 1e-5, "dscale");
+        free(got);
+        free(ref);
+        free(G);
+        free(ds0);
+        cudaFree(dG);
+        cudaFree(dds);
+        qtensor_free(&h, &d);
+    }
+}
+
+Test(cuda_kernels, embedding_gathers_rows_and_scatters_gradients_by_chunk)
+{
+    need_gpu();
+    int64_t V = 50, C = 24, N = 97;
+    primal_qtensor h, d;
+    random_qtensor(&h, 8, V, C, 100, 40);
+    qtensor_to_dev(&d, &h);
+    int32_t *tok = malloc((size_t)N * sizeof(int32_t));
+    for (int64_t n = 0; n < N; n++) /* many repeats: every row collects several positions */
+        tok[n] = (int32_t)(primal_rng_u64(41, 0, (uint64_t)n) % 17) * 3 % V;
+    double *Ed = malloc((size_t)(V * C) * sizeof(double));
+    for (int64_t r = 0; r < V; r++)
+        for (int64_t c = 0; c < C; c++)
+            Ed[r * C + c] = (double)h.grid[primal_index_get(&h, r, c)] * h.scale[r];
+    double *ref = malloc((size_t)(N * C) * sizeof(double));
+    embedding_forward_ref(ref, tok, Ed, (int)N, (int)C);
+    int32_t *dtok = dup_to_dev(tok, (size_t)N * sizeof(int32_t));
+    float *dout = dmalloc((size_t)(N * C) * sizeof(float));
+    OK(cuda_embedding_forward(dout, dtok, &d, N, 0, E));
+    float *got = malloc((size_t)(N * C) * sizeof(float));
+    to_host(got, dout, (size_t)(N * C) * sizeof(float));
+    close_d(got, ref, N * C, 0.0, 1e-7, "embedding forward");
+
+    float *dy = rnd(N * C, -1, 1, 42, 0);
+    double *dyd = to_d(dy, N * C), *dE = calloc((size_t)(V * C), sizeof(double));
+    embedding_backward_ref(dE, dyd, tok, (int)N, (int)C);
+    int32_t *start = malloc((size_t)(V + 1) * sizeof(int32_t)), *order = malloc((size_t)N * 4);
+    cuda_embedding_sort(start, order, tok, N, V);
+    int32_t *dstart = dup_to_dev(start, (size_t)(V + 1) * 4), *dorder = dup_to_dev(order, (size_t)N * 4);
+    float *ddy = dup_to_dev(dy, (size_t)(N * C) * sizeof(float));
+    float *dG = dmalloc((size_t)(V * C) * sizeof(float));
+    float *G = malloc((size_t)(V * C) * sizeof(float));
+    for (int64_t r0 = 0; r0 < V; r0 += 16) { /* chunks of 16 rows, the last one short */
+        int64_t nr = V - r0 < 16 ? V - r0 : 16;
+        CK(cudaMemset(dG, 0, (size_t)(nr * C) * sizeof(float)));
+        OK(cuda_embedding_backward(dG, ddy, dstart, dorder, r0, nr, C, 0, E));
+        to_host(G + r0 * C, dG, (size_t)(nr * C) * sizeof(float));
+    }
+    close_d(G, dE, V * C, 1e-6, 1e-6, "embedding backward");
+    free(tok), free(Ed), free(ref), free(got), free(dy), free(dyd), free(dE), free(start);
+    free(order), free(G);
+    cudaFree(dtok), cudaFree(dout), cudaFree(dstart), cudaFree(dorder), cudaFree(ddy);
+    cudaFree(dG);
+    qtensor_free(&h, &d);
+}
+
+Test(cuda_kernels, rmsnorm_forward_and_backward_match_the_reference)
+{
+    need_gpu();
+    static const int shapes[][2] = {{1, 8}, {13, 64}, {300, 768}, {5, 1000}};
+    for (int s = 0; s < 4; s++) {
+        int N = shapes[s][0], C = shapes[s][1];
+        float *x = rnd((int64_t)N * C, -2, 2, 50, (uint64_t)s);
+        float *w = rnd(C, 0.5f, 1.5f, 51, (uint64_t)s);
+        float *dy = rnd((int64_t)N * C, -1, 1, 52, (uint64_t)s);
+        float *dx0 = rnd((int64_t)N * C, -1, 1, 53, (uint64_t)s);
+        float *dw0 = rnd(C, -1, 1, 54, (uint64_t)s);
+        double *xd = to_d(x, (int64_t)N * C), *wd = to_d(w, C), *dyd = to_d(dy, (int64_t)N * C);
+        double *ref = malloc((size_t)N * C * sizeof(double));
+        rmsnorm_forward_ref(ref, xd, wd, N, C, 1e-5);
+        double *dxr = to_d(dx0, (int64_t)N * C), *dwr = to_d(dw0, C);
+        rmsnorm_backward_ref(dxr, dwr, dyd, xd, wd, N, C, 1e-5);
+
+        float *dX = dup_to_dev(x, (size_t)N * C * 4), *dW = dup_to_dev(w, (size_t)C * 4);
+        float *dY = dmalloc((size_t)N * C * 4), *dR = dmalloc((size_t)N * 4);
+        OK(cuda_rmsnorm_forward(dY, dR, dX, dW, N, C, 1e-5f, 0, E));
+        float *got = malloc((size_t)N * C * 4);
+        to_host(got, dY, (size_t)N * C * 4);
+        close_d(got, ref, (int64_t)N * C, 1e-6, 1e-5, "rmsnorm forward");
+
+        float *ddy = dup_to_dev(dy, (size_t)N * C * 4), *ddx = dup_to_dev(dx0, (size_t)N * C * 4);
+        float *ddw = dup_to_dev(dw0, (size_t)C * 4);
+        float *scr = dmalloc((size_t)cuda_colsum_scratch(N, C) * 4);
+        OK(cuda_rmsnorm_backward(ddx, ddw, scr, ddy, dX, dW, dR, N, C, 0, E));
+        to_host(got, ddx, (size_t)N * C * 4);
+        close_d(got, dxr, (int64_t)N * C, 1e-5, 1e-4, "rmsnorm dinp");
+        to_host(got, ddw, (size_t)C * 4);
+        close_d(got, dwr, C, 1e-5, 1e-4, "rmsnorm dweight");
+        free(x), free(w), free(dy), free(dx0), free(dw0), free(xd), free(wd), free(dyd);
+        free(ref), free(dxr), free(dwr), free(got);
+        cudaFree(dX), cudaFree(dW), cudaFree(dY), cudaFree(dR), cudaFree(ddy), cudaFree(ddx);
+        cudaFree(ddw), cudaFree(scr);
+    }
+}
+
+Test(cuda_kernels, swiglu_forward_and_backward_match_the_reference)
+{
+    need_gpu();
+    int64_t n = 10007;
+    float *g = rnd(n, -6, 6, 60, 0), *u = rnd(n, -2, 2, 60, 1), *dy = rnd(n, -1, 1, 60, 2);
+    double *gd = to_d(g, n), *ud = to_d(u, n), *dyd = to_d(dy, n);
+    double *ref = malloc((size_t)n * 8), *dgr = calloc((size_t)n, 8), *dur = calloc((size_t)n, 8);
+    swiglu_forward_ref(ref, gd, ud, n);
+    swiglu_backward_ref(dgr, dur, dyd, gd, ud, n);
+    float *dg = dup_to_dev(g, (size_t)n * 4), *du = dup_to_dev(u, (size_t)n * 4);
+    float *ddy = dup_to_dev(dy, (size_t)n * 4), *dout = dmalloc((size_t)n * 4);
+    float *ddg = dmalloc((size_t)n * 4), *ddu = dmalloc((size_t)n * 4);
+    float *got = malloc((size_t)n * 4);
+    OK(cuda_swiglu_forward(dout, dg, du, n, 0, E));
+    to_host(got, dout, (size_t)n * 4);
+    close_d(got, ref, n, 1e-6, 1e-5, "swiglu forward");
+    OK(cuda_swiglu_backward(ddg, ddu, ddy, dg, du, n, 0, E));
+    to_host(got, ddg, (size_t)n * 4);
+    close_d(got, dgr, n, 1e-6, 1e-5, "swiglu dgate");
+    to_host(got, ddu, (size_t)n * 4);
+    close_d(got, dur, n, 1e-6, 1e-5, "swiglu dup");
+    free(g), free(u), free(dy), free(gd), free(ud), free(dyd), free(ref), free(dgr), free(dur);
+    free(got);
+    cudaFree(dg), cudaFree(du), cudaFree(ddy), cudaFree(dout), cudaFree(ddg), cudaFree(ddu);
+}
+
+Test(cuda_kernels, cross_entropy_forward_mean_and_backward_match_the_reference)
+{
+    need_gpu();
+    static const int shapes[][2] = {{3, 7}, {40, 512}, {9, 50304}};
+    for (int s = 0; s < 3; s++) {
+        int N = shapes[s][0], V = shapes[s][1];
+        int64_t NV = (int64_t)N * V;
+        float *x = rnd(NV, -8, 8, 70, (uint64_t)s);
+        int32_t *tg = malloc((size_t)N * 4);
+        uint8_t *mask = malloc((size_t)N);
+        int64_t count = 0;
+        for (int n = 0; n < N; n++) {
+            tg[n] = (int32_t)(primal_rng_u64(71, (uint64_t)s, (uint64_t)n) % (uint64_t)V);
+            mask[n] = n % 3 != 1;
+            count += mask[n];
+        }
+        double *xd = to_d(x, NV), *lr = malloc((size_t)N * 8);
+        crossentropy_forward_ref(lr, xd, tg, N, V);
+        double mean = 0.0;
+        for (int n = 0; n < N; n++)
+            mean += mask[n] ? lr[n] : 0.0;
+        mean /= (double)count;
+        float d = 0.7f / (float)count;
+        double *dl = malloc((size_t)N * 8), *dref = calloc((size_t)NV, 8);
+        for (int n = 0; n < N; n++)
+            dl[n] = mask[n] ? d : 0.0;
+        crossentropy_backward_ref(dref, xd, tg, dl, N, V);
+
+        float *dx = dup_to_dev(x, (size_t)NV * 4), *dlos = dmalloc((size_t)N * 4);
+        float *dlse = dmalloc((size_t)N * 4), *dmean = dmalloc(4);
+        int32_t *dtg = dup_to_dev(tg, (size_t)N * 4);
+        uint8_t *dmask = dup_to_dev(mask, (size_t)N);
+        OK(cuda_crossentropy_forward(dlos, dlse, dx, dtg, N, V, 0, E));
+        OK(cuda_loss_mean(dmean, dlos, dmask, N, count, 0, E));
+        float *got = malloc((size_t)NV * 4), m;
+        to_host(got, dlos, (size_t)N * 4);
+        close_d(got, lr, N, 1e-5, 1e-5, "cross-entropy losses");
+        to_host(&m, dmean, 4);
+        cr_assert_leq(fabs(m - mean), 1e-5 * fabs(mean), "mean loss %.8g, reference %.8g", m,
+                      mean);
+        /* fp32 in place over the logits, then bf16 into a buffer of its own */
+        uint16_t *bb = malloc((size_t)NV * 2);
+        void *db = dmalloc((size_t)NV * 2);
+        OK(cuda_crossentropy_backward(db, CUDA_BF16, dx, dlse, dtg, dmask, d, N, V, 0, E));
+        OK(cuda_crossentropy_backward(dx, CUDA_F32, dx, dlse, dtg, dmask, d, N, V, 0, E));
+        to_host(got, dx, (size_t)NV * 4);
+        close_d(got, dref, NV, 1e-8, 1e-5, "cross-entropy dlogits fp32");
+        to_host(bb, db, (size_t)NV * 2);
+        for (int64_t i = 0; i < NV; i++)
+            got[i] = bf16_to_f(bb[i]);
+        close_d(got, dref, NV, 1e-9, 1.0 / 256, "cross-entropy dlogits bf16");
+        free(x), free(tg), free(mask), free(xd), free(lr), free(dl), free(dref), free(got);
+        free(bb);
+        cudaFree(dx), cudaFree(dlos), cudaFree(dlse), cudaFree(dmean), cudaFree(dtg);
+        cudaFree(dmask), cudaFree(db);
+    }
+}
+
+/* Token-major (B, T, nh, hd) from head-major (B, nh, T, hd). */
+static void from_heads(float *tm, const float *hm, int B, int T, int nh, int hd)
+{
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < nh; h++)
+            for (int t = 0; t < T; t++)
+                memcpy(tm + (((int64_t)b * T + t) * nh + h) * hd,
+                       hm + (((int64_t)b * nh + h) * T + t) * hd, (size_t)hd * 4);
+}
+
+Test(cuda_kernels, rope_pack_and_unpack_match_rotate_half_references)
+{
+    need_gpu();
+    int B = 2, T = 11, H = 4, KVH = 2, hd = 16;
+    double theta = 10000.0;
+    int64_t nq = (int64_t)B * T * H * hd, nk = (int64_t)B * T * KVH * hd;
+    float *q = rnd(nq, -1, 1, 80, 0), *k = rnd(nk, -1, 1, 80, 1), *v = rnd(nk, -1, 1, 80, 2);
+    float *cs = malloc((size_t)T * hd / 2 * 4), *sn = malloc((size_t)T * hd / 2 * 4);
+    rope_table(cs, sn, T, hd, theta);
+    double *qd = to_d(q, nq), *kd = to_d(k, nk), *rq = malloc((size_t)nq * 8);
+    double *rk = malloc((size_t)nk * 8);
+    rope_forward_ref(rq, qd, B, T, H, hd, theta);
+    rope_forward_ref(rk, kd, B, T, KVH, hd, theta);
+    float *dq = dup_to_dev(q, (size_t)nq * 4), *dk = dup_to_dev(k, (size_t)nk * 4);
+    float *dv = dup_to_dev(v, (size_t)nk * 4), *dcs = dup_to_dev(cs, (size_t)T * hd / 2 * 4);
+    float *dsn = dup_to_dev(sn, (size_t)T * hd / 2 * 4);
+    float *qh = dmalloc((size_t)nq * 4), *kh = dmalloc((size_t)nk * 4), *vh = dmalloc((size_t)nk * 4);
+    OK(cuda_rope_pack(qh, kh, vh, CUDA_F32, dq, dk, dv, dcs, dsn, B, T, H, KVH, hd, 0, E));
+    float *hm = malloc((size_t)nq * 4), *got = malloc((size_t)nq * 4);
+    to_host(hm, qh, (size_t)nq * 4);
+    from_heads(got, hm, B, T, H, hd);
+    close_d(got, rq, nq, 1e-6, 1e-5, "rope q");
+    to_host(hm, kh, (size_t)nk * 4);
+    from_heads(got, hm, B, T, KVH, hd);
+    close_d(got, rk, nk, 1e-6, 1e-5, "rope k");
+    to_host(hm, vh, (size_t)nk * 4);
+    from_heads(got, hm, B, T, KVH, hd);
+    close_f(got, v, nk, 0, 0, "v moves unrotated");
+    /* backward: head-major gradients back to token-major, inverse rotation */
+    float *gq = rnd(nq, -1, 1, 81, 0), *gk = rnd(nk, -1, 1, 81, 1), *gv = rnd(nk, -1, 1, 81, 2);
+    float *gqt = malloc((size_t)nq * 4), *gkt = malloc((size_t)nk * 4);
+    from_heads(gqt, gq, B, T, H, hd);
+    from_heads(gkt, gk, B, T, KVH, hd);
+    double *gqd = to_d(gqt, nq), *gkd = to_d(gkt, nk), *bq = malloc((size_t)nq * 8);
+    double *bk = malloc((size_t)nk * 8);
+    rope_backward_ref(bq, gqd, B, T, H, hd, theta);
+    rope_backward_ref(bk, gkd, B, T, KVH, hd, theta);
+    float *dgq = dup_to_dev(gq, (size_t)nq * 4), *dgk = dup_to_dev(gk, (size_t)nk * 4);
+    float *dgv = dup_to_dev(gv, (size_t)nk * 4);
+    OK(cuda_rope_unpack_grad(dq, dk, dv, dgq, dgk, dgv, dcs, dsn, B, T, H, KVH, hd, 0, E));
+    to_host(got, dq, (size_t)nq * 4);
+    close_d(got, bq, nq, 1e-6, 1e-5, "rope backward q");
+    to_host(got, dk, (size_t)nk * 4);
+    close_d(got, bk, nk, 1e-6, 1e-5, "rope backward k");
+    to_host(got, dv, (size_t)nk * 4);
+    from_heads(hm, gv, B, T, KVH, hd);
+    close_f(got, hm, nk, 0, 0, "v gradient moves unrotated");
+    free(q), free(k), free(v), free(cs), free(sn), free(qd), free(kd), free(rq), free(rk);
+    free(hm), free(got), free(gq), free(gk), free(gv), free(gqt), free(gkt), free(gqd);
+    free(gkd), free(bq), free(bk);
+    cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dcs), cudaFree(dsn), cudaFree(qh);
+    cudaFree(kh), cudaFree(vh), cudaFree(dgq), cudaFree(dgk), cudaFree(dgv);
+}
+
+/* Attention through rope_pack with an identity rotation (cos 1, sin 0), so the result is
+ * attention alone; fp32 and bf16 operands; scratch of Bc batch rows forces chunking. */
+static void check_attention(int B, int T, int H, int KVH, int hd, cuda_dtype dt, int Bc,
+                            double atol, double rtol)
+{
+    int64_t nq = (int64_t)B * T * H * hd, nk = (int64_t)B * T * KVH * hd;
+    float *q = rnd(nq, -1, 1, 90, (uint64_t)T), *k = rnd(nk, -1, 1, 91, (uint64_t)T);
+    float *v = rnd(nk, -1, 1, 92, (uint64_t)T), *dy = rnd(nq, -1, 1, 93, (uint64_t)T);
+    double *qd = to_d(q, nq), *kd = to_d(k, nk), *vd = to_d(v, nk), *dyd = to_d(dy, nq);
+    double *ref = malloc((size_t)nq * 8), *rdq = calloc((size_t)nq, 8);
+    double *rdk = calloc((size_t)nk, 8), *rdv = calloc((size_t)nk, 8);
+    attention_forward_ref(ref, qd, kd, vd, B, T, H, KVH, hd);
+    attention_backward_ref(rdq, rdk, rdv, dyd, qd, kd, vd, B, T, H, KVH, hd);
+
+    float *ones = malloc((size_t)T * hd / 2 * 4), *zeros = calloc((size_t)T * hd / 2, 4);
+    for (int i = 0; i < T * hd / 2; i++)
+        ones[i] = 1.0f;
+    float *dcs = dup_to_dev(ones, (size_t)T * hd / 2 * 4);
+    float *dsn = dup_to_dev(zeros, (size_t)T * hd / 2 * 4);
+    float *dq = dup_to_dev(q, (size_t)nq * 4), *dk = dup_to_dev(k, (size_t)nk * 4);
+    float *dv = dup_to_dev(v, (size_t)nk * 4), *ddy = dup_to_dev(dy, (size_t)nq * 4);
+    size_t e = cuda_dtype_size(dt);
+    void *qh = dmalloc((size_t)nq * e), *kh = dmalloc((size_t)nk * e), *vh = dmalloc((size_t)nk * e);
+    OK(cuda_rope_pack(qh, kh, vh, dt, dq, dk, dv, dcs, dsn, B, T, H, KVH, hd, 0, E));
+    cuda_attn_scratch sc;
+    size_t sb = cuda_attn_layout(&sc, NULL, dt, Bc, T, H, KVH, hd);
+    void *sbase = dmalloc(sb);
+    cuda_attn_layout(&sc, sbase, dt, Bc, T, H, KVH, hd);
+    cublasHandle_t cb;
+    cr_assert_eq(cublasCreate(&cb), CUBLAS_STATUS_SUCCESS);
+    float *dout = dmalloc((size_t)nq * 4), *dlse = dmalloc((size_t)B * H * T * 4);
+    OK(cuda_attention_forward(dout, dlse, qh, kh, vh, &sc, cb, dt, B, T, H, KVH, hd, 0, E));
+    float *got = malloc((size_t)nq * 4);
+    to_host(got, dout, (size_t)nq * 4);
+    char what[96];
+    snprintf(what, sizeof what, "attention out B%d T%d H%d KVH%d hd%d %s", B, T, H, KVH, hd,
+             dt == CUDA_BF16 ? "bf16" : "fp32");
+    close_d(got, ref, nq, atol, rtol, what);
+    float *gq = dmalloc((size_t)nq * 4), *gk = dmalloc((size_t)nk * 4), *gv = dmalloc((size_t)nk * 4);
+    OK(cuda_attention_backward(gq, gk, gv, ddy, dout, dlse, qh, kh, vh, dcs, dsn, &sc, cb, dt, B,
+                               T, H, KVH, hd, 0, E));
+    to_host(got, gq, (size_t)nq * 4);
+    close_d(got, rdq, nq, atol, rtol, "attention dq");
+    to_host(got, gk, (size_t)nk * 4);
+    close_d(got, rdk, nk, atol, rtol, "attention dk");
+    to_host(got, gv, (size_t)nk * 4);
+    close_d(got, rdv, nk, atol, rtol, "attention dv");
+    cublasDestroy(cb);
+    free(q), free(k), free(v), free(dy), free(qd), free(kd), free(vd), free(dyd), free(ref);
+    free(rdq), free(rdk), free(rdv), free(ones), free(zeros), free(got);
+    cudaFree(dcs), cudaFree(dsn), cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(ddy);
+    cudaFree(qh), cudaFree(kh), cudaFree(vh), cudaFree(sbase), cudaFree(dout), cudaFree(dlse);
+    cudaFree(gq), cudaFree(gk), cudaFree(gv);
+}
+
+Test(cuda_kernels, attention_fp32_matches_the_reference_with_gqa_mqa_and_batch_chunks)
+{
+    need_gpu();
+    check_attention(2, 7, 4, 2, 8, CUDA_F32, 2, 1e-5, 1e-4);
+    check_attention(3, 33, 4, 1, 16, CUDA_F32, 2, 1e-5, 1e-4);  /* MQA, chunks 2 + 1 */
+    check_attention(1, 64, 2, 2, 64, CUDA_F32, 1, 1e-5, 1e-4);
+    check_attention(2, 130, 6, 3, 32, CUDA_F32, 1, 1e-5, 1e-4);
+}
+
+Test(cuda_kernels, attention_bf16_is_within_bf16_rounding_of_the_reference)
+{
+    need_gpu();
+    check_attention(2, 7, 4, 2, 8, CUDA_BF16, 2, 2e-2, 2e-2);
+    check_attention(2, 130, 6, 3, 32, CUDA_BF16, 1, 2e-2, 2e-2);
+}
+
+Test(cuda_kernels, bias_gradient_sum_of_squares_and_adamw_match_hand_formulas)
+{
+    need_gpu();
+    int64_t N = 700, OC = 45;
+    float *dy = rnd(N * OC, -1, 1, 100, 0), *b0 = rnd(OC, -1, 1, 100, 1);
+    double *ref = to_d(b0, OC), sq = 0.0;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t o = 0; o < OC; o++) {
+            ref[o] += dy[n * OC + o];
+            sq += (double)dy[n * OC + o] * dy[n * OC + o];
+        }
+    float *ddy = dup_to_dev(dy, (size_t)(N * OC) * 4), *db = dup_to_dev(b0, (size_t)OC * 4);
+    float *scr = dmalloc((size_t)cuda_colsum_scratch(N, OC) * 4);
+    OK(cuda_bias_backward(db, scr, ddy, N, OC, 0, E));
+    float got[64];
+    to_host(got, db, (size_t)OC * 4);
+    close_d(got, ref, OC, 1e-5, 1e-5, "bias gradient");
+    double *acc = dmalloc(8 * (CUDA_SUMSQ_BLOCKS + 1)), zero = 0.0, s;
+    CK(cudaMemcpy(acc + CUDA_SUMSQ_BLOCKS, &zero, 8, cudaMemcpyHostToDevice));
+    OK(cuda_sumsq(acc + CUDA_SUMSQ_BLOCKS, acc, ddy, N * OC, 0, E));
+    to_host(&s, acc + CUDA_SUMSQ_BLOCKS, 8);
+    cr_assert_leq(fabs(s - sq), 1e-9 * sq, "sum of squares %.12g, reference %.12g", s, sq);
+
+    /* AdamW on two tensors of different step counts */
+    int64_t n1 = 1000, n2 = 3;
+    float *w = rnd(n1 + n2, -1, 1, 101, 0), *g = rnd(n1 + n2, -1, 1, 101, 1);
+    float *m = rnd(n1 + n2, -0.1f, 0.1f, 101, 2), *v = rnd(n1 + n2, 0, 0.01f, 101, 3);
+    cuda_adamw_hp hp = {1e-2, 0.9, 0.95, 1e-8, 0.1, 0.5};
+    int64_t t[2] = {1, 7};
+    double *wr = malloc((size_t)(n1 + n2) * 8);
+    for (int64_t k = 0; k < n1 + n2; k++) {
+        int64_t tt = k < n1 ? t[0] : t[1];
+        double bc1 = 1.0 - pow(hp.beta1, (double)tt), bc2 = 1.0 - pow(hp.beta2, (double)tt);
+        double gk = (double)g[k] * hp.grad_scale;
+        float mk = (float)(hp.beta1 * m[k] + (1 - hp.beta1) * gk);
+        float vk = (float)(hp.beta2 * v[k] + (1 - hp.beta2) * gk * gk);
+        wr[k] = w[k] - hp.lr * ((mk / bc1) / (sqrt(vk / bc2) + hp.eps) + hp.weight_decay * w[k]);
+    }
+    float *dw = dup_to_dev(w, (size_t)(n1 + n2) * 4), *dg = dup_to_dev(g, (size_t)(n1 + n2) * 4);
+    float *dm = dup_to_dev(m, (size_t)(n1 + n2) * 4), *dvv = dup_to_dev(v, (size_t)(n1 + n2) * 4);
+    cuda_adamw_tensor list[2] = {
+        {dw, dg, dm, dvv, n1, 1.0 - pow(0.9, 1), 1.0 - pow(0.95, 1)},
+        {dw + n1, dg + n1, dm + n1, dvv + n1, n2, 1.0 - pow(0.9, 7), 1.0 - pow(0.95, 7)},
+    };
+    cuda_adamw_tensor *dl = dmalloc(sizeof list);
+    OK(cuda_adamw(dl, list, 2, &hp, 0, E));
+    float *wg = malloc((size_t)(n1 + n2) * 4);
+    to_host(wg, dw, (size_t)(n1 + n2) * 4);
+    close_d(wg, wr, n1 + n2, 1e-7, 1e-6, "AdamW");
+    free(dy), free(b0), free(ref), free(w), free(g), free(m), free(v), free(wr), free(wg);
+    cudaFree(ddy), cudaFree(db), cudaFree(scr), cudaFree(acc), cudaFree(dw), cudaFree(dg);
+    cudaFree(dm), cudaFree(dvv), cudaFree(dl);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The whole model                                                                            */
+
+static const primal_model_config qwen_tiny = {
+    .arch = PRIMAL_ARCH_QWEN2, .vocab = 512, .dim = 64, .layers = 2, .heads = 4,
+    .kv_heads = 2, .ffn = 176, .rope_theta = 10000.0, .norm_eps = 1e-6, .tied = 0,
+    .qkv_bias = 1,
+};
+
+static primal_st *open_st(const char *path)
+{
+    primal_st *st;
+    primal_err err;
+    cr_assert_eq(primal_st_open(path, &st, &err), PRIMAL_OK, "%s", err.msg);
+    return st;
+}
+
+static void load_hf(primal_model *m, primal_st *st)
+{
+    primal_err err;
+    for (int i = 0; i < primal_model_nparams(m); i++) {
+        primal_param *p = primal_model_param(m, i);
+        if (p->is_matrix) {
+            int64_t shape[2] = {p->q.rows, p->q.cols};
+            float *w = malloc((size_t)p->n * sizeof(float));
+            cr_assert_eq(primal_st_read_f32(st, p->name, 2, shape, w, &err), PRIMAL_OK, "%s",
+                         err.msg);
+            cr_assert_eq(primal_model_set_matrix(m, p, w, &err), PRIMAL_OK, "%s", err.msg);
+            free(w);
+        } else {
+            int64_t shape[1] = {p->n};
+            cr_assert_eq(primal_st_read_f32(st, p->name, 1, shape, p->vec, &err), PRIMAL_OK,
+                         "%s", err.msg);
+        }
+    }
+}
+
+/* Hooks that keep every G they see, by parameter number: the CPU one and the GPU one. */
+typedef struct keep {
+    int np;
+    float **G;
+    int *calls;
+    int64_t *rows_seen;
+} keep;
+
+static void keep_init(keep *k, int np)
+{
+    k->np = np;
+    k->G = calloc((size_t)np, sizeof *k->G);
+    k->calls = calloc((size_t)np, sizeof *k->calls);
+    k->rows_seen = calloc((size_t)np, sizeof *k->rows_seen);
+}
+
+static void keep_free(keep *k)
+{
+    for (int i = 0; i < k->np; i++)
+        free(k->G[i]);
+    free(k->G);
+    free(k->calls);
+    free(k->rows_seen);
+}
+
+static int keep_cpu(void *user, primal_param *p, const float *G, int64_t r0, int64_t nrows,
+                    primal_err *err)
+{
+    (void)err;
+    keep *k = user;
+    int id = p->q.id;
+    if (k->G[id] == NULL)
+        k->G[id] = calloc((size_t)p->n, sizeof(float));
+    memcpy(k->G[id] + r0 * p->q.cols, G, (size_t)(nrows * p->q.cols) * sizeof(float));
+    k->calls[id]++;
+    k->rows_seen[id] += nrows;
+    return PRIMAL_OK;
+}
+
+static int keep_gpu(void *user, primal_cuda_param *p, const float *G, int64_t r0, int64_t nrows,
+                    void *stream, primal_err *err)
+{
+    (void)err;
+    keep *k = user;
+    int id = p->index;
+    if (k->G[id] == NULL)
+        k->G[id] = calloc((size_t)p->n, sizeof(float));
+    cudaMemcpyAsync(k->G[id] + r0 * p->q.cols, G, (size_t)(nrows * p->q.cols) * sizeof(float),
+                    cudaMemcpyDeviceToHost, (cudaStream_t)stream);
+    cudaStreamSynchronize((cudaStream_t)stream); /* a test may wait; a policy may not */
+    k->calls[id]++;
+    k->rows_seen[id] += nrows;
+    return PRIMAL_OK;
+}
+
+static primal_cuda_model *gpu_model(primal_model *m, int precision, int64_t chunk)
+{
+    primal_cuda_opts o = {.precision = precision, .device = 0, .chunk_rows = chunk,
+                          .attn_bytes = 0};
+    primal_cuda_model *cm;
+    primal_err err;
+    cr_assert_eq(primal_cuda_model_create(m, &o, &cm, &err), PRIMAL_OK, "%s", err.msg);
+    return cm;
+}
+
+static float *dev_vec(const float *d, int64_t n)
+{
+    float *h = malloc((size_t)n * sizeof(float));
+    to_host(h, d, (size_t)n * sizeof(float));
+    return h;
+}
+
+Test(cuda_model, fp32_dense_loss_logits_and_every_gradient_match_transformers)
+{
+    need_gpu();
+    primal_err err;
+    primal_model *m;
+    cr_assert_eq(primal_model_create(&qwen_tiny, grid_dense, NULL, &m, &err), PRIMAL_OK, "%s",
+                 err.msg);
+    primal_st *w = open_st(HF "model.safetensors"), *ex = open_st(HF "expected.safetensors");
+    load_hf(m, w);
+    const primal_st_tensor *ids = primal_st_get(ex, "input_ids");
+    cr_assert_not_null(ids);
+    primal_cuda_model *cm = gpu_model(m, PRIMAL_CUDA_FP32, 0);
+
+    /* 16 logits positions: each row extended by a dummy target whose position has mask 0 */
+    int32_t tok[2][17];
+    uint8_t mask[2][16];
+    for (int b = 0; b < 2; b++) {
+        memcpy(tok[b], (const int32_t *)ids->data + b * 16, 16 * sizeof(int32_t));
+        tok[b][16] = 0;
+        for (int t = 0; t < 16; t++)
+            mask[b][t] = t < 15;
+    }
+    float *logits = malloc(2 * 16 * 512 * sizeof(float)), *want = malloc(2 * 16 * 512 * 4);
+    float loss, wl;
+    cr_assert_eq(primal_cuda_model_forward(cm, &tok[0][0], &mask[0][0], 2, 16, &loss, logits,
+                                           &err), PRIMAL_OK, "%s", err.msg);
+    int64_t shape[3] = {2, 16, 512}, one[1] = {1};
+    cr_assert_eq(primal_st_read_f32(ex, "logits", 3, shape, want, &err), PRIMAL_OK);
+    cr_assert_eq(primal_st_read_f32(ex, "loss", 1, one, &wl, &err), PRIMAL_OK);
+    double e = relerr(logits, want, 2 * 16 * 512);
+    cr_assert_lt(e, 1e-4, "logits relative error %.3g", e);
+    cr_assert_lt(fabs(loss - wl) / fabs(wl), 1e-4, "loss %.7g, transformers %.7g", loss, wl);
+
+    /* gradients of the 2x15 loss */
+    cr_assert_eq(primal_cuda_model_forward(cm, ids->data, NULL, 2, 15, &loss, NULL, &err),
+                 PRIMAL_OK, "%s", err.msg);
+    cr_assert_lt(fabs(loss - wl) / fabs(wl), 1e-4, "loss %.7g, transformers %.7g", loss, wl);
+    keep k;
+    keep_init(&k, primal_cuda_model_nparams(cm));
+    cr_assert_eq(primal_cuda_model_backward(cm, 1.0f, keep_gpu, &k, &err), PRIMAL_OK, "%s",
+                 err.msg);
+    int checked = 0;
+    for (int i = 0; i < primal_cuda_model_nparams(cm); i++) {
+        primal_cuda_param *p = primal_cuda_model_param(cm, i);
+        char name[128];
+        snprintf(name, sizeof name, "grad.%s", p->host->name);
+        const primal_st_tensor *t = primal_st_get(ex, name);
+        cr_assert_not_null(t, "%s missing from the fixture", name);
+        float *g = malloc((size_t)p->n * sizeof(float));
+        cr_assert_eq(primal_st_to_f32(ex, t, g, &err), PRIMAL_OK, "%s", err.msg);
+        float *mine = p->is_matrix ? k.G[i] : dev_vec(p->dvec, p->n);
+        if (p->is_matrix)
+            cr_assert_eq(k.calls[i], 1, "%s: hook called %d times", p->host->name, k.calls[i]);
+        cr_assert_not_null(mine, "%s: no gradient", p->host->name);
+        double ge = relerr(mine, g, p->n);
+        cr_assert_lt(ge, 1e-3, "%s: gradient relative error %.3g", p->host->name, ge);
+        if (!p->is_matrix)
+            free(mine);
+        free(g);
+        checked++;
+    }
+    cr_assert_eq(checked, 27);
+    keep_free(&k);
+    free(logits);
+    free(want);
+    primal_cuda_model_free(cm);
+    primal_st_close(w);
+    primal_st_close(ex);
+    primal_model_free(m);
+}
+
+Test(cuda_model, fp32_prime13_snapped_logits_match_the_fixture, .init = prime13_init)
+{
+    need_gpu();
+    primal_err err;
+    primal_model *m;
+    cr_assert_eq(primal_model_create(&qwen_tiny, grid_user, (void *)&prime13, &m, &err),
+                 PRIMAL_OK, "%s", err.msg);
+    primal_st *w = open_st(HF "model.safetensors"), *sn = open_st(HF "snapped13.safetensors");
+    load_hf(m, w);
+    const primal_st_tensor *ids = primal_st_get(sn, "input_ids");
+    int32_t tok[2][17];
+    uint8_t mask[2][16];
+    for (int b = 0; b < 2; b++) {
+        memcpy(tok[b], (const int32_t *)ids->data + b * 16, 16 * sizeof(int32_t));
+        tok[b][16] = 0;
+        for (int t = 0; t < 16; t++)
+            mask[b][t] = t < 15;
+    }
+    int64_t shape[3] = {2, 16, 512}, one[1] = {1};
+    float *logits = malloc(2 * 16 * 512 * 4), *want = malloc(2 * 16 * 512 * 4), loss, wl;
+    cr_assert_eq(primal_st_read_f32(sn, "logits", 3, shape, want, &err), PRIMAL_OK);
+    cr_assert_eq(primal_st_read_f32(sn, "loss", 1, one, &wl, &err), PRIMAL_OK);
+    for (int prec = 0; prec < 2; prec++) {
+        primal_cuda_model *cm = gpu_model(m, prec, 100); /* 512 vocabulary rows in chunks */
+        cr_assert_eq(primal_cuda_model_forward(cm, &tok[0][0], &mask[0][0], 2, 16, &loss, logits,
+                                               &err), PRIMAL_OK, "%s", err.msg);
+        /* bf16 operands round every GEMM input to 8 bits: ~3e-3 on logits, far less on the
+         * loss, which averages the rounding out */
+        double tol = prec == PRIMAL_CUDA_FP32 ? 1e-4 : 1e-2, ltol = prec ? 2e-3 : 1e-4;
+        double e = relerr(logits, want, 2 * 16 * 512);
+        fprintf(stderr, "snapped fixture %s: logits %.3g, loss %.3g\n", prec ? "bf16" : "fp32",
+                e, fabs(loss - wl) / fabs(wl));
+        cr_assert_lt(e, tol, "%s logits relative error %.3g", prec ? "bf16" : "fp32", e);
+        cr_assert_lt(fabs(loss - wl) / fabs(wl), ltol, "%s loss %.7g, fixture %.7g",
+                     prec ? "bf16" : "fp32", loss, wl);
+        primal_cuda_model_free(cm);
+    }
+    free(logits);
+    free(want);
+    primal_st_close(w);
+    primal_st_close(sn);
+    primal_model_free(m);
+}
+
+/* GPU against CPU on one model: loss, logits, every hook G, every dscale and dvec. */
+typedef struct parity_tol {
+    double logits, loss, G, dscale, dvec;
+} parity_tol;
+
+static void check_parity(primal_model *m, int precision, int64_t chunk, int B, int T,
+                         const uint8_t *trainable, parity_tol tol, uint64_t seed)
+{
+    primal_err err;
+    const primal_model_config *c = primal_model_cfg(m);
+    int np = primal_model_nparams(m);
+    int32_t *tok = malloc((size_t)B * (T + 1) * sizeof(int32_t));
+    uint8_t *mask = malloc((size_t)B * T);
+    for (int i = 0; i < B * (T + 1); i++)
+        tok[i] = (int32_t)(primal_rng_u64(seed, 5, (uint64_t)i) % (uint64_t)c->vocab);
+    for (int i = 0; i < B * T; i++)
+        mask[i] = primal_rng_u01(seed, 6, (uint64_t)i) < 0.8f;
+    if (trainable != NULL)
+        cr_assert_eq(primal_model_set_trainable(m, trainable, &err), PRIMAL_OK, "%s", err.msg);
+    primal_cuda_model *cm = gpu_model(m, precision, chunk);
+    int64_t NV = (int64_t)B * T * c->vocab;
+    float *lc = malloc((size_t)NV * 4), *lg = malloc((size_t)NV * 4), loss_c, loss_g;
+    primal_model_zero_grad(m);
+    cr_assert_eq(primal_model_forward(m, tok, mask, B, T, &loss_c, lc, &err), PRIMAL_OK, "%s",
+                 err.msg);
+    cr_assert_eq(primal_cuda_model_forward(cm, tok, mask, B, T, &loss_g, lg, &err), PRIMAL_OK,
+                 "%s", err.msg);
+    const char *mode = precision == PRIMAL_CUDA_BF16 ? "bf16" : "fp32";
+    double e = relerr(lg, lc, NV), le = fabs(loss_g - loss_c) / fabs(loss_c);
+
+    keep kc, kg;
+    keep_init(&kc, np);
+    keep_init(&kg, np);
+    cr_assert_eq(primal_model_backward(m, 0.5f, keep_cpu, &kc, &err), PRIMAL_OK, "%s", err.msg);
+    cr_assert_eq(primal_cuda_model_backward(cm, 0.5f, keep_gpu, &kg, &err), PRIMAL_OK, "%s",
+                 err.msg);
+    int matrices = 0;
+    double gworst = 0.0, sworst = 0.0, vworst = 0.0;
+    const char *gname = "", *sname = "", *vname = "";
+    for (int i = 0; i < np; i++) {
+        primal_param *hp = primal_model_param(m, i);
+        primal_cuda_param *p = primal_cuda_model_param(cm, i);
+        cr_assert_eq(p->trainable, hp->trainable);
+        if (!hp->trainable) {
+            cr_assert_eq(kg.calls[i], 0, "%s: frozen, yet the hook saw it", hp->name);
+            cr_assert_null(p->dscale, "%s: frozen, yet has a scale gradient", hp->name);
+            cr_assert_null(p->dvec, "%s: frozen, yet has a gradient", hp->name);
+            continue;
+        }
+        if (hp->is_matrix) {
+            matrices++;
+            int64_t ch = chunk > 0 && hp->q.rows > chunk ? chunk : hp->q.rows;
+            cr_assert_eq(kg.calls[i], (int)((hp->q.rows + ch - 1) / ch),
+                         "%s: hook called %d times for chunks of %lld rows", hp->name,
+                         kg.calls[i], (long long)ch);
+            cr_assert_eq(kg.rows_seen[i], hp->q.rows, "%s: hook saw %lld rows", hp->name,
+                         (long long)kg.rows_seen[i]);
+            double ge = relerr(kg.G[i], kc.G[i], hp->n);
+            if (!(ge <= gworst)) {
+                gworst = ge;
+                gname = hp->name;
+            }
+            if (hp->dscale != NULL) {
+                float *ds = dev_vec(p->dscale, hp->q.rows);
+                double se = relerr(ds, hp->dscale, hp->q.rows);
+                if (!(se <= sworst)) {
+                    sworst = se;
+                    sname = hp->name;
+                }
+                free(ds);
+            }
+        } else {
+            float *dv = dev_vec(p->dvec, hp->n);
+            double ve = relerr(dv, hp->dvec, hp->n);
+            if (!(ve <= vworst)) {
+                vworst = ve;
+                vname = hp->name;
+            }
+            free(dv);
+        }
+    }
+    fprintf(stderr,
+            "parity %s (vocab %d, B %d, T %d): logits %.3g, loss %.3g, worst G %.3g (%s), "
+            "worst scale gradient %.3g (%s), worst vector gradient %.3g (%s)\n",
+            mode, c->vocab, B, T, e, le, gworst, gname, sworst, sname, vworst, vname);
+    cr_assert_lt(e, tol.logits, "%s: logits relative error %.3g", mode, e);
+    cr_assert_lt(le, tol.loss, "%s: loss %.7g, CPU %.7g", mode, loss_g, loss_c);
+    cr_assert_lt(gworst, tol.G, "%s: %s G relative error %.3g", mode, gname, gworst);
+    cr_assert_lt(sworst, tol.dscale, "%s: %s scale gradient relative error %.3g", mode, sname,
+                 sworst);
+    cr_assert_lt(vworst, tol.dvec, "%s: %s gradient relative error %.3g", mode, vname, vworst);
+    cr_assert_gt(matrices, 0);
+    keep_free(&kc);
+    keep_free(&kg);
+    free(tok), free(mask), free(lc), free(lg);
+    primal_cuda_model_free(cm);
+}
+
+/* std 0.3: large weights make every gradient generic (fp32 checks); std 0.02, as models are
+ * initialised, for bf16 checks: with 0.3 the softmaxes saturate and bf16 rounding of q·k flips
+ * them (chaotic, 3% logits error in a 3-layer model), which says nothing about the kernels. */
+/* bf16 against the fp32 CPU model.  Measured on an H100: logits 3.4e-3 to 4.8e-3, loss below
+ * 2.5e-5, G up to 1.13e-2 and scale/vector gradients up to 1.55e-2, the worst always attention's
+ * q/k weights and biases, whose gradient dS = P·(dP − D) is a difference of near-equal terms that
+ * amplifies the 8-bit rounding of dO and V. */
+#define BF16_TOL {1e-2, 2e-3, 2e-2, 2e-2, 3e-2}
+
+static primal_model *random_model(const primal_model_config *mc, uint64_t seed, float std)
+{
+    primal_model *m;
+    primal_err err;
+    cr_assert_eq(primal_model_create(mc, grid_user, (void *)&prime13, &m, &err), PRIMAL_OK, "%s",
+                 err.msg);
+    cr_assert_eq(primal_model_init_random(m, seed, std, &err), PRIMAL_OK, "%s", err.msg);
+    for (int i = 0; i < primal_model_nparams(m); i++) { /* norms and biases off 1 and 0 */
+        primal_param *p = primal_model_param(m, i);
+        if (!p->is_matrix)
+            for (int64_t j = 0; j < p->n; j++)
+                p->vec[j] += 0.2f * (primal_rng_u01(seed, (uint64_t)i, (uint64_t)j) - 0.5f);
+    }
+    return m;
+}
+
+static const primal_model_config rand_cfg = {
+    .arch = PRIMAL_ARCH_QWEN2, .vocab = 1000, .dim = 128, .layers = 3, .heads = 4,
+    .kv_heads = 2, .ffn = 320, .rope_theta = 10000.0, .norm_eps = 1e-5, .tied = 0,
+    .qkv_bias = 1,
+};
+
+Test(cuda_model, bf16_snapped_fixture_model_gradients_are_within_bf16_tolerances,
+     .init = prime13_init)
+{
+    need_gpu();
+    primal_err err;
+    primal_model *m;
+    cr_assert_eq(primal_model_create(&qwen_tiny, grid_user, (void *)&prime13, &m, &err),
+                 PRIMAL_OK, "%s", err.msg);
+    primal_st *w = open_st(HF "model.safetensors");
+    load_hf(m, w);
+    parity_tol tol = BF16_TOL;
+    check_parity(m, PRIMAL_CUDA_BF16, 0, 4, 31, NULL, tol, 7);
+    primal_st_close(w);
+    primal_model_free(m);
+}
+
+Test(cuda_model, fp32_random_prime13_model_matches_the_cpu_model, .init = prime13_init)
+{
+    need_gpu();
+    primal_model *m = random_model(&rand_cfg, 21, 0.3f);
+    parity_tol tol = {1e-4, 1e-4, 1e-4, 1e-4, 1e-4};
+    check_parity(m, PRIMAL_CUDA_FP32, 300, 3, 37, NULL, tol, 1);
+    primal_model_free(m);
+}
+
+Test(cuda_model, bf16_random_prime13_model_is_within_bf16_tolerances, .init = prime13_init)
+{
+    need_gpu();
+    primal_model *m = random_model(&rand_cfg, 22, 0.02f);
+    parity_tol tol = BF16_TOL;
+    check_parity(m, PRIMAL_CUDA_BF16, 300, 3, 37, NULL, tol, 2);
+    primal_model_free(m);
+}
+
+Test(cuda_model, tied_mqa_model_matches_the_cpu_model_in_both_precisions, .init = prime13_init)
+{
+    need_gpu();
+    primal_model_config mc = {.arch = PRIMAL_ARCH_LLAMA, .vocab = 700, .dim = 96, .layers = 2,
+                              .heads = 6, .kv_heads = 1, .ffn = 256, .rope_theta = 500000.0,
+                              .norm_eps = 1e-6, .tied = 1, .qkv_bias = 0};
+    primal_model *m = random_model(&mc, 23, 0.3f);
+    parity_tol t32 = {1e-4, 1e-4, 1e-4, 1e-4, 1e-4}, t16 = BF16_TOL;
+    check_parity(m, PRIMAL_CUDA_FP32, 256, 2, 50, NULL, t32, 3);
+    primal_model_free(m);
+    m = random_model(&mc, 23, 0.02f);
+    check_parity(m, PRIMAL_CUDA_BF16, 256, 2, 50, NULL, t16, 4);
+    primal_model_free(m);
+}
+
+Test(cuda_model, a_partly_frozen_model_trains_only_what_the_cpu_model_trains,
+     .init = prime13_init)
+{
+    need_gpu();
+    primal_model *m = random_model(&rand_cfg, 24, 0.3f);
+    int np = primal_model_nparams(m);
+    uint8_t *tr = calloc((size_t)np, 1);
+    /* the top block's MLP, its second norm, the final norm and the head */
+    for (int i = 0; i < np; i++) {
+        primal_param *p = primal_model_param(m, i);
+        tr[i] = p->layer == PRIMAL_LAYER_HEAD || p->layer == PRIMAL_LAYER_FINAL_NORM ||
+                (p->layer == 2 && (strstr(p->name, "mlp.") || strstr(p->name, "post_")));
+    }
+    parity_tol tol = {1e-4, 1e-4, 1e-4, 1e-4, 1e-4};
+    check_parity(m, PRIMAL_CUDA_FP32, 0, 2, 20, tr, tol, 5);
+    /* and the middle block's attention alone: backward must reach it and stop there */
+    for (int i = 0; i < np; i++) {
+        primal_param *p = primal_model_param(m, i);
+        tr[i] = p->layer == 1 && strstr(p->name, "self_attn.") != NULL;
+    }
+    check_parity(m, PRIMAL_CUDA_FP32, 0, 2, 20, tr, tol, 6);
+    free(tr);
+    primal_model_free(m);
+}
+
+Test(cuda_model, refuses_a_token_outside_the_vocabulary_naming_row_and_position,
+     .init = prime13_init)
+{
+    need_gpu();
+    primal_model *m = random_model(&rand_cfg, 25, 0.3f);
+    primal_cuda_model *cm = gpu_model(m, PRIMAL_CUDA_FP32, 0);
+    int32_t tok[2][5] = {{1, 2, 3, 4, 5}, {6, 7, 1000, 8, 9}};
+    float loss;
+    primal_err err;
+    cr_assert_eq(primal_cuda_model_forward(cm, &tok[0][0], NULL, 2, 4, &loss, NULL, &err),
+                 PRIMAL_ERROR);
+    cr_assert_not_null(strstr(err.msg, "row 1, position 2: token 1000"), "%s", err.msg);
+    cr_assert_eq(primal_cuda_model_backward(cm, 1.0f, NULL, NULL, &err), PRIMAL_ERROR);
+    cr_assert_not_null(strstr(err.msg, "no forward"), "%s", err.msg);
+    primal_cuda_model_free(cm);
+    primal_model_free(m);
+}
+
+Test(cuda_model, download_returns_what_adamw_changed_and_memory_is_accounted,
+     .init = prime13_init)
+{
+    need_gpu();
+    primal_err err;
+    primal_model *m = random_model(&rand_cfg, 26, 0.3f);
+    primal_cuda_model *cm = gpu_model(m, PRIMAL_CUDA_BF16, 0);
+    primal_cuda_mem mem;
+    cr_assert_eq(primal_cuda_model_memory(cm, &mem, &err), PRIMAL_OK, "%s", err.msg);
+    size_t want = 0;
+    for (int i = 0; i < primal_model_nparams(m); i++) {
+        primal_param *p = primal_model_param(m, i);
+        want += p->is_matrix ? (size_t)(p->q.rows * p->q.row_stride) + (size_t)p->q.rows * 4
+                             : (size_t)p->n * 4;
+    }
+    want += 13 * sizeof(float); /* one grid, shared */
+    cr_assert_eq(mem.weights, want, "weights %zu bytes, expected %zu", mem.weights, want);
+    cr_assert_geq(mem.peak, mem.weights + mem.grads + mem.workspace);
+    cr_assert_gt(mem.device_total, 0);
+
+    /* one AdamW step on the first matrix's scales with a gradient of 1: w -= lr·(1/(1+eps)) */
+    primal_param *hp = primal_model_param(m, 0);
+    primal_cuda_param *p = primal_cuda_model_param(cm, 0);
+    int64_t R = hp->q.rows;
+    float *ones = malloc((size_t)R * 4);
+    for (int64_t r = 0; r < R; r++)
+        ones[r] = 1.0f;
+    void *g, *mm, *vv;
+    cr_assert_eq(primal_cuda_alloc(cm, (size_t)R * 4, &g, &err), PRIMAL_OK, "%s", err.msg);
+    cr_assert_eq(primal_cuda_alloc(cm, (size_t)R * 4, &mm, &err), PRIMAL_OK, "%s", err.msg);
+    cr_assert_eq(primal_cuda_alloc(cm, (size_t)R * 4, &vv, &err), PRIMAL_OK, "%s", err.msg);
+    cr_assert_eq(primal_cuda_upload_bytes(cm, g, ones, (size_t)R * 4, &err), PRIMAL_OK);
+    double *want_s = malloc((size_t)R * 8);
+    for (int64_t r = 0; r < R; r++)
+        want_s[r] = hp->q.scale[r] - 0.01 * (1.0 / (1.0 + 1e-8));
+    primal_cuda_adamw_tensor t = {p->q.scale, g, mm, vv, R, 1};
+    primal_cuda_adamw_hp h = {0.01, 0.9, 0.999, 1e-8, 0.0, 1.0};
+    cr_assert_eq(primal_cuda_adamw(cm, &t, 1, &h, &err), PRIMAL_OK, "%s", err.msg);
+    cr_assert_eq(primal_cuda_model_download(cm, m, &err), PRIMAL_OK, "%s", err.msg);
+    close_d(hp->q.scale, want_s, R, 1e-7, 1e-6, "downloaded scales after AdamW");
+    primal_cuda_free(cm, g, (size_t)R * 4);
+    primal_cuda_free(cm, mm, (size_t)R * 4);
+    primal_cuda_free(cm, vv, (size_t)R * 4);
+    free(ones);
+    free(want_s);
+    primal_cuda_model_free(cm);
+    primal_model_free(m);
+}
