@@ -17,6 +17,11 @@
 
 #include "checkpoint.h"
 #include "dataq.h"
+#ifdef PRIMAL_HAVE_CUDA
+#include <primal/policy_cuda.h>
+
+#include "model_cuda.h"
+#endif
 #include "generate.h"
 #include "hfimport.h"
 #include "train.h"
@@ -26,7 +31,8 @@
 typedef struct pstate {
     void *policy;
     int has_policy;
-    float *m, *v; /* AdamW moments, (rows) for scales or (n) for vectors; NULL when frozen */
+    float *m, *v; /* AdamW moments, (rows) for scales or (n) for vectors; NULL when frozen;
+                   * device memory on a CUDA run */
     int64_t t;    /* AdamW steps taken by this parameter (it may join late) */
     int64_t n;    /* floats in m and v */
 } pstate;
@@ -62,7 +68,15 @@ typedef struct trainer {
     primal_dist *dist;
     int rank, nranks;
     float *gbuf;   /* (largest matrix) the gradient tile being summed across ranks */
+    /* [run] device = cuda: the GPU model (t->m stays its host mirror for checkpoints) */
+    void *cm;
 } trainer;
+
+#ifdef PRIMAL_HAVE_CUDA
+#define CUDA_RUN(t) ((t)->cm != NULL)
+#else
+#define CUDA_RUN(t) 0
+#endif
 
 static void emit(trainer *t, primal_event ev)
 {
@@ -183,6 +197,23 @@ static void free_state(trainer *t, int i)
 {
     primal_param *p = primal_model_param(t->m, i);
     pstate *s = &t->ps[i];
+#ifdef PRIMAL_HAVE_CUDA
+    if (CUDA_RUN(t)) {
+        primal_cuda_param *cp = primal_cuda_model_param(t->cm, i);
+        if (s->has_policy && t->pvt->cuda->tensor_free != NULL)
+            t->pvt->cuda->tensor_free(t->pctx, &cp->q, s->policy);
+        if (s->m != NULL) {
+            primal_cuda_free(t->cm, s->m, (size_t)s->n * sizeof(float));
+            primal_cuda_free(t->cm, s->v, (size_t)s->n * sizeof(float));
+        }
+        s->m = s->v = NULL;
+        s->policy = NULL;
+        s->has_policy = 0;
+        s->t = 0;
+        s->n = 0;
+        return;
+    }
+#endif
     if (s->has_policy && t->pvt->tensor_free != NULL)
         t->pvt->tensor_free(t->pctx, &p->q, s->policy);
     s->policy = NULL;
@@ -198,6 +229,27 @@ static int alloc_state(trainer *t, int i, primal_err *err)
 {
     primal_param *p = primal_model_param(t->m, i);
     pstate *s = &t->ps[i];
+#ifdef PRIMAL_HAVE_CUDA
+    if (CUDA_RUN(t)) {
+        primal_cuda_param *cp = primal_cuda_model_param(t->cm, i);
+        if (p->is_matrix) {
+            int rc = t->pvt->cuda->tensor_init(t->pctx, &cp->q, &s->policy,
+                                               primal_cuda_model_stream(t->cm), err);
+            if (rc != PRIMAL_OK)
+                return primal_err_prefix(err, "%s: CUDA tensor_init of %s",
+                                         t->e->policy->desc->name, p->name);
+            s->has_policy = 1;
+        }
+        s->n = float_count(p);
+        s->t = 0;
+        if (s->n == 0)
+            return PRIMAL_OK;
+        int rc = primal_cuda_alloc(t->cm, (size_t)s->n * sizeof(float), (void **)&s->m, err);
+        if (rc == PRIMAL_OK)
+            rc = primal_cuda_alloc(t->cm, (size_t)s->n * sizeof(float), (void **)&s->v, err);
+        return rc;
+    }
+#endif
     if (p->is_matrix) {
         int rc = t->pvt->tensor_init(t->pctx, &p->q, &s->policy, err);
         if (rc != PRIMAL_OK)
@@ -220,6 +272,10 @@ static int alloc_state(trainer *t, int i, primal_err *err)
 static int apply_trainable(trainer *t, primal_err *err)
 {
     int rc = primal_model_set_trainable(t->m, t->trainable, err);
+#ifdef PRIMAL_HAVE_CUDA
+    if (rc == PRIMAL_OK && CUDA_RUN(t))
+        rc = primal_cuda_model_set_trainable(t->cm, t->trainable, err);
+#endif
     for (int i = 0; i < t->np && rc == PRIMAL_OK; i++) {
         if (t->trainable[i] && !t->prev_trainable[i])
             rc = alloc_state(t, i, err);
@@ -342,6 +398,17 @@ static double float_grad_sq(trainer *t, int *finite)
     return sq;
 }
 
+/* The forward pass on whichever device the run uses. */
+static int forward(trainer *t, const int32_t *tokens, const uint8_t *mask, int B, int T,
+                   float *loss, primal_err *err)
+{
+#ifdef PRIMAL_HAVE_CUDA
+    if (CUDA_RUN(t))
+        return primal_cuda_model_forward(t->cm, tokens, mask, B, T, loss, NULL, err);
+#endif
+    return primal_model_forward(t->m, tokens, mask, B, T, loss, NULL, err);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Evaluation                                                                                 */
 
@@ -377,7 +444,7 @@ static int evaluate(trainer *t, double *val_loss, primal_err *err)
         if (n == 0)
             continue;
         float loss = 0;
-        rc = primal_model_forward(t->m, b.tokens, b.mask, b.rows, T, &loss, NULL, err);
+        rc = forward(t, b.tokens, b.mask, b.rows, T, &loss, err);
         if (rc != PRIMAL_OK)
             break;
         sum += (double)loss * n;
@@ -404,10 +471,68 @@ typedef struct train_blob {
     uint64_t seed;
 } train_blob;
 
+/* Checkpoint helpers that work for host and device state alike. */
+static int policy_state_out(trainer *t, int i, void *buf, primal_err *err)
+{
+    primal_param *p = primal_model_param(t->m, i);
+#ifdef PRIMAL_HAVE_CUDA
+    if (CUDA_RUN(t))
+        return t->pvt->cuda->state_download(t->pctx, &primal_cuda_model_param(t->cm, i)->q,
+                                            t->ps[i].policy, buf,
+                                            primal_cuda_model_stream(t->cm), err);
+#endif
+    return t->pvt->state_save(t->pctx, &p->q, t->ps[i].policy, buf, err);
+}
+
+static int policy_state_in(trainer *t, int i, const void *buf, size_t n, primal_err *err)
+{
+    primal_param *p = primal_model_param(t->m, i);
+#ifdef PRIMAL_HAVE_CUDA
+    if (CUDA_RUN(t))
+        return t->pvt->cuda->state_upload(t->pctx, &primal_cuda_model_param(t->cm, i)->q,
+                                          t->ps[i].policy, buf, n,
+                                          primal_cuda_model_stream(t->cm), err);
+#endif
+    return t->pvt->state_load(t->pctx, &p->q, t->ps[i].policy, buf, n, err);
+}
+
+/* AdamW moments m then v (n floats each) to or from host memory. */
+static int moments_copy(trainer *t, int i, float *host, int to_host, primal_err *err)
+{
+    pstate *s = &t->ps[i];
+    size_t bytes = (size_t)s->n * sizeof(float);
+#ifdef PRIMAL_HAVE_CUDA
+    if (CUDA_RUN(t)) {
+        int rc = to_host ? primal_cuda_download_bytes(t->cm, host, s->m, bytes, err)
+                         : primal_cuda_upload_bytes(t->cm, s->m, host, bytes, err);
+        if (rc == PRIMAL_OK)
+            rc = to_host ? primal_cuda_download_bytes(t->cm, host + s->n, s->v, bytes, err)
+                         : primal_cuda_upload_bytes(t->cm, s->v, host + s->n, bytes, err);
+        return rc;
+    }
+#endif
+    (void)err;
+    if (to_host) {
+        memcpy(host, s->m, bytes);
+        memcpy(host + s->n, s->v, bytes);
+    } else {
+        memcpy(s->m, host, bytes);
+        memcpy(s->v, host + s->n, bytes);
+    }
+    return PRIMAL_OK;
+}
+
 static int save_ckpt(trainer *t, primal_err *err)
 {
     int np = t->np;
     int cap = 2 * np + 4, nb = 0;
+#ifdef PRIMAL_HAVE_CUDA
+    if (CUDA_RUN(t)) {
+        int drc = primal_cuda_model_download(t->cm, t->m, err);
+        if (drc != PRIMAL_OK)
+            return drc;
+    }
+#endif
     primal_ckpt_blob *blobs = calloc((size_t)cap, sizeof *blobs);
     char **names = calloc((size_t)cap, sizeof *names);
     void **bufs = calloc((size_t)cap, sizeof *bufs);
@@ -446,7 +571,7 @@ static int save_ckpt(trainer *t, primal_err *err)
                 break;
             }
             sprintf(names[nb], "policy.%s", p->name);
-            rc = t->pvt->state_save(t->pctx, &p->q, s->policy, bufs[nb], err);
+            rc = policy_state_out(t, i, bufs[nb], err);
             blobs[nb] = (primal_ckpt_blob){names[nb], bufs[nb], n};
             nb++;
         }
@@ -460,9 +585,12 @@ static int save_ckpt(trainer *t, primal_err *err)
                 break;
             }
             memcpy(buf, &s->t, sizeof s->t);
-            memcpy(buf + sizeof s->t, s->m, (size_t)s->n * sizeof(float));
-            memcpy(buf + sizeof s->t + (size_t)s->n * sizeof(float), s->v,
-                   (size_t)s->n * sizeof(float));
+            /* m and v, staged through an aligned buffer (the blob's floats are not) */
+            float *mv = malloc(2 * (size_t)s->n * sizeof *mv);
+            rc = mv ? moments_copy(t, i, mv, 1, err) : primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+            if (rc == PRIMAL_OK)
+                memcpy(buf + sizeof s->t, mv, 2 * (size_t)s->n * sizeof(float));
+            free(mv);
             sprintf(names[nb], "adam.%s", p->name);
             blobs[nb] = (primal_ckpt_blob){names[nb], buf, n};
             nb++;
@@ -556,6 +684,10 @@ static int resume(trainer *t, int *found, primal_err *err)
         goto out;
     }
     rc = primal_ckpt_load_model(c, t->m, err);
+#ifdef PRIMAL_HAVE_CUDA
+    if (rc == PRIMAL_OK && CUDA_RUN(t))
+        rc = primal_cuda_model_upload(t->cm, t->m, err);
+#endif
     if (rc != PRIMAL_OK)
         goto out;
     if (primal_ckpt_get_blob(c, "trainable", &data, &len) != PRIMAL_OK ||
@@ -577,7 +709,7 @@ static int resume(trainer *t, int *found, primal_err *err)
                 rc = primal_errf(err, PRIMAL_EIO, "%s: no state.%s", primal_ckpt_path(c), name);
                 break;
             }
-            rc = t->pvt->state_load(t->pctx, &p->q, s->policy, data, len, err);
+            rc = policy_state_in(t, i, data, len, err);
             if (rc != PRIMAL_OK) {
                 rc = primal_err_prefix(err, "%s: %s", primal_ckpt_path(c), name);
                 break;
@@ -592,10 +724,19 @@ static int resume(trainer *t, int *found, primal_err *err)
                 break;
             }
             const unsigned char *b = data;
-            memcpy(&s->t, b, sizeof s->t);
-            memcpy(s->m, b + sizeof s->t, (size_t)s->n * sizeof(float));
-            memcpy(s->v, b + sizeof s->t + (size_t)s->n * sizeof(float),
-                   (size_t)s->n * sizeof(float));
+            float *mv = malloc(2 * (size_t)s->n * sizeof *mv);
+            if (mv == NULL) {
+                rc = primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+                break;
+            }
+            memcpy(mv, b + sizeof s->t, 2 * (size_t)s->n * sizeof(float));
+            int64_t st;
+            memcpy(&st, b, sizeof st);
+            rc = moments_copy(t, i, mv, 0, err);
+            free(mv);
+            if (rc != PRIMAL_OK)
+                break;
+            s->t = st;
         }
     }
     if (rc == PRIMAL_OK) {
@@ -678,6 +819,10 @@ static void trainer_free(trainer *t)
         for (int i = 0; i < t->np; i++)
             free_state(t, i);
     free(t->ps);
+#ifdef PRIMAL_HAVE_CUDA
+    primal_cuda_model_free(t->cm);
+    t->cm = NULL;
+#endif
     if (t->pctx != NULL && t->pvt->destroy != NULL)
         t->pvt->destroy(t->pctx);
     for (int i = 0; t->sctx && i < t->e->n_scheds; i++) {
@@ -706,9 +851,29 @@ static void trainer_free(trainer *t)
 static int setup(trainer *t, primal_err *err)
 {
     primal_experiment *e = t->e;
-    if (e->run.device == PRIMAL_DEVICE_CUDA)
+    if (e->run.device == PRIMAL_DEVICE_CUDA) {
+#ifdef PRIMAL_HAVE_CUDA
+        const primal_policy_vt *pvt = e->policy->desc->vtable;
+        char gpu[256];
+        if (primal_cuda_device_count(gpu, sizeof gpu) < 1)
+            return primal_cfg_errf(e->run_c, "device", err, PRIMAL_EDEVICE,
+                                   "cuda: no CUDA device on this machine");
+        if (pvt->size < offsetof(primal_policy_vt, cuda) + sizeof pvt->cuda ||
+            pvt->cuda == NULL)
+            return primal_cfg_errf(e->run_c, "device", err, PRIMAL_ECONFIG,
+                                   "cuda: flip policy %s has no CUDA version (policies with "
+                                   "one: see primal-run --describe NAME)",
+                                   e->policy->desc->name);
+        if (primal_dist_size(t->o->dist) > 1)
+            return primal_cfg_errf(e->run_c, "device", err, PRIMAL_ECONFIG,
+                                   "cuda: several ranks on GPUs need NCCL, which this build "
+                                   "does not use yet; run one rank per job");
+#else
         return primal_cfg_errf(e->run_c, "device", err, PRIMAL_ECONFIG,
-                               "this build has no CUDA training loop yet (use device = cpu)");
+                               "cuda: this PRIMAL was built without CUDA (configure "
+                               "--with-cuda)");
+#endif
+    }
     t->dist = t->o->dist;
     t->rank = primal_dist_rank(t->dist);
     t->nranks = primal_dist_size(t->dist);
@@ -756,6 +921,23 @@ static int setup(trainer *t, primal_err *err)
     rc = primal_model_set_trainable(t->m, t->trainable, err);
     if (rc != PRIMAL_OK)
         return rc;
+#ifdef PRIMAL_HAVE_CUDA
+    if (e->run.device == PRIMAL_DEVICE_CUDA) {
+        primal_cuda_opts co = {.precision = PRIMAL_CUDA_BF16};
+        if (((const primal_policy_vt *)e->policy->desc->vtable)->cuda->observe != NULL) {
+            /* a two-pass policy must see a matrix's whole G at once: no row chunks (the G
+             * workspace then holds the largest matrix, e.g. the vocabulary x dim head) */
+            for (int i = 0; i < t->np; i++) {
+                primal_param *p = primal_model_param(t->m, i);
+                if (p->is_matrix && p->q.rows > co.chunk_rows)
+                    co.chunk_rows = p->q.rows;
+            }
+        }
+        rc = primal_cuda_model_create(t->m, &co, (primal_cuda_model **)&t->cm, err);
+        if (rc != PRIMAL_OK)
+            return rc;
+    }
+#endif
     t->view = (primal_sched_view){
         .total_steps = e->run.steps,
         .n_layers = e->model.layers,
@@ -964,8 +1146,123 @@ static int reduce_step(trainer *t, double *loss_sum, primal_err *err)
     return rc;
 }
 
+#ifdef PRIMAL_HAVE_CUDA
+/* The GPU twin of grad_hook: G is a device tile on the model's stream. */
+static int grad_hook_cuda(void *user, primal_cuda_param *p, const float *G, int64_t r0,
+                          int64_t nrows, void *stream, primal_err *err)
+{
+    trainer *t = user;
+    pstate *s = &t->ps[p->index];
+    if (!s->has_policy)
+        return PRIMAL_OK;
+    const primal_policy_cuda_vt *cvt = t->pvt->cuda;
+    int rc = primal_cuda_sumsq(t->cm, G, nrows * p->q.cols, err); /* for clipping */
+    if (rc == PRIMAL_OK && cvt->observe != NULL) {
+        if (r0 != 0 || nrows != p->q.rows)
+            return primal_errf(err, PRIMAL_ERROR,
+                               "%s: gradient of %s came in row chunks, which the trainer does "
+                               "not replay for a two-pass policy (raise the chunk size)",
+                               t->e->policy->desc->name, p->host->name);
+        rc = cvt->observe(t->pctx, s->policy, &p->q, G, r0, nrows, &t->ai, stream, err);
+    }
+    if (rc == PRIMAL_OK)
+        rc = cvt->accumulate(t->pctx, s->policy, &p->q, G, r0, nrows, &t->ai, stream, err);
+    if (rc != PRIMAL_OK)
+        return primal_err_prefix(err, "%s on the GPU, %s", t->e->policy->desc->name,
+                                 p->host->name);
+    return PRIMAL_OK;
+}
+
+/* One optimizer step on the GPU: the same sequence as one_step, with the gradients, AdamW and
+ * the policy's work on the device; only the loss and the step's statistics come back. */
+static int one_step_cuda(trainer *t, double *loss_out, primal_step_stats *tot, primal_err *err)
+{
+    const primal_experiment *e = t->e;
+    int k = t->view.grad_accum, T = t->view.seq_len;
+    double mult = lr_factor(e, t->step) * t->view.lr_mult;
+    int rc = primal_cuda_model_zero_grad(t->cm, err);
+    t->bad_step = 0;
+    double loss_sum = 0;
+    for (int micro = 0; micro < k && rc == PRIMAL_OK; micro++) {
+        const primal_batch *b = NULL;
+        rc = primal_dataq_next(t->dq, T, &b, err);
+        if (rc != PRIMAL_OK)
+            return primal_err_prefix(err, "[data] %s", e->loader->desc->name);
+        float loss = 0;
+        rc = primal_cuda_model_forward(t->cm, b->tokens, b->mask, b->rows, T, &loss, NULL, err);
+        if (rc != PRIMAL_OK)
+            return rc;
+        t->tokens += (int64_t)b->rows * T;
+        if (!isfinite(loss)) {
+            t->bad_step = 1;
+            continue;
+        }
+        loss_sum += loss;
+        t->ai = (primal_accum_info){.step = t->step, .micro = micro, .n_micro = k,
+                                    .seed = e->run.seed, .lr = mult, .lr_mult = mult};
+        rc = primal_cuda_model_backward(t->cm, 1.0f / (float)k, grad_hook_cuda, t, err);
+    }
+    double gsq = 0;
+    if (rc == PRIMAL_OK)
+        rc = primal_cuda_sumsq_float_grads(t->cm, err);
+    if (rc == PRIMAL_OK)
+        rc = primal_cuda_sumsq_read(t->cm, &gsq, 1, err);
+    if (rc != PRIMAL_OK)
+        return rc;
+    *loss_out = loss_sum / k;
+    if (!isfinite(gsq))
+        t->bad_step = 1;
+    if (t->bad_step)
+        return PRIMAL_OK;
+    double clip_scale = 1.0, gnorm = sqrt(gsq);
+    if (e->optim.clip > 0 && gnorm > e->optim.clip)
+        clip_scale = e->optim.clip / gnorm;
+    /* AdamW over every trainable float tensor in one launch */
+    primal_cuda_adamw_tensor *list = malloc((size_t)t->np * sizeof *list);
+    if (list == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    int n = 0;
+    for (int i = 0; i < t->np; i++) {
+        primal_cuda_param *cp = primal_cuda_model_param(t->cm, i);
+        pstate *s = &t->ps[i];
+        if (!t->trainable[i] || s->n == 0 || s->m == NULL)
+            continue;
+        s->t++;
+        list[n++] = (primal_cuda_adamw_tensor){
+            .w = cp->is_matrix ? cp->q.scale : cp->vec,
+            .g = cp->is_matrix ? cp->dscale : cp->dvec,
+            .m = s->m, .v = s->v, .n = s->n, .t = s->t};
+    }
+    const primal_optim_cfg *o = &e->optim;
+    primal_cuda_adamw_hp hp = {o->lr * mult, o->beta1, o->beta2, o->eps, o->weight_decay,
+                               clip_scale};
+    rc = n > 0 ? primal_cuda_adamw(t->cm, list, n, &hp, err) : PRIMAL_OK;
+    free(list);
+    primal_step_info si = {t->step, k, e->run.seed, mult, clip_scale};
+    for (int i = 0; i < t->np && rc == PRIMAL_OK; i++) {
+        primal_cuda_param *cp = primal_cuda_model_param(t->cm, i);
+        if (!t->ps[i].has_policy)
+            continue;
+        primal_step_stats st = {0, 0, 0};
+        rc = t->pvt->cuda->step(t->pctx, t->ps[i].policy, &cp->q, &si, &st,
+                                primal_cuda_model_stream(t->cm), err);
+        if (rc != PRIMAL_OK)
+            return primal_err_prefix(err, "%s: step %s", e->policy->desc->name,
+                                     cp->host->name);
+        tot->flips += st.flips;
+        tot->saturated += st.saturated;
+        tot->weights += st.weights;
+    }
+    return rc;
+}
+#endif
+
 static int one_step(trainer *t, double *loss_out, primal_step_stats *tot, primal_err *err)
 {
+#ifdef PRIMAL_HAVE_CUDA
+    if (CUDA_RUN(t))
+        return one_step_cuda(t, loss_out, tot, err);
+#endif
     const primal_experiment *e = t->e;
     int k = t->view.grad_accum, T = t->view.seq_len;
     double mult = lr_factor(e, t->step) * t->view.lr_mult;
@@ -1030,11 +1327,33 @@ static int one_step(trainer *t, double *loss_out, primal_step_stats *tot, primal
     return PRIMAL_OK;
 }
 
+/* Peak memory of the run: the GPU's (the model's own accounting) on a CUDA run, else the
+ * process's resident set. */
+static size_t peak_mem(trainer *t)
+{
+#ifdef PRIMAL_HAVE_CUDA
+    primal_cuda_mem cmem;
+    primal_err e2;
+    if (CUDA_RUN(t) && primal_cuda_model_memory(t->cm, &cmem, &e2) == PRIMAL_OK)
+        return cmem.peak;
+#else
+    (void)t;
+#endif
+    return peak_rss();
+}
+
 static int sample(trainer *t, primal_err *err)
 {
     const primal_experiment *e = t->e;
     if (e->run.sample_tokens <= 0)
         return PRIMAL_OK;
+#ifdef PRIMAL_HAVE_CUDA
+    if (CUDA_RUN(t)) { /* sampling runs on the host mirror */
+        int rc = primal_cuda_model_download(t->cm, t->m, err);
+        if (rc != PRIMAL_OK)
+            return rc;
+    }
+#endif
     char *text = NULL;
     primal_gen_opts go = {.n_tokens = e->run.sample_tokens, .temperature = 0.8f, .top_k = 40,
                           .seed = e->run.seed, .max_ctx = e->run.seq_len};
@@ -1165,7 +1484,7 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
                 .flip_frac = win.weights ? (double)win.flips / (double)win.weights : 0,
                 .saturated = win.saturated,
                 .trainable = ntrain,
-                .peak_mem_bytes = peak_rss(),
+                .peak_mem_bytes = peak_mem(&t),
                 .eta_s = steps_per_s > 0 ? (double)(e->run.steps - t.step) / steps_per_s : 0,
             };
             json_t *j = json_pack(
@@ -1211,7 +1530,7 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
         rc = sample(&t, err);
     if (rc == PRIMAL_OK)
         emit(&t, (primal_event){.kind = PRIMAL_EV_DONE, .step = t.step,
-                                .peak_mem_bytes = peak_rss()});
+                                .peak_mem_bytes = peak_mem(&t)});
     trainer_free(&t);
     return rc;
 }

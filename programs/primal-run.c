@@ -152,15 +152,11 @@ static void on_event(void *user, const primal_event *ev)
     fflush(stderr);
 }
 
-int main(int argc, char **argv)
+static int run_main(int argc, char **argv, const char **sets, const char **dirs)
 {
     const char *exp = NULL, *describe_name = NULL, *dump_out = NULL;
     int check = 0, list = 0, resume = 0, dump_n = 0;
-    const char **sets = calloc((size_t)argc + 1, sizeof *sets);
-    const char **dirs = calloc((size_t)argc + 1, sizeof *dirs);
     int nsets = 0, ndirs = 0;
-    if (sets == NULL || dirs == NULL)
-        return 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int more = i + 1 < argc;
@@ -217,8 +213,6 @@ int main(int argc, char **argv)
         else
             rc = describe(&s, describe_name);
         primal_search_free(&s);
-        free(sets);
-        free(dirs);
         return rc;
     }
     if (exp == NULL) {
@@ -245,8 +239,6 @@ int main(int argc, char **argv)
         fputs(ini ? ini : "", stdout);
         free(ini);
         primal_experiment_free(e);
-        free(sets);
-        free(dirs);
         return 0;
     }
     if (dump_out != NULL) {
@@ -273,12 +265,21 @@ int main(int argc, char **argv)
     /* a failing rank takes the others down with it, so no rank waits in a collective */
     primal_dist_finish(dist, rc == PRIMAL_OK || rc == PRIMAL_EINTR);
     primal_experiment_free(e);
-    free(sets);
-    free(dirs);
     if (rc == PRIMAL_EINTR) {
         if (rank == 0)
             fprintf(stderr, "primal-run: %s\n", err.msg);
         return 130;
     }
     return rc == PRIMAL_OK ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    /* --set and --plugin-path arguments, at most one per argument */
+    const char **sets = calloc((size_t)argc + 1, sizeof *sets);
+    const char **dirs = calloc((size_t)argc + 1, sizeof *dirs);
+    int rc = sets && dirs ? run_main(argc, argv, sets, dirs) : 1;
+    free(sets);
+    free(dirs);
+    return rc;
 }
