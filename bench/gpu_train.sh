@@ -5,7 +5,8 @@
 #   bench/gpu_train.sh run WHAT... there (carry _gpu_carry and data): unpack, then for each
 #                                  WHAT: kjv200 (the 200-step GPU-vs-CPU check), anchor:POLICY
 #                                  [:SEED[:KEY=V,...]] (SPEC.md's anchor; KEY is a [flip] key or
-#                                  section.key), speed124m, speed15b.
+#                                  section.key), speed124m, speed350m, speed15b,
+#                                  speed15b_frozen, torch124m, torch15b.
 #                                  Run directories and logs go to $OUT.
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -72,6 +73,32 @@ EOS
                 --set run.steps=12 --set run.log_every=1 --set run.eval_every=0 \
                 --set run.sample_tokens=0 --set flip.plugin=threshold_consensus \
                 --set data.val_fraction=0 >"$out/speed124m.txt" 2>&1 || tail -n 3 "$out/speed124m.txt" ;;
+        speed350m)
+            "$run" "$top/examples/anchor.ini" --set run.out="$out/speed350m" --set model.dim=1024 \
+                --set model.layers=24 --set model.heads=16 --set model.ffn=2816 \
+                --set model.vocab=50304 --set run.batch=16 --set run.seq_len=1024 \
+                --set run.steps=10 --set run.log_every=1 --set run.eval_every=0 \
+                --set run.sample_tokens=0 --set flip.plugin=threshold_consensus \
+                --set data.val_fraction=0 >"$out/speed350m.txt" 2>&1 || tail -n 3 "$out/speed350m.txt" ;;
+        speed15b_frozen)
+            # night_shift's warm-up phase: only the embedding, final norm and LM head train
+            "$run" "$top/examples/anchor.ini" --set run.out="$out/speed15b_frozen" \
+                --set model.dim=1536 --set model.layers=28 --set model.heads=12 \
+                --set model.kv_heads=2 --set model.ffn=8960 --set model.vocab=151936 \
+                --set model.tied=true --set model.qkv_bias=true --set model.arch=qwen2 \
+                --set run.batch=1 --set run.seq_len=512 --set run.steps=12 --set run.log_every=1 \
+                --set run.eval_every=0 --set run.sample_tokens=0 \
+                --set flip.plugin=momentum_carry --set data.val_fraction=0 \
+                --set scheduler.plugins=night_shift --set night_shift.warmup=1000 \
+                >"$out/speed15b_frozen.txt" 2>&1 || tail -n 3 "$out/speed15b_frozen.txt" ;;
+        torch124m)
+            PYTHONUNBUFFERED=1 python3 "$top/bench/torch_baseline.py" --steps 8 \
+                >"$out/torch124m.jsonl" 2>"$out/torch124m.err" || tail -n 3 "$out/torch124m.err" ;;
+        torch15b)
+            PYTHONUNBUFFERED=1 python3 "$top/bench/torch_baseline.py" --steps 6 --dim 1536 \
+                --layers 28 --heads 12 --ffn 8960 --vocab 151936 --seq 512 --batch 1 \
+                --variants dense_eager,indexed \
+                >"$out/torch15b.jsonl" 2>"$out/torch15b.err" || tail -n 3 "$out/torch15b.err" ;;
         speed15b)
             "$run" "$top/examples/anchor.ini" --set run.out="$out/speed15b" --set model.dim=1536 \
                 --set model.layers=28 --set model.heads=12 --set model.kv_heads=2 \
