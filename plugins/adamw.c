@@ -22,6 +22,12 @@
 
 #include <primal/plugin.h>
 
+#ifdef PRIMAL_HAVE_CUDA
+#include <primal/policy_cuda.h>
+/* the GPU entry points, in adamw_cuda.cu */
+extern const primal_policy_cuda_vt primal_adamw_cuda;
+#endif
+
 static const primal_key aw_keys[] = {
     {"lr", PRIMAL_KEY_FLOAT, "1e-3", "learning rate (times the schedule's multiplier)", "(0,1]"},
     {"beta1", PRIMAL_KEY_FLOAT, "0.9", "first-moment decay", "[0,1)"},
@@ -200,7 +206,11 @@ static const primal_policy_vt aw_vt = {
     .step = aw_step,
     .state_save = aw_state_save,
     .state_load = aw_state_load,
+#ifdef PRIMAL_HAVE_CUDA
+    .cuda = &primal_adamw_cuda,
+#else
     .cuda = NULL,
+#endif
 };
 
 PRIMAL_EXPORT const primal_plugin *primal_plugin_descriptor(void)

@@ -23,6 +23,12 @@
 
 #include <primal/plugin.h>
 
+#ifdef PRIMAL_HAVE_CUDA
+#include <primal/policy_cuda.h>
+/* the GPU entry points, in latent_adamw_cuda.cu */
+extern const primal_policy_cuda_vt primal_latent_adamw_cuda;
+#endif
+
 static const primal_key la_keys[] = {
     {"lr", PRIMAL_KEY_FLOAT, "1e-3", "learning rate (times the schedule's multiplier)", "(0,1]"},
     {"beta1", PRIMAL_KEY_FLOAT, "0.9", "first-moment decay", "[0,1)"},
@@ -249,7 +255,11 @@ static const primal_policy_vt la_vt = {
     .step = la_step,
     .state_save = la_state_save,
     .state_load = la_state_load,
+#ifdef PRIMAL_HAVE_CUDA
+    .cuda = &primal_latent_adamw_cuda,
+#else
     .cuda = NULL,
+#endif
 };
 
 PRIMAL_EXPORT const primal_plugin *primal_plugin_descriptor(void)

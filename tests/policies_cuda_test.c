@@ -1,11 +1,14 @@
-/* policies_cuda_test.c: the GPU versions of threshold_consensus, stochastic_zscore and
- * momentum_carry (plugins/<policy>_cuda.cu, primal/policy_cuda.h) against their CPU versions.
+/* policies_cuda_test.c: the GPU versions of threshold_consensus, stochastic_zscore,
+ * momentum_carry and the adamw / latent_adamw baselines (plugins/<policy>_cuda.cu,
+ * primal/policy_cuda.h) against their CPU versions.
  *
  * Each plugin is loaded once through the mock host; the CPU members run on a host copy of a
  * random tensor and the .cuda members on a device copy, fed the same gradients in the same row
  * chunks.  After every step the two must agree exactly: the step counts, every index byte, and
  * the state (CPU state_save bytes against GPU state_download bytes), which also shows that a
- * checkpoint written on one resumes on the other.  The reference is the CPU plugin, whose own
+ * checkpoint written on one resumes on the other; for adamw (dense storage) every weight's float
+ * bits instead of the indices.  The state is compared once more right after tensor_init
+ * (latent_adamw's shadow is the dequantised W).  Steps vary lr_mult and clip_scale.  The reference is the CPU plugin, whose own
  * tests (policies_test.c, momentum_carry_test.c) check it against hand-worked cases.
  *
  * Gradients are drawn to look like real ones (per-row and per-column magnitudes spread over four
@@ -26,6 +29,8 @@ static void teardown(void) { mockhost_unload_all(); }
 TestSuite(threshold_consensus_cuda, .fini = teardown);
 TestSuite(stochastic_zscore_cuda, .fini = teardown);
 TestSuite(momentum_carry_cuda, .fini = teardown);
+TestSuite(adamw_cuda, .fini = teardown);
+TestSuite(latent_adamw_cuda, .fini = teardown);
 TestSuite(policies_cuda, .fini = teardown);
 
 #define CUDA_OK(call)                                                                          \
@@ -118,6 +123,34 @@ typedef struct twin {
     cudaStream_t st;
 } twin;
 
+/* The dense form of w->h (adamw): W = random normal * 0.05 with exact zeros, no index or scale;
+ * then its device copy and both states. */
+static void twin_make_dense(twin *w, rng *r)
+{
+    policy_fx *f = w->f;
+    const int64_t rows = w->h.rows, cols = w->h.cols, n = rows * cols;
+    free(w->h.index);
+    free(w->h.scale);
+    w->h.index = NULL;
+    w->h.scale = NULL;
+    w->h.bits = 32;
+    w->h.row_stride = cols * 4;
+    w->h.dense = malloc((size_t)n * sizeof(float));
+    cr_assert_not_null(w->h.dense);
+    for (int64_t i = 0; i < n; i++)
+        w->h.dense[i] = runif(r) < 0.05 ? 0.0f : (float)(rnorm(r) * 0.05);
+    w->d = w->h;
+    w->d.grid = NULL;
+    CUDA_OK(cudaMalloc((void **)&w->d.dense, (size_t)n * sizeof(float)));
+    CUDA_OK(cudaMalloc((void **)&w->dG, (size_t)n * sizeof(float)));
+    CUDA_OK(cudaMemcpy(w->d.dense, w->h.dense, (size_t)n * sizeof(float),
+                       cudaMemcpyHostToDevice));
+    CUDA_OK(cudaStreamCreate(&w->st));
+    w->hs = state_init(f, &w->h);
+    cr_assert_eq(f->vt->cuda->tensor_init(f->ctx, &w->d, &w->ds, w->st, &f->err), PRIMAL_OK, "%s",
+                 f->err.msg);
+}
+
 static void twin_make(twin *w, policy_fx *f, int64_t rows, int64_t cols, const float *grid,
                       int grid_size, rng *r)
 {
@@ -137,6 +170,10 @@ static void twin_make(twin *w, policy_fx *f, int64_t rows, int64_t cols, const f
     }
     if (rows > 2)
         w->h.scale[1] = 0.0f; /* sign(0) = +1 */
+    if (f->vt->storage == PRIMAL_STORAGE_DENSE) {
+        twin_make_dense(w, r);
+        return;
+    }
     w->d = w->h;
     size_t ni = (size_t)(rows * w->h.row_stride);
     CUDA_OK(cudaMalloc(&w->d.index, ni));
@@ -161,6 +198,7 @@ static void twin_free(twin *w)
         w->f->vt->cuda->tensor_free(w->f->ctx, &w->d, w->ds);
     cudaFree(w->d.index);
     cudaFree(w->d.scale);
+    cudaFree(w->d.dense);
     cudaFree((void *)w->d.grid);
     cudaFree(w->dG);
     cudaStreamDestroy(w->st);
@@ -215,6 +253,19 @@ static uint8_t *gpu_dump(twin *w, size_t *n)
 static void twin_compare(twin *w, const char *what, int64_t step)
 {
     const primal_qtensor *h = &w->h;
+    if (h->dense != NULL) {
+        size_t n = (size_t)(h->rows * h->cols);
+        float *wd = malloc(n * sizeof *wd);
+        cr_assert_not_null(wd);
+        CUDA_OK(cudaMemcpy(wd, w->d.dense, n * sizeof *wd, cudaMemcpyDeviceToHost));
+        for (size_t i = 0; i < n; i++)
+            if (memcmp(&wd[i], &h->dense[i], sizeof *wd) != 0)
+                cr_assert_fail("%s, step %lld: W[%lld][%lld] is %.9g on the GPU, %.9g on the CPU",
+                               what, (long long)step, (long long)(i / (size_t)h->cols),
+                               (long long)(i % (size_t)h->cols), wd[i], h->dense[i]);
+        free(wd);
+        goto state;
+    }
     size_t ni = (size_t)(h->rows * h->row_stride);
     uint8_t *idx = malloc(ni);
     cr_assert_not_null(idx);
@@ -232,6 +283,7 @@ static void twin_compare(twin *w, const char *what, int64_t step)
                        (long long)step);
     }
     free(idx);
+state:;
     size_t nc, ng;
     uint8_t *cpu = state_dump(w->f, h, w->hs, &nc);
     uint8_t *gpu = gpu_dump(w, &ng);
@@ -244,11 +296,12 @@ static void twin_compare(twin *w, const char *what, int64_t step)
     free(gpu);
 }
 
-static primal_step_stats twin_step(twin *w, int64_t step, int n_micro, const char *what)
+static primal_step_stats twin_step(twin *w, int64_t step, int n_micro, const char *what,
+                                   double lr_mult, double clip)
 {
     policy_fx *f = w->f;
-    primal_step_info si = {.step = step, .n_micro = n_micro, .seed = 42, .lr_mult = 1.0,
-                           .clip_scale = 1.0};
+    primal_step_info si = {.step = step, .n_micro = n_micro, .seed = 42, .lr_mult = lr_mult,
+                           .clip_scale = clip};
     primal_step_stats hc = {-1, -1, -1}, gc = {-2, -2, -2};
     cr_assert_eq(f->vt->step(f->ctx, w->hs, &w->h, &si, &hc, &f->err), PRIMAL_OK, "%s",
                  f->err.msg);
@@ -273,7 +326,17 @@ typedef struct run_spec {
     int64_t chunk; /* rows per observe/accumulate call */
     int observe;
     int grad;
+    int rescale; /* move the scales between steps, as the core's scale training does */
 } run_spec;
+
+/* scale[r] *= 1 + 0.01 * (r % 5 - 2) on both copies. */
+static void twin_rescale(twin *w)
+{
+    for (int64_t r = 0; r < w->h.rows; r++)
+        w->h.scale[r] *= 1.0f + 0.01f * (float)(r % 5 - 2);
+    CUDA_OK(cudaMemcpy(w->d.scale, w->h.scale, (size_t)w->h.rows * sizeof(float),
+                       cudaMemcpyHostToDevice));
+}
 
 static int64_t run_twin(policy_fx *f, const run_spec *rs, uint64_t seed, const char *what)
 {
@@ -287,13 +350,16 @@ static int64_t run_twin(policy_fx *f, const run_spec *rs, uint64_t seed, const c
     snprintf(label, sizeof label, "%s [%lld,%lld] grid %d, %d micro, chunk %lld%s", what,
              (long long)rs->rows, (long long)rs->cols, rs->grid_size, rs->n_micro,
              (long long)rs->chunk, rs->observe ? "" : ", no observe");
+    twin_compare(&w, label, -1); /* the state tensor_init made */
     for (int s = 0; s < rs->steps; s++) {
-        double lr_mult = s % 3 == 2 ? 0.5 : 1.0;
+        double lr_mult = s % 3 == 2 ? 0.5 : 1.0, clip = s % 4 == 3 ? 0.37 : 1.0;
         for (int m = 0; m < rs->n_micro; m++) {
             gradient(G, rs->rows, rs->cols, rs->grad, &r);
             twin_feed(&w, G, s, m, rs->n_micro, rs->chunk, rs->observe, lr_mult);
         }
-        flips += twin_step(&w, s, rs->n_micro, label).flips;
+        flips += twin_step(&w, s, rs->n_micro, label, lr_mult, clip).flips;
+        if (rs->rescale)
+            twin_rescale(&w);
     }
     free(G);
     twin_free(&w);
@@ -301,8 +367,8 @@ static int64_t run_twin(policy_fx *f, const run_spec *rs, uint64_t seed, const c
 }
 
 /* Run one configuration of a policy over the standard shapes. */
-static int64_t run_shapes(const char *policy, const char *const *kv, int steps, int n_micro,
-                          int grad, int observe, uint64_t seed)
+static int64_t run_shapes_r(const char *policy, const char *const *kv, int steps, int n_micro,
+                            int grad, int observe, int rescale, uint64_t seed)
 {
     grids();
     policy_fx f;
@@ -313,18 +379,24 @@ static int64_t run_shapes(const char *policy, const char *const *kv, int steps, 
     for (int i = 0; kv != NULL && kv[i] != NULL && o < (int)sizeof what; i++)
         o += snprintf(what + o, sizeof what - (size_t)o, " %s", kv[i]);
     const run_spec shapes[] = {
-        {1, 1, prime13, 13, steps, n_micro, 1, observe, grad},
-        {7, 13, prime13, 13, steps, n_micro, 3, observe, grad},
-        {300, 257, prime13, 13, steps, n_micro, 128, observe, grad},
-        {64, 301, g200, 200, steps, n_micro, 64, observe, grad},
-        {33, 1024, g65k, 65536, steps, n_micro, 10, observe, grad},
-        {130, 96, g200, 200, steps, n_micro, 130, observe, grad},
+        {1, 1, prime13, 13, steps, n_micro, 1, observe, grad, rescale},
+        {7, 13, prime13, 13, steps, n_micro, 3, observe, grad, rescale},
+        {300, 257, prime13, 13, steps, n_micro, 128, observe, grad, rescale},
+        {64, 301, g200, 200, steps, n_micro, 64, observe, grad, rescale},
+        {33, 1024, g65k, 65536, steps, n_micro, 10, observe, grad, rescale},
+        {130, 96, g200, 200, steps, n_micro, 130, observe, grad, rescale},
     };
     int64_t flips = 0;
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
         flips += run_twin(&f, &shapes[i], seed + i, what);
     pfx_close(&f);
     return flips;
+}
+
+static int64_t run_shapes(const char *policy, const char *const *kv, int steps, int n_micro,
+                          int grad, int observe, uint64_t seed)
+{
+    return run_shapes_r(policy, kv, steps, n_micro, grad, observe, 0, seed);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -371,7 +443,7 @@ Test(threshold_consensus_cuda, matches_the_cpu_dynamic_stride_on_a_65k_grid)
     policy_fx f;
     pfx_open(&f, "threshold_consensus", kv);
     need_gpu(&f);
-    const run_spec rs = {48, 500, g65k, 65536, 6, 2, 16, 1, GRAD_REAL};
+    const run_spec rs = {48, 500, g65k, 65536, 6, 2, 16, 1, GRAD_REAL, 0};
     cr_expect_gt(run_twin(&f, &rs, 900, "threshold_consensus stride=dynamic"), 0);
     pfx_close(&f);
 }
@@ -445,7 +517,36 @@ Test(momentum_carry_cuda, matches_the_cpu_without_momentum_and_with_the_default_
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* All three                                                                                  */
+/* adamw and latent_adamw                                                                     */
+
+Test(adamw_cuda, matches_the_cpu_weights_and_moments_bit_for_bit)
+{
+    static const char *const kv[] = {"lr=0.01", "beta1=0.8", "beta2=0.99", "eps=1e-6",
+                                     "weight_decay=0.3", NULL};
+    /* adamw moves no index: the flips are 0 on both, and the weights are compared instead */
+    cr_expect_eq(run_shapes("adamw", NULL, 6, 3, GRAD_REAL, 1, 3000), 0);
+    cr_expect_eq(run_shapes("adamw", kv, 5, 1, GRAD_REAL, 1, 3100), 0);
+    cr_expect_eq(run_shapes("adamw", kv, 4, 2, GRAD_COARSE, 1, 3200), 0);
+}
+
+Test(latent_adamw_cuda, matches_the_cpu_shadow_and_resnapped_indices)
+{
+    static const char *const kv[] = {"lr=0.01", "beta1=0.5", "weight_decay=0", NULL};
+    cr_expect_gt(run_shapes("latent_adamw", NULL, 6, 3, GRAD_REAL, 1, 3300), 0);
+    cr_expect_gt(run_shapes("latent_adamw", kv, 5, 1, GRAD_REAL, 1, 3400), 0);
+}
+
+Test(latent_adamw_cuda, matches_the_cpu_while_the_scales_move_and_on_coarse_gradients)
+{
+    /* the re-snap divides by the current scale, so a moved scale moves indices by itself;
+     * coarse gradients give whole groups of weights the same update */
+    static const char *const kv[] = {"lr=0.02", NULL};
+    cr_expect_gt(run_shapes_r("latent_adamw", kv, 6, 2, GRAD_REAL, 1, 1, 3500), 0);
+    cr_expect_gt(run_shapes_r("latent_adamw", kv, 4, 2, GRAD_COARSE, 1, 1, 3600), 0);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* All five                                                                                  */
 
 /* Train a few steps on both, then swap: the GPU continues from the CPU's saved state and the CPU
  * from the GPU's downloaded one, each into freshly initialised state. */
@@ -483,9 +584,10 @@ static void swap_states(const char *policy, const char *const *kv)
             gradient(G, 40, 150, GRAD_REAL, &r);
             twin_feed(&w, G, s, m, 2, 16, 1, 1.0);
         }
-        flips += twin_step(&w, s, 2, policy).flips;
+        flips += twin_step(&w, s, 2, policy, s == 5 ? 0.5 : 1.0, s == 6 ? 0.37 : 1.0).flips;
     }
-    cr_expect_gt(flips, 0);
+    if (f.vt->storage == PRIMAL_STORAGE_INDEXED)
+        cr_expect_gt(flips, 0, "%s", policy);
     free(G);
     twin_free(&w);
     pfx_close(&f);
@@ -499,14 +601,16 @@ Test(policies_cuda, a_checkpoint_moves_between_cpu_and_gpu_and_training_goes_on_
     swap_states("threshold_consensus", tc);
     swap_states("stochastic_zscore", sz);
     swap_states("momentum_carry", mc);
+    swap_states("adamw", NULL);
+    swap_states("latent_adamw", NULL);
 }
 
 Test(policies_cuda, refuses_a_state_of_the_wrong_size_and_rows_outside_the_tensor)
 {
     static const char *const names[] = {"threshold_consensus", "stochastic_zscore",
-                                        "momentum_carry"};
+                                        "momentum_carry", "adamw", "latent_adamw"};
     grids();
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 5; i++) {
         policy_fx f;
         pfx_open(&f, names[i], NULL);
         need_gpu(&f);
