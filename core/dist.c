@@ -133,6 +133,22 @@ int primal_dist_sum_f64(primal_dist *d, double *buf, size_t n, primal_err *err)
     return PRIMAL_OK;
 }
 
+int primal_dist_sum_i32(primal_dist *d, int32_t *buf, size_t n, primal_err *err)
+{
+#ifdef PRIMAL_HAVE_MPI
+    for (size_t off = 0; d && d->size > 1 && off < n; off += CHUNK) {
+        int cnt = (int)(n - off < CHUNK ? n - off : CHUNK);
+        int rc = MPI_Allreduce(MPI_IN_PLACE, buf + off, cnt, MPI_INT32_T, MPI_SUM,
+                               MPI_COMM_WORLD);
+        if (rc != MPI_SUCCESS)
+            return mpi_fail(err, rc, "vote all-reduce");
+    }
+#else
+    (void)d, (void)buf, (void)n, (void)err;
+#endif
+    return PRIMAL_OK;
+}
+
 int primal_dist_max_int(primal_dist *d, int *v, primal_err *err)
 {
 #ifdef PRIMAL_HAVE_MPI

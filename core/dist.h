@@ -32,6 +32,7 @@ int primal_dist_size(const primal_dist *d);
 /* Sum buf over the ranks, in place (every rank gets the sum). */
 int primal_dist_sum_f32(primal_dist *d, float *buf, size_t n, primal_err *err);
 int primal_dist_sum_f64(primal_dist *d, double *buf, size_t n, primal_err *err);
+int primal_dist_sum_i32(primal_dist *d, int32_t *buf, size_t n, primal_err *err);
 /* Every rank gets the maximum. */
 int primal_dist_max_int(primal_dist *d, int *v, primal_err *err);
 /* Gather n bytes from every rank into out (size * n bytes, rank order) on every rank. */

@@ -322,9 +322,10 @@ static int grad_hook(void *user, primal_param *p, const float *G, int64_t r0, in
     if (i < 0 || !t->ps[i].has_policy)
         return PRIMAL_OK;
     int64_t n = nrows * p->q.cols;
-    if (t->nranks > 1) {
+    if (t->nranks > 1 && !t->e->run.reduce_votes) {
         /* gradient all-reduce: the policy sees the mean over the ranks' micro-batches, exactly
-         * what one rank with N-times-larger micro-batches would see */
+         * what one rank with N-times-larger micro-batches would see (with reduce = votes each
+         * rank votes on its own tiles and only the votes are summed, in one_step) */
         memcpy(t->gbuf, G, (size_t)n * sizeof *G);
         int rc = primal_dist_sum_f32(t->dist, t->gbuf, (size_t)n, err);
         if (rc != PRIMAL_OK)
@@ -877,10 +878,19 @@ static int setup(trainer *t, primal_err *err)
     t->dist = t->o->dist;
     t->rank = primal_dist_rank(t->dist);
     t->nranks = primal_dist_size(t->dist);
-    if (t->nranks > 1 && e->run.reduce_votes)
-        return primal_cfg_errf(e->run_c, "reduce", err, PRIMAL_ECONFIG,
-                               "votes: the vote all-reduce is not implemented yet (the policy "
-                               "ABI has no vote-increment buffer); use reduce = grad");
+    if (e->run.reduce_votes) {
+        const primal_policy_vt *pvt = e->policy->desc->vtable;
+        if (pvt->size < offsetof(primal_policy_vt, vote_increments) +
+                            sizeof pvt->vote_increments ||
+            pvt->vote_increments == NULL)
+            return primal_cfg_errf(e->run_c, "reduce", err, PRIMAL_ECONFIG,
+                                   "votes: flip policy %s is not a sum of integer votes it can "
+                                   "reduce (threshold_consensus is); use reduce = grad",
+                                   e->policy->desc->name);
+        if (e->run.device == PRIMAL_DEVICE_CUDA)
+            return primal_cfg_errf(e->run_c, "reduce", err, PRIMAL_ECONFIG,
+                                   "votes: the vote all-reduce runs on the CPU only");
+    }
     primal_run_dir(e, t->dir, sizeof t->dir);
     int rc = t->rank == 0 ? mkdir_p(t->dir, err) : PRIMAL_OK;
     if (rc != PRIMAL_OK)
@@ -947,7 +957,8 @@ static int setup(trainer *t, primal_err *err)
         .trainable = t->trainable,
     };
     t->pvt = e->policy->desc->vtable;
-    primal_policy_info pinfo = {e->run.seed, e->run.steps, e->run.device};
+    primal_policy_info pinfo = {e->run.seed, e->run.steps, e->run.device,
+                                e->run.reduce_votes};
     rc = t->pvt->create(e->policy_c, &pinfo, &t->pctx, err);
     if (rc != PRIMAL_OK)
         return primal_err_prefix(err, "%s", e->policy->desc->name);
@@ -1299,6 +1310,22 @@ static int one_step(trainer *t, double *loss_out, primal_step_stats *tot, primal
         int rc = reduce_step(t, &loss_sum, err);
         if (rc != PRIMAL_OK)
             return rc;
+        if (e->run.reduce_votes) {
+            /* vote all-reduce: the integer increments of every rank, summed exactly, once a
+             * step; the gradient tiles themselves were never sent (grad_hook) */
+            for (int i = 0; i < t->np; i++) {
+                primal_param *p = primal_model_param(t->m, i);
+                int32_t *buf;
+                size_t n;
+                if (!t->ps[i].has_policy)
+                    continue;
+                rc = t->pvt->vote_increments(t->pctx, t->ps[i].policy, &p->q, &buf, &n, err);
+                if (rc == PRIMAL_OK)
+                    rc = primal_dist_sum_i32(t->dist, buf, n, err);
+                if (rc != PRIMAL_OK)
+                    return primal_err_prefix(err, "%s", p->name);
+            }
+        }
     }
     *loss_out = loss_sum / k;
     int finite = 1;

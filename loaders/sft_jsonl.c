@@ -36,7 +36,8 @@
  * and unfilled rows padded with mask 0.
  *
  * Ranks: a batch takes rows * nranks consecutive rows of the single-rank sequence and rank r
- * keeps those with index % nranks == r. */
+ * keeps the r-th block of rows of them, so that rank r gets the micro-batches a single rank
+ * would take in its slots r, r + nranks, ... (what the vote all-reduce needs to be exact). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -585,9 +586,9 @@ static int sft_next(void *ctx, primal_batch *b, primal_err *err)
             if (j == 0 && n == 0)
                 return primal_errf(err, PRIMAL_EOF, "validation split exhausted");
         }
-        if (j % c->nranks != c->rank)
+        if (j / b->rows != c->rank)
             continue;
-        size_t i = (size_t)(j / c->nranks);
+        size_t i = (size_t)(j - c->rank * b->rows);
         int32_t *dst = b->tokens + i * W;
         uint8_t *m = b->mask + i * (size_t)L;
         for (int k = 0; k < L + 1; k++)

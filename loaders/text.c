@@ -33,7 +33,9 @@
  * rows of the last batch that the split cannot fill.
  *
  * Ranks: every rank reads the same single-rank row sequence; a batch takes rows * nranks
- * consecutive rows and rank r keeps those with index % nranks == r. */
+ * consecutive rows and rank r keeps the r-th block of rows of them, so that rank r gets the
+ * micro-batches a single rank would take in its slots r, r + nranks, ... (what the vote
+ * all-reduce needs to be exact). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -521,8 +523,8 @@ static int text_next(void *ctx, primal_batch *b, primal_err *err)
     int total = b->rows * c->nranks;
     if (c->split == PRIMAL_SPLIT_TRAIN) {
         for (int j = 0; j < total; j++) {
-            int mine = j % c->nranks == c->rank;
-            int32_t *dst = mine ? b->tokens + (size_t)(j / c->nranks) * W : c->row;
+            int mine = j / b->rows == c->rank;
+            int32_t *dst = mine ? b->tokens + (size_t)(j - c->rank * b->rows) * W : c->row;
             if ((rc = train_row(c, L, dst, err)) != PRIMAL_OK)
                 return rc;
         }
@@ -539,9 +541,9 @@ static int text_next(void *ctx, primal_batch *b, primal_err *err)
             n = 0; /* a lone carried token predicts nothing */
         if (j == 0 && n == 0)
             return primal_errf(err, PRIMAL_EOF, "validation split exhausted");
-        if (j % c->nranks != c->rank)
+        if (j / b->rows != c->rank)
             continue;
-        size_t i = (size_t)(j / c->nranks);
+        size_t i = (size_t)(j - c->rank * b->rows);
         int32_t *dst = b->tokens + i * W;
         uint8_t *m = b->mask + i * (size_t)L;
         for (int k = 0; k < L + 1; k++)

@@ -22,7 +22,8 @@
  * opening a large corpus costs nothing).
  *
  * Ranks: a batch takes rows * nranks consecutive rows of the single-rank sequence and rank r
- * keeps those with index % nranks == r. */
+ * keeps the r-th block of rows of them, so that rank r gets the micro-batches a single rank
+ * would take in its slots r, r + nranks, ... (what the vote all-reduce needs to be exact). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -216,11 +217,11 @@ static int tokens_next(void *ctx, primal_batch *b, primal_err *err)
         uint64_t stream = primal_rng_stream(RNG_TAG, 0, 3);
         for (int j = 0; j < total; j++) {
             uint64_t row = c->counter++;
-            if (j % c->nranks != c->rank)
+            if (j / b->rows != c->rank)
                 continue;
             int64_t at = (int64_t)(primal_rng_u64(c->seed, stream, row) %
                                    (uint64_t)(c->n - L));
-            rc = copy_ids(c, b->tokens + (size_t)(j / c->nranks) * W, at, (int64_t)W, err);
+            rc = copy_ids(c, b->tokens + (size_t)(j - c->rank * b->rows) * W, at, (int64_t)W, err);
             if (rc != PRIMAL_OK)
                 return rc;
         }
@@ -240,9 +241,9 @@ static int tokens_next(void *ctx, primal_batch *b, primal_err *err)
             c->pos += L;
         if (j == 0 && n == 0)
             return primal_errf(err, PRIMAL_EOF, "validation split exhausted");
-        if (j % c->nranks != c->rank)
+        if (j / b->rows != c->rank)
             continue;
-        size_t i = (size_t)(j / c->nranks);
+        size_t i = (size_t)(j - c->rank * b->rows);
         int32_t *dst = b->tokens + i * W;
         uint8_t *m = b->mask + i * (size_t)L;
         if ((rc = copy_ids(c, dst, at, n, err)) != PRIMAL_OK)

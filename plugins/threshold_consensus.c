@@ -76,6 +76,7 @@ typedef struct tc_ctx {
     int block;
     double max_flip_fraction;
     int cooldown;
+    int reduce_votes; /* [run] reduce = votes: accumulate into incr, summed across ranks */
 } tc_ctx;
 
 typedef struct tc_state {
@@ -83,6 +84,8 @@ typedef struct tc_state {
     int16_t *votes;  /* (rows, cols) */
     void *cool;      /* (rows, cols) uint8 or uint16 steps left; NULL when cooldown == 0 */
     int cool_bytes;  /* 1 or 2 */
+    int32_t *incr;   /* (rows, cols) this step's vote increments; only with reduce = votes (zero
+                      * between steps, so not in the checkpoint) */
     /* max|G| of the micro-batch being accumulated; not part of the checkpoint, which is taken
      * between steps */
     float gmax;
@@ -94,10 +97,10 @@ typedef struct tc_state {
 static int tc_create(const primal_config *cfg, const primal_policy_info *info, void **ctx,
                      primal_err *err)
 {
-    (void)info;
     tc_ctx *c = calloc(1, sizeof *c);
     if (c == NULL)
         return primal_errf(err, PRIMAL_ENOMEM, "threshold_consensus: out of memory");
+    c->reduce_votes = info->reduce_votes;
     c->threshold = (int)primal_cfg_int(cfg, "threshold");
     c->decay = (float)primal_cfg_float(cfg, "decay");
     c->block = (int)primal_cfg_int(cfg, "block");
@@ -143,9 +146,13 @@ static int tc_tensor_init(void *ctx, const primal_qtensor *t, void **state, prim
         s->cool_bytes = c->cooldown <= UINT8_MAX ? 1 : 2;
         s->cool = calloc((size_t)s->n, (size_t)s->cool_bytes);
     }
-    if (s->votes == NULL || (c->cooldown > 0 && s->cool == NULL)) {
+    if (c->reduce_votes)
+        s->incr = calloc((size_t)s->n, sizeof *s->incr);
+    if (s->votes == NULL || (c->cooldown > 0 && s->cool == NULL) ||
+        (c->reduce_votes && s->incr == NULL)) {
         free(s->votes);
         free(s->cool);
+        free(s->incr);
         free(s);
         return primal_errf(err, PRIMAL_ENOMEM,
                            "threshold_consensus: tensor %s: out of memory for %lld votes",
@@ -164,6 +171,7 @@ static void tc_tensor_free(void *ctx, const primal_qtensor *t, void *state)
         return;
     free(s->votes);
     free(s->cool);
+    free(s->incr);
     free(s);
 }
 
@@ -206,8 +214,11 @@ static int tc_observe(void *ctx, void *state, const primal_qtensor *t, const flo
     return PRIMAL_OK;
 }
 
-/* votes += trunc(100 * g / gmax), saturating. */
+/* votes += trunc(100 * g / gmax), saturating; or, with reduce = votes, incr += the same
+ * pressures (int32: k micro-batches of at most 100 each cannot overflow), saturation then
+ * applies once, when step() adds the increments summed over the ranks. */
 static void tc_vote_rows(int16_t *votes,        /* (nrows, cols) in/out */
+                         int32_t *incr,         /* (nrows, cols) in/out, or NULL */
                          const float *G,        /* (nrows, cols) dL/dW */
                          const float *scale,    /* (nrows) */
                          float gmax, int64_t nrows, int64_t cols)
@@ -222,6 +233,10 @@ static void tc_vote_rows(int16_t *votes,        /* (nrows, cols) in/out */
             if (x != x) /* an infinite G; the core reports non-finite losses */
                 continue;
             int p = (int)truncf(x);
+            if (incr != NULL) {
+                incr[r * cols + c] += p;
+                continue;
+            }
             int v = votes[r * cols + c] + p;
             v = v > VOTE_MAX ? VOTE_MAX : v < -VOTE_MAX ? -VOTE_MAX : v;
             votes[r * cols + c] = (int16_t)v;
@@ -243,7 +258,8 @@ static int tc_accumulate(void *ctx, void *state, const primal_qtensor *t, const 
         gmax = s->gmax;
     else
         gmax = chunk_absmax(G, nrows * t->cols);
-    tc_vote_rows(s->votes + r0 * t->cols, G, t->scale + r0, gmax, nrows, t->cols);
+    tc_vote_rows(s->votes + r0 * t->cols, s->incr ? s->incr + r0 * t->cols : NULL, G,
+                 t->scale + r0, gmax, nrows, t->cols);
     return PRIMAL_OK;
 }
 
@@ -297,6 +313,13 @@ static int tc_step(void *ctx, void *state, const primal_qtensor *t, const primal
     const int64_t blocks_per_row = (cols + B - 1) / B, units = rows * blocks_per_row;
     const int stride = c->stride == STRIDE_DYNAMIC ? dynamic_stride(t) : c->stride;
     const int top = t->grid_size - 1;
+    if (s->incr != NULL) { /* the step's increments, summed over the ranks by the core */
+        for (int64_t i = 0; i < rows * cols; i++) {
+            int64_t v = (int64_t)s->votes[i] + s->incr[i];
+            s->votes[i] = (int16_t)(v > VOTE_MAX ? VOTE_MAX : v < -VOTE_MAX ? -VOTE_MAX : v);
+            s->incr[i] = 0;
+        }
+    }
 
     /* The cap: find the cutoff key K and how many units with key == K may still fire. */
     int64_t cap = (int64_t)floor(c->max_flip_fraction * (double)units);
@@ -403,6 +426,20 @@ static int tc_state_load(void *ctx, const primal_qtensor *t, void *state, const 
     return PRIMAL_OK;
 }
 
+static int tc_vote_increments(void *ctx, void *state, const primal_qtensor *t, int32_t **buf,
+                               size_t *n, primal_err *err)
+{
+    (void)ctx;
+    tc_state *s = state;
+    if (s->incr == NULL)
+        return primal_errf(err, PRIMAL_ERROR,
+                           "threshold_consensus: tensor %s: created without reduce = votes",
+                           t->name);
+    *buf = s->incr;
+    *n = (size_t)s->n;
+    return PRIMAL_OK;
+}
+
 static const primal_policy_vt tc_vt = {
     .size = sizeof(primal_policy_vt),
     .storage = PRIMAL_STORAGE_INDEXED,
@@ -421,6 +458,7 @@ static const primal_policy_vt tc_vt = {
 #else
     .cuda = NULL,
 #endif
+    .vote_increments = tc_vote_increments,
 };
 
 PRIMAL_EXPORT const primal_plugin *primal_plugin_descriptor(void)

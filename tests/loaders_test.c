@@ -672,7 +672,7 @@ Test(text, shuffled_rows_take_the_new_seq_len)
 }
 
 /* Two ranks with 4 rows each see, between them, the single rank's batches of 8: rank r gets
- * rows 2i + r. */
+ * the r-th block of 4 rows (the single rank's micro-batch slots r, r + 2, ... at batch 4). */
 static void check_ranks(const char *name, int split, const char *const *kv, int L, int batches)
 {
     ldr one, r0, r1;
@@ -691,8 +691,8 @@ static void check_ranks(const char *name, int split, const char *const *kv, int 
             break;
         cr_assert_eq(rc, PRIMAL_OK, "%s", err.msg);
         for (int i = 0; i < 4; i++) {
-            cr_assert(same_row(&a, i, &s, 2 * i), "batch %d: rank 0 row %d", k, i);
-            cr_assert(same_row(&b, i, &s, 2 * i + 1), "batch %d: rank 1 row %d", k, i);
+            cr_assert(same_row(&a, i, &s, i), "batch %d: rank 0 row %d", k, i);
+            cr_assert(same_row(&b, i, &s, 4 + i), "batch %d: rank 1 row %d", k, i);
         }
     }
     lclose(&one);

@@ -77,6 +77,30 @@ check "a resumed 2-rank run repeats steps 7..12 of the uninterrupted one exactly
 check "resuming a 2-rank checkpoint with 1 rank is refused" \
     "grep -q 'written by a run of 2 ranks' $tmp/res3.out"
 
+# reduce = votes (threshold_consensus, float parameters frozen by [optim] lr = 0): 2 ranks x 2
+# micro-batches flip exactly what 1 rank with 4 micro-batches of the same rows flips, step by
+# step, for 20 steps, and end with the same weights (greedy samples agree)
+set -- --set run.reduce=votes --set run.steps=20 --set run.eval_every=0 --set optim.lr=0 \
+    --set optim.min_lr=0 --set run.ckpt_every=0 --set run.sample_tokens=0
+"$run" "$tmp/m.ini" "$@" --set run.out="$tmp/vt1" --set run.batch=4 --set run.grad_accum=4 \
+    >"$tmp/v1.out" 2>&1
+$MPIRUN "$run" "$tmp/m.ini" "$@" --set run.out="$tmp/vt2" --set run.batch=4 \
+    --set run.grad_accum=2 >"$tmp/v2.out" 2>&1
+flips() { grep -v '"event"' "$1/log.jsonl" | sed -n 's/.*"flips":\([0-9]*\).*/\1/p'; }
+flips "$tmp/vt1" >"$tmp/f1"
+flips "$tmp/vt2" >"$tmp/f2"
+check "reduce = votes: 20 steps of flips, 2 ranks x 2 micro-batches = 1 rank x 4" \
+    "[ \$(wc -l <$tmp/f1) -eq 20 ] && [ \$(sort -u $tmp/f1 | wc -l) -gt 1 ] && cmp -s $tmp/f1 $tmp/f2"
+gen() { "$build/primal-generate" "$1"/ckpt-00000020.safetensors --prompt "In the" --tokens 40 \
+    --temperature 0 2>/dev/null; }
+check "reduce = votes: the final weights agree (greedy samples are equal)" \
+    "[ -n \"\$(gen $tmp/vt1)\" ] && [ \"\$(gen $tmp/vt1)\" = \"\$(gen $tmp/vt2)\" ]"
+grep -v '^threshold' "$tmp/m.ini" >"$tmp/m2.ini"
+"$run" "$tmp/m2.ini" "$@" --set flip.plugin=momentum_carry --set run.out="$tmp/vt3" \
+    >"$tmp/vt3.out" 2>&1
+check "reduce = votes is refused for a policy that is not a vote sum" \
+    "grep -q 'reduce: votes: flip policy momentum_carry' $tmp/vt3.out"
+
 # a killed rank stops the run within seconds; the last checkpoint stays valid
 $MPIRUN "$run" "$tmp/m.ini" --set run.out="$tmp/kill" --set run.batch=4 --set run.steps=100000 \
     --set run.ckpt_every=5 >"$tmp/kill.out" 2>&1 &

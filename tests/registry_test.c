@@ -63,7 +63,7 @@ Test(registry, refuses_a_plugin_built_for_another_abi)
 {
     primal_err err;
     cr_assert_eq(load_bad("bad_abi", PRIMAL_KIND_GRID, &err), PRIMAL_EABI);
-    cr_assert(strstr(err.msg, "built for plugin ABI 2.0, this PRIMAL has ABI 1.1"), "%s",
+    cr_assert(strstr(err.msg, "built for plugin ABI 2.0, this PRIMAL has ABI 1.2"), "%s",
               err.msg);
 }
 

@@ -29,7 +29,7 @@ extern "C" {
 /* Major in the high 16 bits, minor in the low 16.  The core loads a plugin whose major equals its
  * own and whose minor is not newer. */
 #define PRIMAL_ABI_MAJOR 1
-#define PRIMAL_ABI_MINOR 1 /* 1: primal/datafiles.h */
+#define PRIMAL_ABI_MINOR 2 /* 1: primal/datafiles.h; 2: vote all-reduce */
 #define PRIMAL_ABI_VERSION ((uint32_t)(PRIMAL_ABI_MAJOR << 16 | PRIMAL_ABI_MINOR))
 #define PRIMAL_PLUGIN_SYMBOL "primal_plugin_descriptor"
 
@@ -170,6 +170,10 @@ typedef struct primal_policy_info {
     uint64_t seed;       /* [run] seed */
     int64_t total_steps; /* [run] steps */
     int device;          /* PRIMAL_DEVICE_CPU or PRIMAL_DEVICE_CUDA */
+    /* ABI 1.2: [run] reduce = votes.  A policy that supports it (vote_increments below)
+     * accumulates each step's vote increments apart from its votes, so that the core can sum
+     * them across ranks before step(). */
+    int reduce_votes;
 } primal_policy_info;
 
 #define PRIMAL_DEVICE_CPU 0
@@ -247,6 +251,16 @@ typedef struct primal_policy_vt {
     /* GPU entry points (primal/policy_cuda.h); NULL: the policy has no CUDA version and a run
      * with [run] device = cuda is refused with an error naming the policy. */
     const struct primal_policy_cuda_vt *cuda;
+
+    /* ABI 1.2, optional ([run] reduce = votes; SPEC.md, "Data parallelism"), for a policy whose
+     * accumulate is a sum over micro-batches.  With primal_policy_info.reduce_votes set, the
+     * policy adds each micro-batch's vote increments into an int32 buffer of its state instead
+     * of its votes; after the step's last micro-batch the core sums that buffer across the
+     * ranks (integers: exact) through the pointer returned here, and step() first adds the
+     * summed increments into the votes and clears the buffer.  *buf: n int32s, t's weights in
+     * row-major order.  NULL: the policy cannot reduce votes, and the core refuses the run. */
+    int (*vote_increments)(void *ctx, void *state, const primal_qtensor *t, int32_t **buf,
+                           size_t *n, primal_err *err);
 } primal_policy_vt;
 
 /* ------------------------------------------------------------------------------------------ */
