@@ -21,14 +21,10 @@ static void usage(FILE *f)
           f);
 }
 
-int main(int argc, char **argv)
+static int run_main(int argc, char **argv, const char **kv, const char **dirs)
 {
     const char *dir = NULL, *out = NULL, *gname = "prime13";
-    const char **kv = calloc((size_t)argc + 1, sizeof *kv);
-    const char **dirs = calloc((size_t)argc + 1, sizeof *dirs);
     int nkv = 0, ndirs = 0;
-    if (kv == NULL || dirs == NULL)
-        return 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
@@ -97,7 +93,16 @@ int main(int argc, char **argv)
     primal_grid_free(g);
     if (!dense)
         primal_search_free(&s);
+    return rc == PRIMAL_OK ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    /* --set and --plugin-path arguments, at most one per argument; freed on every path */
+    const char **kv = calloc((size_t)argc + 1, sizeof *kv);
+    const char **dirs = calloc((size_t)argc + 1, sizeof *dirs);
+    int rc = kv && dirs ? run_main(argc, argv, kv, dirs) : 1;
     free(kv);
     free(dirs);
-    return rc == PRIMAL_OK ? 0 : 1;
+    return rc;
 }
