@@ -508,11 +508,11 @@ void primal_cuda_model_free(primal_cuda_model *cm)
     free(cm->grid_dev);
     free(cm->x);
     free(cm->blk);
-    free(cm->h_tok_in);
-    free(cm->h_tok_tgt);
+    cudaFreeHost(cm->h_tok_in);
+    cudaFreeHost(cm->h_tok_tgt);
     free(cm->h_start);
     free(cm->h_order);
-    free(cm->h_mask);
+    cudaFreeHost(cm->h_mask);
     free(cm);
 }
 
@@ -790,17 +790,23 @@ static int grow_acts(primal_cuda_model *cm, int B, int T, primal_err *err)
     cuda_attn_layout(&cm->as, cm->attn, cm->dt, Bc, T, c->heads, c->kv_heads, cm->hd);
     size_t N = (size_t)B * T;
     if (N > cm->h_cap) {
-        free(cm->h_tok_in);
-        free(cm->h_tok_tgt);
+        /* the batch's tokens, targets and mask reach the GPU from pinned (page-locked) host
+         * memory, so their copies are true asynchronous DMA; forward synchronises before it
+         * returns, so the next batch never overwrites a copy in flight */
+        cudaFreeHost(cm->h_tok_in);
+        cudaFreeHost(cm->h_tok_tgt);
         free(cm->h_order);
-        free(cm->h_mask);
-        cm->h_tok_in = malloc(N * sizeof(int32_t));
-        cm->h_tok_tgt = malloc(N * sizeof(int32_t));
+        cudaFreeHost(cm->h_mask);
+        cm->h_tok_in = cm->h_tok_tgt = NULL;
+        cm->h_mask = NULL;
+        cudaError_t e1 = cudaMallocHost((void **)&cm->h_tok_in, N * sizeof(int32_t));
+        cudaError_t e2 = cudaMallocHost((void **)&cm->h_tok_tgt, N * sizeof(int32_t));
+        cudaError_t e3 = cudaMallocHost((void **)&cm->h_mask, N);
         cm->h_order = malloc(N * sizeof(int32_t));
-        cm->h_mask = malloc(N);
         cm->h_cap = 0;
-        if (!cm->h_tok_in || !cm->h_tok_tgt || !cm->h_order || !cm->h_mask)
-            return primal_errf(err, PRIMAL_ENOMEM, "cuda model: out of memory");
+        if (e1 != cudaSuccess || e2 != cudaSuccess || e3 != cudaSuccess || !cm->h_order)
+            return primal_errf(err, PRIMAL_ENOMEM,
+                               "cuda model: out of pinned host memory for %zu tokens", N);
         cm->h_cap = N;
     }
     if (cm->h_start == NULL) {
