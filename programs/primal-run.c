@@ -41,7 +41,11 @@ static void usage(FILE *f)
           "  --describe P     the keys plugin P accepts, with types, defaults and help\n"
           "\n"
           "Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and exits with\n"
-          "status 130; --resume continues from there.\n",
+          "status 130; --resume continues from there.\n"
+          "\n"
+          "[run] device = cuda trains on the GPU (a build configured with CUDA).  Under\n"
+          "`mpirun -np N primal-run EXP.ini` the N ranks train one model data-parallel\n"
+          "([run] reduce = grad|votes; a build configured with MPI; see --version).\n",
           f);
 }
 
