@@ -865,6 +865,10 @@ static int setup(trainer *t, primal_err *err)
                                    "cuda: flip policy %s has no CUDA version (policies with "
                                    "one: see primal-run --describe NAME)",
                                    e->policy->desc->name);
+        if (e->run.recompute)
+            return primal_cfg_errf(e->run_c, "recompute", err, PRIMAL_ECONFIG,
+                                   "true: the GPU path does not recompute activations yet; "
+                                   "set recompute = false with device = cuda");
         if (primal_dist_size(t->o->dist) > 1)
             return primal_cfg_errf(e->run_c, "device", err, PRIMAL_ECONFIG,
                                    "cuda: several ranks on GPUs need NCCL, which this build "
