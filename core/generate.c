@@ -64,9 +64,11 @@ int primal_generate(primal_model *m, primal_tokenizer *tok, const char *prompt,
     primal_ids ids = {0};
     int rc = primal_tokenizer_encode(tok, prompt, strlen(prompt), &ids, err);
     if (rc == PRIMAL_OK && ids.n == 0) {
-        /* the model needs one token to start from: the end-of-text token, or a newline */
-        int32_t start = primal_tokenizer_eot(tok);
-        rc = primal_ids_push(&ids, start >= 0 ? start : '\n', err);
+        /* the model needs one token to start from: the document separator */
+        int32_t start;
+        rc = primal_tokenizer_separator(tok, &start, err);
+        if (rc == PRIMAL_OK)
+            rc = primal_ids_push(&ids, start, err);
     }
     int ctx = o->max_ctx > 0 ? o->max_ctx : 256;
     float *logits = malloc((size_t)ctx * (size_t)V * sizeof *logits);

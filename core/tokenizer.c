@@ -947,6 +947,22 @@ int32_t primal_tokenizer_eot(const primal_tokenizer *t)
     return t->eot;
 }
 
+int primal_tokenizer_separator(primal_tokenizer *t, int32_t *id, primal_err *err)
+{
+    *id = primal_tokenizer_eot(t);
+    if (*id >= 0)
+        return PRIMAL_OK;
+    primal_ids ids = {0};
+    int rc = primal_tokenizer_encode(t, "\n", 1, &ids, err);
+    if (rc == PRIMAL_OK && ids.n != 1)
+        rc = primal_errf(err, PRIMAL_ECONFIG, "[data] tokenizer: no <|endoftext|> and \"\\n\" "
+                         "is %zu tokens, so documents cannot be separated", ids.n);
+    if (rc == PRIMAL_OK)
+        *id = ids.v[0];
+    free(ids.v);
+    return rc;
+}
+
 /* ---- encoding ---- */
 
 static bool heap_less(const heap_item *a, const heap_item *b)

@@ -55,24 +55,7 @@
 #define STATE_MAGIC 0x31667370u /* "psf1" */
 
 /* ------------------------------------------------------------------------------------------ */
-/* Small helpers (each loader is one file, so these recur in text.c and tokens.c)             */
-
-/* The token that ends a document: eot, else the id of "\n" ("bytes" has no eot). */
-static int find_eot(primal_tokenizer *tok, int32_t *eot, primal_err *err)
-{
-    *eot = primal_tokenizer_eot(tok);
-    if (*eot >= 0)
-        return PRIMAL_OK;
-    primal_ids ids = {0};
-    int rc = primal_tokenizer_encode(tok, "\n", 1, &ids, err);
-    if (rc == PRIMAL_OK && ids.n != 1)
-        rc = primal_errf(err, PRIMAL_ECONFIG, "[data] tokenizer: no <|endoftext|> and \"\\n\" "
-                         "is %zu tokens, so documents cannot be separated", ids.n);
-    if (rc == PRIMAL_OK)
-        *eot = ids.v[0];
-    free(ids.v);
-    return rc;
-}
+/* Small helpers (each loader is one file, so these recur in the others)             */
 
 static void put64(uint8_t *p, uint64_t v)
 {
@@ -515,7 +498,7 @@ static int sft_open(const primal_config *cfg, const primal_loader_info *info, vo
     c->vocab = primal_tokenizer_vocab(info->tok);
     c->shuffle = info->split == PRIMAL_SPLIT_TRAIN && primal_cfg_bool(cfg, "shuffle");
     c->carry = -1;
-    int rc = find_eot(c->tok, &c->eot, err);
+    int rc = primal_tokenizer_separator(c->tok, &c->eot, err);
     if (rc == PRIMAL_OK)
         rc = primal_data_split_new(cfg, info->split, PRIMAL_DATA_LINES, &c->data, err);
     if (rc != PRIMAL_OK) {

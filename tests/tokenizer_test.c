@@ -74,6 +74,10 @@ Test(tokenizer_bytes, has_vocab_256_and_no_end_of_text)
     primal_tokenizer *t = open_or_fail("bytes");
     cr_expect_eq(primal_tokenizer_vocab(t), 256);
     cr_expect_eq(primal_tokenizer_eot(t), -1);
+    int32_t sep = -1;
+    primal_err err;
+    cr_expect_eq(primal_tokenizer_separator(t, &sep, &err), PRIMAL_OK);
+    cr_expect_eq(sep, '\n', "documents are separated by the newline byte, got %d", (int)sep);
     cr_expect_eq(primal_tokenizer_id(t, "A"), 65);
     cr_expect_eq(primal_tokenizer_id(t, "AB"), -1);
     primal_tokenizer_close(t);
@@ -168,6 +172,10 @@ Test(tokenizer_qwen, knows_its_vocabulary_and_added_tokens, .timeout = 60)
     primal_tokenizer *t = open_or_fail(QWEN);
     cr_expect_eq(primal_tokenizer_vocab(t), 151669);  /* 151,643 + 26 added */
     cr_expect_eq(primal_tokenizer_eot(t), 151643);
+    int32_t sep = -1;
+    primal_err err;
+    cr_expect_eq(primal_tokenizer_separator(t, &sep, &err), PRIMAL_OK);
+    cr_expect_eq(sep, 151643, "documents are separated by <|endoftext|>, got %d", (int)sep);
     cr_expect_eq(primal_tokenizer_id(t, "<|endoftext|>"), 151643);
     cr_expect_eq(primal_tokenizer_id(t, "<|im_start|>"), 151644);
     cr_expect_eq(primal_tokenizer_id(t, "</think>"), 151668);

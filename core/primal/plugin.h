@@ -29,7 +29,7 @@ extern "C" {
 /* Major in the high 16 bits, minor in the low 16.  The core loads a plugin whose major equals its
  * own and whose minor is not newer. */
 #define PRIMAL_ABI_MAJOR 1
-#define PRIMAL_ABI_MINOR 2 /* 1: primal/datafiles.h; 2: vote all-reduce */
+#define PRIMAL_ABI_MINOR 2 /* 1: primal/datafiles.h; 2: vote all-reduce, tokenizer_separator */
 #define PRIMAL_ABI_VERSION ((uint32_t)(PRIMAL_ABI_MAJOR << 16 | PRIMAL_ABI_MINOR))
 #define PRIMAL_PLUGIN_SYMBOL "primal_plugin_descriptor"
 

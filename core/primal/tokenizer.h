@@ -36,9 +36,12 @@ int32_t primal_tokenizer_vocab(const primal_tokenizer *t);
 /* The id of a token or added token written as in the file ("<|endoftext|>"), or -1. */
 int32_t primal_tokenizer_id(const primal_tokenizer *t, const char *token);
 
-/* The id that separates packed documents: <|endoftext|> for BPE files that have it, else -1
- * (bytes has none: the loaders use '\n' there, see loaders/text.c). */
+/* <|endoftext|> for BPE files that have it, else -1 ("bytes" has none). */
 int32_t primal_tokenizer_eot(const primal_tokenizer *t);
+
+/* The token that separates packed documents: the eot token, else the single token of "\n" (the
+ * byte 10 with "bytes").  A tokenizer with neither is an error (PRIMAL_ECONFIG). */
+int primal_tokenizer_separator(primal_tokenizer *t, int32_t *id, primal_err *err);
 
 /* Encode len bytes of UTF-8 (not NUL-terminated), appending to out.  Added tokens in the text
  * are matched as whole tokens (add_special_tokens = false in HF terms).  Invalid UTF-8 is an
