@@ -13,7 +13,8 @@
 #                         when OUT is unset), the test log to $OUT/cuda_test.log, and a summary
 #                         JSON (with the GPU name) last on stdout.
 #
-# Environment for run: GPU_SHAPES (default: "small target"), GPU_STEPS (10), TORCH (1: run the
+# Environment for run: GPU_SHAPES (default: "small target"; also target_fp32, target_unfused,
+# target_t256, qwen15), GPU_STEPS (10), TORCH (1: run the
 # PyTorch baselines), TORCH_VARIANTS (dense_eager,dense_compile,indexed), TESTS (1).
 set -eu
 
@@ -84,6 +85,7 @@ run() {
         small) args="--dim 256 --layers 4 --heads 4 --ffn 688 --vocab 256 --seq 256 --batch 64" ;;
         target) args="" ;;
         target_fp32) args="--precision fp32" ;;
+        target_unfused) args="--attn unfused" ;;
         target_t256) args="--seq 256 --batch 128" ;;
         qwen15) args="--dim 1536 --layers 28 --heads 12 --kv-heads 2 --ffn 8960 --vocab 151936 --seq 512 --batch 1 --tied 1" ;;
         *) args=$shape ;;

@@ -5,7 +5,8 @@
 #   bench/gpu_train.sh run WHAT... there (carry _gpu_carry and data): unpack, then for each
 #                                  WHAT: kjv200 (the 200-step GPU-vs-CPU check), anchor:POLICY
 #                                  [:SEED[:KEY=V,...]] (SPEC.md's anchor; KEY is a [flip] key or
-#                                  section.key), speed124m, speed350m, speed15b,
+#                                  section.key), speed124m, ncu124m (Nsight Compute per-kernel times of one
+#                                  step), speed350m, speed15b,
 #                                  speed15b_frozen, torch124m, torch15b.
 #                                  Run directories and logs go to $OUT.
 set -eu
@@ -73,6 +74,18 @@ EOS
                 --set run.steps=12 --set run.log_every=1 --set run.eval_every=0 \
                 --set run.sample_tokens=0 --set flip.plugin=threshold_consensus \
                 --set data.val_fraction=0 >"$out/speed124m.txt" 2>&1 || tail -n 3 "$out/speed124m.txt" ;;
+        ncu124m)
+            # one step of speed124m under Nsight Compute: each kernel's duration, summed by name
+            ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+                "$run" "$top/examples/anchor.ini" --set run.out="$out/ncu124m" --set model.dim=768 \
+                --set model.layers=12 --set model.heads=12 --set model.ffn=2048 \
+                --set model.vocab=50304 --set run.batch=32 --set run.seq_len=1024 \
+                --set run.steps=1 --set run.log_every=1 --set run.eval_every=0 \
+                --set run.sample_tokens=0 --set flip.plugin=threshold_consensus \
+                --set data.val_fraction=0 ${NCU_SETS:-} >"$out/ncu124m.csv" 2>"$out/ncu124m.err" ||
+                tail -n 3 "$out/ncu124m.err"
+            python3 "$top/bench/ncu_summary.py" "$out/ncu124m.csv" >"$out/ncu124m.json" &&
+                head -c 3000 "$out/ncu124m.json" ;;
         speed350m)
             "$run" "$top/examples/anchor.ini" --set run.out="$out/speed350m" --set model.dim=1024 \
                 --set model.layers=24 --set model.heads=16 --set model.ffn=2816 \

@@ -88,6 +88,7 @@ struct primal_cuda_model {
     cuda_dtype dt;
     int64_t chunk;
     size_t attn_cap;
+    int attn_fused;
     int device;
     cudaStream_t stream;
     cublasHandle_t cb;
@@ -383,6 +384,7 @@ int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
     cm->dt = o->precision == PRIMAL_CUDA_BF16 ? CUDA_BF16 : CUDA_F32;
     cm->chunk = o->chunk_rows > 0 ? o->chunk_rows : DEFAULT_CHUNK;
     cm->attn_cap = o->attn_bytes > 0 ? o->attn_bytes : DEFAULT_ATTN_BYTES;
+    cm->attn_fused = !o->attn_unfused;
     const primal_model_config *c = &cm->c;
     cm->hd = c->dim / c->heads;
     cm->qdim = c->dim;
@@ -775,10 +777,12 @@ static int grow_acts(primal_cuda_model *cm, int B, int T, primal_err *err)
     /* attention scratch: as many batch rows as fit under attn_cap (at least one) */
     const primal_model_config *c = &cm->c;
     cuda_attn_scratch tmp;
-    size_t row = cuda_attn_layout(&tmp, NULL, cm->dt, 1, T, c->heads, c->kv_heads, cm->hd);
+    size_t row = cuda_attn_layout(&tmp, NULL, cm->dt, 1, T, c->heads, c->kv_heads, cm->hd,
+                                  cm->attn_fused);
     int Bc = (int)(cm->attn_cap / (row > 0 ? row : 1));
     Bc = Bc < 1 ? 1 : Bc > B ? B : Bc;
-    size_t need = cuda_attn_layout(&tmp, NULL, cm->dt, Bc, T, c->heads, c->kv_heads, cm->hd);
+    size_t need = cuda_attn_layout(&tmp, NULL, cm->dt, Bc, T, c->heads, c->kv_heads, cm->hd,
+                                   cm->attn_fused);
     if (need > cm->attn_bytes) {
         CUDA_TRY(cudaStreamSynchronize(cm->stream), err);
         dev_free(cm, cm->attn, cm->attn_bytes, MEM_WORK);
@@ -787,7 +791,8 @@ static int grow_acts(primal_cuda_model *cm, int B, int T, primal_err *err)
         TRY(dev_alloc(cm, &cm->attn, need, MEM_WORK, "attention scratch", err));
         cm->attn_bytes = need;
     }
-    cuda_attn_layout(&cm->as, cm->attn, cm->dt, Bc, T, c->heads, c->kv_heads, cm->hd);
+    cuda_attn_layout(&cm->as, cm->attn, cm->dt, Bc, T, c->heads, c->kv_heads, cm->hd,
+                     cm->attn_fused);
     size_t N = (size_t)B * T;
     if (N > cm->h_cap) {
         /* the batch's tokens, targets and mask reach the GPU from pinned (page-locked) host

@@ -37,6 +37,8 @@ typedef struct primal_cuda_opts {
                          * many rows at a time (the embedding and LM head of a large
                          * vocabulary); 0: 8192 */
     size_t attn_bytes;  /* cap on the attention scratch (batch rows run in chunks); 0: 2 GiB */
+    int attn_unfused;   /* 1: bf16 attention through cuBLAS and (T, T) scratch, as float32
+                         * does, instead of the fused kernels (for comparisons) */
 } primal_cuda_opts;
 
 /* One parameter as the GPU holds it.  Pointers are device pointers. */

@@ -523,9 +523,10 @@ Test(cuda_kernels, rope_pack_and_unpack_match_rotate_half_references)
 }
 
 /* Attention through rope_pack with an identity rotation (cos 1, sin 0), so the result is
- * attention alone; fp32 and bf16 operands; scratch of Bc batch rows forces chunking. */
+ * attention alone; fp32 and bf16 operands; scratch of Bc batch rows forces chunking.  fused:
+ * whether the fused kernels are asked for; the test checks which path actually ran. */
 static void check_attention(int B, int T, int H, int KVH, int hd, cuda_dtype dt, int Bc,
-                            double atol, double rtol)
+                            int fused, double atol, double rtol)
 {
     int64_t nq = (int64_t)B * T * H * hd, nk = (int64_t)B * T * KVH * hd;
     float *q = rnd(nq, -1, 1, 90, (uint64_t)T), *k = rnd(nk, -1, 1, 91, (uint64_t)T);
@@ -547,9 +548,12 @@ static void check_attention(int B, int T, int H, int KVH, int hd, cuda_dtype dt,
     void *qh = dmalloc((size_t)nq * e), *kh = dmalloc((size_t)nk * e), *vh = dmalloc((size_t)nk * e);
     OK(cuda_rope_pack(qh, kh, vh, dt, dq, dk, dv, dcs, dsn, B, T, H, KVH, hd, 0, E));
     cuda_attn_scratch sc;
-    size_t sb = cuda_attn_layout(&sc, NULL, dt, Bc, T, H, KVH, hd);
+    size_t sb = cuda_attn_layout(&sc, NULL, dt, Bc, T, H, KVH, hd, fused);
     void *sbase = dmalloc(sb);
-    cuda_attn_layout(&sc, sbase, dt, Bc, T, H, KVH, hd);
+    cuda_attn_layout(&sc, sbase, dt, Bc, T, H, KVH, hd, fused);
+    int want = fused && dt == CUDA_BF16 && (hd == 32 || hd == 64 || hd == 128);
+    cr_assert_eq(sc.flash, want, "hd %d %s fused %d: the fused path is %s", hd,
+                 dt == CUDA_BF16 ? "bf16" : "fp32", fused, sc.flash ? "on" : "off");
     cublasHandle_t cb;
     cr_assert_eq(cublasCreate(&cb), CUBLAS_STATUS_SUCCESS);
     float *dout = dmalloc((size_t)nq * 4), *dlse = dmalloc((size_t)B * H * T * 4);
@@ -557,8 +561,8 @@ static void check_attention(int B, int T, int H, int KVH, int hd, cuda_dtype dt,
     float *got = malloc((size_t)nq * 4);
     to_host(got, dout, (size_t)nq * 4);
     char what[96];
-    snprintf(what, sizeof what, "attention out B%d T%d H%d KVH%d hd%d %s", B, T, H, KVH, hd,
-             dt == CUDA_BF16 ? "bf16" : "fp32");
+    snprintf(what, sizeof what, "attention out B%d T%d H%d KVH%d hd%d %s%s", B, T, H, KVH, hd,
+             dt == CUDA_BF16 ? "bf16" : "fp32", sc.flash ? " fused" : "");
     close_d(got, ref, nq, atol, rtol, what);
     float *gq = dmalloc((size_t)nq * 4), *gk = dmalloc((size_t)nk * 4), *gv = dmalloc((size_t)nk * 4);
     OK(cuda_attention_backward(gq, gk, gv, ddy, dout, dlse, qh, kh, vh, dcs, dsn, &sc, cb, dt, B,
@@ -580,17 +584,30 @@ static void check_attention(int B, int T, int H, int KVH, int hd, cuda_dtype dt,
 Test(cuda_kernels, attention_fp32_matches_the_reference_with_gqa_mqa_and_batch_chunks)
 {
     need_gpu();
-    check_attention(2, 7, 4, 2, 8, CUDA_F32, 2, 1e-5, 1e-4);
-    check_attention(3, 33, 4, 1, 16, CUDA_F32, 2, 1e-5, 1e-4);  /* MQA, chunks 2 + 1 */
-    check_attention(1, 64, 2, 2, 64, CUDA_F32, 1, 1e-5, 1e-4);
-    check_attention(2, 130, 6, 3, 32, CUDA_F32, 1, 1e-5, 1e-4);
+    check_attention(2, 7, 4, 2, 8, CUDA_F32, 2, 1, 1e-5, 1e-4);
+    check_attention(3, 33, 4, 1, 16, CUDA_F32, 2, 1, 1e-5, 1e-4); /* MQA, chunks 2 + 1 */
+    check_attention(1, 64, 2, 2, 64, CUDA_F32, 1, 1, 1e-5, 1e-4);
+    check_attention(2, 130, 6, 3, 32, CUDA_F32, 1, 1, 1e-5, 1e-4);
 }
 
-Test(cuda_kernels, attention_bf16_is_within_bf16_rounding_of_the_reference)
+Test(cuda_kernels, attention_bf16_unfused_is_within_bf16_rounding_of_the_reference)
 {
     need_gpu();
-    check_attention(2, 7, 4, 2, 8, CUDA_BF16, 2, 2e-2, 2e-2);
-    check_attention(2, 130, 6, 3, 32, CUDA_BF16, 1, 2e-2, 2e-2);
+    check_attention(2, 7, 4, 2, 8, CUDA_BF16, 2, 1, 2e-2, 2e-2); /* hd 8: never fused */
+    check_attention(2, 130, 6, 3, 32, CUDA_BF16, 1, 0, 2e-2, 2e-2);
+}
+
+/* The fused kernels: every head size they take, T on and off the 64-row tiles (one row, a
+ * partial last tile, several tiles), GQA and MQA, batch chunks in backward. */
+Test(cuda_kernels, attention_fused_bf16_is_within_bf16_rounding_of_the_reference)
+{
+    need_gpu();
+    check_attention(1, 1, 2, 2, 64, CUDA_BF16, 1, 1, 2e-2, 2e-2);
+    check_attention(2, 130, 6, 3, 32, CUDA_BF16, 1, 1, 2e-2, 2e-2);
+    check_attention(3, 64, 4, 1, 64, CUDA_BF16, 2, 1, 2e-2, 2e-2); /* MQA, chunks 2 + 1 */
+    check_attention(2, 200, 4, 2, 64, CUDA_BF16, 2, 1, 2e-2, 2e-2);
+    check_attention(1, 190, 4, 2, 128, CUDA_BF16, 1, 1, 2e-2, 2e-2);
+    check_attention(1, 256, 2, 2, 128, CUDA_BF16, 1, 1, 2e-2, 2e-2);
 }
 
 Test(cuda_kernels, bias_gradient_sum_of_squares_and_adamw_match_hand_formulas)

@@ -1,15 +1,17 @@
 /* attention.cu: causal softmax attention with grouped-query heads (query head h reads kv head
  * h / (H / KVH)), scores q·k / sqrt(hd), as Hugging Face's eager attention.  SPEC.md, "Models".
  *
- * A correct, simple, tensor-core version: per (batch row, head) the score matrix S = scale·Q·Kᵀ
+ * Two paths.  bf16 runs with head size 32, 64 or 128 take the fused kernels of
+ * attention_flash.cu, which never store a (T, T) matrix.  Everything else (float32, which the
+ * parity tests need, and other head sizes) takes the unfused path below, also on the tensor
+ * cores: per (batch row, head) the score matrix S = scale·Q·Kᵀ
  * (T, T) comes from a cuBLAS strided-batched GEMM (all (b, kv head) pairs of one group member g
  * per call), a row kernel turns it into causal softmax probabilities P (zero above the
  * diagonal) and keeps the row's logsumexp, and O = P·V is another batched GEMM.  Nothing of
  * (T, T) size is kept: backward recomputes S, gets P = exp(S − lse), and with
  * D = rowsum(dO ∘ O):  dP = dO·Vᵀ,  dS = P ∘ (dP − D) · scale,  dV = Σ_g Pᵀ·dO,  dQ = dS·K,
  * dK = Σ_g dSᵀ·Q (the group members accumulate with beta 1).  The causal half above the
- * diagonal is computed and thrown away: twice the minimal FLOPs, at tensor-core speed.  A
- * flash-style fused kernel is the next step for speed and memory.
+ * diagonal is computed and thrown away: twice the minimal FLOPs, and (T, T) scratch.
  *
  * Inputs are head-major (rope.cu packs them) in the compute dtype; the output and gradients are
  * token-major float32.  Scratch holds Bc batch rows; larger batches run in chunks of Bc.
@@ -18,6 +20,7 @@
 
 #include <math.h>
 
+#include "attention_flash.h"
 #include "rope.h"
 
 #define CUBLAS_TRY(call, err)                                                                  \
@@ -36,11 +39,12 @@ static size_t carve(void **p, char *base, size_t *off, size_t bytes)
 }
 
 size_t cuda_attn_layout(cuda_attn_scratch *sc, void *base, cuda_dtype dt, int Bc, int T, int H,
-                        int KVH, int hd)
+                        int KVH, int hd, int fused)
 {
     char *b = (char *)base;
     size_t off = 0, e = cuda_dtype_size(dt);
-    size_t tt = (size_t)Bc * H * T * T, th = (size_t)Bc * H * T * hd;
+    sc->flash = fused && cuda_flash_supported(dt, hd);
+    size_t tt = sc->flash ? 0 : (size_t)Bc * H * T * T, th = (size_t)Bc * H * T * hd;
     size_t tkv = (size_t)Bc * KVH * T * hd;
     void *p;
     carve(&p, b, &off, tt * sizeof(float));
@@ -54,6 +58,8 @@ size_t cuda_attn_layout(cuda_attn_scratch *sc, void *base, cuda_dtype dt, int Bc
         carve(&sc->P, b, &off, tt * e);
         carve(&sc->dS, b, &off, tt * e);
     }
+    if (sc->flash)
+        sc->S = sc->dP = NULL, sc->P = sc->dS = NULL;
     carve(&p, b, &off, th * sizeof(float));
     sc->Oh = (float *)p;
     carve(&sc->dOh, b, &off, th * e);
@@ -138,6 +144,8 @@ int cuda_attention_forward(float *out,      /* (B, T, H, hd) token-major */
 {
     int group = H / KVH;
     float scale = 1.0f / sqrtf((float)hd);
+    if (sc->flash)
+        return cuda_flash_forward(out, lse, qh, kh, vh, B, T, H, KVH, hd, s, err);
     CUBLAS_TRY(cublasSetStream(cb, s), err);
     for (int b0 = 0; b0 < B; b0 += sc->Bc) {
         int nb = B - b0 < sc->Bc ? B - b0 : sc->Bc;
@@ -260,6 +268,18 @@ int cuda_attention_backward(float *dq,         /* (B, T, H, hd) */
             dout_pack_kernel<<<cuda_blocks(nw * 32, 256), 256, 0, s>>>(
                 (float *)sc->dOh, sc->D, dout + tok, out + tok, nb, T, H, hd);
         CUDA_LAUNCHED("dout_pack", err);
+        if (sc->flash) {
+            size_t kvo = (size_t)b0 * KVH * T * hd;
+            int rc = cuda_flash_backward(sc->Oh, sc->dKh, sc->dVh, q, k, v, sc->dOh,
+                                         lse + (size_t)b0 * H * T, sc->D, nb, T, H, KVH, hd, s,
+                                         err);
+            if (rc == PRIMAL_OK)
+                rc = cuda_rope_unpack_grad(dq + tok, dk + kvo, dv + kvo, sc->Oh, sc->dKh,
+                                           sc->dVh, cosv, sinv, nb, T, H, KVH, hd, s, err);
+            if (rc != PRIMAL_OK)
+                return rc;
+            continue;
+        }
         for (int g = 0; g < group; g++) {
             /* S = scale·Q·Kᵀ again, and dP = dO·Vᵀ */
             CUBLAS_TRY(gemm_sb(cb, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, k, hd, sK,

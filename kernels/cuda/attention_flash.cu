@@ -1,0 +1,534 @@
+/* attention_flash.cu: fused causal attention (FlashAttention-2's tiling, Dao 2023) for bf16
+ * operands and head sizes 32, 64 and 128, on the tensor cores through mma.sync m16n8k16.
+ * attention.cu calls these for bf16 runs and keeps its cuBLAS path for float32 and other head
+ * sizes.  The math is attention.cu's (SPEC.md, "Models"): scores q·k / sqrt(hd), causal
+ * softmax, P·V; nothing of (T, T) size ever reaches memory.
+ *
+ * Tiles: a CTA of 4 warps takes 64 rows (queries in forward and dQ, keys in dK/dV), each warp
+ * 16 of them, and walks the other side in blocks of 64.  Register fragments follow the PTX
+ * layout of m16n8k16: the accumulator of S (rows × 8 keys) is, pair for pair, the A operand of
+ * the next product, so P and dS never leave registers.  Softmax runs in base 2 (exp2f of
+ * scores pre-multiplied by log2(e)/sqrt(hd)); lse is stored in natural log, as attention.cu's.
+ *
+ * Backward is split in two kernels so that every sum has one owner and a fixed order (runs
+ * are reproducible bit for bit; no atomics): dK, dV per key block, summing over the group's
+ * query heads and the query blocks in order; dQ per query block, over the key blocks in order.
+ * The price is computing S and dP twice.  D = rowsum(dO ∘ O) comes from attention.cu.
+ * No keys. */
+#include "attention_flash.h"
+
+#include <cuda_bf16.h>
+
+namespace {
+
+typedef __nv_bfloat16 bf16;
+
+constexpr int kRows = 64;  /* rows of a CTA (4 warps x 16) */
+constexpr int kBlock = 64; /* the other side's block */
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+__device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+/* Two floats as the bf16 pair of one fragment register: the lower column in the low half. */
+__device__ __forceinline__ uint32_t pack2(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+__device__ __forceinline__ uint32_t ld2(const bf16 *p)
+{
+    return *reinterpret_cast<const uint32_t *>(p);
+}
+
+/* Rows [r0, r0 + 64) of a (T, HD) matrix into s (row stride LD), zeros past T. */
+template <int HD, int LD>
+__device__ __forceinline__ void tile_rows(bf16 *s, const bf16 *g, int r0, int T)
+{
+    constexpr int V = HD / 8; /* 16-byte vectors a row */
+    for (int i = threadIdx.x; i < kRows * V; i += blockDim.x) {
+        int r = i / V, c = (i - r * V) * 8;
+        uint4 val = make_uint4(0, 0, 0, 0);
+        if (r0 + r < T)
+            val = *reinterpret_cast<const uint4 *>(g + (size_t)(r0 + r) * HD + c);
+        *reinterpret_cast<uint4 *>(s + r * LD + c) = val;
+    }
+}
+
+/* The same rows transposed: s[d * LDT + r] = g[r0 + r][d], so that a B operand indexed
+ * (k = row, n = d) reads two consecutive rows with one 32-bit load. */
+template <int HD, int LDT>
+__device__ __forceinline__ void tile_cols(bf16 *s, const bf16 *g, int r0, int T)
+{
+    constexpr int V = HD / 8;
+    for (int i = threadIdx.x; i < kRows * V; i += blockDim.x) {
+        int r = i % kRows, c = (i / kRows) * 8; /* neighbouring threads, neighbouring rows */
+        uint4 val = make_uint4(0, 0, 0, 0);
+        if (r0 + r < T)
+            val = *reinterpret_cast<const uint4 *>(g + (size_t)(r0 + r) * HD + c);
+        const bf16 *e = reinterpret_cast<const bf16 *>(&val);
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            s[(c + j) * LDT + r] = e[j];
+    }
+}
+
+/* The A fragment (16 rows from row0, k-step kk) of a row-major bf16 matrix with stride ld. */
+__device__ __forceinline__ void frag_a(uint32_t a[4], const bf16 *m, int ld, int row0, int kk,
+                                       int lane)
+{
+    const bf16 *p = m + (size_t)(row0 + lane / 4) * ld + kk * 16 + (lane % 4) * 2;
+    a[0] = ld2(p);
+    a[1] = ld2(p + 8 * ld);
+    a[2] = ld2(p + 8);
+    a[3] = ld2(p + 8 * ld + 8);
+}
+
+/* The B fragment of n-tile j, k-step kk, from a matrix stored n-major (s[n][k], stride ld). */
+__device__ __forceinline__ void frag_b(uint32_t &b0, uint32_t &b1, const bf16 *s, int ld, int j,
+                                       int kk, int lane)
+{
+    const bf16 *p = s + (j * 8 + lane / 4) * ld + kk * 16 + (lane % 4) * 2;
+    b0 = ld2(p);
+    b1 = ld2(p + 8);
+}
+
+/* The accumulators of n-tiles 2kk and 2kk+1 as the A fragment of k-step kk. */
+__device__ __forceinline__ void c_to_a(uint32_t a[4], const float c0[4], const float c1[4])
+{
+    a[0] = pack2(c0[0], c0[1]);
+    a[1] = pack2(c0[2], c0[3]);
+    a[2] = pack2(c1[0], c1[1]);
+    a[3] = pack2(c1[2], c1[3]);
+}
+
+__device__ __forceinline__ float quad_max(float v)
+{
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float v)
+{
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+/* S (16 rows x 64 columns) of one warp: A fragments of its rows times the rows of s (an
+ * n-major tile: s[column][k]). */
+template <int HD, int LD>
+__device__ __forceinline__ void scores(float acc[8][4], const uint32_t (*a)[4], const bf16 *s,
+                                       int lane)
+{
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+        acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            uint32_t b0, b1;
+            frag_b(b0, b1, s, LD, j, kk, lane);
+            mma(acc[j], a[kk], b0, b1);
+        }
+}
+
+/* acc (16 x HD) += P (16 x 64, accumulators) · the tile whose transpose is st (st[d][k]). */
+template <int HD, int LDT>
+__device__ __forceinline__ void accumulate(float acc[][4], const float p[8][4], const bf16 *st,
+                                           int lane)
+{
+#pragma unroll
+    for (int kk = 0; kk < kBlock / 16; kk++) {
+        uint32_t a[4];
+        c_to_a(a, p[2 * kk], p[2 * kk + 1]);
+#pragma unroll
+        for (int d = 0; d < HD / 8; d++) {
+            uint32_t b0, b1;
+            frag_b(b0, b1, st, LDT, d, kk, lane);
+            mma(acc[d], a, b0, b1);
+        }
+    }
+}
+
+/* Forward: one CTA per (query block, b·H + h).  out token-major float32, lse (B, H, T). */
+template <int HD>
+__global__ void __launch_bounds__(128) flash_forward_kernel(float *out, float *lse,
+                                                            const bf16 *q, const bf16 *k,
+                                                            const bf16 *v, int T, int H, int KVH,
+                                                            float sl2)
+{
+    constexpr int LD = HD + 8, LDT = kBlock + 8, KS = HD / 16, NO = HD / 8;
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16 *Ks = reinterpret_cast<bf16 *>(smem);
+    bf16 *Vt = Ks + kBlock * LD;
+    int nqb = (T + kRows - 1) / kRows, qb = nqb - 1 - (int)blockIdx.x; /* longest rows first */
+    int bh = blockIdx.y, b = bh / H, h = bh % H, kvh = h / (H / KVH);
+    const bf16 *qp = q + (size_t)bh * T * HD;
+    const bf16 *kp = k + ((size_t)b * KVH + kvh) * T * HD;
+    const bf16 *vp = v + ((size_t)b * KVH + kvh) * T * HD;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, qi = lane % 4;
+    int row0 = qb * kRows + warp * 16 + lane / 4, row1 = row0 + 8;
+
+    uint32_t qa[KS][4];
+#pragma unroll
+    for (int kk = 0; kk < KS; kk++) {
+        int c = kk * 16 + qi * 2;
+        qa[kk][0] = row0 < T ? ld2(qp + (size_t)row0 * HD + c) : 0u;
+        qa[kk][1] = row1 < T ? ld2(qp + (size_t)row1 * HD + c) : 0u;
+        qa[kk][2] = row0 < T ? ld2(qp + (size_t)row0 * HD + c + 8) : 0u;
+        qa[kk][3] = row1 < T ? ld2(qp + (size_t)row1 * HD + c + 8) : 0u;
+    }
+    float o[NO][4];
+#pragma unroll
+    for (int d = 0; d < NO; d++)
+        o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+
+    for (int kb = 0; kb <= qb; kb++) {
+        __syncthreads(); /* the previous block's tiles are read */
+        tile_rows<HD, LD>(Ks, kp, kb * kBlock, T);
+        tile_cols<HD, LDT>(Vt, vp, kb * kBlock, T);
+        __syncthreads();
+        float s[8][4];
+        scores<HD, LD>(s, qa, Ks, lane);
+        float mx0 = m0, mx1 = m1;
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                int key = kb * kBlock + j * 8 + qi * 2 + e;
+                float x0 = s[j][e] * sl2, x1 = s[j][2 + e] * sl2;
+                if (kb == qb) { /* the diagonal block: keys after the query are masked */
+                    x0 = key > row0 ? -INFINITY : x0;
+                    x1 = key > row1 ? -INFINITY : x1;
+                }
+                s[j][e] = x0;
+                s[j][2 + e] = x1;
+                mx0 = fmaxf(mx0, x0);
+                mx1 = fmaxf(mx1, x1);
+            }
+        /* key 0 of block 0 is never masked, so the maxima are finite from the first block */
+        mx0 = quad_max(mx0);
+        mx1 = quad_max(mx1);
+        float a0 = exp2f(m0 - mx0), a1 = exp2f(m1 - mx1);
+        m0 = mx0;
+        m1 = mx1;
+        float ps0 = 0.0f, ps1 = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            s[j][0] = exp2f(s[j][0] - m0);
+            s[j][1] = exp2f(s[j][1] - m0);
+            s[j][2] = exp2f(s[j][2] - m1);
+            s[j][3] = exp2f(s[j][3] - m1);
+            ps0 += s[j][0] + s[j][1];
+            ps1 += s[j][2] + s[j][3];
+        }
+        l0 = l0 * a0 + ps0; /* each thread's share; the quad's shares are summed at the end */
+        l1 = l1 * a1 + ps1;
+#pragma unroll
+        for (int d = 0; d < NO; d++) {
+            o[d][0] *= a0;
+            o[d][1] *= a0;
+            o[d][2] *= a1;
+            o[d][3] *= a1;
+        }
+        accumulate<HD, LDT>(o, s, Vt, lane);
+    }
+    l0 = quad_sum(l0);
+    l1 = quad_sum(l1);
+    float r0 = 1.0f / l0, r1 = 1.0f / l1;
+#pragma unroll
+    for (int d = 0; d < NO; d++) {
+        int c = d * 8 + qi * 2;
+        if (row0 < T)
+            *reinterpret_cast<float2 *>(out + (((size_t)b * T + row0) * H + h) * HD + c) =
+                make_float2(o[d][0] * r0, o[d][1] * r0);
+        if (row1 < T)
+            *reinterpret_cast<float2 *>(out + (((size_t)b * T + row1) * H + h) * HD + c) =
+                make_float2(o[d][2] * r1, o[d][3] * r1);
+    }
+    if (qi == 0) {
+        if (row0 < T)
+            lse[(size_t)bh * T + row0] = (m0 + log2f(l0)) * kLn2;
+        if (row1 < T)
+            lse[(size_t)bh * T + row1] = (m1 + log2f(l1)) * kLn2;
+    }
+}
+
+/* dQ: one CTA per (query block, b·H + h); dqh head-major float32, written. */
+template <int HD>
+__global__ void __launch_bounds__(128) flash_dq_kernel(float *dqh, const bf16 *q,
+                                                       const bf16 *k, const bf16 *v,
+                                                       const bf16 *doh, const float *lse,
+                                                       const float *D, int T, int H, int KVH,
+                                                       float sl2, float scale)
+{
+    constexpr int LD = HD + 8, LDT = kBlock + 8, KS = HD / 16, NO = HD / 8;
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16 *Ks = reinterpret_cast<bf16 *>(smem);
+    bf16 *Vs = Ks + kBlock * LD;
+    bf16 *Kt = Vs + kBlock * LD;
+    int nqb = (T + kRows - 1) / kRows, qb = nqb - 1 - (int)blockIdx.x;
+    int bh = blockIdx.y, b = bh / H, h = bh % H, kvh = h / (H / KVH);
+    const bf16 *qp = q + (size_t)bh * T * HD, *dop = doh + (size_t)bh * T * HD;
+    const bf16 *kp = k + ((size_t)b * KVH + kvh) * T * HD;
+    const bf16 *vp = v + ((size_t)b * KVH + kvh) * T * HD;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, qi = lane % 4;
+    int row0 = qb * kRows + warp * 16 + lane / 4, row1 = row0 + 8;
+
+    uint32_t qa[KS][4], da[KS][4];
+#pragma unroll
+    for (int kk = 0; kk < KS; kk++) {
+        int c = kk * 16 + qi * 2;
+        qa[kk][0] = row0 < T ? ld2(qp + (size_t)row0 * HD + c) : 0u;
+        qa[kk][1] = row1 < T ? ld2(qp + (size_t)row1 * HD + c) : 0u;
+        qa[kk][2] = row0 < T ? ld2(qp + (size_t)row0 * HD + c + 8) : 0u;
+        qa[kk][3] = row1 < T ? ld2(qp + (size_t)row1 * HD + c + 8) : 0u;
+        da[kk][0] = row0 < T ? ld2(dop + (size_t)row0 * HD + c) : 0u;
+        da[kk][1] = row1 < T ? ld2(dop + (size_t)row1 * HD + c) : 0u;
+        da[kk][2] = row0 < T ? ld2(dop + (size_t)row0 * HD + c + 8) : 0u;
+        da[kk][3] = row1 < T ? ld2(dop + (size_t)row1 * HD + c + 8) : 0u;
+    }
+    float lse0 = row0 < T ? lse[(size_t)bh * T + row0] * kLog2e : 0.0f;
+    float lse1 = row1 < T ? lse[(size_t)bh * T + row1] * kLog2e : 0.0f;
+    float D0 = row0 < T ? D[(size_t)bh * T + row0] : 0.0f;
+    float D1 = row1 < T ? D[(size_t)bh * T + row1] : 0.0f;
+    float dq[NO][4];
+#pragma unroll
+    for (int d = 0; d < NO; d++)
+        dq[d][0] = dq[d][1] = dq[d][2] = dq[d][3] = 0.0f;
+
+    for (int kb = 0; kb <= qb; kb++) {
+        __syncthreads();
+        tile_rows<HD, LD>(Ks, kp, kb * kBlock, T);
+        tile_rows<HD, LD>(Vs, vp, kb * kBlock, T);
+        tile_cols<HD, LDT>(Kt, kp, kb * kBlock, T);
+        __syncthreads();
+        float s[8][4], dp[8][4];
+        scores<HD, LD>(s, qa, Ks, lane);
+        scores<HD, LD>(dp, da, Vs, lane);
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                int key = kb * kBlock + j * 8 + qi * 2 + e;
+                float p0 = exp2f(s[j][e] * sl2 - lse0), p1 = exp2f(s[j][2 + e] * sl2 - lse1);
+                if (row0 >= T || (kb == qb && key > row0))
+                    p0 = 0.0f;
+                if (row1 >= T || (kb == qb && key > row1))
+                    p1 = 0.0f;
+                s[j][e] = p0 * (dp[j][e] - D0); /* dS, without the score scale */
+                s[j][2 + e] = p1 * (dp[j][2 + e] - D1);
+            }
+        accumulate<HD, LDT>(dq, s, Kt, lane);
+    }
+#pragma unroll
+    for (int d = 0; d < NO; d++) {
+        int c = d * 8 + qi * 2;
+        if (row0 < T)
+            *reinterpret_cast<float2 *>(dqh + ((size_t)bh * T + row0) * HD + c) =
+                make_float2(dq[d][0] * scale, dq[d][1] * scale);
+        if (row1 < T)
+            *reinterpret_cast<float2 *>(dqh + ((size_t)bh * T + row1) * HD + c) =
+                make_float2(dq[d][2] * scale, dq[d][3] * scale);
+    }
+}
+
+/* dK, dV: one CTA per (key block, b·KVH + kv head), summing the group's query heads in order;
+ * dkh, dvh head-major float32, written.  Here the warp's rows are keys: Sᵀ = K·Qᵀ. */
+template <int HD>
+__global__ void __launch_bounds__(128) flash_dkv_kernel(float *dkh, float *dvh, const bf16 *q,
+                                                        const bf16 *k, const bf16 *v,
+                                                        const bf16 *doh, const float *lse,
+                                                        const float *D, int T, int H, int KVH,
+                                                        float sl2, float scale)
+{
+    constexpr int LD = HD + 8, LDT = kRows + 8, KS = HD / 16, NO = HD / 8;
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16 *Ks = reinterpret_cast<bf16 *>(smem);
+    bf16 *Vs = Ks + kRows * LD;
+    bf16 *Qs = Vs + kRows * LD;
+    bf16 *Ds_ = Qs + kBlock * LD; /* dO rows */
+    bf16 *Qt = Ds_ + kBlock * LD;
+    bf16 *Dt = Qt + HD * LDT; /* dO transposed */
+    float *lse_s = reinterpret_cast<float *>(Dt + HD * LDT);
+    float *D_s = lse_s + kBlock;
+    int kb = blockIdx.x; /* the first key blocks see the most queries: they start first */
+    int nqb = (T + kBlock - 1) / kBlock;
+    int bkv = blockIdx.y, b = bkv / KVH, kvh = bkv % KVH, group = H / KVH;
+    const bf16 *kp = k + (size_t)bkv * T * HD, *vp = v + (size_t)bkv * T * HD;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, qi = lane % 4;
+    int key0 = kb * kRows + warp * 16 + lane / 4, key1 = key0 + 8;
+
+    tile_rows<HD, LD>(Ks, kp, kb * kRows, T);
+    tile_rows<HD, LD>(Vs, vp, kb * kRows, T);
+    float dk[NO][4], dv[NO][4];
+#pragma unroll
+    for (int d = 0; d < NO; d++) {
+        dk[d][0] = dk[d][1] = dk[d][2] = dk[d][3] = 0.0f;
+        dv[d][0] = dv[d][1] = dv[d][2] = dv[d][3] = 0.0f;
+    }
+    for (int g = 0; g < group; g++) {
+        int bh = b * H + kvh * group + g;
+        const bf16 *qp = q + (size_t)bh * T * HD, *dop = doh + (size_t)bh * T * HD;
+        for (int qb = kb; qb < nqb; qb++) {
+            __syncthreads();
+            tile_rows<HD, LD>(Qs, qp, qb * kBlock, T);
+            tile_rows<HD, LD>(Ds_, dop, qb * kBlock, T);
+            tile_cols<HD, LDT>(Qt, qp, qb * kBlock, T);
+            tile_cols<HD, LDT>(Dt, dop, qb * kBlock, T);
+            for (int i = threadIdx.x; i < kBlock; i += blockDim.x) {
+                int t = qb * kBlock + i;
+                lse_s[i] = t < T ? lse[(size_t)bh * T + t] * kLog2e : 0.0f;
+                D_s[i] = t < T ? D[(size_t)bh * T + t] : 0.0f;
+            }
+            __syncthreads();
+            uint32_t ka[KS][4], va[KS][4];
+#pragma unroll
+            for (int kk = 0; kk < KS; kk++) {
+                frag_a(ka[kk], Ks, LD, warp * 16, kk, lane);
+                frag_a(va[kk], Vs, LD, warp * 16, kk, lane);
+            }
+            float s[8][4], dp[8][4];
+            scores<HD, LD>(s, ka, Qs, lane);  /* Sᵀ: keys x queries */
+            scores<HD, LD>(dp, va, Ds_, lane); /* dPᵀ = V·dOᵀ */
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int col = j * 8 + qi * 2 + e, t = qb * kBlock + col;
+                    float p0 = exp2f(s[j][e] * sl2 - lse_s[col]);
+                    float p1 = exp2f(s[j][2 + e] * sl2 - lse_s[col]);
+                    if (t >= T || (qb == kb && t < key0))
+                        p0 = 0.0f;
+                    if (t >= T || (qb == kb && t < key1))
+                        p1 = 0.0f;
+                    s[j][e] = p0;
+                    s[j][2 + e] = p1;
+                    dp[j][e] = p0 * (dp[j][e] - D_s[col]);
+                    dp[j][2 + e] = p1 * (dp[j][2 + e] - D_s[col]);
+                }
+            accumulate<HD, LDT>(dv, s, Dt, lane);  /* dV += Pᵀ·dO */
+            accumulate<HD, LDT>(dk, dp, Qt, lane); /* dK += dSᵀ·Q */
+        }
+    }
+#pragma unroll
+    for (int d = 0; d < NO; d++) {
+        int c = d * 8 + qi * 2;
+        if (key0 < T) {
+            size_t o = ((size_t)bkv * T + key0) * HD + c;
+            *reinterpret_cast<float2 *>(dkh + o) = make_float2(dk[d][0] * scale, dk[d][1] * scale);
+            *reinterpret_cast<float2 *>(dvh + o) = make_float2(dv[d][0], dv[d][1]);
+        }
+        if (key1 < T) {
+            size_t o = ((size_t)bkv * T + key1) * HD + c;
+            *reinterpret_cast<float2 *>(dkh + o) = make_float2(dk[d][2] * scale, dk[d][3] * scale);
+            *reinterpret_cast<float2 *>(dvh + o) = make_float2(dv[d][2], dv[d][3]);
+        }
+    }
+}
+
+template <int HD>
+size_t smem_forward()
+{
+    return (size_t)(kBlock * (HD + 8) + HD * (kBlock + 8)) * sizeof(bf16);
+}
+template <int HD>
+size_t smem_dq()
+{
+    return (size_t)(2 * kBlock * (HD + 8) + HD * (kBlock + 8)) * sizeof(bf16);
+}
+template <int HD>
+size_t smem_dkv()
+{
+    return (size_t)(4 * kBlock * (HD + 8) + 2 * HD * (kRows + 8)) * sizeof(bf16) +
+           2 * kBlock * sizeof(float);
+}
+
+template <int HD>
+int forward_hd(float *out, float *lse, const void *qh, const void *kh, const void *vh, int B,
+               int T, int H, int KVH, cudaStream_t s, primal_err *err)
+{
+    size_t sm = smem_forward<HD>();
+    CUDA_TRY(cudaFuncSetAttribute(flash_forward_kernel<HD>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm), err);
+    dim3 grid((unsigned)((T + kRows - 1) / kRows), (unsigned)(B * H));
+    flash_forward_kernel<HD><<<grid, 128, sm, s>>>(out, lse, (const bf16 *)qh, (const bf16 *)kh,
+                                                   (const bf16 *)vh, T, H, KVH,
+                                                   kLog2e / sqrtf((float)HD));
+    CUDA_LAUNCHED("flash_forward", err);
+    return PRIMAL_OK;
+}
+
+template <int HD>
+int backward_hd(float *dqh, float *dkh, float *dvh, const void *qh, const void *kh,
+                const void *vh, const void *doh, const float *lse, const float *D, int B, int T,
+                int H, int KVH, cudaStream_t s, primal_err *err)
+{
+    float scale = 1.0f / sqrtf((float)HD), sl2 = scale * kLog2e;
+    size_t sq = smem_dq<HD>(), skv = smem_dkv<HD>();
+    CUDA_TRY(cudaFuncSetAttribute(flash_dq_kernel<HD>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sq), err);
+    CUDA_TRY(cudaFuncSetAttribute(flash_dkv_kernel<HD>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)skv), err);
+    unsigned nb = (unsigned)((T + kRows - 1) / kRows);
+    flash_dq_kernel<HD><<<dim3(nb, (unsigned)(B * H)), 128, sq, s>>>(
+        dqh, (const bf16 *)qh, (const bf16 *)kh, (const bf16 *)vh, (const bf16 *)doh, lse, D, T,
+        H, KVH, sl2, scale);
+    CUDA_LAUNCHED("flash_dq", err);
+    flash_dkv_kernel<HD><<<dim3(nb, (unsigned)(B * KVH)), 128, skv, s>>>(
+        dkh, dvh, (const bf16 *)qh, (const bf16 *)kh, (const bf16 *)vh, (const bf16 *)doh, lse,
+        D, T, H, KVH, sl2, scale);
+    CUDA_LAUNCHED("flash_dkv", err);
+    return PRIMAL_OK;
+}
+
+} /* namespace */
+
+int cuda_flash_supported(cuda_dtype dt, int hd)
+{
+    return dt == CUDA_BF16 && (hd == 32 || hd == 64 || hd == 128);
+}
+
+int cuda_flash_forward(float *out, float *lse, const void *qh, const void *kh, const void *vh,
+                       int B, int T, int H, int KVH, int hd, cudaStream_t s, primal_err *err)
+{
+    switch (hd) {
+    case 32:
+        return forward_hd<32>(out, lse, qh, kh, vh, B, T, H, KVH, s, err);
+    case 64:
+        return forward_hd<64>(out, lse, qh, kh, vh, B, T, H, KVH, s, err);
+    case 128:
+        return forward_hd<128>(out, lse, qh, kh, vh, B, T, H, KVH, s, err);
+    default:
+        return primal_errf(err, PRIMAL_ERROR, "cuda_flash_forward: head size %d (32, 64 or 128)",
+                           hd);
+    }
+}
+
+int cuda_flash_backward(float *dqh, float *dkh, float *dvh, const void *qh, const void *kh,
+                        const void *vh, const void *doh, const float *lse, const float *D, int B,
+                        int T, int H, int KVH, int hd, cudaStream_t s, primal_err *err)
+{
+    switch (hd) {
+    case 32:
+        return backward_hd<32>(dqh, dkh, dvh, qh, kh, vh, doh, lse, D, B, T, H, KVH, s, err);
+    case 64:
+        return backward_hd<64>(dqh, dkh, dvh, qh, kh, vh, doh, lse, D, B, T, H, KVH, s, err);
+    case 128:
+        return backward_hd<128>(dqh, dkh, dvh, qh, kh, vh, doh, lse, D, B, T, H, KVH, s, err);
+    default:
+        return primal_errf(err, PRIMAL_ERROR, "cuda_flash_backward: head size %d (32, 64 or "
+                           "128)", hd);
+    }
+}

@@ -1,0 +1,25 @@
+/* attention_flash.h: fused causal attention for bf16 operands (FlashAttention-2 tiling on
+ * mma.sync), the kernels behind attention.h for head sizes 32, 64 and 128.  See
+ * attention_flash.cu.  Private to kernels/cuda/attention.cu and its tests. */
+#ifndef PRIMAL_KERNELS_CUDA_ATTENTION_FLASH_H
+#define PRIMAL_KERNELS_CUDA_ATTENTION_FLASH_H
+
+#include "cuda_common.h"
+
+/* Whether the fused kernels take this dtype and head size. */
+CUDA_EXTERN_C int cuda_flash_supported(cuda_dtype dt, int hd);
+
+/* out (B, T, H, hd) float32 token-major, lse (B, H, T) natural log; q (B, H, T, hd), k and v
+ * (B, KVH, T, hd), bfloat16 head-major. */
+CUDA_EXTERN_C int cuda_flash_forward(float *out, float *lse, const void *qh, const void *kh,
+                                     const void *vh, int B, int T, int H, int KVH, int hd,
+                                     cudaStream_t s, primal_err *err);
+
+/* dqh (B, H, T, hd), dkh and dvh (B, KVH, T, hd), float32 head-major, written; doh (B, H, T,
+ * hd) bfloat16, D (B, H, T) = rowsum(dO ∘ O). */
+CUDA_EXTERN_C int cuda_flash_backward(float *dqh, float *dkh, float *dvh, const void *qh,
+                                      const void *kh, const void *vh, const void *doh,
+                                      const float *lse, const float *D, int B, int T, int H,
+                                      int KVH, int hd, cudaStream_t s, primal_err *err);
+
+#endif
