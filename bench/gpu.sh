@@ -86,6 +86,8 @@ run() {
         target) args="" ;;
         target_fp32) args="--precision fp32" ;;
         target_unfused) args="--attn unfused" ;;
+        target_recompute) args="--recompute 1" ;;
+        qwen15_recompute) args="--dim 1536 --layers 28 --heads 12 --kv-heads 2 --ffn 8960 --vocab 151936 --seq 512 --batch 1 --tied 1 --recompute 1" ;;
         target_t256) args="--seq 256 --batch 128" ;;
         qwen15) args="--dim 1536 --layers 28 --heads 12 --kv-heads 2 --ffn 8960 --vocab 151936 --seq 512 --batch 1 --tied 1" ;;
         *) args=$shape ;;

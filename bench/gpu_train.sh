@@ -5,8 +5,9 @@
 #   bench/gpu_train.sh run WHAT... there (carry _gpu_carry and data): unpack, then for each
 #                                  WHAT: kjv200 (the 200-step GPU-vs-CPU check), anchor:POLICY
 #                                  [:SEED[:KEY=V,...]] (SPEC.md's anchor; KEY is a [flip] key or
-#                                  section.key), speed124m, ncu124m (Nsight Compute per-kernel times of one
-#                                  step), speed350m, speed15b,
+#                                  section.key), speed124m, speed350m, speed15b (each
+#                                  [:section.key=value,...], e.g. speed124m:run.recompute=true),
+#                                  ncu124m (Nsight Compute per-kernel times of one step),
 #                                  speed15b_frozen, torch124m, torch15b.
 #                                  Run directories and logs go to $OUT.
 set -eu
@@ -67,13 +68,6 @@ EOS
             "$run" "$top/examples/anchor.ini" --set flip.plugin="$pol" --set run.seed="$seed" \
                 --set run.out="$out/$name" $sets >"$out/$name.txt" 2>&1 ||
                 tail -n 3 "$out/$name.txt" ;;
-        speed124m)
-            "$run" "$top/examples/anchor.ini" --set run.out="$out/speed124m" --set model.dim=768 \
-                --set model.layers=12 --set model.heads=12 --set model.ffn=2048 \
-                --set model.vocab=50304 --set run.batch=32 --set run.seq_len=1024 \
-                --set run.steps=12 --set run.log_every=1 --set run.eval_every=0 \
-                --set run.sample_tokens=0 --set flip.plugin=threshold_consensus \
-                --set data.val_fraction=0 >"$out/speed124m.txt" 2>&1 || tail -n 3 "$out/speed124m.txt" ;;
         ncu124m)
             # one step of speed124m under Nsight Compute: each kernel's duration, summed by name
             ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
@@ -86,13 +80,6 @@ EOS
                 tail -n 3 "$out/ncu124m.err"
             python3 "$top/bench/ncu_summary.py" "$out/ncu124m.csv" >"$out/ncu124m.json" &&
                 head -c 3000 "$out/ncu124m.json" ;;
-        speed350m)
-            "$run" "$top/examples/anchor.ini" --set run.out="$out/speed350m" --set model.dim=1024 \
-                --set model.layers=24 --set model.heads=16 --set model.ffn=2816 \
-                --set model.vocab=50304 --set run.batch=16 --set run.seq_len=1024 \
-                --set run.steps=10 --set run.log_every=1 --set run.eval_every=0 \
-                --set run.sample_tokens=0 --set flip.plugin=threshold_consensus \
-                --set data.val_fraction=0 >"$out/speed350m.txt" 2>&1 || tail -n 3 "$out/speed350m.txt" ;;
         speed15b_frozen)
             # night_shift's warm-up phase: only the embedding, final norm and LM head train
             "$run" "$top/examples/anchor.ini" --set run.out="$out/speed15b_frozen" \
@@ -112,15 +99,29 @@ EOS
                 --layers 28 --heads 12 --ffn 8960 --vocab 151936 --seq 512 --batch 1 \
                 --variants dense_eager,indexed \
                 >"$out/torch15b.jsonl" 2>"$out/torch15b.err" || tail -n 3 "$out/torch15b.err" ;;
-        speed15b)
-            "$run" "$top/examples/anchor.ini" --set run.out="$out/speed15b" --set model.dim=1536 \
-                --set model.layers=28 --set model.heads=12 --set model.kv_heads=2 \
-                --set model.ffn=8960 --set model.vocab=151936 --set model.tied=true \
-                --set model.qkv_bias=true --set model.arch=qwen2 --set run.batch=1 \
-                --set run.seq_len=512 --set run.steps=12 --set run.log_every=1 \
-                --set run.eval_every=0 --set run.sample_tokens=0 \
-                --set flip.plugin=momentum_carry --set data.val_fraction=0 \
-                >"$out/speed15b.txt" 2>&1 || tail -n 3 "$out/speed15b.txt" ;;
+        speed124m*|speed350m*|speed15b:*|speed15b)
+            # SHAPE[:section.key=value,...]: the shape's run with the settings changed
+            shape=${what%%:*}
+            extra=; case $what in *:*) extra=${what#*:} ;; esac
+            name="$shape${extra:+-$(echo "$extra" | tr '=,' '-_')}"
+            sets=""
+            for kv in $(echo "$extra" | tr ',' ' '); do sets="$sets --set $kv"; done
+            case $shape in
+            speed124m) shp="--set model.dim=768 --set model.layers=12 --set model.heads=12
+                --set model.ffn=2048 --set model.vocab=50304 --set run.batch=32
+                --set run.seq_len=1024 --set flip.plugin=threshold_consensus" ;;
+            speed350m) shp="--set model.dim=1024 --set model.layers=24 --set model.heads=16
+                --set model.ffn=2816 --set model.vocab=50304 --set run.batch=16
+                --set run.seq_len=1024 --set flip.plugin=threshold_consensus" ;;
+            speed15b) shp="--set model.dim=1536 --set model.layers=28 --set model.heads=12
+                --set model.kv_heads=2 --set model.ffn=8960 --set model.vocab=151936
+                --set model.tied=true --set model.qkv_bias=true --set model.arch=qwen2
+                --set run.batch=1 --set run.seq_len=512 --set flip.plugin=momentum_carry" ;;
+            esac
+            # shellcheck disable=SC2086
+            "$run" "$top/examples/anchor.ini" --set run.out="$out/$name" $shp --set run.steps=12 \
+                --set run.log_every=1 --set run.eval_every=0 --set run.sample_tokens=0 \
+                --set data.val_fraction=0 $sets >"$out/$name.txt" 2>&1 || tail -n 3 "$out/$name.txt" ;;
         esac
         echo "== $what done at $(date +%T)"
     done

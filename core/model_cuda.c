@@ -10,8 +10,12 @@
  *
  * Memory: one arena of forward activations (grown with B and T), one backward workspace (grown
  * with B and T, allocated at the first backward), one attention scratch (batch rows in chunks
- * under attn_bytes), and fixed buffers sized at creation: the W workspace and the G workspace,
- * each (min(rows, chunk_rows) x cols) of the largest matrix.  Backward mirrors model.c stage for
+ * under attn_bytes; the fused bf16 kernels need no (T, T) scratch), and fixed buffers sized at
+ * creation: the W workspace and the G workspace, each (min(rows, chunk_rows) x cols) of the
+ * largest matrix.  The logits never exist whole: the LM head and the cross-entropy run over
+ * vocabulary slabs under logits_bytes (online logsumexp), and backward recomputes each slab.
+ * With recompute, the arena keeps the residual stream x[0..layers] and one block's activations,
+ * which backward rebuilds block by block from x[l] (one extra block forward each).  Backward mirrors model.c stage for
  * stage, including which stages run for a partly frozen model, the order of hook calls (LM head,
  * blocks from the top, embedding last) and the tied embedding's single G (head + lookups).
  * Reductions are deterministic; the embedding's scatter uses positions sorted on the host.
@@ -39,6 +43,7 @@
 
 #define DEFAULT_CHUNK 8192
 #define DEFAULT_ATTN_BYTES ((size_t)2 << 30)
+#define DEFAULT_LOGITS_BYTES ((size_t)512 << 20)
 
 #define CUBLAS_TRY(call, err)                                                                  \
     do {                                                                                       \
@@ -68,14 +73,19 @@ static const char *const block_names[L_N] = {
 
 enum { MEM_WEIGHTS, MEM_GRADS, MEM_ACTS, MEM_WORK, MEM_OTHER, MEM_KINDS };
 
+/* What backward needs of one block.  The GEMM-only inputs (ln1, atty, ln2, act) are kept in
+ * the compute dtype: bf16 mode would convert them before every GEMM anyway. */
 typedef struct block_acts {
-    float *ln1, *rstd1;       /* (N, C), (N) */
+    void *ln1;                /* (N, C) dt */
+    float *rstd1;             /* (N) */
     void *qh, *kh, *vh;       /* (B, H, T, hd), (B, KVH, T, hd) x2, dt: rotated, head-major */
     float *lse;               /* (B, H, T) attention logsumexp */
-    float *atty;              /* (N, qdim) attention output before o_proj */
+    void *atty;               /* (N, qdim) dt: attention output before o_proj */
     float *h;                 /* (N, C) residual after attention */
-    float *ln2, *rstd2;       /* (N, C), (N) */
-    float *gate, *up, *act;   /* (N, F) each */
+    void *ln2;                /* (N, C) dt */
+    float *rstd2;             /* (N) */
+    float *gate, *up;         /* (N, F) each */
+    void *act;                /* (N, F) dt */
 } block_acts;
 
 struct primal_cuda_model {
@@ -87,8 +97,11 @@ struct primal_cuda_model {
     int embed, fnorm, head;
     cuda_dtype dt;
     int64_t chunk;
-    size_t attn_cap;
+    size_t attn_cap, logits_cap;
     int attn_fused;
+    int recompute; /* one block's activations are kept, and rebuilt from x[l] in backward */
+    int acts_layer; /* the block whose activations the shared set holds (recompute) */
+    int64_t nv;     /* vocabulary slab of the logits */
     int device;
     cudaStream_t stream;
     cublasHandle_t cb;
@@ -115,16 +128,16 @@ struct primal_cuda_model {
     size_t arena_bytes;
     int arena_B, arena_T;
     float **x;       /* (layers + 1) residual stream (N, C) */
-    block_acts *blk; /* (layers) */
+    block_acts *blk; /* (layers); all the same memory under recompute */
     float *q, *k, *v;          /* (N, qdim), (N, kvdim) x2: projections before rope */
-    float *lnf, *rstdf;        /* (N, C), (N) */
-    float *logits;             /* (N, V); in fp32 backward turns it into dlogits */
-    float *lse_ce, *losses;    /* (N) */
+    void *lnf;                 /* (N, C) dt */
+    float *rstdf;              /* (N) */
+    float *logits;             /* (N, nv) one vocabulary slab; fp32 backward: its dlogits */
+    float *lse_ce, *losses, *tl; /* (N) */
     int32_t *tok_in, *tok_tgt; /* (N) */
     uint8_t *mask;             /* (N) */
     int32_t *emb_start, *emb_order; /* (V + 1), (N) positions sorted by token */
     float *cosv, *sinv;        /* (T, hd/2) */
-    void *xb;                  /* (N, max width) bf16 X operand in bf16 mode */
 
     /* attention scratch */
     void *attn;
@@ -134,11 +147,11 @@ struct primal_cuda_model {
     /* backward workspace */
     void *ws;
     size_t ws_bytes;
-    int ws_B, ws_T;
     float *dres, *dln;          /* (N, C) */
-    float *dact, *dgate, *dup;  /* (N, F) */
+    float *dact;                /* (N, F) */
+    void *dgate, *dup;          /* (N, F) dt: GEMM operands only */
     float *datty, *dq, *dk, *dv;/* (N, qdim) x2, (N, kvdim) x2 */
-    void *dlogits_b;            /* (N, V) bf16 in bf16 mode */
+    void *dlogits_b;            /* (N, nv) bf16 in bf16 mode */
     void *dyb;                  /* (N, max width) bf16 dY operand in bf16 mode */
     float *colsum;              /* cuda_colsum_scratch(N, max(C, qdim, kvdim)) */
 
@@ -385,6 +398,9 @@ int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
     cm->chunk = o->chunk_rows > 0 ? o->chunk_rows : DEFAULT_CHUNK;
     cm->attn_cap = o->attn_bytes > 0 ? o->attn_bytes : DEFAULT_ATTN_BYTES;
     cm->attn_fused = !o->attn_unfused;
+    cm->logits_cap = o->logits_bytes > 0 ? o->logits_bytes : DEFAULT_LOGITS_BYTES;
+    cm->recompute = o->recompute != 0;
+    cm->acts_layer = -1;
     const primal_model_config *c = &cm->c;
     cm->hd = c->dim / c->heads;
     cm->qdim = c->dim;
@@ -684,30 +700,36 @@ static size_t layout_acts(primal_cuda_model *cm, int B, int T, char *base)
     size_t e = cuda_dtype_size(cm->dt), off = 0, f = sizeof(float);
     for (int l = 0; l <= c->layers; l++)
         cm->x[l] = carve(base, &off, N * C * f);
+    int kept = cm->recompute ? 1 : c->layers;
     for (int l = 0; l < c->layers; l++) {
         block_acts *a = &cm->blk[l];
-        a->ln1 = carve(base, &off, N * C * f);
+        if (l >= kept) {
+            *a = cm->blk[0];
+            continue;
+        }
+        a->ln1 = carve(base, &off, N * C * e);
         a->rstd1 = carve(base, &off, N * f);
         a->qh = carve(base, &off, N * (size_t)cm->qdim * e);
         a->kh = carve(base, &off, N * (size_t)cm->kvdim * e);
         a->vh = carve(base, &off, N * (size_t)cm->kvdim * e);
         a->lse = carve(base, &off, N * (size_t)c->heads * f);
-        a->atty = carve(base, &off, N * (size_t)cm->qdim * f);
+        a->atty = carve(base, &off, N * (size_t)cm->qdim * e);
         a->h = carve(base, &off, N * C * f);
-        a->ln2 = carve(base, &off, N * C * f);
+        a->ln2 = carve(base, &off, N * C * e);
         a->rstd2 = carve(base, &off, N * f);
         a->gate = carve(base, &off, N * F * f);
         a->up = carve(base, &off, N * F * f);
-        a->act = carve(base, &off, N * F * f);
+        a->act = carve(base, &off, N * F * e);
     }
     cm->q = carve(base, &off, N * (size_t)cm->qdim * f);
     cm->k = carve(base, &off, N * (size_t)cm->kvdim * f);
     cm->v = carve(base, &off, N * (size_t)cm->kvdim * f);
-    cm->lnf = carve(base, &off, N * C * f);
+    cm->lnf = carve(base, &off, N * C * e);
     cm->rstdf = carve(base, &off, N * f);
-    cm->logits = carve(base, &off, N * V * f);
+    cm->logits = carve(base, &off, N * (size_t)cm->nv * f);
     cm->lse_ce = carve(base, &off, N * f);
     cm->losses = carve(base, &off, N * f);
+    cm->tl = carve(base, &off, N * f);
     cm->tok_in = carve(base, &off, N * sizeof(int32_t));
     cm->tok_tgt = carve(base, &off, N * sizeof(int32_t));
     cm->mask = carve(base, &off, N);
@@ -715,19 +737,18 @@ static size_t layout_acts(primal_cuda_model *cm, int B, int T, char *base)
     cm->emb_order = carve(base, &off, N * sizeof(int32_t));
     cm->cosv = carve(base, &off, (size_t)T * (size_t)(cm->hd / 2) * f);
     cm->sinv = carve(base, &off, (size_t)T * (size_t)(cm->hd / 2) * f);
-    cm->xb = cm->dt == CUDA_BF16 ? carve(base, &off, N * width_max(cm) * 2) : NULL;
     return off;
 }
 
 static size_t layout_ws(primal_cuda_model *cm, int B, int T, char *base)
 {
     size_t N = (size_t)B * T, C = (size_t)cm->c.dim, F = (size_t)cm->c.ffn;
-    size_t V = (size_t)cm->c.vocab, off = 0, f = sizeof(float);
+    size_t off = 0, f = sizeof(float), e = cuda_dtype_size(cm->dt);
     cm->dres = carve(base, &off, N * C * f);
     cm->dln = carve(base, &off, N * C * f);
     cm->dact = carve(base, &off, N * F * f);
-    cm->dgate = carve(base, &off, N * F * f);
-    cm->dup = carve(base, &off, N * F * f);
+    cm->dgate = carve(base, &off, N * F * e);
+    cm->dup = carve(base, &off, N * F * e);
     cm->datty = carve(base, &off, N * (size_t)cm->qdim * f);
     cm->dq = carve(base, &off, N * (size_t)cm->qdim * f);
     cm->dk = carve(base, &off, N * (size_t)cm->kvdim * f);
@@ -737,31 +758,49 @@ static size_t layout_ws(primal_cuda_model *cm, int B, int T, char *base)
     cm->dlogits_b = NULL;
     cm->dyb = NULL;
     if (cm->dt == CUDA_BF16) {
-        cm->dlogits_b = carve(base, &off, N * V * 2);
+        cm->dlogits_b = carve(base, &off, N * (size_t)cm->nv * 2);
         cm->dyb = carve(base, &off, N * width_max(cm) * 2);
     }
     return off;
 }
 
 /* The forward arena and attention scratch for (B, T); the rope table when T changed. */
+/* The vocabulary slab: as many columns as keep the logits slab and its bf16 dlogits under
+ * logits_cap, a multiple of 128, at most the row chunk of the head. */
+static int64_t slab_of(const primal_cuda_model *cm, int64_t N)
+{
+    int64_t nv = (int64_t)(cm->logits_cap / ((size_t)N * 6)) / 128 * 128;
+    int64_t ch = chunk_of(cm, cm->c.vocab);
+    nv = nv < 128 ? 128 : nv;
+    return nv > ch ? ch : nv;
+}
+
+/* The forward arena and attention scratch for (B, T).  The layout depends on B, T and the slab,
+ * so the rope table (carved in it) is uploaded again whenever one of them changed. */
 static int grow_acts(primal_cuda_model *cm, int B, int T, primal_err *err)
 {
-    if (cm->arena == NULL || B * T > cm->arena_B * cm->arena_T || T != cm->arena_T) {
-        size_t need = layout_acts(cm, B, T, NULL);
-        if (need > cm->arena_bytes) {
-            CUDA_TRY(cudaStreamSynchronize(cm->stream), err);
-            dev_free(cm, cm->arena, cm->arena_bytes, MEM_ACTS);
-            cm->arena = NULL;
-            cm->arena_bytes = 0;
-            TRY(dev_alloc(cm, &cm->arena, need, MEM_ACTS, "forward activations", err));
-            cm->arena_bytes = need;
-        }
-        layout_acts(cm, B, T, cm->arena);
+    int64_t nv = slab_of(cm, (int64_t)B * T);
+    int relaid = cm->arena == NULL || B != cm->arena_B || T != cm->arena_T || nv != cm->nv;
+    cm->nv = nv;
+    size_t need = layout_acts(cm, B, T, NULL);
+    if (need > cm->arena_bytes) {
+        CUDA_TRY(cudaStreamSynchronize(cm->stream), err);
+        dev_free(cm, cm->arena, cm->arena_bytes, MEM_ACTS);
+        cm->arena = NULL;
+        cm->arena_bytes = 0;
+        TRY(dev_alloc(cm, &cm->arena, need, MEM_ACTS, "forward activations", err));
+        cm->arena_bytes = need;
+        relaid = 1;
+    }
+    layout_acts(cm, B, T, cm->arena);
+    if (relaid) {
+        /* what backward kept is gone; forward runs next and fills it again */
         size_t n = (size_t)T * (size_t)(cm->hd / 2);
         float *cs = malloc(2 * n * sizeof(float));
         if (cs == NULL)
             return primal_errf(err, PRIMAL_ENOMEM, "cuda model: out of memory");
         rope_table(cs, cs + n, T, cm->hd, cm->c.rope_theta);
+        CUDA_TRY(cudaStreamSynchronize(cm->stream), err); /* the table may be in use */
         cudaError_t r1 = cudaMemcpy(cm->cosv, cs, n * sizeof(float), cudaMemcpyHostToDevice);
         cudaError_t r2 = cudaMemcpy(cm->sinv, cs + n, n * sizeof(float), cudaMemcpyHostToDevice);
         free(cs);
@@ -770,9 +809,6 @@ static int grow_acts(primal_cuda_model *cm, int B, int T, primal_err *err)
                                cudaGetErrorString(r1 != cudaSuccess ? r1 : r2));
         cm->arena_B = B;
         cm->arena_T = T;
-        /* a T change relays the arena: what backward kept is gone */
-    } else {
-        layout_acts(cm, B, T, cm->arena);
     }
     /* attention scratch: as many batch rows as fit under attn_cap (at least one) */
     const primal_model_config *c = &cm->c;
@@ -781,8 +817,8 @@ static int grow_acts(primal_cuda_model *cm, int B, int T, primal_err *err)
                                   cm->attn_fused);
     int Bc = (int)(cm->attn_cap / (row > 0 ? row : 1));
     Bc = Bc < 1 ? 1 : Bc > B ? B : Bc;
-    size_t need = cuda_attn_layout(&tmp, NULL, cm->dt, Bc, T, c->heads, c->kv_heads, cm->hd,
-                                   cm->attn_fused);
+    need = cuda_attn_layout(&tmp, NULL, cm->dt, Bc, T, c->heads, c->kv_heads, cm->hd,
+                            cm->attn_fused);
     if (need > cm->attn_bytes) {
         CUDA_TRY(cudaStreamSynchronize(cm->stream), err);
         dev_free(cm, cm->attn, cm->attn_bytes, MEM_WORK);
@@ -824,10 +860,6 @@ static int grow_acts(primal_cuda_model *cm, int B, int T, primal_err *err)
 
 static int grow_ws(primal_cuda_model *cm, primal_err *err)
 {
-    if (cm->ws != NULL && cm->B * cm->T <= cm->ws_B * cm->ws_T) {
-        layout_ws(cm, cm->B, cm->T, cm->ws);
-        return PRIMAL_OK;
-    }
     size_t need = layout_ws(cm, cm->B, cm->T, NULL);
     if (need > cm->ws_bytes) {
         CUDA_TRY(cudaStreamSynchronize(cm->stream), err);
@@ -838,8 +870,6 @@ static int grow_ws(primal_cuda_model *cm, primal_err *err)
         cm->ws_bytes = need;
     }
     layout_ws(cm, cm->B, cm->T, cm->ws);
-    cm->ws_B = cm->B;
-    cm->ws_T = cm->T;
     return PRIMAL_OK;
 }
 
@@ -969,6 +999,26 @@ static const float *bias_of(const primal_cuda_model *cm, int pi)
     return pi >= 0 ? cm->p[pi].vec : NULL;
 }
 
+/* The logits of the vocabulary slab [v0, v0 + n) into cm->logits (N, n); *w: the head's rows,
+ * left in the weight workspace for the caller's next GEMM. */
+static int head_logits(primal_cuda_model *cm, int64_t v0, int64_t n, const void **w,
+                       primal_err *err)
+{
+    TRY(weight_rows(cm, &cm->p[cm->head], v0, n, w, err));
+    return mm_forward(cm, cm->logits, n, cm->lnf, *w, (int64_t)cm->B * cm->T, cm->c.dim, n, 0.0f,
+                      err);
+}
+
+/* ... and dL/dlogits of that slab: over the logits in fp32, into cm->dlogits_b in bf16. */
+static int head_dlogits(primal_cuda_model *cm, int64_t v0, int64_t n, float d, const void **w,
+                        void **dl, primal_err *err)
+{
+    TRY(head_logits(cm, v0, n, w, err));
+    *dl = cm->dt == CUDA_F32 ? (void *)cm->logits : cm->dlogits_b;
+    return cuda_crossentropy_backward(*dl, cm->dt, cm->logits, cm->lse_ce, cm->tok_tgt, cm->mask,
+                                      d, v0, n, (int64_t)cm->B * cm->T, cm->stream, err);
+}
+
 /* One block from xin into its activations and xout = xin + attn + mlp. */
 static int block_forward(primal_cuda_model *cm, int l, const float *xin, float *xout,
                          primal_err *err)
@@ -981,28 +1031,26 @@ static int block_forward(primal_cuda_model *cm, int l, const float *xin, float *
     int64_t N = (int64_t)B * T, C = c->dim, F = c->ffn;
     cudaStream_t s = cm->stream;
     float eps = (float)c->norm_eps;
-    const void *xo = NULL;
 
-    TRY(cuda_rmsnorm_forward(a->ln1, a->rstd1, xin, P[lp[L_LN1]].vec, N, C, eps, s, err));
-    TRY(operand(cm, a->ln1, N * C, cm->xb, &xo, err));
-    TRY(linear_forward(cm, lp[L_Q], cm->q, xo, bias_of(cm, lp[L_BQ]), N, err));
-    TRY(linear_forward(cm, lp[L_K], cm->k, xo, bias_of(cm, lp[L_BK]), N, err));
-    TRY(linear_forward(cm, lp[L_V], cm->v, xo, bias_of(cm, lp[L_BV]), N, err));
+    TRY(cuda_rmsnorm_forward(a->ln1, cm->dt, a->rstd1, xin, P[lp[L_LN1]].vec, N, C, eps, s,
+                             err));
+    TRY(linear_forward(cm, lp[L_Q], cm->q, a->ln1, bias_of(cm, lp[L_BQ]), N, err));
+    TRY(linear_forward(cm, lp[L_K], cm->k, a->ln1, bias_of(cm, lp[L_BK]), N, err));
+    TRY(linear_forward(cm, lp[L_V], cm->v, a->ln1, bias_of(cm, lp[L_BV]), N, err));
     TRY(cuda_rope_pack(a->qh, a->kh, a->vh, cm->dt, cm->q, cm->k, cm->v, cm->cosv, cm->sinv, B,
                        T, H, KVH, hd, s, err));
     TRY(cuda_attention_forward(a->atty, a->lse, a->qh, a->kh, a->vh, &cm->as, cm->cb, cm->dt, B,
                                T, H, KVH, hd, s, err));
-    TRY(operand(cm, a->atty, N * cm->qdim, cm->xb, &xo, err));
-    TRY(linear_forward(cm, lp[L_O], a->h, xo, NULL, N, err));
+    TRY(linear_forward(cm, lp[L_O], a->h, a->atty, NULL, N, err));
     TRY(cuda_add_inplace(a->h, xin, N * C, s, err));
-    TRY(cuda_rmsnorm_forward(a->ln2, a->rstd2, a->h, P[lp[L_LN2]].vec, N, C, eps, s, err));
-    TRY(operand(cm, a->ln2, N * C, cm->xb, &xo, err));
-    TRY(linear_forward(cm, lp[L_GATE], a->gate, xo, NULL, N, err));
-    TRY(linear_forward(cm, lp[L_UP], a->up, xo, NULL, N, err));
-    TRY(cuda_swiglu_forward(a->act, a->gate, a->up, N * F, s, err));
-    TRY(operand(cm, a->act, N * F, cm->xb, &xo, err));
-    TRY(linear_forward(cm, lp[L_DOWN], xout, xo, NULL, N, err));
+    TRY(cuda_rmsnorm_forward(a->ln2, cm->dt, a->rstd2, a->h, P[lp[L_LN2]].vec, N, C, eps, s,
+                             err));
+    TRY(linear_forward(cm, lp[L_GATE], a->gate, a->ln2, NULL, N, err));
+    TRY(linear_forward(cm, lp[L_UP], a->up, a->ln2, NULL, N, err));
+    TRY(cuda_swiglu_forward(a->act, cm->dt, a->gate, a->up, N * F, s, err));
+    TRY(linear_forward(cm, lp[L_DOWN], xout, a->act, NULL, N, err));
     TRY(cuda_add_inplace(xout, a->h, N * C, s, err));
+    cm->acts_layer = l;
     return PRIMAL_OK;
 }
 
@@ -1053,17 +1101,21 @@ int primal_cuda_model_forward(primal_cuda_model *cm, const int32_t *tokens, cons
     TRY(cuda_embedding_forward(cm->x[0], cm->tok_in, &P[cm->embed].q, N, s, err));
     for (int l = 0; l < c->layers; l++)
         TRY(block_forward(cm, l, cm->x[l], cm->x[l + 1], err));
-    TRY(cuda_rmsnorm_forward(cm->lnf, cm->rstdf, cm->x[c->layers], P[cm->fnorm].vec, N, C,
-                             (float)c->norm_eps, s, err));
-    const void *xo = NULL;
-    TRY(operand(cm, cm->lnf, N * C, cm->xb, &xo, err));
-    TRY(linear_forward(cm, cm->head, cm->logits, xo, NULL, N, err));
-    TRY(cuda_crossentropy_forward(cm->losses, cm->lse_ce, cm->logits, cm->tok_tgt, N, V, s, err));
+    TRY(cuda_rmsnorm_forward(cm->lnf, cm->dt, cm->rstdf, cm->x[c->layers], P[cm->fnorm].vec, N,
+                             C, (float)c->norm_eps, s, err));
+    for (int64_t v0 = 0; v0 < V; v0 += cm->nv) {
+        int64_t n = V - v0 < cm->nv ? V - v0 : cm->nv;
+        const void *w;
+        TRY(head_logits(cm, v0, n, &w, err));
+        TRY(cuda_crossentropy_forward(cm->losses, cm->lse_ce, cm->tl, cm->logits, cm->tok_tgt, v0,
+                                      n, V, N, s, err));
+        if (logits != NULL)
+            CUDA_TRY(cudaMemcpy2DAsync(logits + v0, (size_t)V * sizeof(float), cm->logits,
+                                       (size_t)n * sizeof(float), (size_t)n * sizeof(float),
+                                       (size_t)N, cudaMemcpyDeviceToHost, s), err);
+    }
     TRY(cuda_loss_mean(cm->loss_dev, cm->losses, cm->mask, N, cm->count, s, err));
     CUDA_TRY(cudaMemcpyAsync(loss, cm->loss_dev, sizeof(float), cudaMemcpyDeviceToHost, s), err);
-    if (logits != NULL)
-        CUDA_TRY(cudaMemcpyAsync(logits, cm->logits, (size_t)(N * V) * sizeof(float),
-                                 cudaMemcpyDeviceToHost, s), err);
     CUDA_TRY(cudaStreamSynchronize(s), err);
     cm->have_fwd = 1;
     return PRIMAL_OK;
@@ -1132,32 +1184,26 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
     if (!need_dgu && !trains(cm, lp[L_DOWN]))
         return PRIMAL_OK;
     block_acts *a = &cm->blk[l];
-    const void *dyo = NULL, *xo = NULL;
+    const void *dyo = NULL;
 
     /* xout = h + down(act) */
     TRY(operand(cm, cm->dres, N * C, cm->dyb, &dyo, err));
-    if (trains(cm, lp[L_DOWN])) {
-        TRY(operand(cm, a->act, N * F, cm->xb, &xo, err));
-        TRY(weight_grad(cm, lp[L_DOWN], dyo, xo, bc, err));
-    }
+    if (trains(cm, lp[L_DOWN]))
+        TRY(weight_grad(cm, lp[L_DOWN], dyo, a->act, bc, err));
     if (!need_dgu)
         return PRIMAL_OK;
     TRY(linear_backward_inp(cm, lp[L_DOWN], cm->dact, dyo, N, 0.0f, err));
-    TRY(cuda_swiglu_backward(cm->dgate, cm->dup, cm->dact, a->gate, a->up, N * F, s, err));
-    if (trains(cm, lp[L_GATE]) || trains(cm, lp[L_UP]))
-        TRY(operand(cm, a->ln2, N * C, cm->xb, &xo, err));
-    TRY(operand(cm, cm->dgate, N * F, cm->dyb, &dyo, err));
+    TRY(cuda_swiglu_backward(cm->dgate, cm->dup, cm->dt, cm->dact, a->gate, a->up, N * F, s,
+                             err));
     if (trains(cm, lp[L_GATE]))
-        TRY(weight_grad(cm, lp[L_GATE], dyo, xo, bc, err));
+        TRY(weight_grad(cm, lp[L_GATE], cm->dgate, a->ln2, bc, err));
     if (need_dln2)
-        TRY(linear_backward_inp(cm, lp[L_GATE], cm->dln, dyo, N, 0.0f, err));
-    if (trains(cm, lp[L_UP]) || need_dln2)
-        TRY(operand(cm, cm->dup, N * F, cm->dyb, &dyo, err));
+        TRY(linear_backward_inp(cm, lp[L_GATE], cm->dln, cm->dgate, N, 0.0f, err));
     if (trains(cm, lp[L_UP]))
-        TRY(weight_grad(cm, lp[L_UP], dyo, xo, bc, err));
+        TRY(weight_grad(cm, lp[L_UP], cm->dup, a->ln2, bc, err));
     if (!need_dln2)
         return PRIMAL_OK;
-    TRY(linear_backward_inp(cm, lp[L_UP], cm->dln, dyo, N, 1.0f, err));
+    TRY(linear_backward_inp(cm, lp[L_UP], cm->dln, cm->dup, N, 1.0f, err));
     TRY(cuda_rmsnorm_backward(need_mid ? cm->dres : NULL, P[lp[L_LN2]].dvec, cm->colsum, cm->dln,
                               a->h, P[lp[L_LN2]].vec, a->rstd2, N, C, s, err));
 
@@ -1165,10 +1211,8 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
     if (!need_dqkv && !trains(cm, lp[L_O]))
         return PRIMAL_OK;
     TRY(operand(cm, cm->dres, N * C, cm->dyb, &dyo, err));
-    if (trains(cm, lp[L_O])) {
-        TRY(operand(cm, a->atty, N * cm->qdim, cm->xb, &xo, err));
-        TRY(weight_grad(cm, lp[L_O], dyo, xo, bc, err));
-    }
+    if (trains(cm, lp[L_O]))
+        TRY(weight_grad(cm, lp[L_O], dyo, a->atty, bc, err));
     if (!need_dqkv)
         return PRIMAL_OK;
     TRY(linear_backward_inp(cm, lp[L_O], cm->datty, dyo, N, 0.0f, err));
@@ -1181,8 +1225,6 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
         TRY(cuda_bias_backward(P[lp[L_BK]].dvec, cm->colsum, cm->dk, N, cm->kvdim, s, err));
     if (trains(cm, lp[L_BV]))
         TRY(cuda_bias_backward(P[lp[L_BV]].dvec, cm->colsum, cm->dv, N, cm->kvdim, s, err));
-    if (trains(cm, lp[L_Q]) || trains(cm, lp[L_K]) || trains(cm, lp[L_V]))
-        TRY(operand(cm, a->ln1, N * C, cm->xb, &xo, err));
     static const int qkv[3] = {L_Q, L_K, L_V};
     float *dy3[3] = {cm->dq, cm->dk, cm->dv};
     int64_t w3[3] = {cm->qdim, cm->kvdim, cm->kvdim};
@@ -1192,7 +1234,7 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
             continue;
         TRY(operand(cm, dy3[j], N * w3[j], cm->dyb, &dyo, err));
         if (trains(cm, pi))
-            TRY(weight_grad(cm, pi, dyo, xo, bc, err));
+            TRY(weight_grad(cm, pi, dyo, a->ln1, bc, err));
         if (below_qkv)
             TRY(linear_backward_inp(cm, pi, cm->dln, dyo, N, j == 0 ? 0.0f : 1.0f, err));
     }
@@ -1227,44 +1269,65 @@ int primal_cuda_model_backward(primal_cuda_model *cm, float loss_scale,
             lowest = level_of(cm, &cm->p[i]);
     if (lowest > L)
         return PRIMAL_OK; /* nothing trains; the forward stays usable */
-    cm->have_fwd = 0;     /* fp32 dlogits overwrite the logits */
+    cm->have_fwd = 0; /* recompute and the logits slab overwrite what forward left */
     TRY(grow_ws(cm, err));
     bwd_ctx bc = {hook, user};
     primal_cuda_param *P = cm->p;
     int64_t N = (int64_t)cm->B * cm->T, C = c->dim, V = c->vocab;
     cudaStream_t s = cm->stream;
 
+    /* The head, slab by slab: logits again, dlogits, then dL/dlnf and the head's G rows. */
     float d = cm->count > 0 ? loss_scale / (float)cm->count : 0.0f;
-    void *dl = cm->dt == CUDA_F32 ? (void *)cm->logits : cm->dlogits_b;
-    TRY(cuda_crossentropy_backward(dl, cm->dt, cm->logits, cm->lse_ce, cm->tok_tgt, cm->mask, d,
-                                   N, V, s, err));
-    const void *xo = NULL;
-    if (!c->tied && P[cm->head].trainable) {
-        TRY(operand(cm, cm->lnf, N * C, cm->xb, &xo, err));
-        TRY(weight_grad(cm, cm->head, dl, xo, &bc, err));
+    int head_w = !c->tied && P[cm->head].trainable;
+    int need_dlnf = lowest < L || P[cm->fnorm].trainable;
+    int64_t ch = chunk_of(cm, V); /* the hook's rows; a chunk spans whole slabs */
+    for (int64_t c0 = 0; (head_w || need_dlnf) && c0 < V; c0 += ch) {
+        int64_t cn = V - c0 < ch ? V - c0 : ch;
+        for (int64_t v0 = c0; v0 < c0 + cn; v0 += cm->nv) {
+            int64_t n = c0 + cn - v0 < cm->nv ? c0 + cn - v0 : cm->nv;
+            const void *w;
+            void *dl;
+            TRY(head_dlogits(cm, v0, n, d, &w, &dl, err));
+            if (need_dlnf)
+                TRY(mm_backward_inp(cm, cm->dln, dl, n, w, N, C, n, v0 == 0 ? 0.0f : 1.0f,
+                                    err));
+            if (head_w)
+                TRY(mm_weight(cm, cm->G + (v0 - c0) * C, dl, n, cm->lnf, N, C, n, 0.0f, err));
+        }
+        if (head_w)
+            TRY(consume(cm, cm->head, c0, cn, &bc, err));
     }
-    if (lowest < L || P[cm->fnorm].trainable) {
-        TRY(linear_backward_inp(cm, cm->head, cm->dln, dl, N, 0.0f, err));
+    if (need_dlnf) {
         if (lowest < L)
             CUDA_TRY(cudaMemsetAsync(cm->dres, 0, (size_t)(N * C) * sizeof(float), s), err);
         TRY(cuda_rmsnorm_backward(lowest < L ? cm->dres : NULL, P[cm->fnorm].dvec, cm->colsum,
                                   cm->dln, cm->x[L], P[cm->fnorm].vec, cm->rstdf, N, C, s, err));
     }
-    for (int l = L - 1; l >= 0 && l >= lowest; l--)
+    for (int l = L - 1; l >= 0 && l >= lowest; l--) {
+        /* recompute: the block's activations again from its input; its output goes to dln,
+         * which is free until block_backward */
+        if (cm->recompute && cm->acts_layer != l)
+            TRY(block_forward(cm, l, cm->x[l], cm->dln, err));
         TRY(block_backward(cm, l, cm->x[l], lowest < l, &bc, err));
+    }
 
     if (lowest == -1) {
         /* The embedding's G: its lookups' scatter, plus the head's G when tied, summed so that
          * the hook sees each row once. */
-        if (c->tied)
-            TRY(operand(cm, cm->lnf, N * C, cm->xb, &xo, err));
-        int64_t ch = chunk_of(cm, V);
         for (int64_t r0 = 0; r0 < V; r0 += ch) {
             int64_t nr = V - r0 < ch ? V - r0 : ch;
-            if (c->tied)
-                TRY(mm_weight(cm, cm->G, elem(dl, r0, cm->dt), V, xo, N, C, nr, 0.0f, err));
-            else
+            if (c->tied) {
+                for (int64_t v0 = r0; v0 < r0 + nr; v0 += cm->nv) {
+                    int64_t n = r0 + nr - v0 < cm->nv ? r0 + nr - v0 : cm->nv;
+                    const void *w;
+                    void *dl;
+                    TRY(head_dlogits(cm, v0, n, d, &w, &dl, err));
+                    TRY(mm_weight(cm, cm->G + (v0 - r0) * C, dl, n, cm->lnf, N, C, n, 0.0f,
+                                  err));
+                }
+            } else {
                 CUDA_TRY(cudaMemsetAsync(cm->G, 0, (size_t)(nr * C) * sizeof(float), s), err);
+            }
             TRY(cuda_embedding_backward(cm->G, cm->dres, cm->emb_start, cm->emb_order, r0, nr, C,
                                         s, err));
             TRY(consume(cm, cm->embed, r0, nr, &bc, err));

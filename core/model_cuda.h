@@ -39,6 +39,8 @@ typedef struct primal_cuda_opts {
     size_t attn_bytes;  /* cap on the attention scratch (batch rows run in chunks); 0: 2 GiB */
     int attn_unfused;   /* 1: bf16 attention through cuBLAS and (T, T) scratch, as float32
                          * does, instead of the fused kernels (for comparisons) */
+    size_t logits_bytes; /* cap on the logits slab and its dlogits; 0: 512 MiB */
+    int recompute;      /* 1: keep one block's activations; backward recomputes each block */
 } primal_cuda_opts;
 
 /* One parameter as the GPU holds it.  Pointers are device pointers. */

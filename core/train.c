@@ -865,10 +865,6 @@ static int setup(trainer *t, primal_err *err)
                                    "cuda: flip policy %s has no CUDA version (policies with "
                                    "one: see primal-run --describe NAME)",
                                    e->policy->desc->name);
-        if (e->run.recompute)
-            return primal_cfg_errf(e->run_c, "recompute", err, PRIMAL_ECONFIG,
-                                   "true: the GPU path does not recompute activations yet; "
-                                   "set recompute = false with device = cuda");
         if (primal_dist_size(t->o->dist) > 1)
             return primal_cfg_errf(e->run_c, "device", err, PRIMAL_ECONFIG,
                                    "cuda: several ranks on GPUs need NCCL, which this build "
@@ -937,7 +933,7 @@ static int setup(trainer *t, primal_err *err)
         return rc;
 #ifdef PRIMAL_HAVE_CUDA
     if (e->run.device == PRIMAL_DEVICE_CUDA) {
-        primal_cuda_opts co = {.precision = PRIMAL_CUDA_BF16};
+        primal_cuda_opts co = {.precision = PRIMAL_CUDA_BF16, .recompute = e->run.recompute};
         if (((const primal_policy_vt *)e->policy->desc->vtable)->cuda->observe != NULL) {
             /* a two-pass policy must see a matrix's whole G at once: no row chunks (the G
              * workspace then holds the largest matrix, e.g. the vocabulary x dim head) */

@@ -354,10 +354,19 @@ Test(cuda_kernels, rmsnorm_forward_and_backward_match_the_reference)
 
         float *dX = dup_to_dev(x, (size_t)N * C * 4), *dW = dup_to_dev(w, (size_t)C * 4);
         float *dY = dmalloc((size_t)N * C * 4), *dR = dmalloc((size_t)N * 4);
-        OK(cuda_rmsnorm_forward(dY, dR, dX, dW, N, C, 1e-5f, 0, E));
+        OK(cuda_rmsnorm_forward(dY, CUDA_F32, dR, dX, dW, N, C, 1e-5f, 0, E));
         float *got = malloc((size_t)N * C * 4);
         to_host(got, dY, (size_t)N * C * 4);
         close_d(got, ref, (int64_t)N * C, 1e-6, 1e-5, "rmsnorm forward");
+        uint16_t *hb = malloc((size_t)N * C * 2);
+        void *db = dmalloc((size_t)N * C * 2);
+        OK(cuda_rmsnorm_forward(db, CUDA_BF16, dR, dX, dW, N, C, 1e-5f, 0, E));
+        to_host(hb, db, (size_t)N * C * 2);
+        for (int64_t i = 0; i < (int64_t)N * C; i++)
+            got[i] = bf16_to_f(hb[i]);
+        close_d(got, ref, (int64_t)N * C, 1e-6, 1.0 / 256, "rmsnorm forward bf16");
+        free(hb);
+        cudaFree(db);
 
         float *ddy = dup_to_dev(dy, (size_t)N * C * 4), *ddx = dup_to_dev(dx0, (size_t)N * C * 4);
         float *ddw = dup_to_dev(dw0, (size_t)C * 4);
@@ -387,25 +396,75 @@ Test(cuda_kernels, swiglu_forward_and_backward_match_the_reference)
     float *ddy = dup_to_dev(dy, (size_t)n * 4), *dout = dmalloc((size_t)n * 4);
     float *ddg = dmalloc((size_t)n * 4), *ddu = dmalloc((size_t)n * 4);
     float *got = malloc((size_t)n * 4);
-    OK(cuda_swiglu_forward(dout, dg, du, n, 0, E));
+    OK(cuda_swiglu_forward(dout, CUDA_F32, dg, du, n, 0, E));
     to_host(got, dout, (size_t)n * 4);
     close_d(got, ref, n, 1e-6, 1e-5, "swiglu forward");
-    OK(cuda_swiglu_backward(ddg, ddu, ddy, dg, du, n, 0, E));
+    OK(cuda_swiglu_backward(ddg, ddu, CUDA_F32, ddy, dg, du, n, 0, E));
     to_host(got, ddg, (size_t)n * 4);
     close_d(got, dgr, n, 1e-6, 1e-5, "swiglu dgate");
     to_host(got, ddu, (size_t)n * 4);
     close_d(got, dur, n, 1e-6, 1e-5, "swiglu dup");
+    /* bf16 outputs: the same values, rounded to 8 bits of mantissa */
+    uint16_t *hb = malloc((size_t)n * 2);
+    OK(cuda_swiglu_forward(ddg, CUDA_BF16, dg, du, n, 0, E));
+    OK(cuda_swiglu_backward(dout, ddu, CUDA_BF16, ddy, dg, du, n, 0, E));
+    const double *want[3] = {ref, dgr, dur};
+    float *bufs[3] = {ddg, dout, ddu};
+    static const char *const names[3] = {"swiglu forward bf16", "swiglu dgate bf16",
+                                         "swiglu dup bf16"};
+    for (int j = 0; j < 3; j++) {
+        to_host(hb, bufs[j], (size_t)n * 2);
+        for (int64_t i = 0; i < n; i++)
+            got[i] = bf16_to_f(hb[i]);
+        close_d(got, want[j], n, 1e-9, 1.0 / 256, names[j]);
+    }
+    free(hb);
     free(g), free(u), free(dy), free(gd), free(ud), free(dyd), free(ref), free(dgr), free(dur);
     free(got);
     cudaFree(dg), cudaFree(du), cudaFree(ddy), cudaFree(dout), cudaFree(ddg), cudaFree(ddu);
 }
 
-Test(cuda_kernels, cross_entropy_forward_mean_and_backward_match_the_reference)
+/* Forward and backward over vocabulary slabs [v0, v0 + nv): one slab, slabs that divide V and
+ * slabs with a short last one, each cut out of the same logits. */
+static void ce_slabs(float *losses, float *lse, float *tl, void *dl, cuda_dtype dt,
+                     const float *x, const int32_t *dtg, const uint8_t *dmask, float d, int N,
+                     int V, int nv, int pass)
+{
+    float *slab = malloc((size_t)N * nv * 4), *dslab = dmalloc((size_t)N * nv * 4);
+    void *dd = dmalloc((size_t)N * nv * cuda_dtype_size(dt));
+    size_t e = cuda_dtype_size(dt);
+    char *dlh = pass == 1 ? malloc((size_t)N * V * e) : NULL;
+    for (int v0 = 0; v0 < V; v0 += nv) {
+        int n = V - v0 < nv ? V - v0 : nv;
+        for (int r = 0; r < N; r++)
+            memcpy(slab + (size_t)r * n, x + (size_t)r * V + v0, (size_t)n * 4);
+        cr_assert_eq(cudaMemcpy(dslab, slab, (size_t)N * n * 4, cudaMemcpyHostToDevice), 0);
+        if (pass == 0) {
+            OK(cuda_crossentropy_forward(losses, lse, tl, dslab, dtg, v0, n, V, N, 0, E));
+            continue;
+        }
+        OK(cuda_crossentropy_backward(dd, dt, dslab, lse, dtg, dmask, d, v0, n, N, 0, E));
+        char *h = malloc((size_t)N * n * e);
+        to_host(h, dd, (size_t)N * n * e);
+        for (int r = 0; r < N; r++)
+            memcpy(dlh + ((size_t)r * V + v0) * e, h + (size_t)r * n * e, (size_t)n * e);
+        free(h);
+    }
+    if (pass == 1) {
+        memcpy(dl, dlh, (size_t)N * V * e);
+        free(dlh);
+    }
+    free(slab);
+    cudaFree(dslab), cudaFree(dd);
+}
+
+Test(cuda_kernels, cross_entropy_over_vocabulary_slabs_matches_the_reference)
 {
     need_gpu();
-    static const int shapes[][2] = {{3, 7}, {40, 512}, {9, 50304}};
-    for (int s = 0; s < 3; s++) {
-        int N = shapes[s][0], V = shapes[s][1];
+    static const int shapes[][3] = {{3, 7, 7}, {40, 512, 128}, {40, 512, 200}, {9, 50304, 4096},
+                                    {9, 50304, 50304}};
+    for (int s = 0; s < 5; s++) {
+        int N = shapes[s][0], V = shapes[s][1], nv = shapes[s][2];
         int64_t NV = (int64_t)N * V;
         float *x = rnd(NV, -8, 8, 70, (uint64_t)s);
         int32_t *tg = malloc((size_t)N * 4);
@@ -428,33 +487,33 @@ Test(cuda_kernels, cross_entropy_forward_mean_and_backward_match_the_reference)
             dl[n] = mask[n] ? d : 0.0;
         crossentropy_backward_ref(dref, xd, tg, dl, N, V);
 
-        float *dx = dup_to_dev(x, (size_t)NV * 4), *dlos = dmalloc((size_t)N * 4);
-        float *dlse = dmalloc((size_t)N * 4), *dmean = dmalloc(4);
+        float *dlos = dmalloc((size_t)N * 4), *dlse = dmalloc((size_t)N * 4);
+        float *dtl = dmalloc((size_t)N * 4), *dmean = dmalloc(4);
         int32_t *dtg = dup_to_dev(tg, (size_t)N * 4);
         uint8_t *dmask = dup_to_dev(mask, (size_t)N);
-        OK(cuda_crossentropy_forward(dlos, dlse, dx, dtg, N, V, 0, E));
+        ce_slabs(dlos, dlse, dtl, NULL, CUDA_F32, x, dtg, dmask, d, N, V, nv, 0);
         OK(cuda_loss_mean(dmean, dlos, dmask, N, count, 0, E));
         float *got = malloc((size_t)NV * 4), m;
+        char what[96];
         to_host(got, dlos, (size_t)N * 4);
-        close_d(got, lr, N, 1e-5, 1e-5, "cross-entropy losses");
+        snprintf(what, sizeof what, "cross-entropy losses, V %d in slabs of %d", V, nv);
+        close_d(got, lr, N, 1e-5, 1e-5, what);
         to_host(&m, dmean, 4);
         cr_assert_leq(fabs(m - mean), 1e-5 * fabs(mean), "mean loss %.8g, reference %.8g", m,
                       mean);
-        /* fp32 in place over the logits, then bf16 into a buffer of its own */
+        ce_slabs(dlos, dlse, dtl, got, CUDA_F32, x, dtg, dmask, d, N, V, nv, 1);
+        snprintf(what, sizeof what, "cross-entropy dlogits fp32, slabs of %d", nv);
+        close_d(got, dref, NV, 1e-8, 1e-5, what);
         uint16_t *bb = malloc((size_t)NV * 2);
-        void *db = dmalloc((size_t)NV * 2);
-        OK(cuda_crossentropy_backward(db, CUDA_BF16, dx, dlse, dtg, dmask, d, N, V, 0, E));
-        OK(cuda_crossentropy_backward(dx, CUDA_F32, dx, dlse, dtg, dmask, d, N, V, 0, E));
-        to_host(got, dx, (size_t)NV * 4);
-        close_d(got, dref, NV, 1e-8, 1e-5, "cross-entropy dlogits fp32");
-        to_host(bb, db, (size_t)NV * 2);
+        ce_slabs(dlos, dlse, dtl, bb, CUDA_BF16, x, dtg, dmask, d, N, V, nv, 1);
         for (int64_t i = 0; i < NV; i++)
             got[i] = bf16_to_f(bb[i]);
-        close_d(got, dref, NV, 1e-9, 1.0 / 256, "cross-entropy dlogits bf16");
+        snprintf(what, sizeof what, "cross-entropy dlogits bf16, slabs of %d", nv);
+        close_d(got, dref, NV, 1e-9, 1.0 / 256, what);
         free(x), free(tg), free(mask), free(xd), free(lr), free(dl), free(dref), free(got);
         free(bb);
-        cudaFree(dx), cudaFree(dlos), cudaFree(dlse), cudaFree(dmean), cudaFree(dtg);
-        cudaFree(dmask), cudaFree(db);
+        cudaFree(dlos), cudaFree(dlse), cudaFree(dtl), cudaFree(dmean), cudaFree(dtg);
+        cudaFree(dmask);
     }
 }
 
@@ -556,10 +615,20 @@ static void check_attention(int B, int T, int H, int KVH, int hd, cuda_dtype dt,
                  dt == CUDA_BF16 ? "bf16" : "fp32", fused, sc.flash ? "on" : "off");
     cublasHandle_t cb;
     cr_assert_eq(cublasCreate(&cb), CUBLAS_STATUS_SUCCESS);
-    float *dout = dmalloc((size_t)nq * 4), *dlse = dmalloc((size_t)B * H * T * 4);
+    /* the output is a GEMM operand: it comes in the compute dtype */
+    void *dout = dmalloc((size_t)nq * e);
+    float *dlse = dmalloc((size_t)B * H * T * 4);
     OK(cuda_attention_forward(dout, dlse, qh, kh, vh, &sc, cb, dt, B, T, H, KVH, hd, 0, E));
     float *got = malloc((size_t)nq * 4);
-    to_host(got, dout, (size_t)nq * 4);
+    if (dt == CUDA_BF16) {
+        uint16_t *hb = malloc((size_t)nq * 2);
+        to_host(hb, dout, (size_t)nq * 2);
+        for (int64_t i = 0; i < nq; i++)
+            got[i] = bf16_to_f(hb[i]);
+        free(hb);
+    } else {
+        to_host(got, dout, (size_t)nq * 4);
+    }
     char what[96];
     snprintf(what, sizeof what, "attention out B%d T%d H%d KVH%d hd%d %s%s", B, T, H, KVH, hd,
              dt == CUDA_BF16 ? "bf16" : "fp32", sc.flash ? " fused" : "");
@@ -756,15 +825,23 @@ static int keep_gpu(void *user, primal_cuda_param *p, const float *G, int64_t r0
     return PRIMAL_OK;
 }
 
-static primal_cuda_model *gpu_model(primal_model *m, int precision, int64_t chunk)
+static primal_cuda_model *gpu_model_o(primal_model *m, const primal_cuda_opts *o)
 {
-    primal_cuda_opts o = {.precision = precision, .device = 0, .chunk_rows = chunk,
-                          .attn_bytes = 0};
     primal_cuda_model *cm;
     primal_err err;
-    cr_assert_eq(primal_cuda_model_create(m, &o, &cm, &err), PRIMAL_OK, "%s", err.msg);
+    cr_assert_eq(primal_cuda_model_create(m, o, &cm, &err), PRIMAL_OK, "%s", err.msg);
     return cm;
 }
+
+static primal_cuda_model *gpu_model(primal_model *m, int precision, int64_t chunk)
+{
+    primal_cuda_opts o = {.precision = precision, .device = 0, .chunk_rows = chunk};
+    return gpu_model_o(m, &o);
+}
+
+/* Options for check_parity: precision, the hook's row chunk, then any other field. */
+#define OPTS(prec, chunk, ...)                                                                 \
+    (&(primal_cuda_opts){.precision = (prec), .chunk_rows = (chunk), __VA_ARGS__})
 
 static float *dev_vec(const float *d, int64_t n)
 {
@@ -893,9 +970,11 @@ typedef struct parity_tol {
     double logits, loss, G, dscale, dvec;
 } parity_tol;
 
-static void check_parity(primal_model *m, int precision, int64_t chunk, int B, int T,
+static void check_parity(primal_model *m, const primal_cuda_opts *o, int B, int T,
                          const uint8_t *trainable, parity_tol tol, uint64_t seed)
 {
+    int precision = o->precision;
+    int64_t chunk = o->chunk_rows;
     primal_err err;
     const primal_model_config *c = primal_model_cfg(m);
     int np = primal_model_nparams(m);
@@ -907,7 +986,7 @@ static void check_parity(primal_model *m, int precision, int64_t chunk, int B, i
         mask[i] = primal_rng_u01(seed, 6, (uint64_t)i) < 0.8f;
     if (trainable != NULL)
         cr_assert_eq(primal_model_set_trainable(m, trainable, &err), PRIMAL_OK, "%s", err.msg);
-    primal_cuda_model *cm = gpu_model(m, precision, chunk);
+    primal_cuda_model *cm = gpu_model_o(m, o);
     int64_t NV = (int64_t)B * T * c->vocab;
     float *lc = malloc((size_t)NV * 4), *lg = malloc((size_t)NV * 4), loss_c, loss_g;
     primal_model_zero_grad(m);
@@ -970,9 +1049,9 @@ static void check_parity(primal_model *m, int precision, int64_t chunk, int B, i
         }
     }
     fprintf(stderr,
-            "parity %s (vocab %d, B %d, T %d): logits %.3g, loss %.3g, worst G %.3g (%s), "
+            "parity %s%s (vocab %d, B %d, T %d): logits %.3g, loss %.3g, worst G %.3g (%s), "
             "worst scale gradient %.3g (%s), worst vector gradient %.3g (%s)\n",
-            mode, c->vocab, B, T, e, le, gworst, gname, sworst, sname, vworst, vname);
+            mode, o->recompute ? " recompute" : "", c->vocab, B, T, e, le, gworst, gname, sworst, sname, vworst, vname);
     cr_assert_lt(e, tol.logits, "%s: logits relative error %.3g", mode, e);
     cr_assert_lt(le, tol.loss, "%s: loss %.7g, CPU %.7g", mode, loss_g, loss_c);
     cr_assert_lt(gworst, tol.G, "%s: %s G relative error %.3g", mode, gname, gworst);
@@ -1028,7 +1107,7 @@ Test(cuda_model, bf16_snapped_fixture_model_gradients_are_within_bf16_tolerances
     primal_st *w = open_st(HF "model.safetensors");
     load_hf(m, w);
     parity_tol tol = BF16_TOL;
-    check_parity(m, PRIMAL_CUDA_BF16, 0, 4, 31, NULL, tol, 7);
+    check_parity(m, OPTS(PRIMAL_CUDA_BF16, 0), 4, 31, NULL, tol, 7);
     primal_st_close(w);
     primal_model_free(m);
 }
@@ -1038,7 +1117,10 @@ Test(cuda_model, fp32_random_prime13_model_matches_the_cpu_model, .init = prime1
     need_gpu();
     primal_model *m = random_model(&rand_cfg, 21, 0.3f);
     parity_tol tol = {1e-4, 1e-4, 1e-4, 1e-4, 1e-4};
-    check_parity(m, PRIMAL_CUDA_FP32, 300, 3, 37, NULL, tol, 1);
+    check_parity(m, OPTS(PRIMAL_CUDA_FP32, 300), 3, 37, NULL, tol, 1);
+    /* recompute, and logits in slabs of 128 inside the hook's chunks of 300 */
+    check_parity(m, OPTS(PRIMAL_CUDA_FP32, 300, .recompute = 1, .logits_bytes = 111 * 6 * 128),
+                 3, 37, NULL, tol, 1);
     primal_model_free(m);
 }
 
@@ -1047,7 +1129,58 @@ Test(cuda_model, bf16_random_prime13_model_is_within_bf16_tolerances, .init = pr
     need_gpu();
     primal_model *m = random_model(&rand_cfg, 22, 0.02f);
     parity_tol tol = BF16_TOL;
-    check_parity(m, PRIMAL_CUDA_BF16, 300, 3, 37, NULL, tol, 2);
+    check_parity(m, OPTS(PRIMAL_CUDA_BF16, 300), 3, 37, NULL, tol, 2);
+    check_parity(m, OPTS(PRIMAL_CUDA_BF16, 300, .recompute = 1, .logits_bytes = 111 * 6 * 128),
+                 3, 37, NULL, tol, 2);
+    primal_model_free(m);
+}
+
+/* Recompute runs the same kernels on the same inputs again, so the loss, every G the hook sees
+ * and every scale gradient are the same bit for bit with and without it, in both precisions. */
+Test(cuda_model, recompute_changes_no_bit_of_the_loss_or_the_gradients, .init = prime13_init)
+{
+    need_gpu();
+    primal_err err;
+    primal_model *m = random_model(&rand_cfg, 27, 0.02f);
+    int B = 3, T = 37, np = primal_model_nparams(m);
+    int32_t *tok = malloc((size_t)B * (T + 1) * sizeof(int32_t));
+    for (int i = 0; i < B * (T + 1); i++)
+        tok[i] = (int32_t)(primal_rng_u64(28, 5, (uint64_t)i) % (uint64_t)rand_cfg.vocab);
+    for (int prec = PRIMAL_CUDA_FP32; prec <= PRIMAL_CUDA_BF16; prec++) {
+        primal_cuda_model *cm[2] = {gpu_model_o(m, OPTS(prec, 300)),
+                                    gpu_model_o(m, OPTS(prec, 300, .recompute = 1))};
+        keep k[2];
+        float loss[2];
+        for (int j = 0; j < 2; j++) {
+            keep_init(&k[j], np);
+            cr_assert_eq(primal_cuda_model_forward(cm[j], tok, NULL, B, T, &loss[j], NULL, &err),
+                         PRIMAL_OK, "%s", err.msg);
+            cr_assert_eq(primal_cuda_model_backward(cm[j], 1.0f, keep_gpu, &k[j], &err),
+                         PRIMAL_OK, "%s", err.msg);
+        }
+        cr_assert_eq(memcmp(&loss[0], &loss[1], sizeof(float)), 0, "loss %.9g vs %.9g", loss[0],
+                     loss[1]);
+        for (int i = 0; i < np; i++) {
+            primal_param *hp = primal_model_param(m, i);
+            if (!hp->is_matrix)
+                continue;
+            cr_assert_eq(memcmp(k[0].G[i], k[1].G[i], (size_t)hp->n * sizeof(float)), 0,
+                         "%s %s: G differs under recompute", prec ? "bf16" : "fp32", hp->name);
+            if (hp->q.bits == 32)
+                continue;
+            float *s0 = dev_vec(primal_cuda_model_param(cm[0], i)->dscale, hp->q.rows);
+            float *s1 = dev_vec(primal_cuda_model_param(cm[1], i)->dscale, hp->q.rows);
+            cr_assert_eq(memcmp(s0, s1, (size_t)hp->q.rows * sizeof(float)), 0,
+                         "%s %s: scale gradient differs under recompute", prec ? "bf16" : "fp32",
+                         hp->name);
+            free(s0), free(s1);
+        }
+        for (int j = 0; j < 2; j++) {
+            keep_free(&k[j]);
+            primal_cuda_model_free(cm[j]);
+        }
+    }
+    free(tok);
     primal_model_free(m);
 }
 
@@ -1059,10 +1192,13 @@ Test(cuda_model, tied_mqa_model_matches_the_cpu_model_in_both_precisions, .init 
                               .norm_eps = 1e-6, .tied = 1, .qkv_bias = 0};
     primal_model *m = random_model(&mc, 23, 0.3f);
     parity_tol t32 = {1e-4, 1e-4, 1e-4, 1e-4, 1e-4}, t16 = BF16_TOL;
-    check_parity(m, PRIMAL_CUDA_FP32, 256, 2, 50, NULL, t32, 3);
+    check_parity(m, OPTS(PRIMAL_CUDA_FP32, 256), 2, 50, NULL, t32, 3);
+    /* tied with recompute and logits slabs of 128 inside the hook's chunks of 256 */
+    check_parity(m, OPTS(PRIMAL_CUDA_FP32, 256, .recompute = 1, .logits_bytes = 100 * 6 * 128),
+                 2, 50, NULL, t32, 3);
     primal_model_free(m);
     m = random_model(&mc, 23, 0.02f);
-    check_parity(m, PRIMAL_CUDA_BF16, 256, 2, 50, NULL, t16, 4);
+    check_parity(m, OPTS(PRIMAL_CUDA_BF16, 256), 2, 50, NULL, t16, 4);
     primal_model_free(m);
 }
 
@@ -1080,13 +1216,14 @@ Test(cuda_model, a_partly_frozen_model_trains_only_what_the_cpu_model_trains,
                 (p->layer == 2 && (strstr(p->name, "mlp.") || strstr(p->name, "post_")));
     }
     parity_tol tol = {1e-4, 1e-4, 1e-4, 1e-4, 1e-4};
-    check_parity(m, PRIMAL_CUDA_FP32, 0, 2, 20, tr, tol, 5);
+    check_parity(m, OPTS(PRIMAL_CUDA_FP32, 0), 2, 20, tr, tol, 5);
     /* and the middle block's attention alone: backward must reach it and stop there */
     for (int i = 0; i < np; i++) {
         primal_param *p = primal_model_param(m, i);
         tr[i] = p->layer == 1 && strstr(p->name, "self_attn.") != NULL;
     }
-    check_parity(m, PRIMAL_CUDA_FP32, 0, 2, 20, tr, tol, 6);
+    check_parity(m, OPTS(PRIMAL_CUDA_FP32, 0), 2, 20, tr, tol, 6);
+    check_parity(m, OPTS(PRIMAL_CUDA_FP32, 0, .recompute = 1), 2, 20, tr, tol, 6);
     free(tr);
     primal_model_free(m);
 }

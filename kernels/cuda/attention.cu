@@ -13,8 +13,8 @@
  * dK = Σ_g dSᵀ·Q (the group members accumulate with beta 1).  The causal half above the
  * diagonal is computed and thrown away: twice the minimal FLOPs, and (T, T) scratch.
  *
- * Inputs are head-major (rope.cu packs them) in the compute dtype; the output and gradients are
- * token-major float32.  Scratch holds Bc batch rows; larger batches run in chunks of Bc.
+ * Inputs are head-major (rope.cu packs them) in the compute dtype; the output, a GEMM operand
+ * only, is token-major in the compute dtype too; the gradients are token-major float32.  Scratch holds Bc batch rows; larger batches run in chunks of Bc.
  * CPU twins: kernels/cpu/attention.c.  No keys. */
 #include "attention.h"
 
@@ -117,7 +117,8 @@ __global__ void softmax_forward_kernel(Tp *P,          /* (rows, T) may be S in 
         lse[row] = l;
 }
 
-__global__ void heads_to_tokens_kernel(float *out,        /* (B, T, H, hd) */
+template <typename Tp>
+__global__ void heads_to_tokens_kernel(Tp *out,           /* (B, T, H, hd) */
                                        const float *Oh,   /* (B, H, T, hd) */
                                        int B, int Tn, int H, int hd)
 {
@@ -129,11 +130,11 @@ __global__ void heads_to_tokens_kernel(float *out,        /* (B, T, H, hd) */
         rest /= H;
         int t = (int)(rest % Tn);
         int b = (int)(rest / Tn);
-        out[idx] = Oh[(((int64_t)b * H + h) * Tn + t) * hd + i];
+        cuda_st(out, idx, Oh[(((int64_t)b * H + h) * Tn + t) * hd + i]);
     }
 }
 
-int cuda_attention_forward(float *out,      /* (B, T, H, hd) token-major */
+int cuda_attention_forward(void *out,       /* (B, T, H, hd) token-major, dt */
                            float *lse,      /* (B, H, T) kept for backward */
                            const void *qh,  /* (B, H, T, hd) dt, rotated */
                            const void *kh,  /* (B, KVH, T, hd) dt, rotated */
@@ -172,8 +173,13 @@ int cuda_attention_forward(float *out,      /* (B, T, H, hd) token-major */
                                off_e(sc->P, (size_t)g * T * T, dt), T, sS, 0.0f,
                                sc->Oh + (size_t)g * T * hd, hd, sQ, nb * KVH, dt),
                        err);
-        heads_to_tokens_kernel<<<cuda_blocks((int64_t)nb * T * H * hd, 256), 256, 0, s>>>(
-            out + (size_t)b0 * T * H * hd, sc->Oh, nb, T, H, hd);
+        unsigned nblk = cuda_blocks((int64_t)nb * T * H * hd, 256);
+        if (dt == CUDA_BF16)
+            heads_to_tokens_kernel<<<nblk, 256, 0, s>>>(
+                (__nv_bfloat16 *)out + (size_t)b0 * T * H * hd, sc->Oh, nb, T, H, hd);
+        else
+            heads_to_tokens_kernel<<<nblk, 256, 0, s>>>((float *)out + (size_t)b0 * T * H * hd,
+                                                        sc->Oh, nb, T, H, hd);
         CUDA_LAUNCHED("heads_to_tokens", err);
     }
     return PRIMAL_OK;
@@ -184,7 +190,7 @@ template <typename Tp>
 __global__ void dout_pack_kernel(Tp *dOh,           /* (B, H, T, hd) */
                                  float *D,          /* (B, H, T) */
                                  const float *dout, /* (B, T, H, hd) */
-                                 const float *out,  /* (B, T, H, hd) */
+                                 const Tp *out,     /* (B, T, H, hd) */
                                  int B, int Tn, int H, int hd)
 {
     int lane = threadIdx.x & 31;
@@ -194,11 +200,12 @@ __global__ void dout_pack_kernel(Tp *dOh,           /* (B, H, T, hd) */
         int h = (int)(w % H);
         int t = (int)((w / H) % Tn);
         int b = (int)(w / ((int64_t)H * Tn));
-        const float *dy = dout + w * hd, *y = out + w * hd;
+        const float *dy = dout + w * hd;
+        const Tp *y = out + w * hd;
         int64_t o = (((int64_t)b * H + h) * Tn + t) * hd;
         float acc = 0.0f;
         for (int i = lane; i < hd; i += 32) {
-            acc += dy[i] * y[i];
+            acc += dy[i] * cuda_ld(y, i);
             cuda_st(dOh, o + i, dy[i]);
         }
         for (int s = 16; s > 0; s >>= 1)
@@ -239,7 +246,7 @@ int cuda_attention_backward(float *dq,         /* (B, T, H, hd) */
                             float *dk,         /* (B, T, KVH, hd) */
                             float *dv,         /* (B, T, KVH, hd) */
                             const float *dout, /* (B, T, H, hd) */
-                            const float *out,  /* (B, T, H, hd) from forward */
+                            const void *out,   /* (B, T, H, hd) dt, from forward */
                             const float *lse,  /* (B, H, T) from forward */
                             const void *qh,    /* (B, H, T, hd) dt, rotated */
                             const void *kh,    /* (B, KVH, T, hd) dt, rotated */
@@ -263,10 +270,11 @@ int cuda_attention_backward(float *dq,         /* (B, T, H, hd) */
         size_t tok = (size_t)b0 * T * H * hd;
         if (dt == CUDA_BF16)
             dout_pack_kernel<<<cuda_blocks(nw * 32, 256), 256, 0, s>>>(
-                (__nv_bfloat16 *)sc->dOh, sc->D, dout + tok, out + tok, nb, T, H, hd);
+                (__nv_bfloat16 *)sc->dOh, sc->D, dout + tok, (const __nv_bfloat16 *)out + tok, nb,
+                T, H, hd);
         else
             dout_pack_kernel<<<cuda_blocks(nw * 32, 256), 256, 0, s>>>(
-                (float *)sc->dOh, sc->D, dout + tok, out + tok, nb, T, H, hd);
+                (float *)sc->dOh, sc->D, dout + tok, (const float *)out + tok, nb, T, H, hd);
         CUDA_LAUNCHED("dout_pack", err);
         if (sc->flash) {
             size_t kvo = (size_t)b0 * KVH * T * hd;

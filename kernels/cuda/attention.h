@@ -27,12 +27,12 @@ typedef struct cuda_attn_scratch {
  * the fused kernels where they apply (bf16, head size 32, 64 or 128), 0 never. */
 CUDA_EXTERN_C size_t cuda_attn_layout(cuda_attn_scratch *sc, void *base, cuda_dtype dt, int Bc,
                                       int T, int H, int KVH, int hd, int fused);
-CUDA_EXTERN_C int cuda_attention_forward(float *out, float *lse, const void *qh, const void *kh,
+CUDA_EXTERN_C int cuda_attention_forward(void *out, float *lse, const void *qh, const void *kh,
                                          const void *vh, const cuda_attn_scratch *sc,
                                          cublasHandle_t cb, cuda_dtype dt, int B, int T, int H,
                                          int KVH, int hd, cudaStream_t s, primal_err *err);
 CUDA_EXTERN_C int cuda_attention_backward(float *dq, float *dk, float *dv, const float *dout,
-                                          const float *out, const float *lse, const void *qh,
+                                          const void *out, const float *lse, const void *qh,
                                           const void *kh, const void *vh, const float *cosv,
                                           const float *sinv, const cuda_attn_scratch *sc,
                                           cublasHandle_t cb, cuda_dtype dt, int B, int T, int H,

@@ -5,9 +5,11 @@
  * softmax, P·V; nothing of (T, T) size ever reaches memory.
  *
  * Tiles: a CTA of 4 warps takes 64 rows (queries in forward and dQ, keys in dK/dV), each warp
- * 16 of them, and walks the other side in blocks of 64.  Register fragments follow the PTX
- * layout of m16n8k16: the accumulator of S (rows × 8 keys) is, pair for pair, the A operand of
- * the next product, so P and dS never leave registers.  Softmax runs in base 2 (exp2f of
+ * 16 of them, and walks the other side in blocks of 64, whose tiles arrive by cp.async into a
+ * second buffer while the first is used.  Tiles stay row-major in shared memory: where a
+ * product needs one transposed (P·V, dS·K, Pᵀ·dO, dSᵀ·Q), ldmatrix.trans reads it so.  Register
+ * fragments follow the PTX layout of m16n8k16: the accumulator of S (rows × 8 keys) is, pair for
+ * pair, the A operand of the next product, so P and dS never leave registers.  Softmax runs in base 2 (exp2f of
  * scores pre-multiplied by log2(e)/sqrt(hd)); lse is stored in natural log, as attention.cu's.
  *
  * Backward is split in two kernels so that every sum has one owner and a fixed order (runs
@@ -25,6 +27,7 @@ typedef __nv_bfloat16 bf16;
 
 constexpr int kRows = 64;  /* rows of a CTA (4 warps x 16) */
 constexpr int kBlock = 64; /* the other side's block */
+constexpr int kThreads = 128;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -35,6 +38,41 @@ __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0
                  "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+/* 16 bytes global -> shared without passing through registers; zeros when !valid. */
+__device__ __forceinline__ void cp16(void *sdst, const void *gsrc, bool valid)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned d = (unsigned)__cvta_generic_to_shared(sdst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(gsrc),
+                 "r"(valid ? 16 : 0));
+#endif
+}
+
+__device__ __forceinline__ void cp4(void *sdst, const void *gsrc, bool valid)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned d = (unsigned)__cvta_generic_to_shared(sdst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(gsrc),
+                 "r"(valid ? 4 : 0));
+#endif
+}
+
+__device__ __forceinline__ void cp_commit()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+/* Wait until at most N groups of this thread's copies are in flight. */
+template <int N>
+__device__ __forceinline__ void cp_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 #endif
 }
 
@@ -50,36 +88,27 @@ __device__ __forceinline__ uint32_t ld2(const bf16 *p)
     return *reinterpret_cast<const uint32_t *>(p);
 }
 
-/* Rows [r0, r0 + 64) of a (T, HD) matrix into s (row stride LD), zeros past T. */
+/* Starts copying rows [r0, r0 + 64) of a (T, HD) matrix into s (row stride LD); rows past T
+ * read as zeros. */
 template <int HD, int LD>
-__device__ __forceinline__ void tile_rows(bf16 *s, const bf16 *g, int r0, int T)
+__device__ __forceinline__ void tile_async(bf16 *s, const bf16 *g, int r0, int T)
 {
     constexpr int V = HD / 8; /* 16-byte vectors a row */
-    for (int i = threadIdx.x; i < kRows * V; i += blockDim.x) {
+#pragma unroll
+    for (int it = 0; it < kRows * V / kThreads; it++) {
+        int i = (int)threadIdx.x + it * kThreads;
         int r = i / V, c = (i - r * V) * 8;
-        uint4 val = make_uint4(0, 0, 0, 0);
-        if (r0 + r < T)
-            val = *reinterpret_cast<const uint4 *>(g + (size_t)(r0 + r) * HD + c);
-        *reinterpret_cast<uint4 *>(s + r * LD + c) = val;
+        bool ok = r0 + r < T;
+        cp16(s + r * LD + c, ok ? g + (size_t)(r0 + r) * HD + c : g, ok);
     }
 }
 
-/* The same rows transposed: s[d * LDT + r] = g[r0 + r][d], so that a B operand indexed
- * (k = row, n = d) reads two consecutive rows with one 32-bit load. */
-template <int HD, int LDT>
-__device__ __forceinline__ void tile_cols(bf16 *s, const bf16 *g, int r0, int T)
+/* Starts copying n = 64 floats v[t0 ..] into s; entries past T read as zeros. */
+__device__ __forceinline__ void vec_async(float *s, const float *v, int t0, int T)
 {
-    constexpr int V = HD / 8;
-    for (int i = threadIdx.x; i < kRows * V; i += blockDim.x) {
-        int r = i % kRows, c = (i / kRows) * 8; /* neighbouring threads, neighbouring rows */
-        uint4 val = make_uint4(0, 0, 0, 0);
-        if (r0 + r < T)
-            val = *reinterpret_cast<const uint4 *>(g + (size_t)(r0 + r) * HD + c);
-        const bf16 *e = reinterpret_cast<const bf16 *>(&val);
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-            s[(c + j) * LDT + r] = e[j];
-    }
+    int i = (int)threadIdx.x;
+    if (i < kBlock)
+        cp4(s + i, t0 + i < T ? v + t0 + i : v, t0 + i < T);
 }
 
 /* The A fragment (16 rows from row0, k-step kk) of a row-major bf16 matrix with stride ld. */
@@ -100,6 +129,22 @@ __device__ __forceinline__ void frag_b(uint32_t &b0, uint32_t &b1, const bf16 *s
     const bf16 *p = s + (j * 8 + lane / 4) * ld + kk * 16 + (lane % 4) * 2;
     b0 = ld2(p);
     b1 = ld2(p + 8);
+}
+
+/* The B fragments of n-tiles n0/8 and n0/8 + 1 at k rows [k0, k0 + 16) of a matrix stored
+ * k-major (m[k][n], stride ld): ldmatrix.trans hands each thread the pairs (k, k + 1) of its
+ * column.  Matrices 0..3 are (k0, n0), (k0 + 8, n0), (k0, n0 + 8), (k0 + 8, n0 + 8). */
+__device__ __forceinline__ void frag_bt(uint32_t b[4], const bf16 *m, int ld, int k0, int n0,
+                                        int lane)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    int i = lane / 8, r = lane % 8;
+    const bf16 *p = m + (k0 + r + 8 * (i & 1)) * ld + n0 + 8 * (i >> 1);
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3])
+                 : "r"(a));
+#endif
 }
 
 /* The accumulators of n-tiles 2kk and 2kk+1 as the A fragment of k-step kk. */
@@ -123,8 +168,8 @@ __device__ __forceinline__ float quad_sum(float v)
     return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-/* S (16 rows x 64 columns) of one warp: A fragments of its rows times the rows of s (an
- * n-major tile: s[column][k]). */
+/* S (16 rows x 64 columns) of one warp: its A fragments times the rows of s (an n-major tile:
+ * s[column][k]), i.e. A·sᵀ. */
 template <int HD, int LD>
 __device__ __forceinline__ void scores(float acc[8][4], const uint32_t (*a)[4], const bf16 *s,
                                        int lane)
@@ -142,9 +187,9 @@ __device__ __forceinline__ void scores(float acc[8][4], const uint32_t (*a)[4], 
         }
 }
 
-/* acc (16 x HD) += P (16 x 64, accumulators) · the tile whose transpose is st (st[d][k]). */
-template <int HD, int LDT>
-__device__ __forceinline__ void accumulate(float acc[][4], const float p[8][4], const bf16 *st,
+/* acc (16 x HD) += P (16 x 64, accumulators) · m, m a row-major (64 x HD) tile. */
+template <int HD, int LD>
+__device__ __forceinline__ void accumulate(float acc[][4], const float p[8][4], const bf16 *m,
                                            int lane)
 {
 #pragma unroll
@@ -152,25 +197,41 @@ __device__ __forceinline__ void accumulate(float acc[][4], const float p[8][4], 
         uint32_t a[4];
         c_to_a(a, p[2 * kk], p[2 * kk + 1]);
 #pragma unroll
-        for (int d = 0; d < HD / 8; d++) {
-            uint32_t b0, b1;
-            frag_b(b0, b1, st, LDT, d, kk, lane);
-            mma(acc[d], a, b0, b1);
+        for (int d = 0; d < HD / 8; d += 2) {
+            uint32_t b[4];
+            frag_bt(b, m, LD, kk * 16, d * 8, lane);
+            mma(acc[d], a, b[0], b[1]);
+            mma(acc[d + 1], a, b[2], b[3]);
         }
     }
 }
 
-/* Forward: one CTA per (query block, b·H + h).  out token-major float32, lse (B, H, T). */
+/* A warp's 16 rows of a (T, HD) matrix as A fragments, straight from global memory. */
 template <int HD>
-__global__ void __launch_bounds__(128) flash_forward_kernel(float *out, float *lse,
-                                                            const bf16 *q, const bf16 *k,
-                                                            const bf16 *v, int T, int H, int KVH,
-                                                            float sl2)
+__device__ __forceinline__ void rows_a(uint32_t (*a)[4], const bf16 *g, int row0, int row1,
+                                       int T, int qi)
 {
-    constexpr int LD = HD + 8, LDT = kBlock + 8, KS = HD / 16, NO = HD / 8;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        int c = kk * 16 + qi * 2;
+        a[kk][0] = row0 < T ? ld2(g + (size_t)row0 * HD + c) : 0u;
+        a[kk][1] = row1 < T ? ld2(g + (size_t)row1 * HD + c) : 0u;
+        a[kk][2] = row0 < T ? ld2(g + (size_t)row0 * HD + c + 8) : 0u;
+        a[kk][3] = row1 < T ? ld2(g + (size_t)row1 * HD + c + 8) : 0u;
+    }
+}
+
+/* Forward: one CTA per (query block, b·H + h).  out token-major bf16, lse (B, H, T). */
+template <int HD>
+__global__ void __launch_bounds__(kThreads) flash_forward_kernel(bf16 *out, float *lse,
+                                                                 const bf16 *q, const bf16 *k,
+                                                                 const bf16 *v, int T, int H,
+                                                                 int KVH, float sl2)
+{
+    constexpr int LD = HD + 8, KS = HD / 16, NO = HD / 8, TILE = kBlock * LD;
     extern __shared__ __align__(16) unsigned char smem[];
-    bf16 *Ks = reinterpret_cast<bf16 *>(smem);
-    bf16 *Vt = Ks + kBlock * LD;
+    bf16 *Ks = reinterpret_cast<bf16 *>(smem); /* [2][64][LD] */
+    bf16 *Vs = Ks + 2 * TILE;                  /* [2][64][LD] */
     int nqb = (T + kRows - 1) / kRows, qb = nqb - 1 - (int)blockIdx.x; /* longest rows first */
     int bh = blockIdx.y, b = bh / H, h = bh % H, kvh = h / (H / KVH);
     const bf16 *qp = q + (size_t)bh * T * HD;
@@ -179,15 +240,11 @@ __global__ void __launch_bounds__(128) flash_forward_kernel(float *out, float *l
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, qi = lane % 4;
     int row0 = qb * kRows + warp * 16 + lane / 4, row1 = row0 + 8;
 
+    tile_async<HD, LD>(Ks, kp, 0, T);
+    tile_async<HD, LD>(Vs, vp, 0, T);
+    cp_commit();
     uint32_t qa[KS][4];
-#pragma unroll
-    for (int kk = 0; kk < KS; kk++) {
-        int c = kk * 16 + qi * 2;
-        qa[kk][0] = row0 < T ? ld2(qp + (size_t)row0 * HD + c) : 0u;
-        qa[kk][1] = row1 < T ? ld2(qp + (size_t)row1 * HD + c) : 0u;
-        qa[kk][2] = row0 < T ? ld2(qp + (size_t)row0 * HD + c + 8) : 0u;
-        qa[kk][3] = row1 < T ? ld2(qp + (size_t)row1 * HD + c + 8) : 0u;
-    }
+    rows_a<HD>(qa, qp, row0, row1, T, qi);
     float o[NO][4];
 #pragma unroll
     for (int d = 0; d < NO; d++)
@@ -195,12 +252,18 @@ __global__ void __launch_bounds__(128) flash_forward_kernel(float *out, float *l
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 
     for (int kb = 0; kb <= qb; kb++) {
-        __syncthreads(); /* the previous block's tiles are read */
-        tile_rows<HD, LD>(Ks, kp, kb * kBlock, T);
-        tile_cols<HD, LDT>(Vt, vp, kb * kBlock, T);
+        const bf16 *Kc = Ks + (kb & 1) * TILE, *Vc = Vs + (kb & 1) * TILE;
+        if (kb < qb) { /* the next block streams in while this one is used */
+            tile_async<HD, LD>(Ks + ((kb + 1) & 1) * TILE, kp, (kb + 1) * kBlock, T);
+            tile_async<HD, LD>(Vs + ((kb + 1) & 1) * TILE, vp, (kb + 1) * kBlock, T);
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
         __syncthreads();
         float s[8][4];
-        scores<HD, LD>(s, qa, Ks, lane);
+        scores<HD, LD>(s, qa, Kc, lane);
         float mx0 = m0, mx1 = m1;
 #pragma unroll
         for (int j = 0; j < 8; j++)
@@ -242,7 +305,8 @@ __global__ void __launch_bounds__(128) flash_forward_kernel(float *out, float *l
             o[d][2] *= a1;
             o[d][3] *= a1;
         }
-        accumulate<HD, LDT>(o, s, Vt, lane);
+        accumulate<HD, LD>(o, s, Vc, lane);
+        __syncthreads(); /* this buffer is refilled next-but-one */
     }
     l0 = quad_sum(l0);
     l1 = quad_sum(l1);
@@ -251,11 +315,11 @@ __global__ void __launch_bounds__(128) flash_forward_kernel(float *out, float *l
     for (int d = 0; d < NO; d++) {
         int c = d * 8 + qi * 2;
         if (row0 < T)
-            *reinterpret_cast<float2 *>(out + (((size_t)b * T + row0) * H + h) * HD + c) =
-                make_float2(o[d][0] * r0, o[d][1] * r0);
+            *reinterpret_cast<uint32_t *>(out + (((size_t)b * T + row0) * H + h) * HD + c) =
+                pack2(o[d][0] * r0, o[d][1] * r0);
         if (row1 < T)
-            *reinterpret_cast<float2 *>(out + (((size_t)b * T + row1) * H + h) * HD + c) =
-                make_float2(o[d][2] * r1, o[d][3] * r1);
+            *reinterpret_cast<uint32_t *>(out + (((size_t)b * T + row1) * H + h) * HD + c) =
+                pack2(o[d][2] * r1, o[d][3] * r1);
     }
     if (qi == 0) {
         if (row0 < T)
@@ -267,17 +331,16 @@ __global__ void __launch_bounds__(128) flash_forward_kernel(float *out, float *l
 
 /* dQ: one CTA per (query block, b·H + h); dqh head-major float32, written. */
 template <int HD>
-__global__ void __launch_bounds__(128) flash_dq_kernel(float *dqh, const bf16 *q,
-                                                       const bf16 *k, const bf16 *v,
-                                                       const bf16 *doh, const float *lse,
-                                                       const float *D, int T, int H, int KVH,
-                                                       float sl2, float scale)
+__global__ void __launch_bounds__(kThreads) flash_dq_kernel(float *dqh, const bf16 *q,
+                                                            const bf16 *k, const bf16 *v,
+                                                            const bf16 *doh, const float *lse,
+                                                            const float *D, int T, int H,
+                                                            int KVH, float sl2, float scale)
 {
-    constexpr int LD = HD + 8, LDT = kBlock + 8, KS = HD / 16, NO = HD / 8;
+    constexpr int LD = HD + 8, KS = HD / 16, NO = HD / 8, TILE = kBlock * LD;
     extern __shared__ __align__(16) unsigned char smem[];
-    bf16 *Ks = reinterpret_cast<bf16 *>(smem);
-    bf16 *Vs = Ks + kBlock * LD;
-    bf16 *Kt = Vs + kBlock * LD;
+    bf16 *Ks = reinterpret_cast<bf16 *>(smem); /* [2][64][LD] */
+    bf16 *Vs = Ks + 2 * TILE;                  /* [2][64][LD] */
     int nqb = (T + kRows - 1) / kRows, qb = nqb - 1 - (int)blockIdx.x;
     int bh = blockIdx.y, b = bh / H, h = bh % H, kvh = h / (H / KVH);
     const bf16 *qp = q + (size_t)bh * T * HD, *dop = doh + (size_t)bh * T * HD;
@@ -286,19 +349,12 @@ __global__ void __launch_bounds__(128) flash_dq_kernel(float *dqh, const bf16 *q
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, qi = lane % 4;
     int row0 = qb * kRows + warp * 16 + lane / 4, row1 = row0 + 8;
 
+    tile_async<HD, LD>(Ks, kp, 0, T);
+    tile_async<HD, LD>(Vs, vp, 0, T);
+    cp_commit();
     uint32_t qa[KS][4], da[KS][4];
-#pragma unroll
-    for (int kk = 0; kk < KS; kk++) {
-        int c = kk * 16 + qi * 2;
-        qa[kk][0] = row0 < T ? ld2(qp + (size_t)row0 * HD + c) : 0u;
-        qa[kk][1] = row1 < T ? ld2(qp + (size_t)row1 * HD + c) : 0u;
-        qa[kk][2] = row0 < T ? ld2(qp + (size_t)row0 * HD + c + 8) : 0u;
-        qa[kk][3] = row1 < T ? ld2(qp + (size_t)row1 * HD + c + 8) : 0u;
-        da[kk][0] = row0 < T ? ld2(dop + (size_t)row0 * HD + c) : 0u;
-        da[kk][1] = row1 < T ? ld2(dop + (size_t)row1 * HD + c) : 0u;
-        da[kk][2] = row0 < T ? ld2(dop + (size_t)row0 * HD + c + 8) : 0u;
-        da[kk][3] = row1 < T ? ld2(dop + (size_t)row1 * HD + c + 8) : 0u;
-    }
+    rows_a<HD>(qa, qp, row0, row1, T, qi);
+    rows_a<HD>(da, dop, row0, row1, T, qi);
     float lse0 = row0 < T ? lse[(size_t)bh * T + row0] * kLog2e : 0.0f;
     float lse1 = row1 < T ? lse[(size_t)bh * T + row1] * kLog2e : 0.0f;
     float D0 = row0 < T ? D[(size_t)bh * T + row0] : 0.0f;
@@ -309,14 +365,19 @@ __global__ void __launch_bounds__(128) flash_dq_kernel(float *dqh, const bf16 *q
         dq[d][0] = dq[d][1] = dq[d][2] = dq[d][3] = 0.0f;
 
     for (int kb = 0; kb <= qb; kb++) {
-        __syncthreads();
-        tile_rows<HD, LD>(Ks, kp, kb * kBlock, T);
-        tile_rows<HD, LD>(Vs, vp, kb * kBlock, T);
-        tile_cols<HD, LDT>(Kt, kp, kb * kBlock, T);
+        const bf16 *Kc = Ks + (kb & 1) * TILE, *Vc = Vs + (kb & 1) * TILE;
+        if (kb < qb) {
+            tile_async<HD, LD>(Ks + ((kb + 1) & 1) * TILE, kp, (kb + 1) * kBlock, T);
+            tile_async<HD, LD>(Vs + ((kb + 1) & 1) * TILE, vp, (kb + 1) * kBlock, T);
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
         __syncthreads();
         float s[8][4], dp[8][4];
-        scores<HD, LD>(s, qa, Ks, lane);
-        scores<HD, LD>(dp, da, Vs, lane);
+        scores<HD, LD>(s, qa, Kc, lane);
+        scores<HD, LD>(dp, da, Vc, lane);
 #pragma unroll
         for (int j = 0; j < 8; j++)
 #pragma unroll
@@ -330,7 +391,8 @@ __global__ void __launch_bounds__(128) flash_dq_kernel(float *dqh, const bf16 *q
                 s[j][e] = p0 * (dp[j][e] - D0); /* dS, without the score scale */
                 s[j][2 + e] = p1 * (dp[j][2 + e] - D1);
             }
-        accumulate<HD, LDT>(dq, s, Kt, lane);
+        accumulate<HD, LD>(dq, s, Kc, lane); /* dQ += dS·K */
+        __syncthreads();
     }
 #pragma unroll
     for (int d = 0; d < NO; d++) {
@@ -345,82 +407,94 @@ __global__ void __launch_bounds__(128) flash_dq_kernel(float *dqh, const bf16 *q
 }
 
 /* dK, dV: one CTA per (key block, b·KVH + kv head), summing the group's query heads in order;
- * dkh, dvh head-major float32, written.  Here the warp's rows are keys: Sᵀ = K·Qᵀ. */
+ * dkh, dvh head-major float32, written.  Here the warp's rows are keys: Sᵀ = K·Qᵀ.  The
+ * (head, query block) pairs form one sequence, so the next pair's tiles always stream in while
+ * this one's are used. */
 template <int HD>
-__global__ void __launch_bounds__(128) flash_dkv_kernel(float *dkh, float *dvh, const bf16 *q,
-                                                        const bf16 *k, const bf16 *v,
-                                                        const bf16 *doh, const float *lse,
-                                                        const float *D, int T, int H, int KVH,
-                                                        float sl2, float scale)
+__global__ void __launch_bounds__(kThreads) flash_dkv_kernel(float *dkh, float *dvh,
+                                                             const bf16 *q, const bf16 *k,
+                                                             const bf16 *v, const bf16 *doh,
+                                                             const float *lse, const float *D,
+                                                             int T, int H, int KVH, float sl2,
+                                                             float scale)
 {
-    constexpr int LD = HD + 8, LDT = kRows + 8, KS = HD / 16, NO = HD / 8;
+    constexpr int LD = HD + 8, KS = HD / 16, NO = HD / 8, TILE = kBlock * LD;
     extern __shared__ __align__(16) unsigned char smem[];
     bf16 *Ks = reinterpret_cast<bf16 *>(smem);
-    bf16 *Vs = Ks + kRows * LD;
-    bf16 *Qs = Vs + kRows * LD;
-    bf16 *Ds_ = Qs + kBlock * LD; /* dO rows */
-    bf16 *Qt = Ds_ + kBlock * LD;
-    bf16 *Dt = Qt + HD * LDT; /* dO transposed */
-    float *lse_s = reinterpret_cast<float *>(Dt + HD * LDT);
-    float *D_s = lse_s + kBlock;
+    bf16 *Vs = Ks + TILE;
+    bf16 *Qs = Vs + TILE;      /* [2][64][LD] */
+    bf16 *Os = Qs + 2 * TILE;  /* [2][64][LD] dO rows */
+    float *Ls = reinterpret_cast<float *>(Os + 2 * TILE); /* [2][64] lse */
+    float *Dv = Ls + 2 * kBlock;                          /* [2][64] D */
     int kb = blockIdx.x; /* the first key blocks see the most queries: they start first */
     int nqb = (T + kBlock - 1) / kBlock;
     int bkv = blockIdx.y, b = bkv / KVH, kvh = bkv % KVH, group = H / KVH;
     const bf16 *kp = k + (size_t)bkv * T * HD, *vp = v + (size_t)bkv * T * HD;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, qi = lane % 4;
     int key0 = kb * kRows + warp * 16 + lane / 4, key1 = key0 + 8;
+    int per = nqb - kb, steps = group * per; /* query blocks kb .. nqb-1 of each head */
 
-    tile_rows<HD, LD>(Ks, kp, kb * kRows, T);
-    tile_rows<HD, LD>(Vs, vp, kb * kRows, T);
+    tile_async<HD, LD>(Ks, kp, kb * kRows, T);
+    tile_async<HD, LD>(Vs, vp, kb * kRows, T);
+    {
+        int bh = b * H + kvh * group;
+        tile_async<HD, LD>(Qs, q + (size_t)bh * T * HD, kb * kBlock, T);
+        tile_async<HD, LD>(Os, doh + (size_t)bh * T * HD, kb * kBlock, T);
+        vec_async(Ls, lse + (size_t)bh * T, kb * kBlock, T);
+        vec_async(Dv, D + (size_t)bh * T, kb * kBlock, T);
+    }
+    cp_commit();
     float dk[NO][4], dv[NO][4];
 #pragma unroll
     for (int d = 0; d < NO; d++) {
         dk[d][0] = dk[d][1] = dk[d][2] = dk[d][3] = 0.0f;
         dv[d][0] = dv[d][1] = dv[d][2] = dv[d][3] = 0.0f;
     }
-    for (int g = 0; g < group; g++) {
-        int bh = b * H + kvh * group + g;
-        const bf16 *qp = q + (size_t)bh * T * HD, *dop = doh + (size_t)bh * T * HD;
-        for (int qb = kb; qb < nqb; qb++) {
-            __syncthreads();
-            tile_rows<HD, LD>(Qs, qp, qb * kBlock, T);
-            tile_rows<HD, LD>(Ds_, dop, qb * kBlock, T);
-            tile_cols<HD, LDT>(Qt, qp, qb * kBlock, T);
-            tile_cols<HD, LDT>(Dt, dop, qb * kBlock, T);
-            for (int i = threadIdx.x; i < kBlock; i += blockDim.x) {
-                int t = qb * kBlock + i;
-                lse_s[i] = t < T ? lse[(size_t)bh * T + t] * kLog2e : 0.0f;
-                D_s[i] = t < T ? D[(size_t)bh * T + t] : 0.0f;
-            }
-            __syncthreads();
-            uint32_t ka[KS][4], va[KS][4];
-#pragma unroll
-            for (int kk = 0; kk < KS; kk++) {
-                frag_a(ka[kk], Ks, LD, warp * 16, kk, lane);
-                frag_a(va[kk], Vs, LD, warp * 16, kk, lane);
-            }
-            float s[8][4], dp[8][4];
-            scores<HD, LD>(s, ka, Qs, lane);  /* Sᵀ: keys x queries */
-            scores<HD, LD>(dp, va, Ds_, lane); /* dPᵀ = V·dOᵀ */
-#pragma unroll
-            for (int j = 0; j < 8; j++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    int col = j * 8 + qi * 2 + e, t = qb * kBlock + col;
-                    float p0 = exp2f(s[j][e] * sl2 - lse_s[col]);
-                    float p1 = exp2f(s[j][2 + e] * sl2 - lse_s[col]);
-                    if (t >= T || (qb == kb && t < key0))
-                        p0 = 0.0f;
-                    if (t >= T || (qb == kb && t < key1))
-                        p1 = 0.0f;
-                    s[j][e] = p0;
-                    s[j][2 + e] = p1;
-                    dp[j][e] = p0 * (dp[j][e] - D_s[col]);
-                    dp[j][2 + e] = p1 * (dp[j][2 + e] - D_s[col]);
-                }
-            accumulate<HD, LDT>(dv, s, Dt, lane);  /* dV += Pᵀ·dO */
-            accumulate<HD, LDT>(dk, dp, Qt, lane); /* dK += dSᵀ·Q */
+    for (int it = 0; it < steps; it++) {
+        int qb = kb + it % per, buf = it & 1;
+        if (it + 1 < steps) {
+            int nb = (it + 1) & 1, nqb1 = kb + (it + 1) % per;
+            int bh = b * H + kvh * group + (it + 1) / per;
+            tile_async<HD, LD>(Qs + nb * TILE, q + (size_t)bh * T * HD, nqb1 * kBlock, T);
+            tile_async<HD, LD>(Os + nb * TILE, doh + (size_t)bh * T * HD, nqb1 * kBlock, T);
+            vec_async(Ls + nb * kBlock, lse + (size_t)bh * T, nqb1 * kBlock, T);
+            vec_async(Dv + nb * kBlock, D + (size_t)bh * T, nqb1 * kBlock, T);
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
         }
+        __syncthreads();
+        const bf16 *Qc = Qs + buf * TILE, *Oc = Os + buf * TILE;
+        const float *Lc = Ls + buf * kBlock, *Dc = Dv + buf * kBlock;
+        uint32_t ka[KS][4], va[KS][4];
+#pragma unroll
+        for (int kk = 0; kk < KS; kk++) {
+            frag_a(ka[kk], Ks, LD, warp * 16, kk, lane);
+            frag_a(va[kk], Vs, LD, warp * 16, kk, lane);
+        }
+        float s[8][4], dp[8][4];
+        scores<HD, LD>(s, ka, Qc, lane);  /* Sᵀ: keys x queries */
+        scores<HD, LD>(dp, va, Oc, lane); /* dPᵀ = V·dOᵀ */
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                int col = j * 8 + qi * 2 + e, t = qb * kBlock + col;
+                float l2 = Lc[col] * kLog2e;
+                float p0 = exp2f(s[j][e] * sl2 - l2), p1 = exp2f(s[j][2 + e] * sl2 - l2);
+                if (t >= T || (qb == kb && t < key0))
+                    p0 = 0.0f;
+                if (t >= T || (qb == kb && t < key1))
+                    p1 = 0.0f;
+                s[j][e] = p0;
+                s[j][2 + e] = p1;
+                dp[j][e] = p0 * (dp[j][e] - Dc[col]);
+                dp[j][2 + e] = p1 * (dp[j][2 + e] - Dc[col]);
+            }
+        accumulate<HD, LD>(dv, s, Oc, lane);  /* dV += Pᵀ·dO */
+        accumulate<HD, LD>(dk, dp, Qc, lane); /* dK += dSᵀ·Q */
+        __syncthreads();
     }
 #pragma unroll
     for (int d = 0; d < NO; d++) {
@@ -441,31 +515,30 @@ __global__ void __launch_bounds__(128) flash_dkv_kernel(float *dkh, float *dvh, 
 template <int HD>
 size_t smem_forward()
 {
-    return (size_t)(kBlock * (HD + 8) + HD * (kBlock + 8)) * sizeof(bf16);
+    return (size_t)4 * kBlock * (HD + 8) * sizeof(bf16);
 }
 template <int HD>
 size_t smem_dq()
 {
-    return (size_t)(2 * kBlock * (HD + 8) + HD * (kBlock + 8)) * sizeof(bf16);
+    return (size_t)4 * kBlock * (HD + 8) * sizeof(bf16);
 }
 template <int HD>
 size_t smem_dkv()
 {
-    return (size_t)(4 * kBlock * (HD + 8) + 2 * HD * (kRows + 8)) * sizeof(bf16) +
-           2 * kBlock * sizeof(float);
+    return (size_t)6 * kBlock * (HD + 8) * sizeof(bf16) + 4 * kBlock * sizeof(float);
 }
 
 template <int HD>
-int forward_hd(float *out, float *lse, const void *qh, const void *kh, const void *vh, int B,
+int forward_hd(void *out, float *lse, const void *qh, const void *kh, const void *vh, int B,
                int T, int H, int KVH, cudaStream_t s, primal_err *err)
 {
     size_t sm = smem_forward<HD>();
     CUDA_TRY(cudaFuncSetAttribute(flash_forward_kernel<HD>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm), err);
     dim3 grid((unsigned)((T + kRows - 1) / kRows), (unsigned)(B * H));
-    flash_forward_kernel<HD><<<grid, 128, sm, s>>>(out, lse, (const bf16 *)qh, (const bf16 *)kh,
-                                                   (const bf16 *)vh, T, H, KVH,
-                                                   kLog2e / sqrtf((float)HD));
+    flash_forward_kernel<HD><<<grid, kThreads, sm, s>>>((bf16 *)out, lse, (const bf16 *)qh,
+                                                        (const bf16 *)kh, (const bf16 *)vh, T, H,
+                                                        KVH, kLog2e / sqrtf((float)HD));
     CUDA_LAUNCHED("flash_forward", err);
     return PRIMAL_OK;
 }
@@ -482,11 +555,11 @@ int backward_hd(float *dqh, float *dkh, float *dvh, const void *qh, const void *
     CUDA_TRY(cudaFuncSetAttribute(flash_dkv_kernel<HD>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)skv), err);
     unsigned nb = (unsigned)((T + kRows - 1) / kRows);
-    flash_dq_kernel<HD><<<dim3(nb, (unsigned)(B * H)), 128, sq, s>>>(
+    flash_dq_kernel<HD><<<dim3(nb, (unsigned)(B * H)), kThreads, sq, s>>>(
         dqh, (const bf16 *)qh, (const bf16 *)kh, (const bf16 *)vh, (const bf16 *)doh, lse, D, T,
         H, KVH, sl2, scale);
     CUDA_LAUNCHED("flash_dq", err);
-    flash_dkv_kernel<HD><<<dim3(nb, (unsigned)(B * KVH)), 128, skv, s>>>(
+    flash_dkv_kernel<HD><<<dim3(nb, (unsigned)(B * KVH)), kThreads, skv, s>>>(
         dkh, dvh, (const bf16 *)qh, (const bf16 *)kh, (const bf16 *)vh, (const bf16 *)doh, lse,
         D, T, H, KVH, sl2, scale);
     CUDA_LAUNCHED("flash_dkv", err);
@@ -500,7 +573,7 @@ int cuda_flash_supported(cuda_dtype dt, int hd)
     return dt == CUDA_BF16 && (hd == 32 || hd == 64 || hd == 128);
 }
 
-int cuda_flash_forward(float *out, float *lse, const void *qh, const void *kh, const void *vh,
+int cuda_flash_forward(void *out, float *lse, const void *qh, const void *kh, const void *vh,
                        int B, int T, int H, int KVH, int hd, cudaStream_t s, primal_err *err)
 {
     switch (hd) {

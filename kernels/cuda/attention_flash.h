@@ -9,9 +9,9 @@
 /* Whether the fused kernels take this dtype and head size. */
 CUDA_EXTERN_C int cuda_flash_supported(cuda_dtype dt, int hd);
 
-/* out (B, T, H, hd) float32 token-major, lse (B, H, T) natural log; q (B, H, T, hd), k and v
+/* out (B, T, H, hd) bfloat16 token-major, lse (B, H, T) natural log; q (B, H, T, hd), k and v
  * (B, KVH, T, hd), bfloat16 head-major. */
-CUDA_EXTERN_C int cuda_flash_forward(float *out, float *lse, const void *qh, const void *kh,
+CUDA_EXTERN_C int cuda_flash_forward(void *out, float *lse, const void *qh, const void *kh,
                                      const void *vh, int B, int T, int H, int KVH, int hd,
                                      cudaStream_t s, primal_err *err);
 

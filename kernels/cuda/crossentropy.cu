@@ -1,21 +1,26 @@
-/* crossentropy.cu: per-position loss = logsumexp(logits) − logits[target] in one pass over the
- * vocabulary (online max and sum), keeping logsumexp for backward; the masked mean over the
- * positions; and backward dlogits = (softmax(logits) − onehot(target)) · d on positions with
- * mask 1 (0 elsewhere), d = loss_scale / count, written as float32 (possibly over the logits)
- * or bfloat16 (the head's GEMM operand).  SPEC.md, "Models".  One block per position.  CPU
- * twins: kernels/cpu/crossentropy.c.  No keys. */
+/* crossentropy.cu: per-position loss = logsumexp(logits) − logits[target], keeping logsumexp
+ * for backward; the masked mean over the positions; and backward dlogits = (softmax(logits) −
+ * onehot(target)) · d on positions with mask 1 (0 elsewhere), d = loss_scale / count, written as
+ * float32 (possibly over the logits) or bfloat16 (the head's GEMM operand).  SPEC.md, "Models".
+ *
+ * Both work on one vocabulary slab [v0, v0 + nv) of logits at a time, so that the model never
+ * holds (N, V) logits: forward merges each slab's max and sum into running ones (online
+ * logsumexp across slabs, in a fixed order), and backward needs only the slab and lse.  One
+ * block per position.  CPU twins: kernels/cpu/crossentropy.c.  No keys. */
 #include "crossentropy.h"
 
+/* While slabs remain, lse holds the running max and losses the running sum (relative to it). */
 __global__ void crossentropy_forward_kernel(float *losses,          /* (N) */
                                             float *lse,             /* (N) */
-                                            const float *logits,    /* (N, V) */
+                                            float *tl,              /* (N) target logits */
+                                            const float *logits,    /* (N, nv) */
                                             const int32_t *targets, /* (N) */
-                                            int64_t V)
+                                            int64_t v0, int64_t nv, int first, int last)
 {
     __shared__ float sh[32];
-    const float *x = logits + blockIdx.x * V;
+    const float *x = logits + blockIdx.x * nv;
     float m = -INFINITY, s = 0.0f;
-    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+    for (int64_t i = threadIdx.x; i < nv; i += blockDim.x) {
         float v = x[i];
         if (v > m) {
             s = s * expf(m - v) + 1.0f;
@@ -28,21 +33,39 @@ __global__ void crossentropy_forward_kernel(float *losses,          /* (N) */
     s = m == -INFINITY ? 0.0f : s * expf(m - M);
     s = cuda_block_sum(s, sh);
     if (threadIdx.x == 0) {
-        float l = logf(s) + M;
-        lse[blockIdx.x] = l;
-        losses[blockIdx.x] = l - x[targets[blockIdx.x]];
+        int64_t n = blockIdx.x;
+        float pm = first ? -INFINITY : lse[n], ps = first ? 0.0f : losses[n];
+        float nm = fmaxf(pm, M);
+        float ns = (pm == -INFINITY ? 0.0f : ps * expf(pm - nm)) +
+                   (M == -INFINITY ? 0.0f : s * expf(M - nm));
+        int64_t t = targets[n];
+        if (t >= v0 && t < v0 + nv)
+            tl[n] = x[t - v0];
+        if (last) {
+            float l = nm + logf(ns);
+            lse[n] = l;
+            losses[n] = l - tl[n];
+        } else {
+            lse[n] = nm;
+            losses[n] = ns;
+        }
     }
 }
 
+/* Call once per slab, v0 = 0 first and increasing, until v0 + nv = V; losses and lse are
+ * final after the last call. */
 int cuda_crossentropy_forward(float *losses,          /* (N) */
                               float *lse,             /* (N) logsumexp, kept for backward */
-                              const float *logits,    /* (N, V) */
+                              float *tl,              /* (N) scratch */
+                              const float *logits,    /* (N, nv): vocabulary [v0, v0 + nv) */
                               const int32_t *targets, /* (N) in [0, V) */
-                              int64_t N, int64_t V, cudaStream_t s, primal_err *err)
+                              int64_t v0, int64_t nv, int64_t V, int64_t N, cudaStream_t s,
+                              primal_err *err)
 {
     if (N == 0)
         return PRIMAL_OK;
-    crossentropy_forward_kernel<<<(unsigned)N, 512, 0, s>>>(losses, lse, logits, targets, V);
+    crossentropy_forward_kernel<<<(unsigned)N, 512, 0, s>>>(losses, lse, tl, logits, targets,
+                                                            v0, nv, v0 == 0, v0 + nv >= V);
     CUDA_LAUNCHED("crossentropy_forward", err);
     return PRIMAL_OK;
 }
@@ -71,40 +94,42 @@ int cuda_loss_mean(float *out, const float *losses, const uint8_t *mask, int64_t
 }
 
 template <typename T>
-__global__ void crossentropy_backward_kernel(T *dlogits,              /* (N, V) */
-                                             const float *logits,     /* (N, V) */
+__global__ void crossentropy_backward_kernel(T *dlogits,              /* (N, nv) */
+                                             const float *logits,     /* (N, nv) */
                                              const float *lse,        /* (N) */
                                              const int32_t *targets,  /* (N) */
                                              const uint8_t *mask,     /* (N) */
-                                             float d, int64_t V)
+                                             float d, int64_t v0, int64_t nv)
 {
-    int64_t o = blockIdx.x * V;
+    int64_t o = blockIdx.x * nv;
     float l = lse[blockIdx.x];
     float dn = mask[blockIdx.x] ? d : 0.0f;
-    int32_t tgt = targets[blockIdx.x];
-    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+    int64_t tgt = targets[blockIdx.x] - v0;
+    for (int64_t i = threadIdx.x; i < nv; i += blockDim.x) {
         float p = dn == 0.0f ? 0.0f : expf(logits[o + i] - l) * dn;
         cuda_st(dlogits, o + i, i == tgt ? p - dn : p);
     }
 }
 
-/* dlogits is written (not accumulated); in float32 it may be logits itself. */
-int cuda_crossentropy_backward(void *dlogits,          /* (N, V) of dt */
+/* dlogits of the slab [v0, v0 + nv) is written (not accumulated); in float32 it may be the
+ * logits slab itself. */
+int cuda_crossentropy_backward(void *dlogits,          /* (N, nv) of dt */
                                cuda_dtype dt,
-                               const float *logits,    /* (N, V) */
+                               const float *logits,    /* (N, nv) */
                                const float *lse,       /* (N) from forward */
                                const int32_t *targets, /* (N) */
                                const uint8_t *mask,    /* (N) 1: the position counts */
-                               float d, int64_t N, int64_t V, cudaStream_t s, primal_err *err)
+                               float d, int64_t v0, int64_t nv, int64_t N, cudaStream_t s,
+                               primal_err *err)
 {
     if (N == 0)
         return PRIMAL_OK;
     if (dt == CUDA_BF16)
         crossentropy_backward_kernel<<<(unsigned)N, 512, 0, s>>>(
-            (__nv_bfloat16 *)dlogits, logits, lse, targets, mask, d, V);
+            (__nv_bfloat16 *)dlogits, logits, lse, targets, mask, d, v0, nv);
     else
         crossentropy_backward_kernel<<<(unsigned)N, 512, 0, s>>>((float *)dlogits, logits, lse,
-                                                                 targets, mask, d, V);
+                                                                 targets, mask, d, v0, nv);
     CUDA_LAUNCHED("crossentropy_backward", err);
     return PRIMAL_OK;
 }

@@ -4,14 +4,16 @@
 
 #include "cuda_common.h"
 
-CUDA_EXTERN_C int cuda_crossentropy_forward(float *losses, float *lse, const float *logits,
-                                            const int32_t *targets, int64_t N, int64_t V,
+CUDA_EXTERN_C int cuda_crossentropy_forward(float *losses, float *lse, float *tl,
+                                            const float *logits, const int32_t *targets,
+                                            int64_t v0, int64_t nv, int64_t V, int64_t N,
                                             cudaStream_t s, primal_err *err);
 CUDA_EXTERN_C int cuda_loss_mean(float *out, const float *losses, const uint8_t *mask,
                                  int64_t N, int64_t count, cudaStream_t s, primal_err *err);
 CUDA_EXTERN_C int cuda_crossentropy_backward(void *dlogits, cuda_dtype dt, const float *logits,
                                              const float *lse, const int32_t *targets,
-                                             const uint8_t *mask, float d, int64_t N, int64_t V,
-                                             cudaStream_t s, primal_err *err);
+                                             const uint8_t *mask, float d, int64_t v0,
+                                             int64_t nv, int64_t N, cudaStream_t s,
+                                             primal_err *err);
 
 #endif

@@ -7,7 +7,8 @@
 
 #include "elementwise.h"
 
-__global__ void rmsnorm_forward_kernel(float *out,          /* (N, C) */
+template <typename Tp>
+__global__ void rmsnorm_forward_kernel(Tp *out,             /* (N, C) */
                                        float *rstd,         /* (N) */
                                        const float *inp,    /* (N, C) */
                                        const float *weight, /* (C) */
@@ -15,19 +16,21 @@ __global__ void rmsnorm_forward_kernel(float *out,          /* (N, C) */
 {
     __shared__ float sh[32];
     const float *x = inp + blockIdx.x * C;
-    float *y = out + blockIdx.x * C;
+    Tp *y = out + blockIdx.x * C;
     float ss = 0.0f;
     for (int64_t i = threadIdx.x; i < C; i += blockDim.x)
         ss += x[i] * x[i];
     ss = cuda_block_sum(ss, sh);
     float r = 1.0f / sqrtf(ss / (float)C + eps);
     for (int64_t i = threadIdx.x; i < C; i += blockDim.x)
-        y[i] = weight[i] * (x[i] * r);
+        cuda_st(y, i, weight[i] * (x[i] * r));
     if (threadIdx.x == 0)
         rstd[blockIdx.x] = r;
 }
 
-int cuda_rmsnorm_forward(float *out,          /* (N, C) */
+/* out is only ever a GEMM operand, so it is written in the compute dtype. */
+int cuda_rmsnorm_forward(void *out,           /* (N, C) of dt */
+                         cuda_dtype dt,
                          float *rstd,         /* (N) kept for backward */
                          const float *inp,    /* (N, C) */
                          const float *weight, /* (C) */
@@ -35,7 +38,12 @@ int cuda_rmsnorm_forward(float *out,          /* (N, C) */
 {
     if (N == 0)
         return PRIMAL_OK;
-    rmsnorm_forward_kernel<<<(unsigned)N, 256, 0, s>>>(out, rstd, inp, weight, C, eps);
+    if (dt == CUDA_BF16)
+        rmsnorm_forward_kernel<<<(unsigned)N, 256, 0, s>>>((__nv_bfloat16 *)out, rstd, inp,
+                                                           weight, C, eps);
+    else
+        rmsnorm_forward_kernel<<<(unsigned)N, 256, 0, s>>>((float *)out, rstd, inp, weight, C,
+                                                           eps);
     CUDA_LAUNCHED("rmsnorm_forward", err);
     return PRIMAL_OK;
 }

@@ -4,7 +4,7 @@
 
 #include "cuda_common.h"
 
-CUDA_EXTERN_C int cuda_rmsnorm_forward(float *out, float *rstd, const float *inp,
+CUDA_EXTERN_C int cuda_rmsnorm_forward(void *out, cuda_dtype dt, float *rstd, const float *inp,
                                        const float *weight, int64_t N, int64_t C, float eps,
                                        cudaStream_t s, primal_err *err);
 CUDA_EXTERN_C int cuda_rmsnorm_backward(float *dinp, float *dweight, float *scratch,

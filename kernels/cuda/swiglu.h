@@ -4,9 +4,10 @@
 
 #include "cuda_common.h"
 
-CUDA_EXTERN_C int cuda_swiglu_forward(float *out, const float *gate, const float *up, int64_t n,
-                                      cudaStream_t s, primal_err *err);
-CUDA_EXTERN_C int cuda_swiglu_backward(float *dgate, float *dup, const float *dout,
+CUDA_EXTERN_C int cuda_swiglu_forward(void *out, cuda_dtype dt, const float *gate,
+                                      const float *up, int64_t n, cudaStream_t s,
+                                      primal_err *err);
+CUDA_EXTERN_C int cuda_swiglu_backward(void *dgate, void *dup, cuda_dtype dt, const float *dout,
                                        const float *gate, const float *up, int64_t n,
                                        cudaStream_t s, primal_err *err);
 
