@@ -6,21 +6,41 @@
  * Both work on one vocabulary slab [v0, v0 + nv) of logits at a time, so that the model never
  * holds (N, V) logits: forward merges each slab's max and sum into running ones (online
  * logsumexp across slabs, in a fixed order), and backward needs only the slab and lse.  One
- * block per position.  CPU twins: kernels/cpu/crossentropy.c.  No keys. */
+ * warp per position: a slab row is a few thousand columns, too short for a block's
+ * reductions to pay.  CPU twins: kernels/cpu/crossentropy.c.  No keys. */
 #include "crossentropy.h"
 
-/* While slabs remain, lse holds the running max and losses the running sum (relative to it). */
+__device__ __forceinline__ float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* One warp per position.  While slabs remain, lse holds the running max and losses the running
+ * sum (relative to it). */
 __global__ void crossentropy_forward_kernel(float *losses,          /* (N) */
                                             float *lse,             /* (N) */
                                             float *tl,              /* (N) target logits */
                                             const float *logits,    /* (N, nv) */
                                             const int32_t *targets, /* (N) */
-                                            int64_t v0, int64_t nv, int first, int last)
+                                            int64_t N, int64_t v0, int64_t nv, int first,
+                                            int last)
 {
-    __shared__ float sh[32];
-    const float *x = logits + blockIdx.x * nv;
+    int64_t n = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (n >= N)
+        return;
+    const float *x = logits + n * nv;
     float m = -INFINITY, s = 0.0f;
-    for (int64_t i = threadIdx.x; i < nv; i += blockDim.x) {
+    for (int64_t i = lane; i < nv; i += 32) {
         float v = x[i];
         if (v > m) {
             s = s * expf(m - v) + 1.0f;
@@ -29,11 +49,10 @@ __global__ void crossentropy_forward_kernel(float *losses,          /* (N) */
             s += expf(v - m);
         }
     }
-    float M = cuda_block_max(m, sh);
+    float M = warp_max(m);
     s = m == -INFINITY ? 0.0f : s * expf(m - M);
-    s = cuda_block_sum(s, sh);
-    if (threadIdx.x == 0) {
-        int64_t n = blockIdx.x;
+    s = warp_sum(s);
+    if (lane == 0) {
         float pm = first ? -INFINITY : lse[n], ps = first ? 0.0f : losses[n];
         float nm = fmaxf(pm, M);
         float ns = (pm == -INFINITY ? 0.0f : ps * expf(pm - nm)) +
@@ -64,8 +83,8 @@ int cuda_crossentropy_forward(float *losses,          /* (N) */
 {
     if (N == 0)
         return PRIMAL_OK;
-    crossentropy_forward_kernel<<<(unsigned)N, 512, 0, s>>>(losses, lse, tl, logits, targets,
-                                                            v0, nv, v0 == 0, v0 + nv >= V);
+    crossentropy_forward_kernel<<<(unsigned)((N + 7) / 8), 256, 0, s>>>(
+        losses, lse, tl, logits, targets, N, v0, nv, v0 == 0, v0 + nv >= V);
     CUDA_LAUNCHED("crossentropy_forward", err);
     return PRIMAL_OK;
 }
@@ -99,13 +118,17 @@ __global__ void crossentropy_backward_kernel(T *dlogits,              /* (N, nv)
                                              const float *lse,        /* (N) */
                                              const int32_t *targets,  /* (N) */
                                              const uint8_t *mask,     /* (N) */
-                                             float d, int64_t v0, int64_t nv)
+                                             float d, int64_t N, int64_t v0, int64_t nv)
 {
-    int64_t o = blockIdx.x * nv;
-    float l = lse[blockIdx.x];
-    float dn = mask[blockIdx.x] ? d : 0.0f;
-    int64_t tgt = targets[blockIdx.x] - v0;
-    for (int64_t i = threadIdx.x; i < nv; i += blockDim.x) {
+    int64_t n = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (n >= N)
+        return;
+    int64_t o = n * nv;
+    float l = lse[n];
+    float dn = mask[n] ? d : 0.0f;
+    int64_t tgt = targets[n] - v0;
+    for (int64_t i = lane; i < nv; i += 32) {
         float p = dn == 0.0f ? 0.0f : expf(logits[o + i] - l) * dn;
         cuda_st(dlogits, o + i, i == tgt ? p - dn : p);
     }
@@ -125,11 +148,11 @@ int cuda_crossentropy_backward(void *dlogits,          /* (N, nv) of dt */
     if (N == 0)
         return PRIMAL_OK;
     if (dt == CUDA_BF16)
-        crossentropy_backward_kernel<<<(unsigned)N, 512, 0, s>>>(
-            (__nv_bfloat16 *)dlogits, logits, lse, targets, mask, d, v0, nv);
+        crossentropy_backward_kernel<<<(unsigned)((N + 7) / 8), 256, 0, s>>>(
+            (__nv_bfloat16 *)dlogits, logits, lse, targets, mask, d, N, v0, nv);
     else
-        crossentropy_backward_kernel<<<(unsigned)N, 512, 0, s>>>((float *)dlogits, logits, lse,
-                                                                 targets, mask, d, v0, nv);
+        crossentropy_backward_kernel<<<(unsigned)((N + 7) / 8), 256, 0, s>>>(
+            (float *)dlogits, logits, lse, targets, mask, d, N, v0, nv);
     CUDA_LAUNCHED("crossentropy_backward", err);
     return PRIMAL_OK;
 }

@@ -5,8 +5,8 @@
  *
  * Backward is deterministic without atomics: the host sorts the positions by token once per
  * forward (cuda_embedding_sort, a stable counting sort: start (V + 1) offsets and order (N)
- * positions), and one block per vocabulary row adds that row's positions in position order, as
- * the CPU's serial loop does.  CPU twins: kernels/cpu/embedding.c.  No keys. */
+ * positions), and blocks per vocabulary row add that row's positions in a fixed order (not the
+ * CPU's serial order: results agree to rounding).  CPU twins: kernels/cpu/embedding.c.  No keys. */
 #include "embedding.h"
 
 __device__ __forceinline__ float weight_at(const primal_qtensor E, int64_t r, int64_t c)
@@ -65,22 +65,45 @@ void cuda_embedding_sort(int32_t *start,        /* (V + 1) start[r] .. start[r+1
     start[0] = 0;
 }
 
+/* Grid (rows, column tiles of 128); 8 warps split a row's positions round-robin (warp w takes
+ * the w-th, (w+8)-th, ... in sorted order) and their partial sums are added in warp order, so
+ * the result is fixed for given inputs.  A frequent token (a space, a newline) is thus summed by
+ * 8 warps times C/128 blocks instead of one serial loop. */
 __global__ void embedding_backward_kernel(float *G,             /* (nrows, C) += */
                                           const float *dout,    /* (N, C) */
                                           const int32_t *start, /* (V + 1) */
                                           const int32_t *order, /* (N) */
                                           int64_t r0, int64_t C)
 {
+    __shared__ float part[8][4][32];
     int64_t r = blockIdx.x;
     int32_t k0 = start[r0 + r], k1 = start[r0 + r + 1];
     if (k0 == k1)
         return;
-    float *g = G + r * C;
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-        float acc = g[c];
-        for (int32_t k = k0; k < k1; k++)
-            acc += dout[(int64_t)order[k] * C + c];
-        g[c] = acc;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int64_t c0 = (int64_t)blockIdx.y * 128 + lane;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 2
+    for (int32_t k = k0 + warp; k < k1; k += 8) {
+        const float *d = dout + (int64_t)order[k] * C;
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            if (c0 + 32 * i < C)
+                acc[i] += d[c0 + 32 * i];
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        part[warp][i][lane] = acc[i];
+    __syncthreads();
+    if (warp == 0) {
+        float *g = G + r * C;
+        for (int i = 0; i < 4; i++) {
+            float sum = 0.0f;
+            for (int w = 0; w < 8; w++)
+                sum += part[w][i][lane];
+            if (c0 + 32 * i < C)
+                g[c0 + 32 * i] += sum;
+        }
     }
 }
 
@@ -93,7 +116,8 @@ int cuda_embedding_backward(float *G,             /* (nrows, C) device, accumula
 {
     if (nrows == 0)
         return PRIMAL_OK;
-    embedding_backward_kernel<<<(unsigned)nrows, 128, 0, s>>>(G, dout, start, order, r0, C);
+    dim3 grid((unsigned)nrows, (unsigned)((C + 127) / 128));
+    embedding_backward_kernel<<<grid, 256, 0, s>>>(G, dout, start, order, r0, C);
     CUDA_LAUNCHED("embedding_backward", err);
     return PRIMAL_OK;
 }
