@@ -152,7 +152,8 @@ struct primal_cuda_model {
     void *dgate, *dup;          /* (N, F) dt: GEMM operands only */
     float *datty, *dq, *dk, *dv;/* (N, qdim) x2, (N, kvdim) x2 */
     void *dlogits_b;            /* (N, nv) bf16 in bf16 mode */
-    void *dyb;                  /* (N, max width) bf16 dY operand in bf16 mode */
+    void *dqb, *dkb, *dvb;      /* dq, dk, dv in bf16 (bf16 mode) */
+    void *dyb;                  /* (N, C) bf16 copy of dres in bf16 mode (dres_copy) */
     float *colsum;              /* cuda_colsum_scratch(N, max(C, qdim, kvdim)) */
 
     /* host staging */
@@ -477,8 +478,8 @@ int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
         cm->sq_acc = cm->sq_part + CUDA_SUMSQ_BLOCKS;
         rc = dev_alloc(cm, (void **)&cm->loss_dev, sizeof(float), MEM_WORK, "loss", err);
     }
-    if (rc == PRIMAL_OK && cudaMemsetAsync(cm->sq_acc, 0, sizeof(double), cm->stream) !=
-                               cudaSuccess)
+    size_t sq_bytes = (CUDA_SUMSQ_BLOCKS + 1) * sizeof(double);
+    if (rc == PRIMAL_OK && cudaMemsetAsync(cm->sq_part, 0, sq_bytes, cm->stream) != cudaSuccess)
         rc = primal_errf(err, PRIMAL_EDEVICE, "cuda model: cudaMemsetAsync failed");
     if (rc == PRIMAL_OK && cudaStreamSynchronize(cm->stream) != cudaSuccess)
         rc = primal_errf(err, PRIMAL_EDEVICE, "cuda model: %s",
@@ -655,7 +656,7 @@ int primal_cuda_adamw(primal_cuda_model *cm, const primal_cuda_adamw_tensor *lis
 
 int primal_cuda_sumsq(primal_cuda_model *cm, const float *x, int64_t n, primal_err *err)
 {
-    return cuda_sumsq(cm->sq_acc, cm->sq_part, x, n, cm->stream, err);
+    return cuda_sumsq(cm->sq_part, x, n, cm->stream, err);
 }
 
 int primal_cuda_sumsq_float_grads(primal_cuda_model *cm, primal_err *err)
@@ -665,15 +666,16 @@ int primal_cuda_sumsq_float_grads(primal_cuda_model *cm, primal_err *err)
         if (!p->trainable)
             continue;
         if (p->dscale != NULL)
-            TRY(cuda_sumsq(cm->sq_acc, cm->sq_part, p->dscale, p->q.rows, cm->stream, err));
+            TRY(cuda_sumsq(cm->sq_part, p->dscale, p->q.rows, cm->stream, err));
         if (p->dvec != NULL)
-            TRY(cuda_sumsq(cm->sq_acc, cm->sq_part, p->dvec, p->n, cm->stream, err));
+            TRY(cuda_sumsq(cm->sq_part, p->dvec, p->n, cm->stream, err));
     }
     return PRIMAL_OK;
 }
 
 int primal_cuda_sumsq_read(primal_cuda_model *cm, double *out, int reset, primal_err *err)
 {
+    TRY(cuda_sumsq_finish(cm->sq_acc, cm->sq_part, cm->stream, err));
     CUDA_TRY(cudaMemcpyAsync(out, cm->sq_acc, sizeof(double), cudaMemcpyDeviceToHost,
                              cm->stream), err);
     CUDA_TRY(cudaStreamSynchronize(cm->stream), err);
@@ -684,14 +686,6 @@ int primal_cuda_sumsq_read(primal_cuda_model *cm, double *out, int reset, primal
 
 /* ------------------------------------------------------------------------------------------ */
 /* Buffers                                                                                    */
-
-static size_t width_max(const primal_cuda_model *cm)
-{
-    size_t w = (size_t)cm->c.dim;
-    w = (size_t)cm->c.ffn > w ? (size_t)cm->c.ffn : w;
-    w = (size_t)cm->qdim > w ? (size_t)cm->qdim : w;
-    return w;
-}
 
 static size_t layout_acts(primal_cuda_model *cm, int B, int T, char *base)
 {
@@ -757,9 +751,13 @@ static size_t layout_ws(primal_cuda_model *cm, int B, int T, char *base)
     cm->colsum = carve(base, &off, (size_t)cuda_colsum_scratch((int64_t)N, (int64_t)cw) * f);
     cm->dlogits_b = NULL;
     cm->dyb = NULL;
+    cm->dqb = cm->dkb = cm->dvb = NULL;
     if (cm->dt == CUDA_BF16) {
         cm->dlogits_b = carve(base, &off, N * (size_t)cm->nv * 2);
-        cm->dyb = carve(base, &off, N * width_max(cm) * 2);
+        cm->dqb = carve(base, &off, N * (size_t)cm->qdim * 2);
+        cm->dkb = carve(base, &off, N * (size_t)cm->kvdim * 2);
+        cm->dvb = carve(base, &off, N * (size_t)cm->kvdim * 2);
+        cm->dyb = carve(base, &off, N * C * 2);
     }
     return off;
 }
@@ -884,19 +882,6 @@ static cudaDataType_t cu_type(cuda_dtype dt)
 static const void *elem(const void *p, int64_t i, cuda_dtype dt)
 {
     return (const char *)p + (size_t)i * cuda_dtype_size(dt);
-}
-
-/* The GEMM operand for a float32 activation: itself in fp32, a bf16 copy in buf otherwise. */
-static int operand(primal_cuda_model *cm, const float *src, int64_t n, void *buf,
-                   const void **out, primal_err *err)
-{
-    if (cm->dt == CUDA_F32) {
-        *out = src;
-        return PRIMAL_OK;
-    }
-    TRY(cuda_convert(buf, CUDA_BF16, src, n, cm->stream, err));
-    *out = buf;
-    return PRIMAL_OK;
 }
 
 /* Rows [r0, r0 + nr) of matrix p as a GEMM operand: dense float32 in place, otherwise
@@ -1162,6 +1147,18 @@ static int weight_grad(primal_cuda_model *cm, int pi, const void *dy, const void
     return PRIMAL_OK;
 }
 
+/* dres as a GEMM operand.  In bf16 the rmsnorm backward that last wrote dres left its bf16
+ * copy in dyb (dres_copy), so no conversion pass is needed. */
+static const void *dres_operand(const primal_cuda_model *cm)
+{
+    return cm->dt == CUDA_F32 ? (const void *)cm->dres : cm->dyb;
+}
+
+static void *dres_copy(const primal_cuda_model *cm)
+{
+    return cm->dt == CUDA_BF16 ? cm->dyb : NULL;
+}
+
 /* cm->dres holds dL/d(block output); on return, when need_dx, dL/d(block input).  The stages
  * that run, and the order of hook calls, are model.c's. */
 static int block_backward(primal_cuda_model *cm, int l, const float *xin, int need_dx,
@@ -1187,7 +1184,7 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
     const void *dyo = NULL;
 
     /* xout = h + down(act) */
-    TRY(operand(cm, cm->dres, N * C, cm->dyb, &dyo, err));
+    dyo = dres_operand(cm);
     if (trains(cm, lp[L_DOWN]))
         TRY(weight_grad(cm, lp[L_DOWN], dyo, a->act, bc, err));
     if (!need_dgu)
@@ -1204,19 +1201,19 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
     if (!need_dln2)
         return PRIMAL_OK;
     TRY(linear_backward_inp(cm, lp[L_UP], cm->dln, cm->dup, N, 1.0f, err));
-    TRY(cuda_rmsnorm_backward(need_mid ? cm->dres : NULL, P[lp[L_LN2]].dvec, cm->colsum, cm->dln,
+    TRY(cuda_rmsnorm_backward(need_mid ? cm->dres : NULL, dres_copy(cm), P[lp[L_LN2]].dvec, cm->colsum, cm->dln,
                               a->h, P[lp[L_LN2]].vec, a->rstd2, N, C, s, err));
 
     /* h = xin + o(atty); cm->dres is now dL/dh */
     if (!need_dqkv && !trains(cm, lp[L_O]))
         return PRIMAL_OK;
-    TRY(operand(cm, cm->dres, N * C, cm->dyb, &dyo, err));
+    dyo = dres_operand(cm);
     if (trains(cm, lp[L_O]))
         TRY(weight_grad(cm, lp[L_O], dyo, a->atty, bc, err));
     if (!need_dqkv)
         return PRIMAL_OK;
     TRY(linear_backward_inp(cm, lp[L_O], cm->datty, dyo, N, 0.0f, err));
-    TRY(cuda_attention_backward(cm->dq, cm->dk, cm->dv, cm->datty, a->atty, a->lse, a->qh, a->kh,
+    TRY(cuda_attention_backward(cm->dq, cm->dk, cm->dv, cm->dqb, cm->dkb, cm->dvb, cm->datty, a->atty, a->lse, a->qh, a->kh,
                                 a->vh, cm->cosv, cm->sinv, &cm->as, cm->cb, cm->dt, B, T, H, KVH,
                                 hd, s, err));
     if (trains(cm, lp[L_BQ]))
@@ -1227,12 +1224,12 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
         TRY(cuda_bias_backward(P[lp[L_BV]].dvec, cm->colsum, cm->dv, N, cm->kvdim, s, err));
     static const int qkv[3] = {L_Q, L_K, L_V};
     float *dy3[3] = {cm->dq, cm->dk, cm->dv};
-    int64_t w3[3] = {cm->qdim, cm->kvdim, cm->kvdim};
+    void *dyb3[3] = {cm->dqb, cm->dkb, cm->dvb};
     for (int j = 0; j < 3; j++) {
         int pi = lp[qkv[j]];
         if (!trains(cm, pi) && !below_qkv)
             continue;
-        TRY(operand(cm, dy3[j], N * w3[j], cm->dyb, &dyo, err));
+        dyo = cm->dt == CUDA_F32 ? (const void *)dy3[j] : dyb3[j];
         if (trains(cm, pi))
             TRY(weight_grad(cm, pi, dyo, a->ln1, bc, err));
         if (below_qkv)
@@ -1240,7 +1237,7 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
     }
     if (!below_qkv)
         return PRIMAL_OK;
-    TRY(cuda_rmsnorm_backward(need_dx ? cm->dres : NULL, P[lp[L_LN1]].dvec, cm->colsum, cm->dln,
+    TRY(cuda_rmsnorm_backward(need_dx ? cm->dres : NULL, dres_copy(cm), P[lp[L_LN1]].dvec, cm->colsum, cm->dln,
                               xin, P[lp[L_LN1]].vec, a->rstd1, N, C, s, err));
     return PRIMAL_OK;
 }
@@ -1300,7 +1297,7 @@ int primal_cuda_model_backward(primal_cuda_model *cm, float loss_scale,
     if (need_dlnf) {
         if (lowest < L)
             CUDA_TRY(cudaMemsetAsync(cm->dres, 0, (size_t)(N * C) * sizeof(float), s), err);
-        TRY(cuda_rmsnorm_backward(lowest < L ? cm->dres : NULL, P[cm->fnorm].dvec, cm->colsum,
+        TRY(cuda_rmsnorm_backward(lowest < L ? cm->dres : NULL, dres_copy(cm), P[cm->fnorm].dvec, cm->colsum,
                                   cm->dln, cm->x[L], P[cm->fnorm].vec, cm->rstdf, N, C, s, err));
     }
     for (int l = L - 1; l >= 0 && l >= lowest; l--) {

@@ -380,9 +380,17 @@ Test(cuda_kernels, rmsnorm_forward_and_backward_match_the_reference)
         float *ddy = dup_to_dev(dy, (size_t)N * C * 4), *ddx = dup_to_dev(dx0, (size_t)N * C * 4);
         float *ddw = dup_to_dev(dw0, (size_t)C * 4);
         float *scr = dmalloc((size_t)cuda_colsum_scratch(N, C) * 4);
-        OK(cuda_rmsnorm_backward(ddx, ddw, scr, ddy, dX, dW, dR, N, C, 0, E));
+        void *dxb = dmalloc((size_t)N * C * 2);
+        OK(cuda_rmsnorm_backward(ddx, dxb, ddw, scr, ddy, dX, dW, dR, N, C, 0, E));
         to_host(got, ddx, (size_t)N * C * 4);
         close_d(got, dxr, (int64_t)N * C, 1e-5, 1e-4, "rmsnorm dinp");
+        uint16_t *hx = malloc((size_t)N * C * 2); /* the bf16 copy of the accumulated dinp */
+        to_host(hx, dxb, (size_t)N * C * 2);
+        for (int64_t i = 0; i < (int64_t)N * C; i++)
+            got[i] = bf16_to_f(hx[i]);
+        close_d(got, dxr, (int64_t)N * C, 1e-5, 1.0 / 256, "rmsnorm dinp bf16 copy");
+        free(hx);
+        cudaFree(dxb);
         to_host(got, ddw, (size_t)C * 4);
         close_d(got, dwr, C, 1e-5, 1e-4, "rmsnorm dweight");
         free(x), free(w), free(dy), free(dx0), free(dw0), free(xd), free(wd), free(dyd);
@@ -575,7 +583,8 @@ Test(cuda_kernels, rope_pack_and_unpack_match_rotate_half_references)
     rope_backward_ref(bk, gkd, B, T, KVH, hd, theta);
     float *dgq = dup_to_dev(gq, (size_t)nq * 4), *dgk = dup_to_dev(gk, (size_t)nk * 4);
     float *dgv = dup_to_dev(gv, (size_t)nk * 4);
-    OK(cuda_rope_unpack_grad(dq, dk, dv, dgq, dgk, dgv, dcs, dsn, B, T, H, KVH, hd, 0, E));
+    OK(cuda_rope_unpack_grad(dq, dk, dv, NULL, NULL, NULL, dgq, dgk, dgv, dcs, dsn, B, T, H, KVH,
+                             hd, 0, E));
     to_host(got, dq, (size_t)nq * 4);
     close_d(got, bq, nq, 1e-6, 1e-5, "rope backward q");
     to_host(got, dk, (size_t)nk * 4);
@@ -643,7 +652,7 @@ static void check_attention(int B, int T, int H, int KVH, int hd, cuda_dtype dt,
              dt == CUDA_BF16 ? "bf16" : "fp32", sc.flash ? " fused" : "");
     close_d(got, ref, nq, atol, rtol, what);
     float *gq = dmalloc((size_t)nq * 4), *gk = dmalloc((size_t)nk * 4), *gv = dmalloc((size_t)nk * 4);
-    OK(cuda_attention_backward(gq, gk, gv, ddy, dout, dlse, qh, kh, vh, dcs, dsn, &sc, cb, dt, B,
+    OK(cuda_attention_backward(gq, gk, gv, NULL, NULL, NULL, ddy, dout, dlse, qh, kh, vh, dcs, dsn, &sc, cb, dt, B,
                                T, H, KVH, hd, 0, E));
     to_host(got, gq, (size_t)nq * 4);
     close_d(got, rdq, nq, atol, rtol, "attention dq");
@@ -705,11 +714,17 @@ Test(cuda_kernels, bias_gradient_sum_of_squares_and_adamw_match_hand_formulas)
     float got[64];
     to_host(got, db, (size_t)OC * 4);
     close_d(got, ref, OC, 1e-5, 1e-5, "bias gradient");
-    double *acc = dmalloc(8 * (CUDA_SUMSQ_BLOCKS + 1)), zero = 0.0, s;
-    CK(cudaMemcpy(acc + CUDA_SUMSQ_BLOCKS, &zero, 8, cudaMemcpyHostToDevice));
-    OK(cuda_sumsq(acc + CUDA_SUMSQ_BLOCKS, acc, ddy, N * OC, 0, E));
-    to_host(&s, acc + CUDA_SUMSQ_BLOCKS, 8);
-    cr_assert_leq(fabs(s - sq), 1e-9 * sq, "sum of squares %.12g, reference %.12g", s, sq);
+    /* over two calls (the norm of two tensors), then again: finish leaves the scratch zeroed */
+    double *acc = dmalloc(8 * (CUDA_SUMSQ_BLOCKS + 1)), s;
+    CK(cudaMemset(acc, 0, 8 * (CUDA_SUMSQ_BLOCKS + 1)));
+    for (int pass = 1; pass <= 2; pass++) {
+        OK(cuda_sumsq(acc, ddy, N * OC / 2, 0, E));
+        OK(cuda_sumsq(acc, ddy + N * OC / 2, N * OC - N * OC / 2, 0, E));
+        OK(cuda_sumsq_finish(acc + CUDA_SUMSQ_BLOCKS, acc, 0, E));
+        to_host(&s, acc + CUDA_SUMSQ_BLOCKS, 8);
+        cr_assert_leq(fabs(s - pass * sq), 1e-9 * pass * sq,
+                      "pass %d: sum of squares %.12g, reference %.12g", pass, s, pass * sq);
+    }
 
     /* AdamW on two tensors of different step counts */
     int64_t n1 = 1000, n2 = 3;

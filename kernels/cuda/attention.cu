@@ -86,6 +86,12 @@ static cublasStatus_t gemm_sb(cublasHandle_t cb, cublasOperation_t ta, cublasOpe
                                       CUBLAS_GEMM_DEFAULT);
 }
 
+/* p + elems bf16 elements, NULL staying NULL. */
+static void *boff(void *p, size_t elems)
+{
+    return p != NULL ? (char *)p + elems * 2 : NULL;
+}
+
 static const void *off_e(const void *p, size_t elems, cuda_dtype dt)
 {
     return (const char *)p + elems * cuda_dtype_size(dt);
@@ -241,10 +247,11 @@ __global__ void softmax_backward_kernel(Tp *P,            /* (rows, T) */
 }
 
 /* dq, dk, dv are written (not accumulated), token-major, rotated back (dL/d of the
- * projections' outputs). */
+ * projections' outputs); dqb, dkb, dvb, when not NULL, get them in bf16 too. */
 int cuda_attention_backward(float *dq,         /* (B, T, H, hd) */
                             float *dk,         /* (B, T, KVH, hd) */
                             float *dv,         /* (B, T, KVH, hd) */
+                            void *dqb, void *dkb, void *dvb, /* the same, bf16, or NULL */
                             const float *dout, /* (B, T, H, hd) */
                             const void *out,   /* (B, T, H, hd) dt, from forward */
                             const float *lse,  /* (B, H, T) from forward */
@@ -282,7 +289,8 @@ int cuda_attention_backward(float *dq,         /* (B, T, H, hd) */
                                          lse + (size_t)b0 * H * T, sc->D, nb, T, H, KVH, hd, s,
                                          err);
             if (rc == PRIMAL_OK)
-                rc = cuda_rope_unpack_grad(dq + tok, dk + kvo, dv + kvo, sc->Oh, sc->dKh,
+                rc = cuda_rope_unpack_grad(dq + tok, dk + kvo, dv + kvo, boff(dqb, tok),
+                                           boff(dkb, kvo), boff(dvb, kvo), sc->Oh, sc->dKh,
                                            sc->dVh, cosv, sinv, nb, T, H, KVH, hd, s, err);
             if (rc != PRIMAL_OK)
                 return rc;
@@ -327,8 +335,9 @@ int cuda_attention_backward(float *dq,         /* (B, T, H, hd) */
                                sK, nb * KVH, dt),
                        err);
         }
-        int rc = cuda_rope_unpack_grad(dq + tok, dk + (size_t)b0 * T * KVH * hd,
-                                       dv + (size_t)b0 * T * KVH * hd, sc->Oh, sc->dKh, sc->dVh,
+        size_t kvo = (size_t)b0 * T * KVH * hd;
+        int rc = cuda_rope_unpack_grad(dq + tok, dk + kvo, dv + kvo, boff(dqb, tok),
+                                       boff(dkb, kvo), boff(dvb, kvo), sc->Oh, sc->dKh, sc->dVh,
                                        cosv, sinv, nb, T, H, KVH, hd, s, err);
         if (rc != PRIMAL_OK)
             return rc;

@@ -118,7 +118,9 @@ int cuda_bias_backward(float *dbias,      /* (OC) accumulated into */
     return PRIMAL_OK;
 }
 
-__global__ void sumsq_partial_kernel(double *partial, /* (CUDA_SUMSQ_BLOCKS) */
+/* Each call adds block b's share of sum(x²) to partial[b]: a norm over many tensors costs one
+ * launch a tensor, and the 256 partials are folded once, in cuda_sumsq_finish. */
+__global__ void sumsq_partial_kernel(double *partial, /* (CUDA_SUMSQ_BLOCKS) += */
                                      const float *x,  /* (n) */
                                      int64_t n)
 {
@@ -128,22 +130,22 @@ __global__ void sumsq_partial_kernel(double *partial, /* (CUDA_SUMSQ_BLOCKS) */
     acc += (double)x[i] * x[i];
     acc = cuda_block_sum(acc, sh);
     if (threadIdx.x == 0)
-        partial[blockIdx.x] = acc;
+        partial[blockIdx.x] += acc;
 }
 
-__global__ void sumsq_finish_kernel(double *acc,           /* (1) += */
-                                    const double *partial) /* (CUDA_SUMSQ_BLOCKS) */
+/* acc += Σ partial in a fixed tree, and partial is zeroed for the next norm. */
+__global__ void sumsq_finish_kernel(double *acc,     /* (1) += */
+                                    double *partial) /* (CUDA_SUMSQ_BLOCKS) */
 {
-    if (threadIdx.x == 0 && blockIdx.x == 0) {
-        double s = 0.0;
-        for (int k = 0; k < CUDA_SUMSQ_BLOCKS; k++)
-            s += partial[k];
-        *acc += s;
-    }
+    __shared__ double sh[32];
+    double v = partial[threadIdx.x];
+    partial[threadIdx.x] = 0.0;
+    v = cuda_block_sum(v, sh);
+    if (threadIdx.x == 0)
+        *acc += v;
 }
 
-int cuda_sumsq(double *acc,     /* (1) device, accumulated into */
-               double *scratch, /* (CUDA_SUMSQ_BLOCKS) device */
+int cuda_sumsq(double *scratch, /* (CUDA_SUMSQ_BLOCKS) device, accumulated into */
                const float *x,  /* (n) device */
                int64_t n, cudaStream_t s, primal_err *err)
 {
@@ -151,7 +153,14 @@ int cuda_sumsq(double *acc,     /* (1) device, accumulated into */
         return PRIMAL_OK;
     sumsq_partial_kernel<<<CUDA_SUMSQ_BLOCKS, 256, 0, s>>>(scratch, x, n);
     CUDA_LAUNCHED("sumsq_partial", err);
-    sumsq_finish_kernel<<<1, 32, 0, s>>>(acc, scratch);
+    return PRIMAL_OK;
+}
+
+int cuda_sumsq_finish(double *acc,     /* (1) device, accumulated into */
+                      double *scratch, /* (CUDA_SUMSQ_BLOCKS) device, zeroed */
+                      cudaStream_t s, primal_err *err)
+{
+    sumsq_finish_kernel<<<1, CUDA_SUMSQ_BLOCKS, 0, s>>>(acc, scratch);
     CUDA_LAUNCHED("sumsq_finish", err);
     return PRIMAL_OK;
 }

@@ -23,7 +23,11 @@ CUDA_EXTERN_C int cuda_bias_fill(float *out, const float *bias, int64_t N, int64
                                  cudaStream_t s, primal_err *err);
 CUDA_EXTERN_C int cuda_bias_backward(float *dbias, float *scratch, const float *dout, int64_t N,
                                      int64_t OC, cudaStream_t s, primal_err *err);
-CUDA_EXTERN_C int cuda_sumsq(double *acc, double *scratch, const float *x, int64_t n,
-                             cudaStream_t s, primal_err *err);
+/* sum(x²) over any number of calls: cuda_sumsq adds into scratch (zeroed to start), and
+ * cuda_sumsq_finish adds the total to acc and zeroes scratch again. */
+CUDA_EXTERN_C int cuda_sumsq(double *scratch, const float *x, int64_t n, cudaStream_t s,
+                             primal_err *err);
+CUDA_EXTERN_C int cuda_sumsq_finish(double *acc, double *scratch, cudaStream_t s,
+                                    primal_err *err);
 
 #endif

@@ -49,6 +49,7 @@ int cuda_rmsnorm_forward(void *out,           /* (N, C) of dt */
 }
 
 __global__ void rmsnorm_dinp_kernel(float *dinp,         /* (N, C) += */
+                                    __nv_bfloat16 *dinp_b, /* (N, C) the result again, or NULL */
                                     const float *dout,   /* (N, C) */
                                     const float *inp,    /* (N, C) */
                                     const float *weight, /* (C) */
@@ -65,8 +66,12 @@ __global__ void rmsnorm_dinp_kernel(float *dinp,         /* (N, C) += */
         dot += dy[i] * weight[i] * x[i];
     dot = cuda_block_sum(dot, sh);
     float k = dot * r * r * r / (float)C;
-    for (int64_t i = threadIdx.x; i < C; i += blockDim.x)
-        dx[i] += r * weight[i] * dy[i] - k * x[i];
+    for (int64_t i = threadIdx.x; i < C; i += blockDim.x) {
+        float v = dx[i] + (r * weight[i] * dy[i] - k * x[i]);
+        dx[i] = v;
+        if (dinp_b != NULL)
+            dinp_b[o + i] = __float2bfloat16_rn(v);
+    }
 }
 
 /* partial[chunk][c] = Σ over the chunk's rows of dy·x·r; block (32 columns, 8 row lanes). */
@@ -107,8 +112,11 @@ __global__ void rmsnorm_dw_finish_kernel(float *dweight,       /* (C) += */
     }
 }
 
-/* dinp and dweight are accumulated into; either may be NULL (not wanted). */
+/* dinp and dweight are accumulated into; either may be NULL (not wanted).  dinp_b, when not
+ * NULL, receives the accumulated dinp in bf16: the next GEMMs' operand, without a pass of its
+ * own. */
 int cuda_rmsnorm_backward(float *dinp,         /* (N, C) or NULL */
+                          void *dinp_b,        /* (N, C) bf16 or NULL */
                           float *dweight,      /* (C) or NULL */
                           float *scratch,      /* cuda_colsum_scratch(N, C) floats */
                           const float *dout,   /* (N, C) */
@@ -120,7 +128,8 @@ int cuda_rmsnorm_backward(float *dinp,         /* (N, C) or NULL */
     if (N == 0)
         return PRIMAL_OK;
     if (dinp != NULL) {
-        rmsnorm_dinp_kernel<<<(unsigned)N, 256, 0, s>>>(dinp, dout, inp, weight, rstd, C);
+        rmsnorm_dinp_kernel<<<(unsigned)N, 256, 0, s>>>(dinp, (__nv_bfloat16 *)dinp_b, dout,
+                                                        inp, weight, rstd, C);
         CUDA_LAUNCHED("rmsnorm_dinp", err);
     }
     if (dweight != NULL) {

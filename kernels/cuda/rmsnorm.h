@@ -7,7 +7,7 @@
 CUDA_EXTERN_C int cuda_rmsnorm_forward(void *out, cuda_dtype dt, float *rstd, const float *inp,
                                        const float *weight, int64_t N, int64_t C, float eps,
                                        cudaStream_t s, primal_err *err);
-CUDA_EXTERN_C int cuda_rmsnorm_backward(float *dinp, float *dweight, float *scratch,
+CUDA_EXTERN_C int cuda_rmsnorm_backward(float *dinp, void *dinp_b, float *dweight, float *scratch,
                                         const float *dout, const float *inp, const float *weight,
                                         const float *rstd, int64_t N, int64_t C, cudaStream_t s,
                                         primal_err *err);

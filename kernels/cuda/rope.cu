@@ -84,6 +84,8 @@ int cuda_rope_pack(void *qh, void *kh, void *vh, /* head-major, of dt */
 __global__ void rope_unpack_grad_kernel(float *dq,          /* (B, T, H, hd) */
                                         float *dk,          /* (B, T, KVH, hd) */
                                         float *dv,          /* (B, T, KVH, hd) */
+                                        __nv_bfloat16 *dqb, /* the same in bf16, or NULL */
+                                        __nv_bfloat16 *dkb, __nv_bfloat16 *dvb,
                                         const float *dqh,   /* (B, H, T, hd) */
                                         const float *dkh,   /* (B, KVH, T, hd) */
                                         const float *dvh,   /* (B, KVH, T, hd) */
@@ -102,34 +104,47 @@ __global__ void rope_unpack_grad_kernel(float *dq,          /* (B, T, H, hd) */
         int b = (int)(rest / Tn);
         const float *src;
         float *dst;
+        __nv_bfloat16 *dstb;
         int rotate = 1;
+        int64_t o;
         if (hh < H) {
             src = dqh + (((int64_t)b * H + hh) * Tn + t) * hd;
-            dst = dq + (((int64_t)b * Tn + t) * H + hh) * hd;
+            o = (((int64_t)b * Tn + t) * H + hh) * hd;
+            dst = dq + o;
+            dstb = dqb != NULL ? dqb + o : NULL;
         } else if (hh < H + KVH) {
             int h = hh - H;
             src = dkh + (((int64_t)b * KVH + h) * Tn + t) * hd;
-            dst = dk + (((int64_t)b * Tn + t) * KVH + h) * hd;
+            o = (((int64_t)b * Tn + t) * KVH + h) * hd;
+            dst = dk + o;
+            dstb = dkb != NULL ? dkb + o : NULL;
         } else {
             int h = hh - H - KVH;
             src = dvh + (((int64_t)b * KVH + h) * Tn + t) * hd;
-            dst = dv + (((int64_t)b * Tn + t) * KVH + h) * hd;
+            o = (((int64_t)b * Tn + t) * KVH + h) * hd;
+            dst = dv + o;
+            dstb = dvb != NULL ? dvb + o : NULL;
             rotate = 0;
         }
-        float d1 = src[i], d2 = src[i + h2];
+        float d1 = src[i], d2 = src[i + h2], e1 = d1, e2 = d2;
         if (rotate) {
             float c = cosv[t * h2 + i], sn = sinv[t * h2 + i];
-            dst[i] = d1 * c + d2 * sn;
-            dst[i + h2] = d2 * c - d1 * sn;
-        } else {
-            dst[i] = d1;
-            dst[i + h2] = d2;
+            e1 = d1 * c + d2 * sn;
+            e2 = d2 * c - d1 * sn;
+        }
+        dst[i] = e1;
+        dst[i + h2] = e2;
+        if (dstb != NULL) {
+            dstb[i] = __float2bfloat16_rn(e1);
+            dstb[i + h2] = __float2bfloat16_rn(e2);
         }
     }
 }
 
-/* dq, dk, dv are written (not accumulated). */
+/* dq, dk, dv are written (not accumulated); dqb, dkb, dvb, when not NULL, get them again in
+ * bf16 (the GEMMs' operands). */
 int cuda_rope_unpack_grad(float *dq, float *dk, float *dv,             /* token-major */
+                          void *dqb, void *dkb, void *dvb,             /* the same, bf16 */
                           const float *dqh, const float *dkh, const float *dvh, /* head-major */
                           const float *cosv, const float *sinv,
                           int B, int T, int H, int KVH, int hd, cudaStream_t s, primal_err *err)
@@ -137,8 +152,9 @@ int cuda_rope_unpack_grad(float *dq, float *dk, float *dv,             /* token-
     int64_t n = (int64_t)B * T * (H + 2 * KVH) * (hd / 2);
     if (n == 0)
         return PRIMAL_OK;
-    rope_unpack_grad_kernel<<<cuda_blocks(n, 256), 256, 0, s>>>(dq, dk, dv, dqh, dkh, dvh, cosv,
-                                                                sinv, B, T, H, KVH, hd);
+    rope_unpack_grad_kernel<<<cuda_blocks(n, 256), 256, 0, s>>>(
+        dq, dk, dv, (__nv_bfloat16 *)dqb, (__nv_bfloat16 *)dkb, (__nv_bfloat16 *)dvb, dqh, dkh, dvh,
+        cosv, sinv, B, T, H, KVH, hd);
     CUDA_LAUNCHED("rope_unpack_grad", err);
     return PRIMAL_OK;
 }
