@@ -221,12 +221,13 @@ Test(cuda_kernels, dequant_matches_index_times_scale_for_4_8_and_16_bit_indices)
 {
     need_gpu();
     static const int bits[] = {4, 8, 16}, gsz[] = {13, 200, 40000};
-    static const int64_t shapes[][2] = {{7, 9}, {33, 64}, {5, 1001}};
+    /* 64 and 136 columns take the eight-a-thread path, 9 and 1001 the element-wise one */
+    static const int64_t shapes[][2] = {{7, 9}, {33, 64}, {5, 1001}, {9, 136}};
     for (int b = 0; b < 3; b++)
-        for (int s = 0; s < 3; s++) {
+        for (int s = 0; s < 4; s++) {
             int64_t R = shapes[s][0], C = shapes[s][1];
             primal_qtensor h, d;
-            random_qtensor(&h, bits[b], R, C, gsz[b], 10 + (uint64_t)(b * 3 + s));
+            random_qtensor(&h, bits[b], R, C, gsz[b], 10 + (uint64_t)(b * 4 + s));
             qtensor_to_dev(&d, &h);
             int64_t r0 = R / 3, nr = R - r0;
             double *ref = malloc((size_t)(nr * C) * sizeof(double));

@@ -39,6 +39,71 @@ __global__ void dequant_kernel(T *out,                /* (nrows, cols) */
     }
 }
 
+/* Eight columns a thread: one 4-, 8- or 16-byte index load and one 16-byte (bf16) or two
+ * (float32) stores, and a division per eight elements instead of per element.  For rows of a
+ * multiple of 8 columns whose index rows start on the load's alignment. */
+__device__ __forceinline__ void store8(__nv_bfloat16 *o, const float *v)
+{
+    __nv_bfloat162 p[4];
+    for (int k = 0; k < 4; k++)
+        p[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
+    *reinterpret_cast<uint4 *>(o) = *reinterpret_cast<const uint4 *>(p);
+}
+
+__device__ __forceinline__ void store8(float *o, const float *v)
+{
+    reinterpret_cast<float4 *>(o)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4 *>(o)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+template <typename T, int BITS>
+__global__ void dequant8_kernel(T *out,               /* (nrows, cols) */
+                                const uint8_t *index, /* (rows, stride) packed */
+                                const float *scale,   /* (rows) */
+                                const float *grid,    /* (grid_size) */
+                                int64_t stride, int64_t r0, int64_t nrows, int64_t cols)
+{
+    int64_t gpr = cols / 8;
+    CUDA_FOR(i, nrows * gpr)
+    {
+        int64_t r = i / gpr, c = (i - r * gpr) * 8;
+        const uint8_t *row = index + (r0 + r) * stride;
+        float sc = scale[r0 + r], v[8];
+        if (BITS == 4) {
+            uint32_t x = *reinterpret_cast<const uint32_t *>(row + c / 2);
+            for (int k = 0; k < 8; k++)
+                v[k] = grid[(x >> (4 * k)) & 0xFu] * sc;
+        } else if (BITS == 8) {
+            uint2 x = *reinterpret_cast<const uint2 *>(row + c);
+            for (int k = 0; k < 8; k++)
+                v[k] = grid[((k < 4 ? x.x : x.y) >> (8 * (k & 3))) & 0xFFu] * sc;
+        } else {
+            uint4 x = *reinterpret_cast<const uint4 *>(row + 2 * c);
+            const uint32_t w[4] = {x.x, x.y, x.z, x.w};
+            for (int k = 0; k < 8; k++)
+                v[k] = grid[(w[k / 2] >> (16 * (k & 1))) & 0xFFFFu] * sc;
+        }
+        store8(out + r * cols + c, v);
+    }
+}
+
+template <typename T>
+static int dequant8(T *out, const primal_qtensor *w, int64_t r0, int64_t nrows, cudaStream_t s)
+{
+    unsigned nb = cuda_blocks(nrows * (w->cols / 8), 256);
+    const uint8_t *ix = (const uint8_t *)w->index;
+    if (w->bits == 4)
+        dequant8_kernel<T, 4><<<nb, 256, 0, s>>>(out, ix, w->scale, w->grid, w->row_stride, r0,
+                                                 nrows, w->cols);
+    else if (w->bits == 8)
+        dequant8_kernel<T, 8><<<nb, 256, 0, s>>>(out, ix, w->scale, w->grid, w->row_stride, r0,
+                                                 nrows, w->cols);
+    else
+        dequant8_kernel<T, 16><<<nb, 256, 0, s>>>(out, ix, w->scale, w->grid, w->row_stride, r0,
+                                                  nrows, w->cols);
+    return 0;
+}
+
 int cuda_dequant_rows(void *out,               /* (nrows, cols) of dt */
                       cuda_dtype dt,
                       const primal_qtensor *w, /* device pointers */
@@ -47,6 +112,16 @@ int cuda_dequant_rows(void *out,               /* (nrows, cols) of dt */
     int64_t n = nrows * w->cols;
     if (n == 0)
         return PRIMAL_OK;
+    int64_t align = w->bits == 4 ? 4 : w->bits == 8 ? 8 : 16; /* bytes of 8 indices */
+    if (w->bits != 32 && w->cols % 8 == 0 && w->row_stride % align == 0 &&
+        (uintptr_t)w->index % align == 0 && (uintptr_t)out % 16 == 0) {
+        if (dt == CUDA_BF16)
+            dequant8((__nv_bfloat16 *)out, w, r0, nrows, s);
+        else
+            dequant8((float *)out, w, r0, nrows, s);
+        CUDA_LAUNCHED("dequant8", err);
+        return PRIMAL_OK;
+    }
     unsigned nb = cuda_blocks(n, 256);
     if (dt == CUDA_BF16)
         dequant_kernel<<<nb, 256, 0, s>>>((__nv_bfloat16 *)out, (const uint8_t *)w->index,
