@@ -19,7 +19,8 @@
  * stage, including which stages run for a partly frozen model, the order of hook calls (LM head,
  * blocks from the top, embedding last) and the tied embedding's single G (head + lookups).
  * Reductions are deterministic; the embedding's scatter uses positions sorted on the host.
- * No keys: primal_cuda_opts carries precision, device, chunk_rows and attn_bytes. */
+ * No keys: primal_cuda_opts carries precision, device, chunk_rows, attn_bytes, attn_unfused,
+ * logits_bytes and recompute. */
 #include "model_cuda.h"
 
 #include <math.h>
