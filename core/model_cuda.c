@@ -764,6 +764,19 @@ static size_t layout_ws(primal_cuda_model *cm, int B, int T, char *base)
 }
 
 /* The forward arena and attention scratch for (B, T); the rope table when T changed. */
+/* Replaces a buffer that queued work may still use by a larger one. */
+static int regrow(primal_cuda_model *cm, void **p, size_t *bytes, size_t need, int kind,
+                  const char *what, primal_err *err)
+{
+    CUDA_TRY(cudaStreamSynchronize(cm->stream), err);
+    dev_free(cm, *p, *bytes, kind);
+    *p = NULL;
+    *bytes = 0;
+    TRY(dev_alloc(cm, p, need, kind, what, err));
+    *bytes = need;
+    return PRIMAL_OK;
+}
+
 /* The vocabulary slab: as many columns as keep the logits slab and its bf16 dlogits under
  * logits_cap, a multiple of 128, at most the row chunk of the head. */
 static int64_t slab_of(const primal_cuda_model *cm, int64_t N)
@@ -783,12 +796,7 @@ static int grow_acts(primal_cuda_model *cm, int B, int T, primal_err *err)
     cm->nv = nv;
     size_t need = layout_acts(cm, B, T, NULL);
     if (need > cm->arena_bytes) {
-        CUDA_TRY(cudaStreamSynchronize(cm->stream), err);
-        dev_free(cm, cm->arena, cm->arena_bytes, MEM_ACTS);
-        cm->arena = NULL;
-        cm->arena_bytes = 0;
-        TRY(dev_alloc(cm, &cm->arena, need, MEM_ACTS, "forward activations", err));
-        cm->arena_bytes = need;
+        TRY(regrow(cm, &cm->arena, &cm->arena_bytes, need, MEM_ACTS, "forward activations", err));
         relaid = 1;
     }
     layout_acts(cm, B, T, cm->arena);
@@ -818,14 +826,8 @@ static int grow_acts(primal_cuda_model *cm, int B, int T, primal_err *err)
     Bc = Bc < 1 ? 1 : Bc > B ? B : Bc;
     need = cuda_attn_layout(&tmp, NULL, cm->dt, Bc, T, c->heads, c->kv_heads, cm->hd,
                             cm->attn_fused);
-    if (need > cm->attn_bytes) {
-        CUDA_TRY(cudaStreamSynchronize(cm->stream), err);
-        dev_free(cm, cm->attn, cm->attn_bytes, MEM_WORK);
-        cm->attn = NULL;
-        cm->attn_bytes = 0;
-        TRY(dev_alloc(cm, &cm->attn, need, MEM_WORK, "attention scratch", err));
-        cm->attn_bytes = need;
-    }
+    if (need > cm->attn_bytes)
+        TRY(regrow(cm, &cm->attn, &cm->attn_bytes, need, MEM_WORK, "attention scratch", err));
     cuda_attn_layout(&cm->as, cm->attn, cm->dt, Bc, T, c->heads, c->kv_heads, cm->hd,
                      cm->attn_fused);
     size_t N = (size_t)B * T;
@@ -860,14 +862,8 @@ static int grow_acts(primal_cuda_model *cm, int B, int T, primal_err *err)
 static int grow_ws(primal_cuda_model *cm, primal_err *err)
 {
     size_t need = layout_ws(cm, cm->B, cm->T, NULL);
-    if (need > cm->ws_bytes) {
-        CUDA_TRY(cudaStreamSynchronize(cm->stream), err);
-        dev_free(cm, cm->ws, cm->ws_bytes, MEM_WORK);
-        cm->ws = NULL;
-        cm->ws_bytes = 0;
-        TRY(dev_alloc(cm, &cm->ws, need, MEM_WORK, "backward workspace", err));
-        cm->ws_bytes = need;
-    }
+    if (need > cm->ws_bytes)
+        TRY(regrow(cm, &cm->ws, &cm->ws_bytes, need, MEM_WORK, "backward workspace", err));
     layout_ws(cm, cm->B, cm->T, cm->ws);
     return PRIMAL_OK;
 }
