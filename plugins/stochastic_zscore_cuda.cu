@@ -32,6 +32,8 @@
 
 #include <primal/policy_cuda.h>
 
+#include "row_ordered_sum.cuh"
+
 #define VOTE_MAX 127
 #define VOTE_STRONG 32
 #define P_STRONG 0.1f
@@ -41,11 +43,6 @@
 #define THREADS 256
 #define ROW_THREADS 128 /* one block per row in sz_rows */
 #define ROW_BLOCKS 65535
-#define SEQ_ROWS 32     /* rows per block of row_ordered_sum, one lane of warp 0 each */
-#define SEQ_COLS 128    /* columns per staged tile */
-#define SEQ_THREADS 256 /* warp 0 adds, the others stage */
-#define SEQ_LOADERS (SEQ_THREADS - 32)
-#define SEQ_ITEMS ((SEQ_ROWS * SEQ_COLS + SEQ_LOADERS - 1) / SEQ_LOADERS)
 #define MAX_BLOCKS 4096
 
 /* Must match stochastic_zscore.c: create() fills it and both halves read it. */
@@ -143,58 +140,6 @@ __device__ __forceinline__ void warp_add2(unsigned long long *out0, unsigned lon
 
 /* ------------------------------------------------------------------------------------------ */
 /* Kernels                                                                                    */
-
-/* out[r] = the sum over c, in column order, of (double)G[r][c] (SQUARE: of its square), each
- * addition rounded in double: the CPU's loop, bit for bit.  The order makes each row's sum one
- * chain of dependent additions, so 32 rows run side by side: warps 1.. stage the next tile of
- * 32 rows x SEQ_COLS columns in shared memory while lane i of warp 0 adds row i of the current
- * tile.  One block per 32 rows. */
-template <int SQUARE>
-__global__ void __launch_bounds__(SEQ_THREADS, 3)
-row_ordered_sum(double *out,    /* (nrows) */
-                const float *G, /* (nrows, cols) */
-                int64_t nrows, int64_t cols)
-{
-    __shared__ float tile[2][SEQ_ROWS][SEQ_COLS + 1]; /* +1: lane i reads row i, no conflicts */
-    const int64_t r0 = blockIdx.x * (int64_t)SEQ_ROWS;
-    const int nr = nrows - r0 < SEQ_ROWS ? (int)(nrows - r0) : SEQ_ROWS;
-    const int64_t ntiles = (cols + SEQ_COLS - 1) / SEQ_COLS;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int loader = (int)threadIdx.x - 32;
-    double acc = 0.0;
-    for (int64_t t = -1; t < ntiles; t++) {
-        if (warp > 0 && t + 1 < ntiles) { /* stage tile t + 1 */
-            const int64_t c0 = (t + 1) * SEQ_COLS;
-            const int len = cols - c0 < SEQ_COLS ? (int)(cols - c0) : SEQ_COLS;
-            float (*buf)[SEQ_COLS + 1] = tile[(t + 1) & 1];
-            float x[SEQ_ITEMS]; /* every load in flight before the first store */
-#pragma unroll
-            for (int j = 0; j < SEQ_ITEMS; j++) {
-                const int e = loader + j * SEQ_LOADERS, i = e / SEQ_COLS, k = e % SEQ_COLS;
-                if (e < SEQ_ROWS * SEQ_COLS && i < nr && k < len)
-                    x[j] = G[(r0 + i) * cols + c0 + k];
-            }
-#pragma unroll
-            for (int j = 0; j < SEQ_ITEMS; j++) {
-                const int e = loader + j * SEQ_LOADERS, i = e / SEQ_COLS, k = e % SEQ_COLS;
-                if (e < SEQ_ROWS * SEQ_COLS && i < nr && k < len)
-                    buf[i][k] = x[j];
-            }
-        } else if (warp == 0 && t >= 0 && lane < nr) { /* add tile t */
-            const int64_t c0 = t * SEQ_COLS;
-            const int len = cols - c0 < SEQ_COLS ? (int)(cols - c0) : SEQ_COLS;
-            const float *row = tile[t & 1][lane];
-#pragma unroll 16
-            for (int k = 0; k < len; k++) {
-                const double x = (double)row[k];
-                acc = __dadd_rn(acc, SQUARE ? __dmul_rn(x, x) : x);
-            }
-        }
-        __syncthreads();
-    }
-    if (warp == 0 && lane < nr)
-        out[r0 + lane] = acc;
-}
 
 /* Per row: mu = float(rsum / cols), rsum the CPU-order sum from row_ordered_sum; with rowsum,
  * also the row's sums of a = |G - mu| and a^2, by a fixed tree over the block (deterministic,
