@@ -1,35 +1,10 @@
-/* elementwise.cu: conversion of float32 GEMM operands to the compute dtype, the residual add
- * y += x, laying a bias under a GEMM's output (which then adds with beta 1), the bias gradient
- * (column sums of dY, as matmul_backward_bias on the CPU) and a sum of squares (the trainer's
- * gradient norm).  SPEC.md, "Models".
+/* elementwise.cu: the residual add y += x, laying a bias under a GEMM's output (which then
+ * adds with beta 1), the bias gradient (column sums of dY, as matmul_backward_bias on the CPU)
+ * and a sum of squares (the trainer's gradient norm).  SPEC.md, "Models".
  *
  * Reductions are deterministic: fixed partial sums per block, then a fixed-order pass over the
  * partials (no atomics), so that two runs of one step give the same bits.  No keys. */
 #include "elementwise.h"
-
-template <typename T>
-__global__ void convert_kernel(T *out,         /* (n) */
-                               const float *in, /* (n) */
-                               int64_t n)
-{
-    CUDA_FOR(i, n)
-    cuda_st(out, i, in[i]);
-}
-
-int cuda_convert(void *out, cuda_dtype dt, const float *in, int64_t n, cudaStream_t s,
-                 primal_err *err)
-{
-    if (n == 0 || out == (const void *)in)
-        return PRIMAL_OK;
-    if (dt == CUDA_F32) {
-        CUDA_TRY(cudaMemcpyAsync(out, in, (size_t)n * sizeof(float), cudaMemcpyDeviceToDevice, s),
-                 err);
-        return PRIMAL_OK;
-    }
-    convert_kernel<<<cuda_blocks(n, 256), 256, 0, s>>>((__nv_bfloat16 *)out, in, n);
-    CUDA_LAUNCHED("convert", err);
-    return PRIMAL_OK;
-}
 
 __global__ void add_kernel(float *y,       /* (n) += x */
                            const float *x, /* (n) */
