@@ -4,7 +4,8 @@
 # the build's libraries (Criterion, OpenBLAS, jansson, ...):
 #
 #   bench/gpu.sh bundle   on the build machine (nvcc, gcc, the -dev packages): compiles
-#                         tests/cuda_test and bench/gpu_step for sm_90 and packs them, with the
+#                         tests/cuda_test, tests/policies_cuda_test (with the policy plugins)
+#                         and bench/gpu_step for sm_90 and packs them, with the
 #                         shared libraries they need beyond glibc and CUDA, into
 #                         _build_cuda/bundle.tar.xz (git-ignored; name _build_cuda in carry).
 #   bench/gpu.sh run      on the GPU machine, from the repository root: unpacks the bundle,
@@ -38,11 +39,26 @@ bundle() {
         "$top/tests/cuda_test.c" "$build"/obj/*.o -o "$build/pkg/bin/cuda_test" \
         $libs -lcriterion -ljansson -lcrypto
     gcc $cflags $cpu "$top/bench/gpu_step.c" "$build"/obj/*.o -o "$build/pkg/bin/gpu_step" $libs
+    # the policy plugins, whose GPU halves tests/policies_cuda_test holds to their CPU halves
+    mkdir -p "$build/pkg/plugins"
+    for p in threshold_consensus stochastic_zscore momentum_carry adamw latent_adamw; do
+        # as cuda.am compiles them: no C++ exceptions, so no C++ runtime to load
+        "$cuda/bin/nvcc" $nvflags -Xcompiler -fPIC,-fno-exceptions,-fno-threadsafe-statics \
+            -I"$top/core" -I"$top/plugins" \
+            -c "$top/plugins/${p}_cuda.cu" -o "$build/obj/${p}_cuda.o"
+        gcc $cflags -fPIC -DPRIMAL_HAVE_CUDA -c "$top/plugins/$p.c" -o "$build/obj/$p.o"
+        gcc -shared -o "$build/pkg/plugins/$p.so" "$build/obj/$p.o" "$build/obj/${p}_cuda.o" \
+            -L"$cuda/lib64" -lcudart -lm
+    done
+    gcc $cflags -Wno-format-truncation -I"$top/tests" "$top/tests/policies_cuda_test.c" \
+        "$top/tests/mockhost.c" "$top/core/error.c" "$top/core/config.c" "$top/core/registry.c" \
+        -o "$build/pkg/bin/policies_cuda_test" -rdynamic -L"$cuda/lib64" -lcudart -lcriterion \
+        -linih -ldl -lm
     # the libraries beyond glibc, the C++ runtime and CUDA, which the GPU machine has
     for b in "$build"/pkg/bin/*; do ldd "$b"; done | awk '/=> \// {print $3}' | sort -u |
         grep -v -E '/(libc|libm|libpthread|libdl|librt|libresolv|ld-linux[^/]*|libgcc_s|libstdc\+\+|libcuda|libcudart|libcublas|libcublasLt)\.so' |
         while read -r l; do cp -L "$l" "$build/pkg/lib/"; done
-    tar -C "$build/pkg" -cJf "$build/bundle.tar.xz" bin lib
+    tar -C "$build/pkg" -cJf "$build/bundle.tar.xz" bin lib plugins
     rm -rf "$build/obj" "$build/pkg"
     ls -l "$build/bundle.tar.xz"
 }
@@ -77,6 +93,13 @@ run() {
         tests_rc=$?
         set -e
         grep -E '^\[(FAIL|SKIP|====)\]|Assertion|error' "$out/cuda_test.log" | tail -40 || true
+        set +e
+        PRIMAL_TEST_PLUGINDIR="$pkg/plugins" "$pkg/bin/policies_cuda_test" --verbose -j8 \
+            >"$out/policies_cuda_test.log" 2>&1
+        prc=$?
+        set -e
+        [ $prc = 0 ] || tests_rc=$prc
+        grep -E '^\[(FAIL|====)\]|Assertion' "$out/policies_cuda_test.log" | tail -20 || true
         echo "{\"cuda_test\": {\"rc\": $tests_rc, \"synthesis\": \"$(grep Synthesis "$out/cuda_test.log" | tail -1 | sed 's/.*Synthesis: //')\"}}" >>"$res"
     fi
     steps=${GPU_STEPS:-10}

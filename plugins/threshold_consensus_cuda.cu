@@ -88,6 +88,12 @@ typedef struct tcg_state {
                                __LINE__, t->name, #call, cudaGetErrorString(e_));              \
     } while (0)
 
+/* One block a row, up to MAX_BLOCKS (then blocks loop over rows). */
+static unsigned rows_grid(int64_t rows)
+{
+    return (unsigned)(rows < 1 ? 1 : rows > MAX_BLOCKS ? MAX_BLOCKS : rows);
+}
+
 static unsigned grid_for(int64_t n)
 {
     int64_t b = (n + THREADS - 1) / THREADS;
@@ -121,15 +127,31 @@ __device__ __forceinline__ int index_load(const uint8_t *row, int bits, int64_t 
     return ((const uint16_t *)row)[c];
 }
 
-/* Add a and b over the warp and once per warp into *out. */
-__device__ __forceinline__ void warp_add2(unsigned long long *out0, unsigned long long *out1,
-                                          unsigned long long a, unsigned long long b)
+/* Add a and b over the block and once per block into *out0, *out1 (out1 may be NULL).  Every
+ * thread of the block calls it.  One atomic per block, not per warp: thousands of warps adding
+ * to one address had serialised, and cost more than the pass that counted. */
+__device__ __forceinline__ void block_add2(unsigned long long *out0, unsigned long long *out1,
+                                           unsigned long long a, unsigned long long b)
 {
+    __shared__ unsigned long long sa[32], sb[32];
     for (int o = 16; o > 0; o >>= 1) {
         a += __shfl_down_sync(0xffffffffu, a, o);
         b += __shfl_down_sync(0xffffffffu, b, o);
     }
-    if ((threadIdx.x & 31) == 0) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    __syncthreads(); /* sa, sb may still be read by an earlier call */
+    if (lane == 0)
+        sa[warp] = a, sb[warp] = b;
+    __syncthreads();
+    if (warp != 0)
+        return;
+    a = lane < nw ? sa[lane] : 0;
+    b = lane < nw ? sb[lane] : 0;
+    for (int o = 16; o > 0; o >>= 1) {
+        a += __shfl_down_sync(0xffffffffu, a, o);
+        b += __shfl_down_sync(0xffffffffu, b, o);
+    }
+    if (lane == 0) {
         if (a)
             atomicAdd(out0, a);
         if (b && out1 != NULL)
@@ -176,13 +198,21 @@ __global__ void tc_absmax(unsigned int *gmax, /* (1) float bits, in/out */
         if (a > m)
             m = a;
     }
-    for (int o = 16; o > 0; o >>= 1) {
-        float x = __shfl_down_sync(0xffffffffu, m, o);
-        if (x > m)
-            m = x;
-    }
+    /* over the block first: one atomic per block (see block_add2) */
+    __shared__ float sh[32];
+    for (int o = 16; o > 0; o >>= 1)
+        m = fmaxf(m, __shfl_down_sync(0xffffffffu, m, o));
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    if (lane == 0)
+        sh[warp] = m;
+    __syncthreads();
+    if (warp != 0)
+        return;
+    m = lane < nw ? sh[lane] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1)
+        m = fmaxf(m, __shfl_down_sync(0xffffffffu, m, o));
     /* non-negative floats order as their bits do */
-    if ((threadIdx.x & 31) == 0 && m > 0.0f)
+    if (lane == 0 && m > 0.0f)
         atomicMax(gmax, __float_as_uint(m));
 }
 
@@ -196,16 +226,17 @@ __global__ void tc_vote(int16_t *votes,            /* (nrows, cols) in/out */
     const float gmax = __uint_as_float(*gmax_bits);
     if (!(gmax > 0.0f))
         return;
-    const int64_t n = nrows * cols;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        float sg = scale[i / cols] < 0.0f ? -1.0f : 1.0f;
-        float g = __fmul_rn(G[i], sg);
-        float x = __fdiv_rn(__fmul_rn(100.0f, g), gmax);
-        if (x != x)
-            continue;
-        int v = votes[i] + (int)truncf(x);
-        votes[i] = (int16_t)(v > VOTE_MAX ? VOTE_MAX : v < -VOTE_MAX ? -VOTE_MAX : v);
+    /* blocks over rows, threads over columns: no division per element */
+    for (int64_t r = blockIdx.x; r < nrows; r += gridDim.x) {
+        const float sg = scale[r] < 0.0f ? -1.0f : 1.0f;
+        for (int64_t i = r * cols + threadIdx.x; i < (r + 1) * cols; i += blockDim.x) {
+            float g = __fmul_rn(G[i], sg);
+            float x = __fdiv_rn(__fmul_rn(100.0f, g), gmax);
+            if (x != x)
+                continue;
+            int v = votes[i] + (int)truncf(x);
+            votes[i] = (int16_t)(v > VOTE_MAX ? VOTE_MAX : v < -VOTE_MAX ? -VOTE_MAX : v);
+        }
     }
 }
 
@@ -222,7 +253,7 @@ __global__ void tc_dynsum(unsigned long long *sum, /* (1) in/out */
         a += (unsigned long long)abs(index_load(index + r * row_stride, bits, i - r * cols) -
                                      centre);
     }
-    warp_add2(sum, NULL, a, 0);
+    block_add2(sum, NULL, a, 0);
 }
 
 /* hist[key]++ and ncand++ for every candidate unit.  Keys below HIST_SHARED count in a
@@ -261,7 +292,7 @@ __global__ void tc_hist(unsigned long long *hist,  /* (VOTE_MAX + 1) in/out */
     for (int k = threadIdx.x; k < HIST_SHARED; k += blockDim.x)
         if (sh[k] != 0)
             atomicAdd(&hist[k], (unsigned long long)sh[k]);
-    warp_add2(ncand, NULL, c, 0);
+    block_add2(ncand, NULL, c, 0);
 }
 
 /* The cap: walking the keys down from VOTE_MAX, the first key at which the running count
@@ -409,60 +440,61 @@ __global__ void tc_apply(uint8_t *index,                  /* (rows, row_stride) 
         stride = st < 1 ? 1 : st;
     }
     const int top = grid_size - 1;
-    const int64_t pairs = (cols + 1) / 2, bpr = (cols + block - 1) / block;
+    const int64_t bpr = (cols + block - 1) / block;
     unsigned long long nf = 0, ns = 0;
-    for (int64_t p = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; p < rows * pairs;
-         p += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t r = p / pairs, c0 = (p - r * pairs) * 2;
-        const int nc = cols - c0 >= 2 ? 2 : 1;
-        uint8_t *row = index + r * row_stride;
-        int idx[2] = {0, 0}, moved[2] = {0, 0};
-        for (int k = 0; k < nc; k++) {
-            const int64_t col = c0 + k, i = r * cols + col;
-            const int cd = cool_get(cool, cool_bytes, i);
-            const int v = votes[i];
-            idx[k] = index_load(row, bits, col);
-            const int f = fire != NULL ? fire[r * bpr + col / block]
-                                       : abs(v) >= threshold && cd == 0;
-            if (f && cd == 0) {
-                int to = v > 0 ? idx[k] - stride : v < 0 ? idx[k] + stride : idx[k];
-                to = to < 0 ? 0 : to > top ? top : to;
-                votes[i] = 0;
-                if (to != idx[k]) {
-                    idx[k] = to;
-                    moved[k] = 1;
-                    nf++;
-                    if (cool != NULL)
-                        cool_set(cool, cool_bytes, i, cooldown);
+    /* blocks over rows, threads over column pairs: no 64-bit division per element */
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        for (int64_t c0 = 2 * (int64_t)threadIdx.x; c0 < cols; c0 += 2 * (int64_t)blockDim.x) {
+            const int nc = cols - c0 >= 2 ? 2 : 1;
+            uint8_t *row = index + r * row_stride;
+            int idx[2] = {0, 0}, moved[2] = {0, 0};
+            for (int k = 0; k < nc; k++) {
+                const int64_t col = c0 + k, i = r * cols + col;
+                const int cd = cool_get(cool, cool_bytes, i);
+                const int v = votes[i];
+                idx[k] = index_load(row, bits, col);
+                const int f = fire != NULL ? fire[r * bpr + (int)col / block]
+                                           : abs(v) >= threshold && cd == 0;
+                if (f && cd == 0) {
+                    int to = v > 0 ? idx[k] - stride : v < 0 ? idx[k] + stride : idx[k];
+                    to = to < 0 ? 0 : to > top ? top : to;
+                    votes[i] = 0;
+                    if (to != idx[k]) {
+                        idx[k] = to;
+                        moved[k] = 1;
+                        nf++;
+                        if (cool != NULL)
+                            cool_set(cool, cool_bytes, i, cooldown);
+                    }
+                    continue;
                 }
-                continue;
+                const int16_t nv = (int16_t)truncf(__fmul_rn((float)v, decay));
+                votes[i] = nv;
+                if (cd > 0)
+                    cool_set(cool, cool_bytes, i, cd - 1);
+                if (nv == VOTE_MAX || nv == -VOTE_MAX)
+                    ns++;
             }
-            const int16_t nv = (int16_t)truncf(__fmul_rn((float)v, decay));
-            votes[i] = nv;
-            if (cd > 0)
-                cool_set(cool, cool_bytes, i, cd - 1);
-            if (nv == VOTE_MAX || nv == -VOTE_MAX)
-                ns++;
-        }
-        if (bits == 4) {
-            if (moved[0] || moved[1]) {
-                uint8_t b = row[c0 >> 1];
-                b = (uint8_t)((b & 0xF0u) | (unsigned)idx[0]);
-                if (nc == 2)
-                    b = (uint8_t)((b & 0x0Fu) | ((unsigned)idx[1] << 4));
-                row[c0 >> 1] = b;
-            }
-        } else {
-            for (int k = 0; k < nc; k++)
-                if (moved[k]) {
-                    if (bits == 8)
-                        row[c0 + k] = (uint8_t)idx[k];
-                    else
-                        ((uint16_t *)row)[c0 + k] = (uint16_t)idx[k];
+            if (bits == 4) {
+                if (moved[0] || moved[1]) {
+                    uint8_t b = row[c0 >> 1];
+                    b = (uint8_t)((b & 0xF0u) | (unsigned)idx[0]);
+                    if (nc == 2)
+                        b = (uint8_t)((b & 0x0Fu) | ((unsigned)idx[1] << 4));
+                    row[c0 >> 1] = b;
                 }
+            } else {
+                for (int k = 0; k < nc; k++)
+                    if (moved[k]) {
+                        if (bits == 8)
+                            row[c0 + k] = (uint8_t)idx[k];
+                        else
+                            ((uint16_t *)row)[c0 + k] = (uint16_t)idx[k];
+                    }
+            }
         }
     }
-    warp_add2(flips, saturated, nf, ns);
+    block_add2(flips, saturated, nf, ns);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -596,7 +628,7 @@ static int tcg_accumulate(void *ctx, void *state, const primal_qtensor *t, const
         CU_TRY(cudaGetLastError());
         gmax = &s->small->gmax_chunk;
     }
-    tc_vote<<<grid_for(n), THREADS, 0, st>>>(s->base.votes + r0 * t->cols, G, t->scale + r0,
+    tc_vote<<<rows_grid(nrows), THREADS, 0, st>>>(s->base.votes + r0 * t->cols, G, t->scale + r0,
                                              gmax, nrows, t->cols);
     CU_TRY(cudaGetLastError());
     return PRIMAL_OK;
@@ -642,8 +674,7 @@ static int tcg_step(void *ctx, void *state, const primal_qtensor *t, const prima
             s->tie, s->capped, c->threshold, c->block, s->units, cols, bpr);
         CU_TRY(cudaGetLastError());
     }
-    const int64_t pairs = rows * ((cols + 1) / 2);
-    tc_apply<<<grid_for(pairs), THREADS, 0, st>>>(
+    tc_apply<<<rows_grid(rows), THREADS, 0, st>>>(
         (uint8_t *)t->index, s->base.votes, s->base.cool, &d->flips, &d->saturated, s->fire,
         dynsum, t->row_stride, t->bits, rows, cols, t->grid_size,
         c->stride == STRIDE_DYNAMIC ? 1 : c->stride, c->threshold, c->decay, c->block,
