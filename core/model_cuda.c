@@ -2,11 +2,14 @@
  * CPU model's math (core/model.c) with cuBLAS GEMMs and the kernels of kernels/cuda/.  SPEC.md,
  * "Models", "The forward and backward pass of an indexed matrix".
  *
- * Precision: fp32 runs every GEMM as cublasGemmEx in float32 with float32 compute (no TF32), so
- * it matches the CPU to rounding; bf16 materialises W in bfloat16 and converts the GEMM's other
- * operand (an activation or an incoming gradient) to bfloat16 just before the GEMM, accumulating
- * in float32 (CUBLAS_COMPUTE_32F).  Activations, gradients of activations, norms and the loss
- * stay float32 in both modes; attention keeps its packed q/k/v in the compute dtype.
+ * Precision: fp32 runs every GEMM in float32 with float32 compute (no TF32), so it matches the
+ * CPU to rounding; bf16 materialises W in bfloat16 and accumulates in float32
+ * (CUBLAS_COMPUTE_32F).  What only GEMMs and the elementwise kernels between them read (normed
+ * inputs, q/k/v, gate/up and their product, the attention output and the gradients of all of
+ * these) is stored in the compute dtype: the GEMMs write it so, and the kernels that produce
+ * GEMM operands write them so.  The residual stream, its gradient, norm statistics, logits and
+ * the loss stay float32.  The two GEMMs that end in the residual stream (o_proj, down) add it in
+ * their epilogue (cuBLASLt, C != D) instead of in a separate pass.
  *
  * Memory: one arena of forward activations (grown with B and T), one backward workspace (grown
  * with B and T, allocated at the first backward), one attention scratch (batch rows in chunks
@@ -15,8 +18,8 @@
  * largest matrix.  The logits never exist whole: the LM head and the cross-entropy run over
  * vocabulary slabs under logits_bytes (online logsumexp), and backward recomputes each slab.
  * With recompute, the arena keeps the residual stream x[0..layers] and one block's activations,
- * which backward rebuilds block by block from x[l] (one extra block forward each).  Backward mirrors model.c stage for
- * stage, including which stages run for a partly frozen model, the order of hook calls (LM head,
+ * which backward rebuilds block by block from x[l] (one extra block forward each).  Backward
+ * mirrors model.c stage for stage, including which stages run for a partly frozen model, the order of hook calls (LM head,
  * blocks from the top, embedding last) and the tied embedding's single G (head + lookups).
  * Reductions are deterministic; the embedding's scatter uses positions sorted on the host.
  * No keys: primal_cuda_opts carries precision, device, chunk_rows, attn_bytes, attn_unfused,
@@ -28,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
@@ -45,6 +49,7 @@
 #define DEFAULT_CHUNK 8192
 #define DEFAULT_ATTN_BYTES ((size_t)2 << 30)
 #define DEFAULT_LOGITS_BYTES ((size_t)512 << 20)
+#define LT_WORKSPACE ((size_t)32 << 20) /* cuBLASLt's own scratch; Hopper kernels want some */
 
 #define CUBLAS_TRY(call, err)                                                                  \
     do {                                                                                       \
@@ -74,8 +79,9 @@ static const char *const block_names[L_N] = {
 
 enum { MEM_WEIGHTS, MEM_GRADS, MEM_ACTS, MEM_WORK, MEM_OTHER, MEM_KINDS };
 
-/* What backward needs of one block.  The GEMM-only inputs (ln1, atty, ln2, act) are kept in
- * the compute dtype: bf16 mode would convert them before every GEMM anyway. */
+/* What backward needs of one block.  What only GEMMs and the elementwise kernels between them
+ * read (ln1, atty, ln2, gate, up, act) is kept in the compute dtype; the residual stream (x, h)
+ * stays float32, as on the CPU. */
 typedef struct block_acts {
     void *ln1;                /* (N, C) dt */
     float *rstd1;             /* (N) */
@@ -85,7 +91,7 @@ typedef struct block_acts {
     float *h;                 /* (N, C) residual after attention */
     void *ln2;                /* (N, C) dt */
     float *rstd2;             /* (N) */
-    float *gate, *up;         /* (N, F) each */
+    void *gate, *up;          /* (N, F) each, dt */
     void *act;                /* (N, F) dt */
 } block_acts;
 
@@ -103,9 +109,12 @@ struct primal_cuda_model {
     int recompute; /* one block's activations are kept, and rebuilt from x[l] in backward */
     int acts_layer; /* the block whose activations the shared set holds (recompute) */
     int64_t nv;     /* vocabulary slab of the logits */
+    int head_ahead; /* primal_cuda_opts.head_ahead */
     int device;
     cudaStream_t stream;
     cublasHandle_t cb;
+    cublasLtHandle_t lt;
+    void *lt_ws;
     size_t mem[MEM_KINDS], peak;
 
     /* grids: one device copy per distinct host array */
@@ -130,7 +139,7 @@ struct primal_cuda_model {
     int arena_B, arena_T;
     float **x;       /* (layers + 1) residual stream (N, C) */
     block_acts *blk; /* (layers); all the same memory under recompute */
-    float *q, *k, *v;          /* (N, qdim), (N, kvdim) x2: projections before rope */
+    void *q, *k, *v;           /* (N, qdim), (N, kvdim) x2, dt: projections before bias and rope */
     void *lnf;                 /* (N, C) dt */
     float *rstdf;              /* (N) */
     float *logits;             /* (N, nv) one vocabulary slab; fp32 backward: its dlogits */
@@ -139,6 +148,13 @@ struct primal_cuda_model {
     uint8_t *mask;             /* (N) */
     int32_t *emb_start, *emb_order; /* (V + 1), (N) positions sorted by token */
     float *cosv, *sinv;        /* (T, hd/2) */
+
+    /* the LM head's backward run by forward_train: its G and W whole, until backward */
+    float *G_head;              /* (V, C) */
+    void *W_head;               /* (V, C) dt */
+    size_t G_head_bytes, W_head_bytes;
+    int head_ready;             /* dln holds dL/dlnf and G_head the head's G */
+    float head_scale;           /* the loss_scale they were formed with */
 
     /* attention scratch */
     void *attn;
@@ -149,13 +165,15 @@ struct primal_cuda_model {
     void *ws;
     size_t ws_bytes;
     float *dres, *dln;          /* (N, C) */
-    float *dact;                /* (N, F) */
+    void *dact;                 /* (N, F) dt */
     void *dgate, *dup;          /* (N, F) dt: GEMM operands only */
-    float *datty, *dq, *dk, *dv;/* (N, qdim) x2, (N, kvdim) x2 */
+    void *datty;                /* (N, qdim) dt */
+    float *dq, *dk, *dv;        /* (N, qdim), (N, kvdim) x2: fp32 runs, or bias gradients */
     void *dlogits_b;            /* (N, nv) bf16 in bf16 mode */
     void *dqb, *dkb, *dvb;      /* dq, dk, dv in bf16 (bf16 mode) */
     void *dyb;                  /* (N, C) bf16 copy of dres in bf16 mode (dres_copy) */
     float *colsum;              /* cuda_colsum_scratch(N, max(C, qdim, kvdim)) */
+    float *ce_scratch;          /* cuda_ce_rows_scratch(N) */
 
     /* host staging */
     int32_t *h_tok_in, *h_tok_tgt, *h_start, *h_order;
@@ -402,6 +420,7 @@ int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
     cm->attn_fused = !o->attn_unfused;
     cm->logits_cap = o->logits_bytes > 0 ? o->logits_bytes : DEFAULT_LOGITS_BYTES;
     cm->recompute = o->recompute != 0;
+    cm->head_ahead = o->head_ahead;
     cm->acts_layer = -1;
     const primal_model_config *c = &cm->c;
     cm->hd = c->dim / c->heads;
@@ -432,6 +451,16 @@ int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
             cublasSetStream(cm->cb, cm->stream);
         }
     }
+    if (rc == PRIMAL_OK) {
+        cublasStatus_t st = cublasLtCreate(&cm->lt);
+        if (st != CUBLAS_STATUS_SUCCESS) {
+            cm->lt = NULL;
+            rc = primal_errf(err, PRIMAL_EDEVICE, "cuda model: cublasLtCreate: %s",
+                             cublasGetStatusString(st));
+        }
+    }
+    if (rc == PRIMAL_OK)
+        rc = dev_alloc(cm, &cm->lt_ws, LT_WORKSPACE, MEM_WORK, "cuBLASLt workspace", err);
     /* the parameter numbers model.c gives each block member, found by name */
     char name[128];
     for (int l = 0; l < c->layers && rc == PRIMAL_OK; l++)
@@ -518,8 +547,13 @@ void primal_cuda_model_free(primal_cuda_model *cm)
     cudaFree(cm->arena);
     cudaFree(cm->attn);
     cudaFree(cm->ws);
+    cudaFree(cm->G_head);
+    cudaFree(cm->W_head);
     if (cm->cb != NULL)
         cublasDestroy(cm->cb);
+    if (cm->lt != NULL)
+        cublasLtDestroy(cm->lt);
+    dev_free(cm, cm->lt_ws, LT_WORKSPACE, MEM_WORK);
     if (cm->stream != NULL)
         cudaStreamDestroy(cm->stream);
     free(cm->p);
@@ -712,13 +746,13 @@ static size_t layout_acts(primal_cuda_model *cm, int B, int T, char *base)
         a->h = carve(base, &off, N * C * f);
         a->ln2 = carve(base, &off, N * C * e);
         a->rstd2 = carve(base, &off, N * f);
-        a->gate = carve(base, &off, N * F * f);
-        a->up = carve(base, &off, N * F * f);
+        a->gate = carve(base, &off, N * F * e);
+        a->up = carve(base, &off, N * F * e);
         a->act = carve(base, &off, N * F * e);
     }
-    cm->q = carve(base, &off, N * (size_t)cm->qdim * f);
-    cm->k = carve(base, &off, N * (size_t)cm->kvdim * f);
-    cm->v = carve(base, &off, N * (size_t)cm->kvdim * f);
+    cm->q = carve(base, &off, N * (size_t)cm->qdim * e);
+    cm->k = carve(base, &off, N * (size_t)cm->kvdim * e);
+    cm->v = carve(base, &off, N * (size_t)cm->kvdim * e);
     cm->lnf = carve(base, &off, N * C * e);
     cm->rstdf = carve(base, &off, N * f);
     cm->logits = carve(base, &off, N * (size_t)cm->nv * f);
@@ -741,15 +775,19 @@ static size_t layout_ws(primal_cuda_model *cm, int B, int T, char *base)
     size_t off = 0, f = sizeof(float), e = cuda_dtype_size(cm->dt);
     cm->dres = carve(base, &off, N * C * f);
     cm->dln = carve(base, &off, N * C * f);
-    cm->dact = carve(base, &off, N * F * f);
+    cm->dact = carve(base, &off, N * F * e);
     cm->dgate = carve(base, &off, N * F * e);
     cm->dup = carve(base, &off, N * F * e);
-    cm->datty = carve(base, &off, N * (size_t)cm->qdim * f);
-    cm->dq = carve(base, &off, N * (size_t)cm->qdim * f);
-    cm->dk = carve(base, &off, N * (size_t)cm->kvdim * f);
-    cm->dv = carve(base, &off, N * (size_t)cm->kvdim * f);
+    cm->datty = carve(base, &off, N * (size_t)cm->qdim * e);
+    cm->dq = cm->dk = cm->dv = NULL;
+    if (cm->dt == CUDA_F32 || cm->c.qkv_bias) {
+        cm->dq = carve(base, &off, N * (size_t)cm->qdim * f);
+        cm->dk = carve(base, &off, N * (size_t)cm->kvdim * f);
+        cm->dv = carve(base, &off, N * (size_t)cm->kvdim * f);
+    }
     size_t cw = C > (size_t)cm->qdim ? C : (size_t)cm->qdim;
     cm->colsum = carve(base, &off, (size_t)cuda_colsum_scratch((int64_t)N, (int64_t)cw) * f);
+    cm->ce_scratch = carve(base, &off, (size_t)cuda_ce_rows_scratch((int64_t)N) * f);
     cm->dlogits_b = NULL;
     cm->dyb = NULL;
     cm->dqb = cm->dkb = cm->dvb = NULL;
@@ -895,30 +933,31 @@ static int weight_rows(primal_cuda_model *cm, const primal_cuda_param *p, int64_
     return PRIMAL_OK;
 }
 
-/* y[:, r0:r0+nr] (row stride ldy) = x (N, C) · W[r0:r0+nr]ᵀ + beta·y */
-static int mm_forward(primal_cuda_model *cm, float *y, int64_t ldy, const void *x,
+/* y[:, r0:r0+nr] (y already offset by r0, row stride ldy, of type yt) = x (N, C) ·
+ * W[r0:r0+nr]ᵀ + beta·y */
+static int mm_forward(primal_cuda_model *cm, void *y, cuda_dtype yt, int64_t ldy, const void *x,
                       const void *w, int64_t N, int64_t C, int64_t nr, float beta,
                       primal_err *err)
 {
     float one = 1.0f;
     cudaDataType_t t = cu_type(cm->dt);
     CUBLAS_TRY(cublasGemmEx(cm->cb, CUBLAS_OP_T, CUBLAS_OP_N, (int)nr, (int)N, (int)C, &one, w, t,
-                            (int)C, x, t, (int)C, &beta, y, CUDA_R_32F, (int)ldy,
+                            (int)C, x, t, (int)C, &beta, y, cu_type(yt), (int)ldy,
                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                err);
     return PRIMAL_OK;
 }
 
-/* dx (N, C) = dy[:, r0:r0+nr] (dy already offset by r0, row stride ldy) · W[r0:r0+nr] +
- * beta·dx */
-static int mm_backward_inp(primal_cuda_model *cm, float *dx, const void *dy, int64_t ldy,
-                           const void *w, int64_t N, int64_t C, int64_t nr, float beta,
-                           primal_err *err)
+/* dx (N, C) of type xt = dy[:, r0:r0+nr] (dy already offset by r0, row stride ldy) ·
+ * W[r0:r0+nr] + beta·dx */
+static int mm_backward_inp(primal_cuda_model *cm, void *dx, cuda_dtype xt, const void *dy,
+                           int64_t ldy, const void *w, int64_t N, int64_t C, int64_t nr,
+                           float beta, primal_err *err)
 {
     float one = 1.0f;
     cudaDataType_t t = cu_type(cm->dt);
     CUBLAS_TRY(cublasGemmEx(cm->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)C, (int)N, (int)nr, &one, w, t,
-                            (int)C, dy, t, (int)ldy, &beta, dx, CUDA_R_32F, (int)C,
+                            (int)C, dy, t, (int)ldy, &beta, dx, cu_type(xt), (int)C,
                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                err);
     return PRIMAL_OK;
@@ -937,29 +976,80 @@ static int mm_weight(primal_cuda_model *cm, float *G, const void *dy, int64_t ld
     return PRIMAL_OK;
 }
 
-/* out (N, rows) = x · Wᵀ (+ bias), W in row chunks; x already an operand. */
-static int linear_forward(primal_cuda_model *cm, int pi, float *out, const void *x,
-                          const float *bias, int64_t N, primal_err *err)
+/* y[:, r0:r0+nr] = x (N, C) · W[r0:r0+nr]ᵀ + res[:, r0:r0+nr], y, res float32 (N, ldy), both
+ * already offset by r0: the residual add in the GEMM's epilogue, which cublasGemmEx cannot do
+ * (its C is its output). */
+static int mm_forward_res(primal_cuda_model *cm, float *y, const float *res, int64_t ldy,
+                          const void *x, const void *w, int64_t N, int64_t C, int64_t nr,
+                          primal_err *err)
+{
+    cudaDataType_t t = cu_type(cm->dt);
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    cublasLtMatmulDesc_t op = NULL;
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t h;
+    int found = 0;
+    size_t wsb = LT_WORKSPACE;
+    float one = 1.0f;
+    cublasStatus_t st = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatrixLayoutCreate(&la, t, (uint64_t)C, (uint64_t)nr, C);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatrixLayoutCreate(&lb, t, (uint64_t)C, (uint64_t)N, C);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, (uint64_t)nr, (uint64_t)N, ldy);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulPreferenceCreate(&pref);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulPreferenceSetAttribute(
+            pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulAlgoGetHeuristic(cm->lt, op, la, lb, lc, lc, pref, 1, &h, &found);
+    if (st == CUBLAS_STATUS_SUCCESS && found < 1)
+        st = CUBLAS_STATUS_NOT_SUPPORTED;
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmul(cm->lt, op, &one, w, la, x, lb, &one, res, lc, y, lc, &h.algo,
+                            cm->lt_ws, LT_WORKSPACE, cm->stream);
+    if (pref != NULL)
+        cublasLtMatmulPreferenceDestroy(pref);
+    if (lc != NULL)
+        cublasLtMatrixLayoutDestroy(lc);
+    if (lb != NULL)
+        cublasLtMatrixLayoutDestroy(lb);
+    if (la != NULL)
+        cublasLtMatrixLayoutDestroy(la);
+    if (op != NULL)
+        cublasLtMatmulDescDestroy(op);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return primal_errf(err, PRIMAL_EDEVICE, "cuda model: cuBLASLt residual GEMM (%lld x %lld"
+                           " x %lld): %s", (long long)nr, (long long)N, (long long)C,
+                           cublasGetStatusString(st));
+    return PRIMAL_OK;
+}
+
+/* out (N, rows) float32 = x · Wᵀ + res (N, rows), W in row chunks; x already an operand. */
+static int linear_forward_res(primal_cuda_model *cm, int pi, float *out, const float *res,
+                              const void *x, int64_t N, primal_err *err)
 {
     const primal_cuda_param *p = &cm->p[pi];
     int64_t rows = p->q.rows, cols = p->q.cols, ch = chunk_of(cm, rows);
-    float beta = 0.0f;
-    if (bias != NULL) {
-        TRY(cuda_bias_fill(out, bias, N, rows, cm->stream, err));
-        beta = 1.0f;
-    }
     for (int64_t r0 = 0; r0 < rows; r0 += ch) {
         int64_t nr = rows - r0 < ch ? rows - r0 : ch;
         const void *w;
         TRY(weight_rows(cm, p, r0, nr, &w, err));
-        TRY(mm_forward(cm, out + r0, rows, x, w, N, cols, nr, beta, err));
+        TRY(mm_forward_res(cm, out + r0, res + r0, rows, x, w, N, cols, nr, err));
     }
     return PRIMAL_OK;
 }
 
-/* dx (N, cols) = dy (N, rows) · W + beta·dx, W in row chunks; dy already an operand. */
-static int linear_backward_inp(primal_cuda_model *cm, int pi, float *dx, const void *dy,
-                               int64_t N, float beta, primal_err *err)
+/* out (N, rows) of type ot = x · Wᵀ, W in row chunks; x already an operand. */
+static int linear_forward(primal_cuda_model *cm, int pi, void *out, cuda_dtype ot, const void *x,
+                          int64_t N, primal_err *err)
 {
     const primal_cuda_param *p = &cm->p[pi];
     int64_t rows = p->q.rows, cols = p->q.cols, ch = chunk_of(cm, rows);
@@ -967,7 +1057,23 @@ static int linear_backward_inp(primal_cuda_model *cm, int pi, float *dx, const v
         int64_t nr = rows - r0 < ch ? rows - r0 : ch;
         const void *w;
         TRY(weight_rows(cm, p, r0, nr, &w, err));
-        TRY(mm_backward_inp(cm, dx, elem(dy, r0, cm->dt), rows, w, N, cols, nr,
+        TRY(mm_forward(cm, (void *)elem(out, r0, ot), ot, rows, x, w, N, cols, nr, 0.0f, err));
+    }
+    return PRIMAL_OK;
+}
+
+/* dx (N, cols) of type xt = dy (N, rows) · W + beta·dx, W in row chunks; dy already an
+ * operand. */
+static int linear_backward_inp(primal_cuda_model *cm, int pi, void *dx, cuda_dtype xt,
+                               const void *dy, int64_t N, float beta, primal_err *err)
+{
+    const primal_cuda_param *p = &cm->p[pi];
+    int64_t rows = p->q.rows, cols = p->q.cols, ch = chunk_of(cm, rows);
+    for (int64_t r0 = 0; r0 < rows; r0 += ch) {
+        int64_t nr = rows - r0 < ch ? rows - r0 : ch;
+        const void *w;
+        TRY(weight_rows(cm, p, r0, nr, &w, err));
+        TRY(mm_backward_inp(cm, dx, xt, elem(dy, r0, cm->dt), rows, w, N, cols, nr,
                             r0 == 0 ? beta : 1.0f, err));
     }
     return PRIMAL_OK;
@@ -987,8 +1093,8 @@ static int head_logits(primal_cuda_model *cm, int64_t v0, int64_t n, const void 
                        primal_err *err)
 {
     TRY(weight_rows(cm, &cm->p[cm->head], v0, n, w, err));
-    return mm_forward(cm, cm->logits, n, cm->lnf, *w, (int64_t)cm->B * cm->T, cm->c.dim, n, 0.0f,
-                      err);
+    return mm_forward(cm, cm->logits, CUDA_F32, n, cm->lnf, *w, (int64_t)cm->B * cm->T, cm->c.dim,
+                      n, 0.0f, err);
 }
 
 /* ... and dL/dlogits of that slab: over the logits in fp32, into cm->dlogits_b in bf16. */
@@ -1016,31 +1122,32 @@ static int block_forward(primal_cuda_model *cm, int l, const float *xin, float *
 
     TRY(cuda_rmsnorm_forward(a->ln1, cm->dt, a->rstd1, xin, P[lp[L_LN1]].vec, N, C, eps, s,
                              err));
-    TRY(linear_forward(cm, lp[L_Q], cm->q, a->ln1, bias_of(cm, lp[L_BQ]), N, err));
-    TRY(linear_forward(cm, lp[L_K], cm->k, a->ln1, bias_of(cm, lp[L_BK]), N, err));
-    TRY(linear_forward(cm, lp[L_V], cm->v, a->ln1, bias_of(cm, lp[L_BV]), N, err));
-    TRY(cuda_rope_pack(a->qh, a->kh, a->vh, cm->dt, cm->q, cm->k, cm->v, cm->cosv, cm->sinv, B,
-                       T, H, KVH, hd, s, err));
+    TRY(linear_forward(cm, lp[L_Q], cm->q, cm->dt, a->ln1, N, err));
+    TRY(linear_forward(cm, lp[L_K], cm->k, cm->dt, a->ln1, N, err));
+    TRY(linear_forward(cm, lp[L_V], cm->v, cm->dt, a->ln1, N, err));
+    TRY(cuda_rope_pack(a->qh, a->kh, a->vh, cm->dt, cm->q, cm->k, cm->v, bias_of(cm, lp[L_BQ]),
+                       bias_of(cm, lp[L_BK]), bias_of(cm, lp[L_BV]), cm->cosv, cm->sinv, B, T, H,
+                       KVH, hd, s, err));
     TRY(cuda_attention_forward(a->atty, a->lse, a->qh, a->kh, a->vh, &cm->as, cm->cb, cm->dt, B,
                                T, H, KVH, hd, s, err));
-    TRY(linear_forward(cm, lp[L_O], a->h, a->atty, NULL, N, err));
-    TRY(cuda_add_inplace(a->h, xin, N * C, s, err));
+    TRY(linear_forward_res(cm, lp[L_O], a->h, xin, a->atty, N, err));
     TRY(cuda_rmsnorm_forward(a->ln2, cm->dt, a->rstd2, a->h, P[lp[L_LN2]].vec, N, C, eps, s,
                              err));
-    TRY(linear_forward(cm, lp[L_GATE], a->gate, a->ln2, NULL, N, err));
-    TRY(linear_forward(cm, lp[L_UP], a->up, a->ln2, NULL, N, err));
+    TRY(linear_forward(cm, lp[L_GATE], a->gate, cm->dt, a->ln2, N, err));
+    TRY(linear_forward(cm, lp[L_UP], a->up, cm->dt, a->ln2, N, err));
     TRY(cuda_swiglu_forward(a->act, cm->dt, a->gate, a->up, N * F, s, err));
-    TRY(linear_forward(cm, lp[L_DOWN], xout, a->act, NULL, N, err));
-    TRY(cuda_add_inplace(xout, a->h, N * C, s, err));
+    TRY(linear_forward_res(cm, lp[L_DOWN], xout, a->h, a->act, N, err));
     cm->acts_layer = l;
     return PRIMAL_OK;
 }
 
-int primal_cuda_model_forward(primal_cuda_model *cm, const int32_t *tokens, const uint8_t *mask,
-                              int B, int T, float *loss, float *logits, primal_err *err)
+/* Everything up to the final norm's output (cm->lnf). */
+static int forward_body(primal_cuda_model *cm, const int32_t *tokens, const uint8_t *mask,
+                        int B, int T, primal_err *err)
 {
     const primal_model_config *c = &cm->c;
     cm->have_fwd = 0;
+    cm->head_ready = 0;
     if (B < 1 || T < 1 || (int64_t)B * T > INT32_MAX / 2)
         return primal_errf(err, PRIMAL_ERROR,
                            "primal_cuda_model_forward: B %d, T %d out of range", B, T);
@@ -1083,8 +1190,28 @@ int primal_cuda_model_forward(primal_cuda_model *cm, const int32_t *tokens, cons
     TRY(cuda_embedding_forward(cm->x[0], cm->tok_in, &P[cm->embed].q, N, s, err));
     for (int l = 0; l < c->layers; l++)
         TRY(block_forward(cm, l, cm->x[l], cm->x[l + 1], err));
-    TRY(cuda_rmsnorm_forward(cm->lnf, cm->dt, cm->rstdf, cm->x[c->layers], P[cm->fnorm].vec, N,
-                             C, (float)c->norm_eps, s, err));
+    return cuda_rmsnorm_forward(cm->lnf, cm->dt, cm->rstdf, cm->x[c->layers], P[cm->fnorm].vec,
+                                N, C, (float)c->norm_eps, s, err);
+}
+
+/* The loss from cm->losses, to the host (waits); the forward is then complete. */
+static int forward_loss(primal_cuda_model *cm, float *loss, primal_err *err)
+{
+    cudaStream_t s = cm->stream;
+    TRY(cuda_loss_mean(cm->loss_dev, cm->losses, cm->mask, (int64_t)cm->B * cm->T, cm->count, s,
+                       err));
+    CUDA_TRY(cudaMemcpyAsync(loss, cm->loss_dev, sizeof(float), cudaMemcpyDeviceToHost, s), err);
+    CUDA_TRY(cudaStreamSynchronize(s), err);
+    cm->have_fwd = 1;
+    return PRIMAL_OK;
+}
+
+/* The LM head and the cross-entropy over vocabulary slabs (losses, lse_ce), logits to the
+ * host when not NULL. */
+static int head_slabs(primal_cuda_model *cm, float *logits, primal_err *err)
+{
+    int64_t N = (int64_t)cm->B * cm->T, V = cm->c.vocab;
+    cudaStream_t s = cm->stream;
     for (int64_t v0 = 0; v0 < V; v0 += cm->nv) {
         int64_t n = V - v0 < cm->nv ? V - v0 : cm->nv;
         const void *w;
@@ -1096,11 +1223,15 @@ int primal_cuda_model_forward(primal_cuda_model *cm, const int32_t *tokens, cons
                                        (size_t)n * sizeof(float), (size_t)n * sizeof(float),
                                        (size_t)N, cudaMemcpyDeviceToHost, s), err);
     }
-    TRY(cuda_loss_mean(cm->loss_dev, cm->losses, cm->mask, N, cm->count, s, err));
-    CUDA_TRY(cudaMemcpyAsync(loss, cm->loss_dev, sizeof(float), cudaMemcpyDeviceToHost, s), err);
-    CUDA_TRY(cudaStreamSynchronize(s), err);
-    cm->have_fwd = 1;
     return PRIMAL_OK;
+}
+
+int primal_cuda_model_forward(primal_cuda_model *cm, const int32_t *tokens, const uint8_t *mask,
+                              int B, int T, float *loss, float *logits, primal_err *err)
+{
+    TRY(forward_body(cm, tokens, mask, B, T, err));
+    TRY(head_slabs(cm, logits, err));
+    return forward_loss(cm, loss, err);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1116,16 +1247,16 @@ static int trains(const primal_cuda_model *cm, int pi)
     return pi >= 0 && cm->p[pi].trainable;
 }
 
-/* Rows [r0, r0 + nr) of parameter pi's G are in cm->G: scale gradient, then the hook. */
-static int consume(primal_cuda_model *cm, int pi, int64_t r0, int64_t nr, const bwd_ctx *bc,
-                   primal_err *err)
+/* Rows [r0, r0 + nr) of parameter pi's G are in G: scale gradient, then the hook. */
+static int consume(primal_cuda_model *cm, int pi, int64_t r0, int64_t nr, const float *G,
+                   const bwd_ctx *bc, primal_err *err)
 {
     primal_cuda_param *p = &cm->p[pi];
     if (p->q.bits != 32)
-        TRY(cuda_scale_grad(p->dscale, cm->G, &p->q, r0, nr, cm->stream, err));
+        TRY(cuda_scale_grad(p->dscale, G, &p->q, r0, nr, cm->stream, err));
     if (bc->hook == NULL)
         return PRIMAL_OK;
-    return bc->hook(bc->user, p, cm->G, r0, nr, cm->stream, err);
+    return bc->hook(bc->user, p, G, r0, nr, cm->stream, err);
 }
 
 /* G = dyᵀ·x of matrix pi, chunk by chunk, each consumed; dy (N, rows) and x (N, cols) are
@@ -1139,7 +1270,7 @@ static int weight_grad(primal_cuda_model *cm, int pi, const void *dy, const void
     for (int64_t r0 = 0; r0 < rows; r0 += ch) {
         int64_t nr = rows - r0 < ch ? rows - r0 : ch;
         TRY(mm_weight(cm, cm->G, elem(dy, r0, cm->dt), rows, x, N, cols, nr, 0.0f, err));
-        TRY(consume(cm, pi, r0, nr, bc, err));
+        TRY(consume(cm, pi, r0, nr, cm->G, bc, err));
     }
     return PRIMAL_OK;
 }
@@ -1186,18 +1317,18 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
         TRY(weight_grad(cm, lp[L_DOWN], dyo, a->act, bc, err));
     if (!need_dgu)
         return PRIMAL_OK;
-    TRY(linear_backward_inp(cm, lp[L_DOWN], cm->dact, dyo, N, 0.0f, err));
+    TRY(linear_backward_inp(cm, lp[L_DOWN], cm->dact, cm->dt, dyo, N, 0.0f, err));
     TRY(cuda_swiglu_backward(cm->dgate, cm->dup, cm->dt, cm->dact, a->gate, a->up, N * F, s,
                              err));
     if (trains(cm, lp[L_GATE]))
         TRY(weight_grad(cm, lp[L_GATE], cm->dgate, a->ln2, bc, err));
     if (need_dln2)
-        TRY(linear_backward_inp(cm, lp[L_GATE], cm->dln, cm->dgate, N, 0.0f, err));
+        TRY(linear_backward_inp(cm, lp[L_GATE], cm->dln, CUDA_F32, cm->dgate, N, 0.0f, err));
     if (trains(cm, lp[L_UP]))
         TRY(weight_grad(cm, lp[L_UP], cm->dup, a->ln2, bc, err));
     if (!need_dln2)
         return PRIMAL_OK;
-    TRY(linear_backward_inp(cm, lp[L_UP], cm->dln, cm->dup, N, 1.0f, err));
+    TRY(linear_backward_inp(cm, lp[L_UP], cm->dln, CUDA_F32, cm->dup, N, 1.0f, err));
     TRY(cuda_rmsnorm_backward(need_mid ? cm->dres : NULL, dres_copy(cm), P[lp[L_LN2]].dvec, cm->colsum, cm->dln,
                               a->h, P[lp[L_LN2]].vec, a->rstd2, N, C, s, err));
 
@@ -1209,10 +1340,14 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
         TRY(weight_grad(cm, lp[L_O], dyo, a->atty, bc, err));
     if (!need_dqkv)
         return PRIMAL_OK;
-    TRY(linear_backward_inp(cm, lp[L_O], cm->datty, dyo, N, 0.0f, err));
-    TRY(cuda_attention_backward(cm->dq, cm->dk, cm->dv, cm->dqb, cm->dkb, cm->dvb, cm->datty, a->atty, a->lse, a->qh, a->kh,
-                                a->vh, cm->cosv, cm->sinv, &cm->as, cm->cb, cm->dt, B, T, H, KVH,
-                                hd, s, err));
+    TRY(linear_backward_inp(cm, lp[L_O], cm->datty, cm->dt, dyo, N, 0.0f, err));
+    /* float32 dq, dk, dv: the GEMM operands of fp32 runs; in bf16 only bias gradients read them */
+    int f32 = cm->dt == CUDA_F32 || trains(cm, lp[L_BQ]) || trains(cm, lp[L_BK]) ||
+              trains(cm, lp[L_BV]);
+    TRY(cuda_attention_backward(f32 ? cm->dq : NULL, f32 ? cm->dk : NULL, f32 ? cm->dv : NULL,
+                                cm->dqb, cm->dkb, cm->dvb, cm->datty, a->atty, a->lse, a->qh,
+                                a->kh, a->vh, cm->cosv, cm->sinv, &cm->as, cm->cb, cm->dt, B, T,
+                                H, KVH, hd, s, err));
     if (trains(cm, lp[L_BQ]))
         TRY(cuda_bias_backward(P[lp[L_BQ]].dvec, cm->colsum, cm->dq, N, cm->qdim, s, err));
     if (trains(cm, lp[L_BK]))
@@ -1230,7 +1365,8 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
         if (trains(cm, pi))
             TRY(weight_grad(cm, pi, dyo, a->ln1, bc, err));
         if (below_qkv)
-            TRY(linear_backward_inp(cm, pi, cm->dln, dyo, N, j == 0 ? 0.0f : 1.0f, err));
+            TRY(linear_backward_inp(cm, pi, cm->dln, CUDA_F32, dyo, N, j == 0 ? 0.0f : 1.0f,
+                                    err));
     }
     if (!below_qkv)
         return PRIMAL_OK;
@@ -1248,6 +1384,89 @@ static int level_of(const primal_cuda_model *cm, const primal_cuda_param *p)
     return p->layer;
 }
 
+/* The level of the lowest trainable parameter: -1 the embedding, layers the final norm and
+ * head, layers + 1 when nothing trains. */
+static int lowest_level(const primal_cuda_model *cm)
+{
+    int lowest = cm->c.layers + 1;
+    for (int i = 0; i < cm->np; i++)
+        if (cm->p[i].trainable && level_of(cm, &cm->p[i]) < lowest)
+            lowest = level_of(cm, &cm->p[i]);
+    return lowest;
+}
+
+/* Device buffer *p of at least need bytes, counted as workspace; kept while big enough. */
+static int ensure(primal_cuda_model *cm, void **p, size_t *bytes, size_t need, const char *what,
+                  primal_err *err)
+{
+    if (*p != NULL && *bytes >= need)
+        return PRIMAL_OK;
+    return regrow(cm, p, bytes, need, MEM_WORK, what, err);
+}
+
+/* The head's forward and backward over token rows (see primal_cuda_model_forward_train), nc
+ * rows at a time through the logits slab buffers: logits over the whole vocabulary, losses and
+ * dlogits in one kernel, then dL/dlnf of those rows and the head's G accumulated over them. */
+static int head_ahead(primal_cuda_model *cm, int64_t nc, float d, int need_dlnf, int need_G,
+                      primal_err *err)
+{
+    const primal_model_config *c = &cm->c;
+    int64_t N = (int64_t)cm->B * cm->T, C = c->dim, V = c->vocab;
+    const primal_cuda_param *hp = &cm->p[cm->head];
+    size_t e = cuda_dtype_size(cm->dt);
+    TRY(grow_ws(cm, err));
+    if (need_G)
+        TRY(ensure(cm, (void **)&cm->G_head, &cm->G_head_bytes, (size_t)(V * C) * sizeof(float),
+                   "LM head gradient", err));
+    const void *w = hp->q.dense;
+    if (!(hp->q.bits == 32 && cm->dt == CUDA_F32)) {
+        TRY(ensure(cm, &cm->W_head, &cm->W_head_bytes, (size_t)(V * C) * e, "LM head weights",
+                   err));
+        TRY(cuda_dequant_rows(cm->W_head, cm->dt, &hp->q, 0, V, cm->stream, err));
+        w = cm->W_head;
+    }
+    void *dl = cm->dt == CUDA_F32 ? (void *)cm->logits : cm->dlogits_b;
+    for (int64_t n0 = 0; n0 < N; n0 += nc) {
+        int64_t n = N - n0 < nc ? N - n0 : nc;
+        const void *x = elem(cm->lnf, n0 * C, cm->dt);
+        TRY(mm_forward(cm, cm->logits, CUDA_F32, V, x, w, n, C, V, 0.0f, err));
+        TRY(cuda_crossentropy_rows(cm->losses + n0, cm->lse_ce + n0, dl, cm->dt, cm->logits,
+                                   cm->tok_tgt + n0, cm->mask + n0, d, V, n, cm->ce_scratch,
+                                   cm->stream, err));
+        if (need_dlnf)
+            TRY(mm_backward_inp(cm, cm->dln + n0 * C, CUDA_F32, dl, V, w, n, C, V, 0.0f, err));
+        if (need_G)
+            TRY(mm_weight(cm, cm->G_head, dl, V, x, n, C, V, n0 == 0 ? 0.0f : 1.0f, err));
+    }
+    return PRIMAL_OK;
+}
+
+int primal_cuda_model_forward_train(primal_cuda_model *cm, const int32_t *tokens,
+                                    const uint8_t *mask, int B, int T, float loss_scale,
+                                    float *loss, primal_err *err)
+{
+    TRY(forward_body(cm, tokens, mask, B, T, err));
+    const primal_model_config *c = &cm->c;
+    int L = c->layers, lowest = lowest_level(cm);
+    int64_t N = (int64_t)B * T, V = c->vocab, C = c->dim;
+    int need_G = (!c->tied && cm->p[cm->head].trainable) || (c->tied && lowest == -1);
+    int need_dlnf = lowest < L || cm->p[cm->fnorm].trainable;
+    /* token rows a pass: as many as the logits slab buffers hold over the whole vocabulary */
+    int64_t nc = N * cm->nv / V;
+    size_t whole = (size_t)(V * C) * (sizeof(float) + cuda_dtype_size(cm->dt));
+    int on = cm->head_ahead > 0 || (cm->head_ahead == 0 && whole <= cm->logits_cap);
+    if (!on || nc < 1 || !(need_G || need_dlnf)) {
+        TRY(head_slabs(cm, NULL, err));
+        return forward_loss(cm, loss, err);
+    }
+    float d = cm->count > 0 ? loss_scale / (float)cm->count : 0.0f;
+    TRY(head_ahead(cm, nc, d, need_dlnf, need_G, err));
+    TRY(forward_loss(cm, loss, err));
+    cm->head_ready = 1;
+    cm->head_scale = loss_scale;
+    return PRIMAL_OK;
+}
+
 int primal_cuda_model_backward(primal_cuda_model *cm, float loss_scale,
                                primal_cuda_grad_hook hook, void *user, primal_err *err)
 {
@@ -1255,12 +1474,14 @@ int primal_cuda_model_backward(primal_cuda_model *cm, float loss_scale,
         return primal_errf(err, PRIMAL_ERROR,
                            "primal_cuda_model_backward: no forward to differentiate (each "
                            "forward allows one backward)");
+    if (cm->head_ready && loss_scale != cm->head_scale)
+        return primal_errf(err, PRIMAL_ERROR,
+                           "primal_cuda_model_backward: loss_scale %g, but forward_train "
+                           "formed the head's gradients with %g", (double)loss_scale,
+                           (double)cm->head_scale);
     const primal_model_config *c = &cm->c;
     int L = c->layers;
-    int lowest = L + 1;
-    for (int i = 0; i < cm->np; i++)
-        if (cm->p[i].trainable && level_of(cm, &cm->p[i]) < lowest)
-            lowest = level_of(cm, &cm->p[i]);
+    int lowest = lowest_level(cm);
     if (lowest > L)
         return PRIMAL_OK; /* nothing trains; the forward stays usable */
     cm->have_fwd = 0; /* recompute and the logits slab overwrite what forward left */
@@ -1275,7 +1496,13 @@ int primal_cuda_model_backward(primal_cuda_model *cm, float loss_scale,
     int head_w = !c->tied && P[cm->head].trainable;
     int need_dlnf = lowest < L || P[cm->fnorm].trainable;
     int64_t ch = chunk_of(cm, V); /* the hook's rows; a chunk spans whole slabs */
-    for (int64_t c0 = 0; (head_w || need_dlnf) && c0 < V; c0 += ch) {
+    int ahead = cm->head_ready;   /* forward_train left dL/dlnf in dln and the head's G */
+    cm->head_ready = 0;
+    for (int64_t c0 = 0; ahead && head_w && c0 < V; c0 += ch) {
+        int64_t cn = V - c0 < ch ? V - c0 : ch;
+        TRY(consume(cm, cm->head, c0, cn, cm->G_head + c0 * C, &bc, err));
+    }
+    for (int64_t c0 = 0; !ahead && (head_w || need_dlnf) && c0 < V; c0 += ch) {
         int64_t cn = V - c0 < ch ? V - c0 : ch;
         for (int64_t v0 = c0; v0 < c0 + cn; v0 += cm->nv) {
             int64_t n = c0 + cn - v0 < cm->nv ? c0 + cn - v0 : cm->nv;
@@ -1283,13 +1510,13 @@ int primal_cuda_model_backward(primal_cuda_model *cm, float loss_scale,
             void *dl;
             TRY(head_dlogits(cm, v0, n, d, &w, &dl, err));
             if (need_dlnf)
-                TRY(mm_backward_inp(cm, cm->dln, dl, n, w, N, C, n, v0 == 0 ? 0.0f : 1.0f,
-                                    err));
+                TRY(mm_backward_inp(cm, cm->dln, CUDA_F32, dl, n, w, N, C, n,
+                                    v0 == 0 ? 0.0f : 1.0f, err));
             if (head_w)
                 TRY(mm_weight(cm, cm->G + (v0 - c0) * C, dl, n, cm->lnf, N, C, n, 0.0f, err));
         }
         if (head_w)
-            TRY(consume(cm, cm->head, c0, cn, &bc, err));
+            TRY(consume(cm, cm->head, c0, cn, cm->G, &bc, err));
     }
     if (need_dlnf) {
         if (lowest < L)
@@ -1310,7 +1537,10 @@ int primal_cuda_model_backward(primal_cuda_model *cm, float loss_scale,
          * the hook sees each row once. */
         for (int64_t r0 = 0; r0 < V; r0 += ch) {
             int64_t nr = V - r0 < ch ? V - r0 : ch;
-            if (c->tied) {
+            float *G = cm->G;
+            if (c->tied && ahead) {
+                G = cm->G_head + r0 * C;
+            } else if (c->tied) {
                 for (int64_t v0 = r0; v0 < r0 + nr; v0 += cm->nv) {
                     int64_t n = r0 + nr - v0 < cm->nv ? r0 + nr - v0 : cm->nv;
                     const void *w;
@@ -1322,9 +1552,9 @@ int primal_cuda_model_backward(primal_cuda_model *cm, float loss_scale,
             } else {
                 CUDA_TRY(cudaMemsetAsync(cm->G, 0, (size_t)(nr * C) * sizeof(float), s), err);
             }
-            TRY(cuda_embedding_backward(cm->G, cm->dres, cm->emb_start, cm->emb_order, r0, nr, C,
-                                        s, err));
-            TRY(consume(cm, cm->embed, r0, nr, &bc, err));
+            TRY(cuda_embedding_backward(G, cm->dres, cm->emb_start, cm->emb_order, r0, nr, C, s,
+                                        err));
+            TRY(consume(cm, cm->embed, r0, nr, G, &bc, err));
         }
     }
     return PRIMAL_OK;

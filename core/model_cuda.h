@@ -41,6 +41,9 @@ typedef struct primal_cuda_opts {
                          * does, instead of the fused kernels (for comparisons) */
     size_t logits_bytes; /* cap on the logits slab and its dlogits; 0: 512 MiB */
     int recompute;      /* 1: keep one block's activations; backward recomputes each block */
+    int head_ahead;     /* primal_cuda_model_forward_train: 1 runs the LM head's backward in
+                         * forward, -1 never, 0 (auto) when the head's whole G and W take at
+                         * most logits_bytes */
 } primal_cuda_opts;
 
 /* One parameter as the GPU holds it.  Pointers are device pointers. */
@@ -83,6 +86,16 @@ void *primal_cuda_model_stream(primal_cuda_model *cm); /* a cudaStream_t */
  * cross-entropy (this call waits for it); logits, if not NULL, is a host (B, T, vocab) array. */
 int primal_cuda_model_forward(primal_cuda_model *cm, const int32_t *tokens, const uint8_t *mask,
                               int B, int T, float *loss, float *logits, primal_err *err);
+
+/* The forward of a training step, which a backward with the same loss_scale must follow.
+ * Where head_ahead allows, it also runs the LM head's backward, token rows at a time over the
+ * whole vocabulary: each row's logsumexp is then known when its dlogits are formed, so the
+ * logits are computed once instead of again in backward (the vocabulary slabs of forward need
+ * that).  It keeps dL/d(final norm output) and the head's whole G until backward, which hands
+ * G to the hook in order.  Otherwise it is primal_cuda_model_forward. */
+int primal_cuda_model_forward_train(primal_cuda_model *cm, const int32_t *tokens,
+                                    const uint8_t *mask, int B, int T, float loss_scale,
+                                    float *loss, primal_err *err);
 
 /* As primal_model_backward: adds into dscale/dvec of trainable parameters, calls hook for each
  * trainable matrix (embedding last, LM head first; G chunked by chunk_rows rows), stops below

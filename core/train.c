@@ -1200,7 +1200,8 @@ static int one_step_cuda(trainer *t, double *loss_out, primal_step_stats *tot, p
         if (rc != PRIMAL_OK)
             return primal_err_prefix(err, "[data] %s", e->loader->desc->name);
         float loss = 0;
-        rc = primal_cuda_model_forward(t->cm, b->tokens, b->mask, b->rows, T, &loss, NULL, err);
+        rc = primal_cuda_model_forward_train(t->cm, b->tokens, b->mask, b->rows, T,
+                                             1.0f / (float)k, &loss, err);
         if (rc != PRIMAL_OK)
             return rc;
         t->tokens += (int64_t)b->rows * T;

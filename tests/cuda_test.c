@@ -109,6 +109,45 @@ static float bf16_to_f(uint16_t b)
     return f;
 }
 
+/* round to nearest even, as __float2bfloat16_rn (no NaNs here) */
+static uint16_t f_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* x (n floats) on the device in dt.  In bf16 x itself is first rounded to the values stored, so
+ * that references computed from x see the kernel's inputs. */
+static void *dev_dt(float *x, int64_t n, cuda_dtype dt)
+{
+    if (dt == CUDA_F32)
+        return dup_to_dev(x, (size_t)n * 4);
+    uint16_t *b = malloc((size_t)n * 2);
+    for (int64_t i = 0; i < n; i++) {
+        b[i] = f_to_bf16(x[i]);
+        x[i] = bf16_to_f(b[i]);
+    }
+    void *d = dup_to_dev(b, (size_t)n * 2);
+    free(b);
+    return d;
+}
+
+/* n elements of dt from the device, as floats */
+static void host_dt(float *out, const void *d, int64_t n, cuda_dtype dt)
+{
+    if (dt == CUDA_F32) {
+        to_host(out, d, (size_t)n * 4);
+        return;
+    }
+    uint16_t *b = malloc((size_t)n * 2);
+    to_host(b, d, (size_t)n * 2);
+    for (int64_t i = 0; i < n; i++)
+        out[i] = bf16_to_f(b[i]);
+    free(b);
+}
+
 /* Every element within atol + rtol·|ref|; names the worst one. */
 static void close_d(const float *got, const double *ref, int64_t n, double atol, double rtol,
                     const char *what)
@@ -401,45 +440,45 @@ Test(cuda_kernels, rmsnorm_forward_and_backward_match_the_reference)
     }
 }
 
+/* Both dtypes; in bf16 every operand is bf16 (the references take the rounded inputs) and the
+ * outputs are within bf16 rounding.  n = 10007 takes the one-element path, 10008 the
+ * eight-element one. */
 Test(cuda_kernels, swiglu_forward_and_backward_match_the_reference)
 {
     need_gpu();
-    int64_t n = 10007;
-    float *g = rnd(n, -6, 6, 60, 0), *u = rnd(n, -2, 2, 60, 1), *dy = rnd(n, -1, 1, 60, 2);
-    double *gd = to_d(g, n), *ud = to_d(u, n), *dyd = to_d(dy, n);
-    double *ref = malloc((size_t)n * 8), *dgr = calloc((size_t)n, 8), *dur = calloc((size_t)n, 8);
-    swiglu_forward_ref(ref, gd, ud, n);
-    swiglu_backward_ref(dgr, dur, dyd, gd, ud, n);
-    float *dg = dup_to_dev(g, (size_t)n * 4), *du = dup_to_dev(u, (size_t)n * 4);
-    float *ddy = dup_to_dev(dy, (size_t)n * 4), *dout = dmalloc((size_t)n * 4);
-    float *ddg = dmalloc((size_t)n * 4), *ddu = dmalloc((size_t)n * 4);
-    float *got = malloc((size_t)n * 4);
-    OK(cuda_swiglu_forward(dout, CUDA_F32, dg, du, n, 0, E));
-    to_host(got, dout, (size_t)n * 4);
-    close_d(got, ref, n, 1e-6, 1e-5, "swiglu forward");
-    OK(cuda_swiglu_backward(ddg, ddu, CUDA_F32, ddy, dg, du, n, 0, E));
-    to_host(got, ddg, (size_t)n * 4);
-    close_d(got, dgr, n, 1e-6, 1e-5, "swiglu dgate");
-    to_host(got, ddu, (size_t)n * 4);
-    close_d(got, dur, n, 1e-6, 1e-5, "swiglu dup");
-    /* bf16 outputs: the same values, rounded to 8 bits of mantissa */
-    uint16_t *hb = malloc((size_t)n * 2);
-    OK(cuda_swiglu_forward(ddg, CUDA_BF16, dg, du, n, 0, E));
-    OK(cuda_swiglu_backward(dout, ddu, CUDA_BF16, ddy, dg, du, n, 0, E));
-    const double *want[3] = {ref, dgr, dur};
-    float *bufs[3] = {ddg, dout, ddu};
-    static const char *const names[3] = {"swiglu forward bf16", "swiglu dgate bf16",
-                                         "swiglu dup bf16"};
-    for (int j = 0; j < 3; j++) {
-        to_host(hb, bufs[j], (size_t)n * 2);
-        for (int64_t i = 0; i < n; i++)
-            got[i] = bf16_to_f(hb[i]);
-        close_d(got, want[j], n, 1e-9, 1.0 / 256, names[j]);
-    }
-    free(hb);
-    free(g), free(u), free(dy), free(gd), free(ud), free(dyd), free(ref), free(dgr), free(dur);
-    free(got);
-    cudaFree(dg), cudaFree(du), cudaFree(ddy), cudaFree(dout), cudaFree(ddg), cudaFree(ddu);
+    for (int dti = 0; dti < 2; dti++)
+        for (int64_t n = 10007; n <= 10008; n++) {
+            cuda_dtype dt = dti == 0 ? CUDA_F32 : CUDA_BF16;
+            size_t e = cuda_dtype_size(dt);
+            float *g = rnd(n, -6, 6, 60, 0), *u = rnd(n, -2, 2, 60, 1);
+            float *dy = rnd(n, -1, 1, 60, 2);
+            void *dg = dev_dt(g, n, dt), *du = dev_dt(u, n, dt), *ddy = dev_dt(dy, n, dt);
+            double *gd = to_d(g, n), *ud = to_d(u, n), *dyd = to_d(dy, n);
+            double *ref = malloc((size_t)n * 8), *dgr = calloc((size_t)n, 8);
+            double *dur = calloc((size_t)n, 8);
+            swiglu_forward_ref(ref, gd, ud, n);
+            swiglu_backward_ref(dgr, dur, dyd, gd, ud, n);
+            void *dout = dmalloc((size_t)n * e), *ddg = dmalloc((size_t)n * e);
+            void *ddu = dmalloc((size_t)n * e);
+            OK(cuda_swiglu_forward(dout, dt, dg, du, n, 0, E));
+            OK(cuda_swiglu_backward(ddg, ddu, dt, ddy, dg, du, n, 0, E));
+            double rtol = dt == CUDA_F32 ? 1e-5 : 1.0 / 256, atol = dt == CUDA_F32 ? 1e-6 : 1e-9;
+            const double *want[3] = {ref, dgr, dur};
+            void *bufs[3] = {dout, ddg, ddu};
+            static const char *const names[3] = {"swiglu forward", "swiglu dgate", "swiglu dup"};
+            float *got = malloc((size_t)n * 4);
+            char what[64];
+            for (int j = 0; j < 3; j++) {
+                host_dt(got, bufs[j], n, dt);
+                snprintf(what, sizeof what, "%s %s n %lld", names[j],
+                         dt == CUDA_F32 ? "fp32" : "bf16", (long long)n);
+                close_d(got, want[j], n, atol, rtol, what);
+            }
+            free(g), free(u), free(dy), free(gd), free(ud), free(dyd), free(ref), free(dgr);
+            free(dur), free(got);
+            cudaFree(dg), cudaFree(du), cudaFree(ddy), cudaFree(dout), cudaFree(ddg);
+            cudaFree(ddu);
+        }
 }
 
 /* Forward and backward over vocabulary slabs [v0, v0 + nv): one slab, slabs that divide V and
@@ -545,59 +584,96 @@ static void from_heads(float *tm, const float *hm, int B, int T, int nh, int hd)
                        hm + (((int64_t)b * nh + h) * T + t) * hd, (size_t)hd * 4);
 }
 
-Test(cuda_kernels, rope_pack_and_unpack_match_rotate_half_references)
+/* pack in both dtypes, with the projections' biases added before the rotation (Qwen2) and
+ * without; unpack to float32 only and to bf16 only. */
+static void check_rope(cuda_dtype dt, int bias)
 {
-    need_gpu();
     int B = 2, T = 11, H = 4, KVH = 2, hd = 16;
     double theta = 10000.0;
     int64_t nq = (int64_t)B * T * H * hd, nk = (int64_t)B * T * KVH * hd;
+    size_t e = cuda_dtype_size(dt);
     float *q = rnd(nq, -1, 1, 80, 0), *k = rnd(nk, -1, 1, 80, 1), *v = rnd(nk, -1, 1, 80, 2);
+    float *bq = rnd(H * hd, -1, 1, 80, 3), *bk = rnd(KVH * hd, -1, 1, 80, 4);
+    float *bv = rnd(KVH * hd, -1, 1, 80, 5);
     float *cs = malloc((size_t)T * hd / 2 * 4), *sn = malloc((size_t)T * hd / 2 * 4);
     rope_table(cs, sn, T, hd, theta);
-    double *qd = to_d(q, nq), *kd = to_d(k, nk), *rq = malloc((size_t)nq * 8);
-    double *rk = malloc((size_t)nk * 8);
+    void *dq = dev_dt(q, nq, dt), *dk = dev_dt(k, nk, dt), *dv = dev_dt(v, nk, dt);
+    /* the references: x + bias, rotated (v not), in double from the values the kernel reads */
+    double *qd = to_d(q, nq), *kd = to_d(k, nk), *vd = to_d(v, nk);
+    for (int64_t i = 0; bias && i < nq; i++)
+        qd[i] += bq[i % (H * hd)];
+    for (int64_t i = 0; bias && i < nk; i++) {
+        kd[i] += bk[i % (KVH * hd)];
+        vd[i] += bv[i % (KVH * hd)];
+    }
+    double *rq = malloc((size_t)nq * 8), *rk = malloc((size_t)nk * 8);
     rope_forward_ref(rq, qd, B, T, H, hd, theta);
     rope_forward_ref(rk, kd, B, T, KVH, hd, theta);
-    float *dq = dup_to_dev(q, (size_t)nq * 4), *dk = dup_to_dev(k, (size_t)nk * 4);
-    float *dv = dup_to_dev(v, (size_t)nk * 4), *dcs = dup_to_dev(cs, (size_t)T * hd / 2 * 4);
-    float *dsn = dup_to_dev(sn, (size_t)T * hd / 2 * 4);
-    float *qh = dmalloc((size_t)nq * 4), *kh = dmalloc((size_t)nk * 4), *vh = dmalloc((size_t)nk * 4);
-    OK(cuda_rope_pack(qh, kh, vh, CUDA_F32, dq, dk, dv, dcs, dsn, B, T, H, KVH, hd, 0, E));
+    float *dcs = dup_to_dev(cs, (size_t)T * hd / 2 * 4), *dsn = dup_to_dev(sn, (size_t)T * hd / 2 * 4);
+    float *dbq = dup_to_dev(bq, (size_t)H * hd * 4), *dbk = dup_to_dev(bk, (size_t)KVH * hd * 4);
+    float *dbv = dup_to_dev(bv, (size_t)KVH * hd * 4);
+    void *qh = dmalloc((size_t)nq * e), *kh = dmalloc((size_t)nk * e), *vh = dmalloc((size_t)nk * e);
+    OK(cuda_rope_pack(qh, kh, vh, dt, dq, dk, dv, bias ? dbq : NULL, bias ? dbk : NULL,
+                      bias ? dbv : NULL, dcs, dsn, B, T, H, KVH, hd, 0, E));
+    double atol = 1e-6, rtol = dt == CUDA_F32 ? 1e-5 : 1.0 / 256;
     float *hm = malloc((size_t)nq * 4), *got = malloc((size_t)nq * 4);
-    to_host(hm, qh, (size_t)nq * 4);
+    char what[64];
+    snprintf(what, sizeof what, "rope q %s bias %d", dt == CUDA_F32 ? "fp32" : "bf16", bias);
+    host_dt(hm, qh, nq, dt);
     from_heads(got, hm, B, T, H, hd);
-    close_d(got, rq, nq, 1e-6, 1e-5, "rope q");
-    to_host(hm, kh, (size_t)nk * 4);
+    close_d(got, rq, nq, atol, rtol, what);
+    what[5] = 'k';
+    host_dt(hm, kh, nk, dt);
     from_heads(got, hm, B, T, KVH, hd);
-    close_d(got, rk, nk, 1e-6, 1e-5, "rope k");
-    to_host(hm, vh, (size_t)nk * 4);
+    close_d(got, rk, nk, atol, rtol, what);
+    what[5] = 'v';
+    host_dt(hm, vh, nk, dt);
     from_heads(got, hm, B, T, KVH, hd);
-    close_f(got, v, nk, 0, 0, "v moves unrotated");
+    close_d(got, vd, nk, atol, rtol, what); /* v: only the bias, no rotation */
     /* backward: head-major gradients back to token-major, inverse rotation */
     float *gq = rnd(nq, -1, 1, 81, 0), *gk = rnd(nk, -1, 1, 81, 1), *gv = rnd(nk, -1, 1, 81, 2);
     float *gqt = malloc((size_t)nq * 4), *gkt = malloc((size_t)nk * 4);
     from_heads(gqt, gq, B, T, H, hd);
     from_heads(gkt, gk, B, T, KVH, hd);
-    double *gqd = to_d(gqt, nq), *gkd = to_d(gkt, nk), *bq = malloc((size_t)nq * 8);
-    double *bk = malloc((size_t)nk * 8);
-    rope_backward_ref(bq, gqd, B, T, H, hd, theta);
-    rope_backward_ref(bk, gkd, B, T, KVH, hd, theta);
+    double *gqd = to_d(gqt, nq), *gkd = to_d(gkt, nk), *rbq = malloc((size_t)nq * 8);
+    double *rbk = malloc((size_t)nk * 8), *rbv;
+    rope_backward_ref(rbq, gqd, B, T, H, hd, theta);
+    rope_backward_ref(rbk, gkd, B, T, KVH, hd, theta);
+    from_heads(hm, gv, B, T, KVH, hd);
+    rbv = to_d(hm, nk);
     float *dgq = dup_to_dev(gq, (size_t)nq * 4), *dgk = dup_to_dev(gk, (size_t)nk * 4);
     float *dgv = dup_to_dev(gv, (size_t)nk * 4);
-    OK(cuda_rope_unpack_grad(dq, dk, dv, NULL, NULL, NULL, dgq, dgk, dgv, dcs, dsn, B, T, H, KVH,
-                             hd, 0, E));
-    to_host(got, dq, (size_t)nq * 4);
-    close_d(got, bq, nq, 1e-6, 1e-5, "rope backward q");
-    to_host(got, dk, (size_t)nk * 4);
-    close_d(got, bk, nk, 1e-6, 1e-5, "rope backward k");
-    to_host(got, dv, (size_t)nk * 4);
-    from_heads(hm, gv, B, T, KVH, hd);
-    close_f(got, hm, nk, 0, 0, "v gradient moves unrotated");
-    free(q), free(k), free(v), free(cs), free(sn), free(qd), free(kd), free(rq), free(rk);
-    free(hm), free(got), free(gq), free(gk), free(gv), free(gqt), free(gkt), free(gqd);
-    free(gkd), free(bq), free(bk);
-    cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dcs), cudaFree(dsn), cudaFree(qh);
-    cudaFree(kh), cudaFree(vh), cudaFree(dgq), cudaFree(dgk), cudaFree(dgv);
+    float *oq = dmalloc((size_t)nq * 4), *ok = dmalloc((size_t)nk * 4), *ov = dmalloc((size_t)nk * 4);
+    void *obq = dmalloc((size_t)nq * 2), *obk = dmalloc((size_t)nk * 2), *obv = dmalloc((size_t)nk * 2);
+    for (int f32 = 0; f32 < 2; f32++) {
+        OK(cuda_rope_unpack_grad(f32 ? oq : NULL, f32 ? ok : NULL, f32 ? ov : NULL,
+                                 f32 ? NULL : obq, f32 ? NULL : obk, f32 ? NULL : obv, dgq, dgk,
+                                 dgv, dcs, dsn, B, T, H, KVH, hd, 0, E));
+        cuda_dtype ot = f32 ? CUDA_F32 : CUDA_BF16;
+        double r = f32 ? 1e-5 : 1.0 / 256;
+        host_dt(got, f32 ? (void *)oq : obq, nq, ot);
+        close_d(got, rbq, nq, 1e-6, r, f32 ? "rope backward q fp32" : "rope backward q bf16");
+        host_dt(got, f32 ? (void *)ok : obk, nk, ot);
+        close_d(got, rbk, nk, 1e-6, r, f32 ? "rope backward k fp32" : "rope backward k bf16");
+        host_dt(got, f32 ? (void *)ov : obv, nk, ot);
+        close_d(got, rbv, nk, f32 ? 0 : 1e-6, f32 ? 0 : r, "v gradient moves unrotated");
+    }
+    free(q), free(k), free(v), free(bq), free(bk), free(bv), free(cs), free(sn), free(qd);
+    free(kd), free(vd), free(rq), free(rk), free(hm), free(got), free(gq), free(gk), free(gv);
+    free(gqt), free(gkt), free(gqd), free(gkd), free(rbq), free(rbk), free(rbv);
+    cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dcs), cudaFree(dsn), cudaFree(dbq);
+    cudaFree(dbk), cudaFree(dbv), cudaFree(qh), cudaFree(kh), cudaFree(vh), cudaFree(dgq);
+    cudaFree(dgk), cudaFree(dgv), cudaFree(oq), cudaFree(ok), cudaFree(ov), cudaFree(obq);
+    cudaFree(obk), cudaFree(obv);
+}
+
+Test(cuda_kernels, rope_pack_and_unpack_match_rotate_half_references)
+{
+    need_gpu();
+    for (int bias = 0; bias < 2; bias++) {
+        check_rope(CUDA_F32, bias);
+        check_rope(CUDA_BF16, bias);
+    }
 }
 
 /* Attention through rope_pack with an identity rotation (cos 1, sin 0), so the result is
@@ -609,6 +685,9 @@ static void check_attention(int B, int T, int H, int KVH, int hd, cuda_dtype dt,
     int64_t nq = (int64_t)B * T * H * hd, nk = (int64_t)B * T * KVH * hd;
     float *q = rnd(nq, -1, 1, 90, (uint64_t)T), *k = rnd(nk, -1, 1, 91, (uint64_t)T);
     float *v = rnd(nk, -1, 1, 92, (uint64_t)T), *dy = rnd(nq, -1, 1, 93, (uint64_t)T);
+    /* q, k, v and dy in dt (rounded to it in bf16) before the references see them */
+    void *dq = dev_dt(q, nq, dt), *dk = dev_dt(k, nk, dt), *dv = dev_dt(v, nk, dt);
+    void *ddy = dev_dt(dy, nq, dt);
     double *qd = to_d(q, nq), *kd = to_d(k, nk), *vd = to_d(v, nk), *dyd = to_d(dy, nq);
     double *ref = malloc((size_t)nq * 8), *rdq = calloc((size_t)nq, 8);
     double *rdk = calloc((size_t)nk, 8), *rdv = calloc((size_t)nk, 8);
@@ -620,11 +699,10 @@ static void check_attention(int B, int T, int H, int KVH, int hd, cuda_dtype dt,
         ones[i] = 1.0f;
     float *dcs = dup_to_dev(ones, (size_t)T * hd / 2 * 4);
     float *dsn = dup_to_dev(zeros, (size_t)T * hd / 2 * 4);
-    float *dq = dup_to_dev(q, (size_t)nq * 4), *dk = dup_to_dev(k, (size_t)nk * 4);
-    float *dv = dup_to_dev(v, (size_t)nk * 4), *ddy = dup_to_dev(dy, (size_t)nq * 4);
     size_t e = cuda_dtype_size(dt);
     void *qh = dmalloc((size_t)nq * e), *kh = dmalloc((size_t)nk * e), *vh = dmalloc((size_t)nk * e);
-    OK(cuda_rope_pack(qh, kh, vh, dt, dq, dk, dv, dcs, dsn, B, T, H, KVH, hd, 0, E));
+    OK(cuda_rope_pack(qh, kh, vh, dt, dq, dk, dv, NULL, NULL, NULL, dcs, dsn, B, T, H, KVH, hd, 0,
+                      E));
     cuda_attn_scratch sc;
     size_t sb = cuda_attn_layout(&sc, NULL, dt, Bc, T, H, KVH, hd, fused);
     void *sbase = dmalloc(sb);
@@ -995,6 +1073,10 @@ typedef struct parity_tol {
     double logits, loss, G, dscale, dvec;
 } parity_tol;
 
+/* The GPU model against the CPU model on one batch: forward (logits, loss), then backward with
+ * loss scale 0.5 (every G tile the hook sees, scale and vector gradients).  Twice: through
+ * primal_cuda_model_forward, and through primal_cuda_model_forward_train with the LM head's
+ * backward run ahead in forward (head_ahead 1), which must agree as closely. */
 static void check_parity(primal_model *m, const primal_cuda_opts *o, int B, int T,
                          const uint8_t *trainable, parity_tol tol, uint64_t seed)
 {
@@ -1011,83 +1093,98 @@ static void check_parity(primal_model *m, const primal_cuda_opts *o, int B, int 
         mask[i] = primal_rng_u01(seed, 6, (uint64_t)i) < 0.8f;
     if (trainable != NULL)
         cr_assert_eq(primal_model_set_trainable(m, trainable, &err), PRIMAL_OK, "%s", err.msg);
-    primal_cuda_model *cm = gpu_model_o(m, o);
     int64_t NV = (int64_t)B * T * c->vocab;
     float *lc = malloc((size_t)NV * 4), *lg = malloc((size_t)NV * 4), loss_c, loss_g;
     primal_model_zero_grad(m);
     cr_assert_eq(primal_model_forward(m, tok, mask, B, T, &loss_c, lc, &err), PRIMAL_OK, "%s",
                  err.msg);
-    cr_assert_eq(primal_cuda_model_forward(cm, tok, mask, B, T, &loss_g, lg, &err), PRIMAL_OK,
-                 "%s", err.msg);
-    const char *mode = precision == PRIMAL_CUDA_BF16 ? "bf16" : "fp32";
-    double e = relerr(lg, lc, NV), le = fabs(loss_g - loss_c) / fabs(loss_c);
-
-    keep kc, kg;
+    keep kc;
     keep_init(&kc, np);
-    keep_init(&kg, np);
     cr_assert_eq(primal_model_backward(m, 0.5f, keep_cpu, &kc, &err), PRIMAL_OK, "%s", err.msg);
-    cr_assert_eq(primal_cuda_model_backward(cm, 0.5f, keep_gpu, &kg, &err), PRIMAL_OK, "%s",
-                 err.msg);
-    int matrices = 0;
-    double gworst = 0.0, sworst = 0.0, vworst = 0.0;
-    const char *gname = "", *sname = "", *vname = "";
-    for (int i = 0; i < np; i++) {
-        primal_param *hp = primal_model_param(m, i);
-        primal_cuda_param *p = primal_cuda_model_param(cm, i);
-        cr_assert_eq(p->trainable, hp->trainable);
-        if (!hp->trainable) {
-            cr_assert_eq(kg.calls[i], 0, "%s: frozen, yet the hook saw it", hp->name);
-            cr_assert_null(p->dscale, "%s: frozen, yet has a scale gradient", hp->name);
-            cr_assert_null(p->dvec, "%s: frozen, yet has a gradient", hp->name);
-            continue;
-        }
-        if (hp->is_matrix) {
-            matrices++;
-            int64_t ch = chunk > 0 && hp->q.rows > chunk ? chunk : hp->q.rows;
-            cr_assert_eq(kg.calls[i], (int)((hp->q.rows + ch - 1) / ch),
-                         "%s: hook called %d times for chunks of %lld rows", hp->name,
-                         kg.calls[i], (long long)ch);
-            cr_assert_eq(kg.rows_seen[i], hp->q.rows, "%s: hook saw %lld rows", hp->name,
-                         (long long)kg.rows_seen[i]);
-            double ge = relerr(kg.G[i], kc.G[i], hp->n);
-            if (!(ge <= gworst)) {
-                gworst = ge;
-                gname = hp->name;
-            }
-            if (hp->dscale != NULL) {
-                float *ds = dev_vec(p->dscale, hp->q.rows);
-                double se = relerr(ds, hp->dscale, hp->q.rows);
-                if (!(se <= sworst)) {
-                    sworst = se;
-                    sname = hp->name;
-                }
-                free(ds);
-            }
+    for (int ahead = 0; ahead < 2; ahead++) {
+        primal_cuda_opts oa = *o;
+        oa.head_ahead = ahead ? 1 : -1;
+        primal_cuda_model *cm = gpu_model_o(m, &oa);
+        double e = 0.0;
+        if (ahead) {
+            cr_assert_eq(primal_cuda_model_forward_train(cm, tok, mask, B, T, 0.5f, &loss_g, &err),
+                         PRIMAL_OK, "%s", err.msg);
         } else {
-            float *dv = dev_vec(p->dvec, hp->n);
-            double ve = relerr(dv, hp->dvec, hp->n);
-            if (!(ve <= vworst)) {
-                vworst = ve;
-                vname = hp->name;
-            }
-            free(dv);
+            cr_assert_eq(primal_cuda_model_forward(cm, tok, mask, B, T, &loss_g, lg, &err),
+                         PRIMAL_OK, "%s", err.msg);
+            e = relerr(lg, lc, NV);
         }
+        const char *mode = precision == PRIMAL_CUDA_BF16 ? "bf16" : "fp32";
+        double le = fabs(loss_g - loss_c) / fabs(loss_c);
+        keep kg;
+        keep_init(&kg, np);
+        cr_assert_eq(primal_cuda_model_backward(cm, 0.5f, keep_gpu, &kg, &err), PRIMAL_OK, "%s",
+                     err.msg);
+        int matrices = 0;
+        double gworst = 0.0, sworst = 0.0, vworst = 0.0;
+        const char *gname = "", *sname = "", *vname = "";
+        for (int i = 0; i < np; i++) {
+            primal_param *hp = primal_model_param(m, i);
+            primal_cuda_param *p = primal_cuda_model_param(cm, i);
+            cr_assert_eq(p->trainable, hp->trainable);
+            if (!hp->trainable) {
+                cr_assert_eq(kg.calls[i], 0, "%s: frozen, yet the hook saw it", hp->name);
+                cr_assert_null(p->dscale, "%s: frozen, yet has a scale gradient", hp->name);
+                cr_assert_null(p->dvec, "%s: frozen, yet has a gradient", hp->name);
+                continue;
+            }
+            if (hp->is_matrix) {
+                matrices++;
+                int64_t ch = chunk > 0 && hp->q.rows > chunk ? chunk : hp->q.rows;
+                cr_assert_eq(kg.calls[i], (int)((hp->q.rows + ch - 1) / ch),
+                             "%s: hook called %d times for chunks of %lld rows", hp->name,
+                             kg.calls[i], (long long)ch);
+                cr_assert_eq(kg.rows_seen[i], hp->q.rows, "%s: hook saw %lld rows", hp->name,
+                             (long long)kg.rows_seen[i]);
+                double ge = relerr(kg.G[i], kc.G[i], hp->n);
+                if (!(ge <= gworst)) {
+                    gworst = ge;
+                    gname = hp->name;
+                }
+                if (hp->dscale != NULL) {
+                    float *ds = dev_vec(p->dscale, hp->q.rows);
+                    double se = relerr(ds, hp->dscale, hp->q.rows);
+                    if (!(se <= sworst)) {
+                        sworst = se;
+                        sname = hp->name;
+                    }
+                    free(ds);
+                }
+            } else {
+                float *dv = dev_vec(p->dvec, hp->n);
+                double ve = relerr(dv, hp->dvec, hp->n);
+                if (!(ve <= vworst)) {
+                    vworst = ve;
+                    vname = hp->name;
+                }
+                free(dv);
+            }
+        }
+        fprintf(stderr,
+                "parity %s%s%s (vocab %d, B %d, T %d): logits %.3g, loss %.3g, worst G %.3g "
+                "(%s), worst scale gradient %.3g (%s), worst vector gradient %.3g (%s)\n",
+                mode, o->recompute ? " recompute" : "", ahead ? " head-ahead" : "", c->vocab, B,
+                T, e, le, gworst, gname, sworst, sname, vworst, vname);
+        cr_assert_lt(e, tol.logits, "%s: logits relative error %.3g", mode, e);
+        cr_assert_lt(le, tol.loss, "%s%s: loss %.7g, CPU %.7g", mode,
+                     ahead ? " head-ahead" : "", loss_g, loss_c);
+        cr_assert_lt(gworst, tol.G, "%s%s: %s G relative error %.3g", mode,
+                     ahead ? " head-ahead" : "", gname, gworst);
+        cr_assert_lt(sworst, tol.dscale, "%s%s: %s scale gradient relative error %.3g", mode,
+                     ahead ? " head-ahead" : "", sname, sworst);
+        cr_assert_lt(vworst, tol.dvec, "%s%s: %s gradient relative error %.3g", mode,
+                     ahead ? " head-ahead" : "", vname, vworst);
+        cr_assert_gt(matrices, 0);
+        keep_free(&kg);
+        primal_cuda_model_free(cm);
     }
-    fprintf(stderr,
-            "parity %s%s (vocab %d, B %d, T %d): logits %.3g, loss %.3g, worst G %.3g (%s), "
-            "worst scale gradient %.3g (%s), worst vector gradient %.3g (%s)\n",
-            mode, o->recompute ? " recompute" : "", c->vocab, B, T, e, le, gworst, gname, sworst, sname, vworst, vname);
-    cr_assert_lt(e, tol.logits, "%s: logits relative error %.3g", mode, e);
-    cr_assert_lt(le, tol.loss, "%s: loss %.7g, CPU %.7g", mode, loss_g, loss_c);
-    cr_assert_lt(gworst, tol.G, "%s: %s G relative error %.3g", mode, gname, gworst);
-    cr_assert_lt(sworst, tol.dscale, "%s: %s scale gradient relative error %.3g", mode, sname,
-                 sworst);
-    cr_assert_lt(vworst, tol.dvec, "%s: %s gradient relative error %.3g", mode, vname, vworst);
-    cr_assert_gt(matrices, 0);
     keep_free(&kc);
-    keep_free(&kg);
     free(tok), free(mask), free(lc), free(lg);
-    primal_cuda_model_free(cm);
 }
 
 /* std 0.3: large weights make every gradient generic (fp32 checks); std 0.02, as models are
@@ -1267,6 +1364,29 @@ Test(cuda_model, refuses_a_token_outside_the_vocabulary_naming_row_and_position,
     cr_assert_not_null(strstr(err.msg, "row 1, position 2: token 1000"), "%s", err.msg);
     cr_assert_eq(primal_cuda_model_backward(cm, 1.0f, NULL, NULL, &err), PRIMAL_ERROR);
     cr_assert_not_null(strstr(err.msg, "no forward"), "%s", err.msg);
+    primal_cuda_model_free(cm);
+    primal_model_free(m);
+}
+
+/* forward_train formed the head's gradients with one loss scale: a backward with another would
+ * mix two scales in one step, so it is refused. */
+Test(cuda_model, backward_refuses_a_loss_scale_other_than_forward_train_used,
+     .init = prime13_init)
+{
+    need_gpu();
+    primal_model *m = random_model(&rand_cfg, 25, 0.3f);
+    primal_cuda_model *cm = gpu_model_o(m, OPTS(PRIMAL_CUDA_FP32, 0, .head_ahead = 1));
+    int32_t tok[2][5] = {{1, 2, 3, 4, 5}, {6, 7, 999, 8, 9}};
+    float loss;
+    primal_err err;
+    cr_assert_eq(primal_cuda_model_forward_train(cm, &tok[0][0], NULL, 2, 4, 0.5f, &loss, &err),
+                 PRIMAL_OK, "%s", err.msg);
+    cr_assert_eq(primal_cuda_model_backward(cm, 1.0f, NULL, NULL, &err), PRIMAL_ERROR);
+    cr_assert_not_null(strstr(err.msg, "loss_scale 1"), "%s", err.msg);
+    cr_assert_eq(primal_cuda_model_forward_train(cm, &tok[0][0], NULL, 2, 4, 0.5f, &loss, &err),
+                 PRIMAL_OK, "%s", err.msg);
+    cr_assert_eq(primal_cuda_model_backward(cm, 0.5f, NULL, NULL, &err), PRIMAL_OK, "%s",
+                 err.msg);
     primal_cuda_model_free(cm);
     primal_model_free(m);
 }

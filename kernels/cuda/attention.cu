@@ -86,10 +86,15 @@ static cublasStatus_t gemm_sb(cublasHandle_t cb, cublasOperation_t ta, cublasOpe
                                       CUBLAS_GEMM_DEFAULT);
 }
 
-/* p + elems bf16 elements, NULL staying NULL. */
+/* p + elems bf16 or float32 elements, NULL staying NULL. */
 static void *boff(void *p, size_t elems)
 {
     return p != NULL ? (char *)p + elems * 2 : NULL;
+}
+
+static float *foff(float *p, size_t elems)
+{
+    return p != NULL ? p + elems : NULL;
 }
 
 static const void *off_e(const void *p, size_t elems, cuda_dtype dt)
@@ -195,7 +200,7 @@ int cuda_attention_forward(void *out,       /* (B, T, H, hd) token-major, dt */
 template <typename Tp>
 __global__ void dout_pack_kernel(Tp *dOh,           /* (B, H, T, hd) */
                                  float *D,          /* (B, H, T) */
-                                 const float *dout, /* (B, T, H, hd) */
+                                 const Tp *dout,    /* (B, T, H, hd) */
                                  const Tp *out,     /* (B, T, H, hd) */
                                  int B, int Tn, int H, int hd)
 {
@@ -206,13 +211,14 @@ __global__ void dout_pack_kernel(Tp *dOh,           /* (B, H, T, hd) */
         int h = (int)(w % H);
         int t = (int)((w / H) % Tn);
         int b = (int)(w / ((int64_t)H * Tn));
-        const float *dy = dout + w * hd;
+        const Tp *dy = dout + w * hd;
         const Tp *y = out + w * hd;
         int64_t o = (((int64_t)b * H + h) * Tn + t) * hd;
         float acc = 0.0f;
         for (int i = lane; i < hd; i += 32) {
-            acc += dy[i] * cuda_ld(y, i);
-            cuda_st(dOh, o + i, dy[i]);
+            float g = cuda_ld(dy, i);
+            acc += g * cuda_ld(y, i);
+            cuda_st(dOh, o + i, g);
         }
         for (int s = 16; s > 0; s >>= 1)
             acc += __shfl_xor_sync(0xffffffffu, acc, s);
@@ -248,11 +254,11 @@ __global__ void softmax_backward_kernel(Tp *P,            /* (rows, T) */
 
 /* dq, dk, dv are written (not accumulated), token-major, rotated back (dL/d of the
  * projections' outputs); dqb, dkb, dvb, when not NULL, get them in bf16 too. */
-int cuda_attention_backward(float *dq,         /* (B, T, H, hd) */
-                            float *dk,         /* (B, T, KVH, hd) */
-                            float *dv,         /* (B, T, KVH, hd) */
+int cuda_attention_backward(float *dq,         /* (B, T, H, hd), or NULL */
+                            float *dk,         /* (B, T, KVH, hd), or NULL */
+                            float *dv,         /* (B, T, KVH, hd), or NULL */
                             void *dqb, void *dkb, void *dvb, /* the same, bf16, or NULL */
-                            const float *dout, /* (B, T, H, hd) */
+                            const void *dout,  /* (B, T, H, hd) dt */
                             const void *out,   /* (B, T, H, hd) dt, from forward */
                             const float *lse,  /* (B, H, T) from forward */
                             const void *qh,    /* (B, H, T, hd) dt, rotated */
@@ -277,11 +283,12 @@ int cuda_attention_backward(float *dq,         /* (B, T, H, hd) */
         size_t tok = (size_t)b0 * T * H * hd;
         if (dt == CUDA_BF16)
             dout_pack_kernel<<<cuda_blocks(nw * 32, 256), 256, 0, s>>>(
-                (__nv_bfloat16 *)sc->dOh, sc->D, dout + tok, (const __nv_bfloat16 *)out + tok, nb,
-                T, H, hd);
+                (__nv_bfloat16 *)sc->dOh, sc->D, (const __nv_bfloat16 *)dout + tok,
+                (const __nv_bfloat16 *)out + tok, nb, T, H, hd);
         else
             dout_pack_kernel<<<cuda_blocks(nw * 32, 256), 256, 0, s>>>(
-                (float *)sc->dOh, sc->D, dout + tok, (const float *)out + tok, nb, T, H, hd);
+                (float *)sc->dOh, sc->D, (const float *)dout + tok, (const float *)out + tok, nb,
+                T, H, hd);
         CUDA_LAUNCHED("dout_pack", err);
         if (sc->flash) {
             size_t kvo = (size_t)b0 * KVH * T * hd;
@@ -289,7 +296,7 @@ int cuda_attention_backward(float *dq,         /* (B, T, H, hd) */
                                          lse + (size_t)b0 * H * T, sc->D, nb, T, H, KVH, hd, s,
                                          err);
             if (rc == PRIMAL_OK)
-                rc = cuda_rope_unpack_grad(dq + tok, dk + kvo, dv + kvo, boff(dqb, tok),
+                rc = cuda_rope_unpack_grad(foff(dq, tok), foff(dk, kvo), foff(dv, kvo), boff(dqb, tok),
                                            boff(dkb, kvo), boff(dvb, kvo), sc->Oh, sc->dKh,
                                            sc->dVh, cosv, sinv, nb, T, H, KVH, hd, s, err);
             if (rc != PRIMAL_OK)
@@ -336,7 +343,7 @@ int cuda_attention_backward(float *dq,         /* (B, T, H, hd) */
                        err);
         }
         size_t kvo = (size_t)b0 * T * KVH * hd;
-        int rc = cuda_rope_unpack_grad(dq + tok, dk + kvo, dv + kvo, boff(dqb, tok),
+        int rc = cuda_rope_unpack_grad(foff(dq, tok), foff(dk, kvo), foff(dv, kvo), boff(dqb, tok),
                                        boff(dkb, kvo), boff(dvb, kvo), sc->Oh, sc->dKh, sc->dVh,
                                        cosv, sinv, nb, T, H, KVH, hd, s, err);
         if (rc != PRIMAL_OK)

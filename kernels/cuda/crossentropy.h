@@ -16,4 +16,16 @@ CUDA_EXTERN_C int cuda_crossentropy_backward(void *dlogits, cuda_dtype dt, const
                                              int64_t nv, int64_t N, cudaStream_t s,
                                              primal_err *err);
 
+/* The whole-row kernels split a row into at most this many parts; their scratch is
+ * cuda_ce_rows_scratch(N) floats. */
+#define CUDA_CE_PARTS_MAX 64
+static inline int64_t cuda_ce_rows_scratch(int64_t N)
+{
+    return N * 2 * CUDA_CE_PARTS_MAX;
+}
+CUDA_EXTERN_C int cuda_crossentropy_rows(float *losses, float *lse, void *dlogits, cuda_dtype dt,
+                                         const float *logits, const int32_t *targets,
+                                         const uint8_t *mask, float d, int64_t V, int64_t N,
+                                         float *scratch, cudaStream_t s, primal_err *err);
+
 #endif

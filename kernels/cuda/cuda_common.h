@@ -55,6 +55,12 @@ static inline size_t cuda_dtype_size(cuda_dtype t)
     } while (0)
 
 /* Blocks needed to cover n items, capped so that grid-stride loops take the rest. */
+/* Whether p can take cuda_ld8/cuda_st8 accesses (and, with n % 8 == 0, all of [0, n) can). */
+static inline int cuda_aligned8(const void *p)
+{
+    return ((uintptr_t)p & 15) == 0;
+}
+
 static inline unsigned cuda_blocks(int64_t n, int threads)
 {
     int64_t b = (n + threads - 1) / threads;
@@ -77,6 +83,35 @@ __device__ __forceinline__ void cuda_st(float *p, int64_t i, float v) { p[i] = v
 __device__ __forceinline__ void cuda_st(__nv_bfloat16 *p, int64_t i, float v)
 {
     p[i] = __float2bfloat16_rn(v);
+}
+
+/* Eight consecutive elements as one 16-byte (bf16) or two (float32) accesses, for the
+ * memory-bound kernels; p must be 16-byte aligned (cuda_aligned8). */
+__device__ __forceinline__ void cuda_ld8(float *v, const float *p)
+{
+    float4 a = reinterpret_cast<const float4 *>(p)[0], b = reinterpret_cast<const float4 *>(p)[1];
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+__device__ __forceinline__ void cuda_ld8(float *v, const __nv_bfloat16 *p)
+{
+    uint4 u = *reinterpret_cast<const uint4 *>(p);
+    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+    for (int k = 0; k < 4; k++) {
+        float2 f = __bfloat1622float2(h[k]);
+        v[2 * k] = f.x, v[2 * k + 1] = f.y;
+    }
+}
+__device__ __forceinline__ void cuda_st8(float *p, const float *v)
+{
+    reinterpret_cast<float4 *>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4 *>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+__device__ __forceinline__ void cuda_st8(__nv_bfloat16 *p, const float *v)
+{
+    __nv_bfloat162 h[4];
+    for (int k = 0; k < 4; k++)
+        h[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
+    *reinterpret_cast<uint4 *>(p) = *reinterpret_cast<const uint4 *>(h);
 }
 
 /* Sum over the block (blockDim.x a multiple of 32, at most 1024) in a fixed order, so that a

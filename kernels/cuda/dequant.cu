@@ -42,20 +42,6 @@ __global__ void dequant_kernel(T *out,                /* (nrows, cols) */
 /* Eight columns a thread: one 4-, 8- or 16-byte index load and one 16-byte (bf16) or two
  * (float32) stores, and a division per eight elements instead of per element.  For rows of a
  * multiple of 8 columns whose index rows start on the load's alignment. */
-__device__ __forceinline__ void store8(__nv_bfloat16 *o, const float *v)
-{
-    __nv_bfloat162 p[4];
-    for (int k = 0; k < 4; k++)
-        p[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
-    *reinterpret_cast<uint4 *>(o) = *reinterpret_cast<const uint4 *>(p);
-}
-
-__device__ __forceinline__ void store8(float *o, const float *v)
-{
-    reinterpret_cast<float4 *>(o)[0] = make_float4(v[0], v[1], v[2], v[3]);
-    reinterpret_cast<float4 *>(o)[1] = make_float4(v[4], v[5], v[6], v[7]);
-}
-
 template <typename T, int BITS>
 __global__ void dequant8_kernel(T *out,               /* (nrows, cols) */
                                 const uint8_t *index, /* (rows, stride) packed */
@@ -83,7 +69,7 @@ __global__ void dequant8_kernel(T *out,               /* (nrows, cols) */
             for (int k = 0; k < 8; k++)
                 v[k] = grid[(w[k / 2] >> (16 * (k & 1))) & 0xFFFFu] * sc;
         }
-        store8(out + r * cols + c, v);
+        cuda_st8(out + r * cols + c, v);
     }
 }
 

@@ -1,45 +1,9 @@
-/* elementwise.cu: the residual add y += x, laying a bias under a GEMM's output (which then
- * adds with beta 1), the bias gradient (column sums of dY, as matmul_backward_bias on the CPU)
+/* elementwise.cu: the bias gradient (column sums of dY, as matmul_backward_bias on the CPU)
  * and a sum of squares (the trainer's gradient norm).  SPEC.md, "Models".
  *
  * Reductions are deterministic: fixed partial sums per block, then a fixed-order pass over the
  * partials (no atomics), so that two runs of one step give the same bits.  No keys. */
 #include "elementwise.h"
-
-__global__ void add_kernel(float *y,       /* (n) += x */
-                           const float *x, /* (n) */
-                           int64_t n)
-{
-    CUDA_FOR(i, n)
-    y[i] += x[i];
-}
-
-int cuda_add_inplace(float *y, const float *x, int64_t n, cudaStream_t s, primal_err *err)
-{
-    if (n == 0)
-        return PRIMAL_OK;
-    add_kernel<<<cuda_blocks(n, 256), 256, 0, s>>>(y, x, n);
-    CUDA_LAUNCHED("add", err);
-    return PRIMAL_OK;
-}
-
-__global__ void bias_fill_kernel(float *out,        /* (N, OC) */
-                                 const float *bias, /* (OC) */
-                                 int64_t N, int64_t OC)
-{
-    CUDA_FOR(i, N * OC)
-    out[i] = bias[i % OC];
-}
-
-int cuda_bias_fill(float *out, const float *bias, int64_t N, int64_t OC, cudaStream_t s,
-                   primal_err *err)
-{
-    if (N * OC == 0)
-        return PRIMAL_OK;
-    bias_fill_kernel<<<cuda_blocks(N * OC, 256), 256, 0, s>>>(out, bias, N, OC);
-    CUDA_LAUNCHED("bias_fill", err);
-    return PRIMAL_OK;
-}
 
 /* partial[chunk][c] = Σ over the chunk's rows of dout[n][c]; block (32 columns, 8 row lanes). */
 __global__ void colsum_partial_kernel(float *partial,    /* (nchunks, OC) */

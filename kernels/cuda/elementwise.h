@@ -1,5 +1,4 @@
-/* elementwise.h: the small GPU kernels of the model: residual add, bias fill and bias
- * gradient, sum of squares.  See elementwise.cu. */
+/* elementwise.h: the small GPU kernels of the model: bias gradient, sum of squares.  See elementwise.cu. */
 #ifndef PRIMAL_KERNELS_CUDA_ELEMENTWISE_H
 #define PRIMAL_KERNELS_CUDA_ELEMENTWISE_H
 
@@ -15,10 +14,6 @@ static inline int64_t cuda_colsum_scratch(int64_t N, int64_t C)
     return (N + CUDA_COLSUM_ROWS - 1) / CUDA_COLSUM_ROWS * C;
 }
 
-CUDA_EXTERN_C int cuda_add_inplace(float *y, const float *x, int64_t n, cudaStream_t s,
-                                   primal_err *err);
-CUDA_EXTERN_C int cuda_bias_fill(float *out, const float *bias, int64_t N, int64_t OC,
-                                 cudaStream_t s, primal_err *err);
 CUDA_EXTERN_C int cuda_bias_backward(float *dbias, float *scratch, const float *dout, int64_t N,
                                      int64_t OC, cudaStream_t s, primal_err *err);
 /* sum(x²) over any number of calls: cuda_sumsq adds into scratch (zeroed to start), and

@@ -4,11 +4,12 @@
 
 #include "cuda_common.h"
 
-CUDA_EXTERN_C int cuda_swiglu_forward(void *out, cuda_dtype dt, const float *gate,
-                                      const float *up, int64_t n, cudaStream_t s,
+/* Every pointer holds n elements of dt. */
+CUDA_EXTERN_C int cuda_swiglu_forward(void *out, cuda_dtype dt, const void *gate,
+                                      const void *up, int64_t n, cudaStream_t s,
                                       primal_err *err);
-CUDA_EXTERN_C int cuda_swiglu_backward(void *dgate, void *dup, cuda_dtype dt, const float *dout,
-                                       const float *gate, const float *up, int64_t n,
+CUDA_EXTERN_C int cuda_swiglu_backward(void *dgate, void *dup, cuda_dtype dt, const void *dout,
+                                       const void *gate, const void *up, int64_t n,
                                        cudaStream_t s, primal_err *err);
 
 #endif
