@@ -98,7 +98,10 @@ typedef struct block_acts {
 struct primal_cuda_model {
     primal_model *cpu;
     primal_model_config c;
-    int hd, qdim, kvdim, np;
+    int hd, qdim, kvdim, qkvdim, np;
+    /* backward multiplies q|k|v (gate|up) as one stacked matrix: the members' W rows fit the
+     * weight workspace together (see stack_backward_inp) */
+    int stack_qkv, stack_gu;
     primal_cuda_param *p;
     int (*lp)[L_N];
     int embed, fnorm, head;
@@ -166,11 +169,11 @@ struct primal_cuda_model {
     size_t ws_bytes;
     float *dres, *dln;          /* (N, C) */
     void *dact;                 /* (N, F) dt */
-    void *dgate, *dup;          /* (N, F) dt: GEMM operands only */
+    void *dgu;                  /* (N, 2F) dt: dgate | dup side by side (stacked backward) */
     void *datty;                /* (N, qdim) dt */
-    float *dq, *dk, *dv;        /* (N, qdim), (N, kvdim) x2: fp32 runs, or bias gradients */
+    float *dqkv;                /* (N, qkvdim) dq | dk | dv: fp32 runs, or bias gradients */
     void *dlogits_b;            /* (N, nv) bf16 in bf16 mode */
-    void *dqb, *dkb, *dvb;      /* dq, dk, dv in bf16 (bf16 mode) */
+    void *dqkvb;                /* (N, qkvdim) the same in bf16 (bf16 mode) */
     void *dyb;                  /* (N, C) bf16 copy of dres in bf16 mode (dres_copy) */
     float *colsum;              /* cuda_colsum_scratch(N, max(C, qdim, kvdim)) */
     float *ce_scratch;          /* cuda_ce_rows_scratch(N) */
@@ -426,6 +429,7 @@ int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
     cm->hd = c->dim / c->heads;
     cm->qdim = c->dim;
     cm->kvdim = c->kv_heads * cm->hd;
+    cm->qkvdim = cm->qdim + 2 * cm->kvdim;
     cm->np = primal_model_nparams(cpu);
     cm->p = calloc((size_t)cm->np, sizeof *cm->p);
     cm->lp = calloc((size_t)c->layers, sizeof *cm->lp);
@@ -495,6 +499,10 @@ int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
             wmax = e > wmax ? e : wmax;
         }
     }
+    /* stacks only where they take no more workspace than a single matrix already does */
+    cm->stack_qkv = (size_t)cm->qkvdim * (size_t)c->dim <= wmax && cm->qkvdim <= cm->chunk;
+    cm->stack_gu = (size_t)2 * (size_t)c->ffn * (size_t)c->dim <= wmax &&
+                   2 * (int64_t)c->ffn <= cm->chunk;
     cm->wbuf_bytes = wmax * cuda_dtype_size(cm->dt);
     cm->G_bytes = wmax * sizeof(float);
     if (rc == PRIMAL_OK)
@@ -776,26 +784,20 @@ static size_t layout_ws(primal_cuda_model *cm, int B, int T, char *base)
     cm->dres = carve(base, &off, N * C * f);
     cm->dln = carve(base, &off, N * C * f);
     cm->dact = carve(base, &off, N * F * e);
-    cm->dgate = carve(base, &off, N * F * e);
-    cm->dup = carve(base, &off, N * F * e);
+    cm->dgu = carve(base, &off, N * 2 * F * e);
     cm->datty = carve(base, &off, N * (size_t)cm->qdim * e);
-    cm->dq = cm->dk = cm->dv = NULL;
-    if (cm->dt == CUDA_F32 || cm->c.qkv_bias) {
-        cm->dq = carve(base, &off, N * (size_t)cm->qdim * f);
-        cm->dk = carve(base, &off, N * (size_t)cm->kvdim * f);
-        cm->dv = carve(base, &off, N * (size_t)cm->kvdim * f);
-    }
+    cm->dqkv = NULL;
+    if (cm->dt == CUDA_F32 || cm->c.qkv_bias)
+        cm->dqkv = carve(base, &off, N * (size_t)cm->qkvdim * f);
     size_t cw = C > (size_t)cm->qdim ? C : (size_t)cm->qdim;
     cm->colsum = carve(base, &off, (size_t)cuda_colsum_scratch((int64_t)N, (int64_t)cw) * f);
     cm->ce_scratch = carve(base, &off, (size_t)cuda_ce_rows_scratch((int64_t)N) * f);
     cm->dlogits_b = NULL;
     cm->dyb = NULL;
-    cm->dqb = cm->dkb = cm->dvb = NULL;
+    cm->dqkvb = NULL;
     if (cm->dt == CUDA_BF16) {
         cm->dlogits_b = carve(base, &off, N * (size_t)cm->nv * 2);
-        cm->dqb = carve(base, &off, N * (size_t)cm->qdim * 2);
-        cm->dkb = carve(base, &off, N * (size_t)cm->kvdim * 2);
-        cm->dvb = carve(base, &off, N * (size_t)cm->kvdim * 2);
+        cm->dqkvb = carve(base, &off, N * (size_t)cm->qkvdim * 2);
         cm->dyb = carve(base, &off, N * C * 2);
     }
     return off;
@@ -1062,10 +1064,11 @@ static int linear_forward(primal_cuda_model *cm, int pi, void *out, cuda_dtype o
     return PRIMAL_OK;
 }
 
-/* dx (N, cols) of type xt = dy (N, rows) · W + beta·dx, W in row chunks; dy already an
- * operand. */
+/* dx (N, cols) of type xt = dy (N, rows; row stride ldy) · W + beta·dx, W in row chunks; dy
+ * already an operand. */
 static int linear_backward_inp(primal_cuda_model *cm, int pi, void *dx, cuda_dtype xt,
-                               const void *dy, int64_t N, float beta, primal_err *err)
+                               const void *dy, int64_t ldy, int64_t N, float beta,
+                               primal_err *err)
 {
     const primal_cuda_param *p = &cm->p[pi];
     int64_t rows = p->q.rows, cols = p->q.cols, ch = chunk_of(cm, rows);
@@ -1073,10 +1076,37 @@ static int linear_backward_inp(primal_cuda_model *cm, int pi, void *dx, cuda_dty
         int64_t nr = rows - r0 < ch ? rows - r0 : ch;
         const void *w;
         TRY(weight_rows(cm, p, r0, nr, &w, err));
-        TRY(mm_backward_inp(cm, dx, xt, elem(dy, r0, cm->dt), rows, w, N, cols, nr,
+        TRY(mm_backward_inp(cm, dx, xt, elem(dy, r0, cm->dt), ldy, w, N, cols, nr,
                             r0 == 0 ? beta : 1.0f, err));
     }
     return PRIMAL_OK;
+}
+
+/* dx (N, cols) float32 = dy · [W_0; W_1; ...] for matrices pis[0..n) of equal cols whose
+ * gradients dy holds side by side (row stride ldy): with stacked set, one GEMM over their W
+ * rows dequantised one under the other, instead of one GEMM each, each after the first
+ * reading and writing dx again to add its share. */
+static int stack_backward_inp(primal_cuda_model *cm, const int *pis, int n, int stacked,
+                              float *dx, const void *dy, int64_t ldy, int64_t N,
+                              primal_err *err)
+{
+    if (!stacked) {
+        int64_t off = 0;
+        for (int j = 0; j < n; j++) {
+            TRY(linear_backward_inp(cm, pis[j], dx, CUDA_F32, elem(dy, off, cm->dt), ldy, N,
+                                    j == 0 ? 0.0f : 1.0f, err));
+            off += cm->p[pis[j]].q.rows;
+        }
+        return PRIMAL_OK;
+    }
+    int64_t rows = 0, cols = cm->p[pis[0]].q.cols;
+    for (int j = 0; j < n; j++) {
+        const primal_cuda_param *p = &cm->p[pis[j]];
+        TRY(cuda_dequant_rows((void *)elem(cm->wbuf, rows * cols, cm->dt), cm->dt, &p->q, 0,
+                              p->q.rows, cm->stream, err));
+        rows += p->q.rows;
+    }
+    return mm_backward_inp(cm, dx, CUDA_F32, dy, ldy, cm->wbuf, N, cols, rows, 0.0f, err);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1259,17 +1289,17 @@ static int consume(primal_cuda_model *cm, int pi, int64_t r0, int64_t nr, const 
     return bc->hook(bc->user, p, G, r0, nr, cm->stream, err);
 }
 
-/* G = dyᵀ·x of matrix pi, chunk by chunk, each consumed; dy (N, rows) and x (N, cols) are
- * operands. */
-static int weight_grad(primal_cuda_model *cm, int pi, const void *dy, const void *x,
-                       const bwd_ctx *bc, primal_err *err)
+/* G = dyᵀ·x of matrix pi, chunk by chunk, each consumed; dy (N, rows; row stride ldy) and x
+ * (N, cols) are operands. */
+static int weight_grad(primal_cuda_model *cm, int pi, const void *dy, int64_t ldy,
+                       const void *x, const bwd_ctx *bc, primal_err *err)
 {
     const primal_cuda_param *p = &cm->p[pi];
     int64_t rows = p->q.rows, cols = p->q.cols, ch = chunk_of(cm, rows);
     int64_t N = (int64_t)cm->B * cm->T;
     for (int64_t r0 = 0; r0 < rows; r0 += ch) {
         int64_t nr = rows - r0 < ch ? rows - r0 : ch;
-        TRY(mm_weight(cm, cm->G, elem(dy, r0, cm->dt), rows, x, N, cols, nr, 0.0f, err));
+        TRY(mm_weight(cm, cm->G, elem(dy, r0, cm->dt), ldy, x, N, cols, nr, 0.0f, err));
         TRY(consume(cm, pi, r0, nr, cm->G, bc, err));
     }
     return PRIMAL_OK;
@@ -1314,21 +1344,21 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
     /* xout = h + down(act) */
     dyo = dres_operand(cm);
     if (trains(cm, lp[L_DOWN]))
-        TRY(weight_grad(cm, lp[L_DOWN], dyo, a->act, bc, err));
+        TRY(weight_grad(cm, lp[L_DOWN], dyo, C, a->act, bc, err));
     if (!need_dgu)
         return PRIMAL_OK;
-    TRY(linear_backward_inp(cm, lp[L_DOWN], cm->dact, cm->dt, dyo, N, 0.0f, err));
-    TRY(cuda_swiglu_backward(cm->dgate, cm->dup, cm->dt, cm->dact, a->gate, a->up, N * F, s,
-                             err));
+    TRY(linear_backward_inp(cm, lp[L_DOWN], cm->dact, cm->dt, dyo, C, N, 0.0f, err));
+    /* dgate | dup side by side, so that dL/dln2 is one GEMM over the stacked gate/up rows */
+    void *dgate = cm->dgu, *dup = (void *)elem(cm->dgu, F, cm->dt);
+    TRY(cuda_swiglu_backward(dgate, dup, 2 * F, cm->dt, cm->dact, a->gate, a->up, N, F, s, err));
     if (trains(cm, lp[L_GATE]))
-        TRY(weight_grad(cm, lp[L_GATE], cm->dgate, a->ln2, bc, err));
-    if (need_dln2)
-        TRY(linear_backward_inp(cm, lp[L_GATE], cm->dln, CUDA_F32, cm->dgate, N, 0.0f, err));
+        TRY(weight_grad(cm, lp[L_GATE], dgate, 2 * F, a->ln2, bc, err));
     if (trains(cm, lp[L_UP]))
-        TRY(weight_grad(cm, lp[L_UP], cm->dup, a->ln2, bc, err));
+        TRY(weight_grad(cm, lp[L_UP], dup, 2 * F, a->ln2, bc, err));
     if (!need_dln2)
         return PRIMAL_OK;
-    TRY(linear_backward_inp(cm, lp[L_UP], cm->dln, CUDA_F32, cm->dup, N, 1.0f, err));
+    const int gu[2] = {lp[L_GATE], lp[L_UP]};
+    TRY(stack_backward_inp(cm, gu, 2, cm->stack_gu, cm->dln, cm->dgu, 2 * F, N, err));
     TRY(cuda_rmsnorm_backward(need_mid ? cm->dres : NULL, dres_copy(cm), P[lp[L_LN2]].dvec, cm->colsum, cm->dln,
                               a->h, P[lp[L_LN2]].vec, a->rstd2, N, C, s, err));
 
@@ -1337,39 +1367,38 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
         return PRIMAL_OK;
     dyo = dres_operand(cm);
     if (trains(cm, lp[L_O]))
-        TRY(weight_grad(cm, lp[L_O], dyo, a->atty, bc, err));
+        TRY(weight_grad(cm, lp[L_O], dyo, C, a->atty, bc, err));
     if (!need_dqkv)
         return PRIMAL_OK;
-    TRY(linear_backward_inp(cm, lp[L_O], cm->datty, cm->dt, dyo, N, 0.0f, err));
+    TRY(linear_backward_inp(cm, lp[L_O], cm->datty, cm->dt, dyo, C, N, 0.0f, err));
     /* float32 dq, dk, dv: the GEMM operands of fp32 runs; in bf16 only bias gradients read them */
     int f32 = cm->dt == CUDA_F32 || trains(cm, lp[L_BQ]) || trains(cm, lp[L_BK]) ||
               trains(cm, lp[L_BV]);
-    TRY(cuda_attention_backward(f32 ? cm->dq : NULL, f32 ? cm->dk : NULL, f32 ? cm->dv : NULL,
-                                cm->dqb, cm->dkb, cm->dvb, cm->datty, a->atty, a->lse, a->qh,
-                                a->kh, a->vh, cm->cosv, cm->sinv, &cm->as, cm->cb, cm->dt, B, T,
-                                H, KVH, hd, s, err));
+    /* dq | dk | dv side by side (row stride qkvdim): one GEMM for dL/dln1 below */
+    int64_t S = cm->qkvdim, ko = cm->qdim, vo = cm->qdim + cm->kvdim;
+    float *f = f32 ? cm->dqkv : NULL;
+    void *b = cm->dqkvb;
+    TRY(cuda_attention_backward(f, f ? f + ko : NULL, f ? f + vo : NULL, b,
+                                b ? (void *)elem(b, ko, CUDA_BF16) : NULL,
+                                b ? (void *)elem(b, vo, CUDA_BF16) : NULL, S, cm->datty, a->atty,
+                                a->lse, a->qh, a->kh, a->vh, cm->cosv, cm->sinv, &cm->as, cm->cb,
+                                cm->dt, B, T, H, KVH, hd, s, err));
     if (trains(cm, lp[L_BQ]))
-        TRY(cuda_bias_backward(P[lp[L_BQ]].dvec, cm->colsum, cm->dq, N, cm->qdim, s, err));
+        TRY(cuda_bias_backward(P[lp[L_BQ]].dvec, cm->colsum, f, S, N, cm->qdim, s, err));
     if (trains(cm, lp[L_BK]))
-        TRY(cuda_bias_backward(P[lp[L_BK]].dvec, cm->colsum, cm->dk, N, cm->kvdim, s, err));
+        TRY(cuda_bias_backward(P[lp[L_BK]].dvec, cm->colsum, f + ko, S, N, cm->kvdim, s, err));
     if (trains(cm, lp[L_BV]))
-        TRY(cuda_bias_backward(P[lp[L_BV]].dvec, cm->colsum, cm->dv, N, cm->kvdim, s, err));
+        TRY(cuda_bias_backward(P[lp[L_BV]].dvec, cm->colsum, f + vo, S, N, cm->kvdim, s, err));
+    const void *dqkv = cm->dt == CUDA_F32 ? (const void *)cm->dqkv : cm->dqkvb;
     static const int qkv[3] = {L_Q, L_K, L_V};
-    float *dy3[3] = {cm->dq, cm->dk, cm->dv};
-    void *dyb3[3] = {cm->dqb, cm->dkb, cm->dvb};
-    for (int j = 0; j < 3; j++) {
-        int pi = lp[qkv[j]];
-        if (!trains(cm, pi) && !below_qkv)
-            continue;
-        dyo = cm->dt == CUDA_F32 ? (const void *)dy3[j] : dyb3[j];
-        if (trains(cm, pi))
-            TRY(weight_grad(cm, pi, dyo, a->ln1, bc, err));
-        if (below_qkv)
-            TRY(linear_backward_inp(cm, pi, cm->dln, CUDA_F32, dyo, N, j == 0 ? 0.0f : 1.0f,
-                                    err));
-    }
+    const int64_t off[3] = {0, ko, vo};
+    for (int j = 0; j < 3; j++)
+        if (trains(cm, lp[qkv[j]]))
+            TRY(weight_grad(cm, lp[qkv[j]], elem(dqkv, off[j], cm->dt), S, a->ln1, bc, err));
     if (!below_qkv)
         return PRIMAL_OK;
+    const int pis[3] = {lp[L_Q], lp[L_K], lp[L_V]};
+    TRY(stack_backward_inp(cm, pis, 3, cm->stack_qkv, cm->dln, dqkv, S, N, err));
     TRY(cuda_rmsnorm_backward(need_dx ? cm->dres : NULL, dres_copy(cm), P[lp[L_LN1]].dvec, cm->colsum, cm->dln,
                               xin, P[lp[L_LN1]].vec, a->rstd1, N, C, s, err));
     return PRIMAL_OK;

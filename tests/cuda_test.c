@@ -148,6 +148,17 @@ static void host_dt(float *out, const void *d, int64_t n, cuda_dtype dt)
     free(b);
 }
 
+/* Columns [c0, c0 + w) of a (rows, ld) device matrix of dt, as a (rows, w) float array. */
+static void host_cols(float *out, const void *d, int64_t rows, int64_t ld, int64_t c0, int64_t w,
+                      cuda_dtype dt)
+{
+    float *all = malloc((size_t)(rows * ld) * sizeof(float));
+    host_dt(all, d, rows * ld, dt);
+    for (int64_t r = 0; r < rows; r++)
+        memcpy(out + r * w, all + r * ld + c0, (size_t)w * sizeof(float));
+    free(all);
+}
+
 /* Every element within atol + rtol·|ref|; names the worst one. */
 static void close_d(const float *got, const double *ref, int64_t n, double atol, double rtol,
                     const char *what)
@@ -301,11 +312,12 @@ Test(cuda_kernels, dequant_matches_index_times_scale_for_4_8_and_16_bit_indices)
 Test(cuda_kernels, scale_gradient_is_the_row_sum_of_G_times_grid_values)
 {
     need_gpu();
-    static const int bits[] = {4, 8, 16}, gsz[] = {13, 256, 1000};
-    for (int b = 0; b < 3; b++) {
-        int64_t R = 37, C = 301, r0 = 5, nr = 20;
+    /* 301 columns: the block-per-row kernel; 304 and 1000: the warp-per-row one */
+    static const int bits[] = {4, 8, 16}, gsz[] = {13, 256, 1000}, cols[] = {301, 304, 1000};
+    for (int b = 0; b < 9; b++) {
+        int64_t R = 37, C = cols[b / 3], r0 = 5, nr = 20;
         primal_qtensor h, d;
-        random_qtensor(&h, bits[b], R, C, gsz[b], 30 + (uint64_t)b);
+        random_qtensor(&h, bits[b % 3], R, C, gsz[b % 3], 30 + (uint64_t)b);
         qtensor_to_dev(&d, &h);
         float *G = rnd(nr * C, -1, 1, 31, (uint64_t)b);
         float *ds0 = rnd(R, -1, 1, 32, (uint64_t)b);
@@ -384,11 +396,15 @@ Test(cuda_kernels, embedding_gathers_rows_and_scatters_gradients_by_chunk)
     check_embedding(50, 300, 3001, 1); /* three column tiles, the last one partial */
 }
 
+/* Rows of a multiple of 8 columns up to 2048 take the warp kernels (several row blocks, a
+ * partial last one, 1 to 4 column steps a lane), others the block-per-row ones (100 columns;
+ * 2600). */
 Test(cuda_kernels, rmsnorm_forward_and_backward_match_the_reference)
 {
     need_gpu();
-    static const int shapes[][2] = {{1, 8}, {13, 64}, {300, 768}, {5, 1000}};
-    for (int s = 0; s < 4; s++) {
+    static const int shapes[][2] = {{1, 8}, {13, 64}, {300, 768}, {5, 1000}, {7, 100},
+                                    {3, 2600}};
+    for (int s = 0; s < 6; s++) {
         int N = shapes[s][0], C = shapes[s][1];
         float *x = rnd((int64_t)N * C, -2, 2, 50, (uint64_t)s);
         float *w = rnd(C, 0.5f, 1.5f, 51, (uint64_t)s);
@@ -433,6 +449,11 @@ Test(cuda_kernels, rmsnorm_forward_and_backward_match_the_reference)
         cudaFree(dxb);
         to_host(got, ddw, (size_t)C * 4);
         close_d(got, dwr, C, 1e-5, 1e-4, "rmsnorm dweight");
+        /* dweight alone (the lowest trained norm: no dinp wanted) */
+        CK(cudaMemcpy(ddw, dw0, (size_t)C * 4, cudaMemcpyHostToDevice));
+        OK(cuda_rmsnorm_backward(NULL, NULL, ddw, scr, ddy, dX, dW, dR, N, C, 0, E));
+        to_host(got, ddw, (size_t)C * 4);
+        close_d(got, dwr, C, 1e-5, 1e-4, "rmsnorm dweight without dinp");
         free(x), free(w), free(dy), free(dx0), free(dw0), free(xd), free(wd), free(dyd);
         free(ref), free(dxr), free(dwr), free(got);
         cudaFree(dX), cudaFree(dW), cudaFree(dY), cudaFree(dR), cudaFree(ddy), cudaFree(ddx);
@@ -441,13 +462,16 @@ Test(cuda_kernels, rmsnorm_forward_and_backward_match_the_reference)
 }
 
 /* Both dtypes; in bf16 every operand is bf16 (the references take the rounded inputs) and the
- * outputs are within bf16 rounding.  n = 10007 takes the one-element path, 10008 the
- * eight-element one. */
+ * outputs are within bf16 rounding.  (1, 10007) takes the one-element path; (10, 1000) the
+ * eight-element one, with dgate and dup written side by side in one (N, 2F) matrix as the
+ * model stacks them. */
 Test(cuda_kernels, swiglu_forward_and_backward_match_the_reference)
 {
     need_gpu();
+    static const int64_t shapes[2][2] = {{1, 10007}, {10, 1000}};
     for (int dti = 0; dti < 2; dti++)
-        for (int64_t n = 10007; n <= 10008; n++) {
+        for (int sh = 0; sh < 2; sh++) {
+            int64_t N = shapes[sh][0], F = shapes[sh][1], n = N * F, ld = sh == 0 ? F : 2 * F;
             cuda_dtype dt = dti == 0 ? CUDA_F32 : CUDA_BF16;
             size_t e = cuda_dtype_size(dt);
             float *g = rnd(n, -6, 6, 60, 0), *u = rnd(n, -2, 2, 60, 1);
@@ -458,10 +482,10 @@ Test(cuda_kernels, swiglu_forward_and_backward_match_the_reference)
             double *dur = calloc((size_t)n, 8);
             swiglu_forward_ref(ref, gd, ud, n);
             swiglu_backward_ref(dgr, dur, dyd, gd, ud, n);
-            void *dout = dmalloc((size_t)n * e), *ddg = dmalloc((size_t)n * e);
-            void *ddu = dmalloc((size_t)n * e);
+            void *dout = dmalloc((size_t)n * e), *dgu = dmalloc((size_t)(N * 2 * F) * e);
+            void *ddg = dgu, *ddu = (char *)dgu + (size_t)(ld == F ? n : F) * e;
             OK(cuda_swiglu_forward(dout, dt, dg, du, n, 0, E));
-            OK(cuda_swiglu_backward(ddg, ddu, dt, ddy, dg, du, n, 0, E));
+            OK(cuda_swiglu_backward(ddg, ddu, ld, dt, ddy, dg, du, N, F, 0, E));
             double rtol = dt == CUDA_F32 ? 1e-5 : 1.0 / 256, atol = dt == CUDA_F32 ? 1e-6 : 1e-9;
             const double *want[3] = {ref, dgr, dur};
             void *bufs[3] = {dout, ddg, ddu};
@@ -469,15 +493,17 @@ Test(cuda_kernels, swiglu_forward_and_backward_match_the_reference)
             float *got = malloc((size_t)n * 4);
             char what[64];
             for (int j = 0; j < 3; j++) {
-                host_dt(got, bufs[j], n, dt);
+                if (j == 0 || ld == F)
+                    host_dt(got, bufs[j], n, dt);
+                else /* the stacked (N, 2F) matrix: dgate its left half, dup its right */
+                    host_cols(got, dgu, N, ld, j == 1 ? 0 : F, F, dt);
                 snprintf(what, sizeof what, "%s %s n %lld", names[j],
                          dt == CUDA_F32 ? "fp32" : "bf16", (long long)n);
                 close_d(got, want[j], n, atol, rtol, what);
             }
             free(g), free(u), free(dy), free(gd), free(ud), free(dyd), free(ref), free(dgr);
             free(dur), free(got);
-            cudaFree(dg), cudaFree(du), cudaFree(ddy), cudaFree(dout), cudaFree(ddg);
-            cudaFree(ddu);
+            cudaFree(dg), cudaFree(du), cudaFree(ddy), cudaFree(dout), cudaFree(dgu);
         }
 }
 
@@ -585,10 +611,11 @@ static void from_heads(float *tm, const float *hm, int B, int T, int nh, int hd)
 }
 
 /* pack in both dtypes, with the projections' biases added before the rotation (Qwen2) and
- * without; unpack to float32 only and to bf16 only. */
-static void check_rope(cuda_dtype dt, int bias)
+ * without; unpack to float32 only and to bf16 only.  hd 16 takes the eight-pair path, hd 8 the
+ * one-pair path. */
+static void check_rope(cuda_dtype dt, int bias, int hd)
 {
-    int B = 2, T = 11, H = 4, KVH = 2, hd = 16;
+    int B = 2, T = 11, H = 4, KVH = 2;
     double theta = 10000.0;
     int64_t nq = (int64_t)B * T * H * hd, nk = (int64_t)B * T * KVH * hd;
     size_t e = cuda_dtype_size(dt);
@@ -643,19 +670,23 @@ static void check_rope(cuda_dtype dt, int bias)
     rbv = to_d(hm, nk);
     float *dgq = dup_to_dev(gq, (size_t)nq * 4), *dgk = dup_to_dev(gk, (size_t)nk * 4);
     float *dgv = dup_to_dev(gv, (size_t)nk * 4);
-    float *oq = dmalloc((size_t)nq * 4), *ok = dmalloc((size_t)nk * 4), *ov = dmalloc((size_t)nk * 4);
-    void *obq = dmalloc((size_t)nq * 2), *obk = dmalloc((size_t)nk * 2), *obv = dmalloc((size_t)nk * 2);
+    /* dq | dk | dv side by side in one (B·T, S) matrix, as the model lays them out */
+    int64_t S = (int64_t)(H + 2 * KVH) * hd, NT = (int64_t)B * T, ko = (int64_t)H * hd;
+    int64_t vo = (int64_t)(H + KVH) * hd;
+    float *o = dmalloc((size_t)(NT * S) * 4);
+    uint16_t *ob = dmalloc((size_t)(NT * S) * 2); /* bf16 bits */
     for (int f32 = 0; f32 < 2; f32++) {
-        OK(cuda_rope_unpack_grad(f32 ? oq : NULL, f32 ? ok : NULL, f32 ? ov : NULL,
-                                 f32 ? NULL : obq, f32 ? NULL : obk, f32 ? NULL : obv, dgq, dgk,
-                                 dgv, dcs, dsn, B, T, H, KVH, hd, 0, E));
+        OK(cuda_rope_unpack_grad(f32 ? o : NULL, f32 ? o + ko : NULL, f32 ? o + vo : NULL,
+                                 f32 ? NULL : ob, f32 ? NULL : ob + ko, f32 ? NULL : ob + vo, S,
+                                 dgq, dgk, dgv, dcs, dsn, B, T, H, KVH, hd, 0, E));
         cuda_dtype ot = f32 ? CUDA_F32 : CUDA_BF16;
+        void *src = f32 ? (void *)o : (void *)ob;
         double r = f32 ? 1e-5 : 1.0 / 256;
-        host_dt(got, f32 ? (void *)oq : obq, nq, ot);
+        host_cols(got, src, NT, S, 0, ko, ot);
         close_d(got, rbq, nq, 1e-6, r, f32 ? "rope backward q fp32" : "rope backward q bf16");
-        host_dt(got, f32 ? (void *)ok : obk, nk, ot);
+        host_cols(got, src, NT, S, ko, (int64_t)KVH * hd, ot);
         close_d(got, rbk, nk, 1e-6, r, f32 ? "rope backward k fp32" : "rope backward k bf16");
-        host_dt(got, f32 ? (void *)ov : obv, nk, ot);
+        host_cols(got, src, NT, S, vo, (int64_t)KVH * hd, ot);
         close_d(got, rbv, nk, f32 ? 0 : 1e-6, f32 ? 0 : r, "v gradient moves unrotated");
     }
     free(q), free(k), free(v), free(bq), free(bk), free(bv), free(cs), free(sn), free(qd);
@@ -663,17 +694,17 @@ static void check_rope(cuda_dtype dt, int bias)
     free(gqt), free(gkt), free(gqd), free(gkd), free(rbq), free(rbk), free(rbv);
     cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dcs), cudaFree(dsn), cudaFree(dbq);
     cudaFree(dbk), cudaFree(dbv), cudaFree(qh), cudaFree(kh), cudaFree(vh), cudaFree(dgq);
-    cudaFree(dgk), cudaFree(dgv), cudaFree(oq), cudaFree(ok), cudaFree(ov), cudaFree(obq);
-    cudaFree(obk), cudaFree(obv);
+    cudaFree(dgk), cudaFree(dgv), cudaFree(o), cudaFree(ob);
 }
 
 Test(cuda_kernels, rope_pack_and_unpack_match_rotate_half_references)
 {
     need_gpu();
-    for (int bias = 0; bias < 2; bias++) {
-        check_rope(CUDA_F32, bias);
-        check_rope(CUDA_BF16, bias);
-    }
+    for (int bias = 0; bias < 2; bias++)
+        for (int hd = 8; hd <= 16; hd += 8) {
+            check_rope(CUDA_F32, bias, hd);
+            check_rope(CUDA_BF16, bias, hd);
+        }
 }
 
 /* Attention through rope_pack with an identity rotation (cos 1, sin 0), so the result is
@@ -730,21 +761,24 @@ static void check_attention(int B, int T, int H, int KVH, int hd, cuda_dtype dt,
     snprintf(what, sizeof what, "attention out B%d T%d H%d KVH%d hd%d %s%s", B, T, H, KVH, hd,
              dt == CUDA_BF16 ? "bf16" : "fp32", sc.flash ? " fused" : "");
     close_d(got, ref, nq, atol, rtol, what);
-    float *gq = dmalloc((size_t)nq * 4), *gk = dmalloc((size_t)nk * 4), *gv = dmalloc((size_t)nk * 4);
-    OK(cuda_attention_backward(gq, gk, gv, NULL, NULL, NULL, ddy, dout, dlse, qh, kh, vh, dcs, dsn, &sc, cb, dt, B,
-                               T, H, KVH, hd, 0, E));
-    to_host(got, gq, (size_t)nq * 4);
+    /* dq | dk | dv side by side, as the model lays them out */
+    int64_t S = (int64_t)(H + 2 * KVH) * hd, NT = (int64_t)B * T, ko = (int64_t)H * hd;
+    int64_t vo = (int64_t)(H + KVH) * hd;
+    float *g = dmalloc((size_t)(NT * S) * 4);
+    OK(cuda_attention_backward(g, g + ko, g + vo, NULL, NULL, NULL, S, ddy, dout, dlse, qh, kh,
+                               vh, dcs, dsn, &sc, cb, dt, B, T, H, KVH, hd, 0, E));
+    host_cols(got, g, NT, S, 0, ko, CUDA_F32);
     close_d(got, rdq, nq, atol, rtol, "attention dq");
-    to_host(got, gk, (size_t)nk * 4);
+    host_cols(got, g, NT, S, ko, (int64_t)KVH * hd, CUDA_F32);
     close_d(got, rdk, nk, atol, rtol, "attention dk");
-    to_host(got, gv, (size_t)nk * 4);
+    host_cols(got, g, NT, S, vo, (int64_t)KVH * hd, CUDA_F32);
     close_d(got, rdv, nk, atol, rtol, "attention dv");
     cublasDestroy(cb);
     free(q), free(k), free(v), free(dy), free(qd), free(kd), free(vd), free(dyd), free(ref);
     free(rdq), free(rdk), free(rdv), free(ones), free(zeros), free(got);
     cudaFree(dcs), cudaFree(dsn), cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(ddy);
     cudaFree(qh), cudaFree(kh), cudaFree(vh), cudaFree(sbase), cudaFree(dout), cudaFree(dlse);
-    cudaFree(gq), cudaFree(gk), cudaFree(gv);
+    cudaFree(g);
 }
 
 Test(cuda_kernels, attention_fp32_matches_the_reference_with_gqa_mqa_and_batch_chunks)
@@ -789,7 +823,7 @@ Test(cuda_kernels, bias_gradient_sum_of_squares_and_adamw_match_hand_formulas)
         }
     float *ddy = dup_to_dev(dy, (size_t)(N * OC) * 4), *db = dup_to_dev(b0, (size_t)OC * 4);
     float *scr = dmalloc((size_t)cuda_colsum_scratch(N, OC) * 4);
-    OK(cuda_bias_backward(db, scr, ddy, N, OC, 0, E));
+    OK(cuda_bias_backward(db, scr, ddy, OC, N, OC, 0, E));
     float got[64];
     to_host(got, db, (size_t)OC * 4);
     close_d(got, ref, OC, 1e-5, 1e-5, "bias gradient");
@@ -1243,6 +1277,9 @@ Test(cuda_model, fp32_random_prime13_model_matches_the_cpu_model, .init = prime1
     /* recompute, and logits in slabs of 128 inside the hook's chunks of 300 */
     check_parity(m, OPTS(PRIMAL_CUDA_FP32, 300, .recompute = 1, .logits_bytes = 111 * 6 * 128),
                  3, 37, NULL, tol, 1);
+    /* chunks of 8192: the weight workspace (the head's 1000 x 128) then holds gate and up
+     * together (640 x 128), so their backward runs stacked; with chunks of 300 it does not */
+    check_parity(m, OPTS(PRIMAL_CUDA_FP32, 0), 3, 37, NULL, tol, 1);
     primal_model_free(m);
 }
 
@@ -1254,6 +1291,7 @@ Test(cuda_model, bf16_random_prime13_model_is_within_bf16_tolerances, .init = pr
     check_parity(m, OPTS(PRIMAL_CUDA_BF16, 300), 3, 37, NULL, tol, 2);
     check_parity(m, OPTS(PRIMAL_CUDA_BF16, 300, .recompute = 1, .logits_bytes = 111 * 6 * 128),
                  3, 37, NULL, tol, 2);
+    check_parity(m, OPTS(PRIMAL_CUDA_BF16, 0), 3, 37, NULL, tol, 2); /* gate/up stacked */
     primal_model_free(m);
 }
 

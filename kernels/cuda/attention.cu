@@ -227,6 +227,39 @@ __global__ void dout_pack_kernel(Tp *dOh,           /* (B, H, T, hd) */
     }
 }
 
+/* The same with eight elements a thread and hd/8 threads a (b, t, h) (hd/8 a power of two up
+ * to 32, 16-byte aligned rows): 16-byte accesses instead of a warp's 2-byte ones. */
+template <typename Tp>
+__global__ void dout_pack8_kernel(Tp *dOh,        /* (B, H, T, hd) */
+                                  float *D,       /* (B, H, T) */
+                                  const Tp *dout, /* (B, T, H, hd) */
+                                  const Tp *out,  /* (B, T, H, hd) */
+                                  int64_t total,  /* B·T·H·hd/8 */
+                                  int Tn, int H, int hd)
+{
+    const int g = hd / 8;
+    const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int valid = idx < total;
+    const int64_t w = idx / g; /* (b, t, h), token-major */
+    const int j = (int)(idx - w * g);
+    const int h = (int)(w % H), t = (int)((w / H) % Tn);
+    const int64_t b = w / ((int64_t)H * Tn);
+    float acc = 0.0f;
+    if (valid) {
+        float a[8], y[8];
+        cuda_ld8(a, dout + w * hd + 8 * j);
+        cuda_ld8(y, out + w * hd + 8 * j);
+        for (int k = 0; k < 8; k++)
+            acc += a[k] * y[k];
+        cuda_st8(dOh + ((b * H + h) * Tn + t) * hd + 8 * j, a);
+    }
+    /* every lane shuffles, valid or not: the groups of g lanes are aligned within the warp */
+    for (int o = g / 2; o > 0; o >>= 1)
+        acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (valid && j == 0)
+        D[(b * H + h) * Tn + t] = acc;
+}
+
 /* Elementwise over (rows, T): P and dS from S, dP, lse, D.  In float32 P is S and dS is dP:
  * each element is read and then written by one thread. */
 template <typename Tp>
@@ -254,10 +287,11 @@ __global__ void softmax_backward_kernel(Tp *P,            /* (rows, T) */
 
 /* dq, dk, dv are written (not accumulated), token-major, rotated back (dL/d of the
  * projections' outputs); dqb, dkb, dvb, when not NULL, get them in bf16 too. */
-int cuda_attention_backward(float *dq,         /* (B, T, H, hd), or NULL */
-                            float *dk,         /* (B, T, KVH, hd), or NULL */
-                            float *dv,         /* (B, T, KVH, hd), or NULL */
+int cuda_attention_backward(float *dq,         /* (B·T rows of ld, H·hd), or NULL */
+                            float *dk,         /* (B·T rows of ld, KVH·hd), or NULL */
+                            float *dv,         /* (B·T rows of ld, KVH·hd), or NULL */
                             void *dqb, void *dkb, void *dvb, /* the same, bf16, or NULL */
+                            int64_t ld,        /* row stride of those six */
                             const void *dout,  /* (B, T, H, hd) dt */
                             const void *out,   /* (B, T, H, hd) dt, from forward */
                             const float *lse,  /* (B, H, T) from forward */
@@ -281,7 +315,14 @@ int cuda_attention_backward(float *dq,         /* (B, T, H, hd), or NULL */
         long long sS = (long long)group * T * T;
         int64_t nw = (int64_t)nb * T * H;
         size_t tok = (size_t)b0 * T * H * hd;
-        if (dt == CUDA_BF16)
+        int g8 = hd % 8 == 0 && hd / 8 <= 32 && ((hd / 8) & (hd / 8 - 1)) == 0;
+        if (dt == CUDA_BF16 && g8 && cuda_aligned8(dout) && cuda_aligned8(out) &&
+            cuda_aligned8(sc->dOh)) {
+            int64_t total = nw * (hd / 8);
+            dout_pack8_kernel<<<(unsigned)((total + 255) / 256), 256, 0, s>>>(
+                (__nv_bfloat16 *)sc->dOh, sc->D, (const __nv_bfloat16 *)dout + tok,
+                (const __nv_bfloat16 *)out + tok, total, T, H, hd);
+        } else if (dt == CUDA_BF16)
             dout_pack_kernel<<<cuda_blocks(nw * 32, 256), 256, 0, s>>>(
                 (__nv_bfloat16 *)sc->dOh, sc->D, (const __nv_bfloat16 *)dout + tok,
                 (const __nv_bfloat16 *)out + tok, nb, T, H, hd);
@@ -290,14 +331,14 @@ int cuda_attention_backward(float *dq,         /* (B, T, H, hd), or NULL */
                 (float *)sc->dOh, sc->D, (const float *)dout + tok, (const float *)out + tok, nb,
                 T, H, hd);
         CUDA_LAUNCHED("dout_pack", err);
+        size_t go = (size_t)b0 * T * (size_t)ld; /* the gradients' first row of this chunk */
         if (sc->flash) {
-            size_t kvo = (size_t)b0 * KVH * T * hd;
             int rc = cuda_flash_backward(sc->Oh, sc->dKh, sc->dVh, q, k, v, sc->dOh,
                                          lse + (size_t)b0 * H * T, sc->D, nb, T, H, KVH, hd, s,
                                          err);
             if (rc == PRIMAL_OK)
-                rc = cuda_rope_unpack_grad(foff(dq, tok), foff(dk, kvo), foff(dv, kvo), boff(dqb, tok),
-                                           boff(dkb, kvo), boff(dvb, kvo), sc->Oh, sc->dKh,
+                rc = cuda_rope_unpack_grad(foff(dq, go), foff(dk, go), foff(dv, go), boff(dqb, go),
+                                           boff(dkb, go), boff(dvb, go), ld, sc->Oh, sc->dKh,
                                            sc->dVh, cosv, sinv, nb, T, H, KVH, hd, s, err);
             if (rc != PRIMAL_OK)
                 return rc;
@@ -342,9 +383,8 @@ int cuda_attention_backward(float *dq,         /* (B, T, H, hd), or NULL */
                                sK, nb * KVH, dt),
                        err);
         }
-        size_t kvo = (size_t)b0 * T * KVH * hd;
-        int rc = cuda_rope_unpack_grad(foff(dq, tok), foff(dk, kvo), foff(dv, kvo), boff(dqb, tok),
-                                       boff(dkb, kvo), boff(dvb, kvo), sc->Oh, sc->dKh, sc->dVh,
+        int rc = cuda_rope_unpack_grad(foff(dq, go), foff(dk, go), foff(dv, go), boff(dqb, go),
+                                       boff(dkb, go), boff(dvb, go), ld, sc->Oh, sc->dKh, sc->dVh,
                                        cosv, sinv, nb, T, H, KVH, hd, s, err);
         if (rc != PRIMAL_OK)
             return rc;

@@ -32,7 +32,7 @@ CUDA_EXTERN_C int cuda_attention_forward(void *out, float *lse, const void *qh, 
                                          cublasHandle_t cb, cuda_dtype dt, int B, int T, int H,
                                          int KVH, int hd, cudaStream_t s, primal_err *err);
 CUDA_EXTERN_C int cuda_attention_backward(float *dq, float *dk, float *dv, void *dqb, void *dkb,
-                                          void *dvb, const void *dout,
+                                          void *dvb, int64_t ld, const void *dout,
                                           const void *out, const float *lse, const void *qh,
                                           const void *kh, const void *vh, const float *cosv,
                                           const float *sinv, const cuda_attn_scratch *sc,

@@ -138,6 +138,30 @@ __global__ void scale_grad_kernel(float *dscale,        /* (rows) rows [r0, r0+n
         dscale[r0 + r] += (float)acc;
 }
 
+/* The same with one warp per row and eight columns a lane (cols % 8 == 0, G 16-byte
+ * aligned): no block-wide reduction for rows of a few hundred columns. */
+__global__ void scale_grad_warp_kernel(float *dscale, const float *G, const uint8_t *index,
+                                       const float *grid, int bits, int64_t stride, int64_t r0,
+                                       int64_t nrows, int64_t cols)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t r = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (r >= nrows)
+        return;
+    const float *g = G + r * cols;
+    double acc = 0.0;
+    for (int64_t c = lane * 8; c < cols; c += 256) {
+        float v[8];
+        cuda_ld8(v, g + c);
+        for (int k = 0; k < 8; k++)
+            acc += (double)v[k] * grid[index_at(index, bits, stride, r0 + r, c + k)];
+    }
+    for (int o = 16; o > 0; o >>= 1)
+        acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0)
+        dscale[r0 + r] += (float)acc;
+}
+
 int cuda_scale_grad(float *dscale,           /* (rows) device, accumulated into */
                     const float *G,          /* (nrows, cols) device */
                     const primal_qtensor *w, /* indexed, device pointers */
@@ -145,6 +169,13 @@ int cuda_scale_grad(float *dscale,           /* (rows) device, accumulated into 
 {
     if (w->bits == 32 || nrows == 0)
         return PRIMAL_OK;
+    if (w->cols % 8 == 0 && cuda_aligned8(G)) {
+        scale_grad_warp_kernel<<<(unsigned)((nrows + 7) / 8), 256, 0, s>>>(
+            dscale, G, (const uint8_t *)w->index, w->grid, w->bits, w->row_stride, r0, nrows,
+            w->cols);
+        CUDA_LAUNCHED("scale_grad", err);
+        return PRIMAL_OK;
+    }
     /* one block per row: the grid's x dimension holds 2^31 - 1 */
     scale_grad_kernel<<<(unsigned)nrows, 256, 0, s>>>(dscale, G, (const uint8_t *)w->index,
                                                       w->grid, w->bits, w->row_stride, r0,

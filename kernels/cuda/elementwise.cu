@@ -7,8 +7,8 @@
 
 /* partial[chunk][c] = Σ over the chunk's rows of dout[n][c]; block (32 columns, 8 row lanes). */
 __global__ void colsum_partial_kernel(float *partial,    /* (nchunks, OC) */
-                                      const float *dout, /* (N, OC) */
-                                      int64_t N, int64_t OC)
+                                      const float *dout, /* (N rows of ld, OC) */
+                                      int64_t N, int64_t OC, int64_t ld)
 {
     __shared__ float sh[8][33];
     int64_t c = (int64_t)blockIdx.x * 32 + threadIdx.x;
@@ -17,7 +17,7 @@ __global__ void colsum_partial_kernel(float *partial,    /* (nchunks, OC) */
     float acc = 0.0f;
     if (c < OC)
         for (int64_t n = n0 + threadIdx.y; n < n1; n += 8)
-            acc += dout[n * OC + c];
+            acc += dout[n * ld + c];
     sh[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
     if (threadIdx.y == 0 && c < OC) {
@@ -28,33 +28,52 @@ __global__ void colsum_partial_kernel(float *partial,    /* (nchunks, OC) */
     }
 }
 
-__global__ void colsum_finish_kernel(float *dbias,         /* (OC) += */
+/* block (32 columns, 32 chunk lanes): lane ty sums chunks ty, ty + 32, ..., then lane 0 adds
+ * the 32 lane sums in order.  A thread per column summing every chunk itself had made this
+ * tiny pass a long serial chain of loads. */
+__global__ void colsum_finish_kernel(float *out,            /* (OC) += */
                                      const float *partial, /* (nchunks, OC) */
                                      int64_t nchunks, int64_t OC)
 {
-    CUDA_FOR(c, OC)
-    {
+    __shared__ double sh[32][33];
+    int64_t c = (int64_t)blockIdx.x * 32 + threadIdx.x;
+    double acc = 0.0;
+    if (c < OC)
+        for (int64_t k = threadIdx.y; k < nchunks; k += 32)
+            acc += partial[k * OC + c];
+    sh[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < OC) {
         double s = 0.0;
-        for (int64_t k = 0; k < nchunks; k++)
-            s += partial[k * OC + c];
-        dbias[c] += (float)s;
+        for (int k = 0; k < 32; k++)
+            s += sh[k][threadIdx.x];
+        out[c] += (float)s;
     }
+}
+
+int cuda_colsum_finish(float *out, const float *partial, int64_t nchunks, int64_t OC,
+                       cudaStream_t s, primal_err *err)
+{
+    if (OC == 0)
+        return PRIMAL_OK;
+    colsum_finish_kernel<<<(unsigned)((OC + 31) / 32), dim3(32, 32), 0, s>>>(out, partial,
+                                                                             nchunks, OC);
+    CUDA_LAUNCHED("colsum_finish", err);
+    return PRIMAL_OK;
 }
 
 int cuda_bias_backward(float *dbias,      /* (OC) accumulated into */
                        float *scratch,    /* cuda_colsum_scratch(N, OC) floats */
-                       const float *dout, /* (N, OC) */
-                       int64_t N, int64_t OC, cudaStream_t s, primal_err *err)
+                       const float *dout, /* (N rows of ld, OC) */
+                       int64_t ld, int64_t N, int64_t OC, cudaStream_t s, primal_err *err)
 {
     if (N == 0 || OC == 0)
         return PRIMAL_OK;
     int64_t nchunks = (N + CUDA_COLSUM_ROWS - 1) / CUDA_COLSUM_ROWS;
     dim3 grid((unsigned)((OC + 31) / 32), (unsigned)nchunks);
-    colsum_partial_kernel<<<grid, dim3(32, 8), 0, s>>>(scratch, dout, N, OC);
+    colsum_partial_kernel<<<grid, dim3(32, 8), 0, s>>>(scratch, dout, N, OC, ld);
     CUDA_LAUNCHED("colsum_partial", err);
-    colsum_finish_kernel<<<cuda_blocks(OC, 256), 256, 0, s>>>(dbias, scratch, nchunks, OC);
-    CUDA_LAUNCHED("colsum_finish", err);
-    return PRIMAL_OK;
+    return cuda_colsum_finish(dbias, scratch, nchunks, OC, s, err);
 }
 
 /* Each call adds block b's share of sum(x²) to partial[b]: a norm over many tensors costs one

@@ -1,11 +1,124 @@
 /* rmsnorm.cu: y = w · (x · rstd), rstd = 1/sqrt(mean(x²) + eps) per row, as Hugging Face's
  * Llama/Qwen2 RMSNorm computes it in float32; backward (fused: one pass per row for dx)
  *   dx_i += r·w_i·dy_i − (r³/C)·x_i·Σ_j dy_j·w_j·x_j,   dw_i += Σ_n dy_i·x_i·r.
- * SPEC.md, "Models".  One block per row; dw by fixed per-block partial column sums and a
- * fixed-order finish (deterministic, no atomics).  CPU twins: kernels/cpu/rmsnorm.c.  No keys. */
+ * SPEC.md, "Models".  Rows of a multiple of 8 columns, at most RMS_VEC_MAX, take the warp
+ * kernels: one warp per row, eight columns a lane per access, and backward computes dx and the
+ * dw partial sums in one pass (each block CUDA_COLSUM_ROWS rows, its warps' sums added in warp
+ * order).  Other rows take one block per row and a separate dw pass.  Either way dw is fixed
+ * partial sums and a fixed-order finish: deterministic, no atomics.
+ * CPU twins: kernels/cpu/rmsnorm.c.  No keys. */
 #include "rmsnorm.h"
 
 #include "elementwise.h"
+
+#define RMS_VEC_MAX 2048 /* columns the warp kernels take: 8 per lane per 256-column step */
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+template <typename Tp>
+__global__ void rmsnorm_forward_warp_kernel(Tp *out, float *rstd, const float *inp,
+                                            const float *weight, int64_t N, int C, float eps)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t n = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (n >= N)
+        return;
+    const float *x = inp + n * C;
+    float ss = 0.0f, v[8], w[8];
+    for (int c = lane * 8; c < C; c += 256) {
+        cuda_ld8(v, x + c);
+        for (int k = 0; k < 8; k++)
+            ss += v[k] * v[k];
+    }
+    ss = warp_sum(ss);
+    const float r = 1.0f / sqrtf(ss / (float)C + eps);
+    for (int c = lane * 8; c < C; c += 256) {
+        cuda_ld8(v, x + c);
+        cuda_ld8(w, weight + c);
+        for (int k = 0; k < 8; k++)
+            v[k] = w[k] * (v[k] * r);
+        cuda_st8(out + n * C + c, v);
+    }
+    if (lane == 0)
+        rstd[n] = r;
+}
+
+/* Block b: rows [b·CUDA_COLSUM_ROWS, +CUDA_COLSUM_ROWS), warp w every nw-th of them.  NPL:
+ * 256-column steps a lane holds dw sums for (C <= 256·NPL). */
+template <int NPL>
+__global__ void rmsnorm_backward_warp_kernel(float *dinp,            /* (N, C) += or NULL */
+                                             __nv_bfloat16 *dinp_b,  /* (N, C) or NULL */
+                                             float *partial,         /* (nblocks, C) or NULL */
+                                             const float *dout, const float *inp,
+                                             const float *weight, const float *rstd,
+                                             int64_t N, int C)
+{
+    extern __shared__ float sh_dw[]; /* (C) */
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    float acc[NPL][8];
+    for (int j = 0; j < NPL; j++)
+        for (int k = 0; k < 8; k++)
+            acc[j][k] = 0.0f;
+    const int64_t n0 = (int64_t)blockIdx.x * CUDA_COLSUM_ROWS;
+    const int64_t n1 = n0 + CUDA_COLSUM_ROWS < N ? n0 + CUDA_COLSUM_ROWS : N;
+    for (int64_t n = n0 + warp; n < n1; n += nw) {
+        const float r = rstd[n];
+        const float *x = inp + n * C, *dy = dout + n * C;
+        float a[8], b[8], w[8];
+        float dot = 0.0f;
+        for (int c = lane * 8; c < C; c += 256) {
+            cuda_ld8(a, dy + c);
+            cuda_ld8(b, x + c);
+            cuda_ld8(w, weight + c);
+            for (int k = 0; k < 8; k++)
+                dot += a[k] * w[k] * b[k];
+        }
+        const float kk = warp_sum(dot) * r * r * r / (float)C;
+#pragma unroll
+        for (int j = 0; j < NPL; j++) {
+            const int c = lane * 8 + j * 256;
+            if (c >= C)
+                break;
+            cuda_ld8(a, dy + c);
+            cuda_ld8(b, x + c);
+            if (partial != NULL)
+                for (int k = 0; k < 8; k++)
+                    acc[j][k] += a[k] * b[k] * r;
+            if (dinp != NULL) {
+                float d[8];
+                cuda_ld8(w, weight + c);
+                cuda_ld8(d, dinp + n * C + c);
+                for (int k = 0; k < 8; k++)
+                    d[k] = d[k] + (r * w[k] * a[k] - kk * b[k]);
+                cuda_st8(dinp + n * C + c, d);
+                if (dinp_b != NULL)
+                    cuda_st8(dinp_b + n * C + c, d);
+            }
+        }
+    }
+    if (partial == NULL)
+        return;
+    /* the warps' sums, added in warp order */
+    for (int wi = 0; wi < nw; wi++) {
+        if (warp == wi)
+#pragma unroll
+            for (int j = 0; j < NPL; j++) {
+                const int c = lane * 8 + j * 256;
+                if (c >= C)
+                    break;
+                for (int k = 0; k < 8; k++)
+                    sh_dw[c + k] = wi == 0 ? acc[j][k] : sh_dw[c + k] + acc[j][k];
+            }
+        __syncthreads();
+    }
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+        partial[(int64_t)blockIdx.x * C + c] = sh_dw[c];
+}
 
 template <typename Tp>
 __global__ void rmsnorm_forward_kernel(Tp *out,             /* (N, C) */
@@ -38,6 +151,17 @@ int cuda_rmsnorm_forward(void *out,           /* (N, C) of dt */
 {
     if (N == 0)
         return PRIMAL_OK;
+    if (C % 8 == 0 && cuda_aligned8(out) && cuda_aligned8(inp) && cuda_aligned8(weight)) {
+        unsigned nb = (unsigned)((N + 7) / 8); /* 8 warps, 8 rows a block */
+        if (dt == CUDA_BF16)
+            rmsnorm_forward_warp_kernel<<<nb, 256, 0, s>>>((__nv_bfloat16 *)out, rstd, inp,
+                                                           weight, N, (int)C, eps);
+        else
+            rmsnorm_forward_warp_kernel<<<nb, 256, 0, s>>>((float *)out, rstd, inp, weight, N,
+                                                           (int)C, eps);
+        CUDA_LAUNCHED("rmsnorm_forward", err);
+        return PRIMAL_OK;
+    }
     if (dt == CUDA_BF16)
         rmsnorm_forward_kernel<<<(unsigned)N, 256, 0, s>>>((__nv_bfloat16 *)out, rstd, inp,
                                                            weight, C, eps);
@@ -99,19 +223,6 @@ __global__ void rmsnorm_dw_partial_kernel(float *partial,    /* (nchunks, C) */
     }
 }
 
-__global__ void rmsnorm_dw_finish_kernel(float *dweight,       /* (C) += */
-                                         const float *partial, /* (nchunks, C) */
-                                         int64_t nchunks, int64_t C)
-{
-    CUDA_FOR(c, C)
-    {
-        double s = 0.0;
-        for (int64_t k = 0; k < nchunks; k++)
-            s += partial[k * C + c];
-        dweight[c] += (float)s;
-    }
-}
-
 /* dinp and dweight are accumulated into; either may be NULL (not wanted).  dinp_b, when not
  * NULL, receives the accumulated dinp in bf16: the next GEMMs' operand, without a pass of its
  * own. */
@@ -125,21 +236,46 @@ int cuda_rmsnorm_backward(float *dinp,         /* (N, C) or NULL */
                           const float *rstd,   /* (N) from forward */
                           int64_t N, int64_t C, cudaStream_t s, primal_err *err)
 {
-    if (N == 0)
+    if (N == 0 || (dinp == NULL && dweight == NULL))
         return PRIMAL_OK;
+    int64_t nchunks = (N + CUDA_COLSUM_ROWS - 1) / CUDA_COLSUM_ROWS;
+    int vec = C % 8 == 0 && C <= RMS_VEC_MAX && cuda_aligned8(dout) && cuda_aligned8(inp) &&
+              cuda_aligned8(weight) && (dinp == NULL || cuda_aligned8(dinp)) &&
+              (dinp_b == NULL || cuda_aligned8(dinp_b));
+    if (vec) {
+        float *part = dweight != NULL ? scratch : NULL;
+        __nv_bfloat16 *b = (__nv_bfloat16 *)dinp_b;
+        size_t shb = (size_t)C * sizeof(float);
+        int npl = (int)((C + 255) / 256);
+        unsigned nb = (unsigned)nchunks;
+#define RMS_BWD(K)                                                                             \
+    rmsnorm_backward_warp_kernel<K><<<nb, 256, shb, s>>>(dinp, b, part, dout, inp, weight, rstd, \
+                                                         N, (int)C)
+        switch (npl) {
+        case 1: RMS_BWD(1); break;
+        case 2: RMS_BWD(2); break;
+        case 3: RMS_BWD(3); break;
+        case 4: RMS_BWD(4); break;
+        case 5: RMS_BWD(5); break;
+        case 6: RMS_BWD(6); break;
+        case 7: RMS_BWD(7); break;
+        default: RMS_BWD(8); break;
+        }
+#undef RMS_BWD
+        CUDA_LAUNCHED("rmsnorm_backward", err);
+        return dweight != NULL ? cuda_colsum_finish(dweight, scratch, nchunks, C, s, err)
+                               : PRIMAL_OK;
+    }
     if (dinp != NULL) {
         rmsnorm_dinp_kernel<<<(unsigned)N, 256, 0, s>>>(dinp, (__nv_bfloat16 *)dinp_b, dout,
                                                         inp, weight, rstd, C);
         CUDA_LAUNCHED("rmsnorm_dinp", err);
     }
     if (dweight != NULL) {
-        int64_t nchunks = (N + CUDA_COLSUM_ROWS - 1) / CUDA_COLSUM_ROWS;
         dim3 grid((unsigned)((C + 31) / 32), (unsigned)nchunks);
         rmsnorm_dw_partial_kernel<<<grid, dim3(32, 8), 0, s>>>(scratch, dout, inp, rstd, N, C);
         CUDA_LAUNCHED("rmsnorm_dw_partial", err);
-        rmsnorm_dw_finish_kernel<<<cuda_blocks(C, 256), 256, 0, s>>>(dweight, scratch, nchunks,
-                                                                      C);
-        CUDA_LAUNCHED("rmsnorm_dw_finish", err);
+        return cuda_colsum_finish(dweight, scratch, nchunks, C, s, err);
     }
     return PRIMAL_OK;
 }

@@ -10,7 +10,7 @@ CUDA_EXTERN_C int cuda_rope_pack(void *qh, void *kh, void *vh, cuda_dtype dt, co
                                  const float *bv, const float *cosv, const float *sinv, int B,
                                  int T, int H, int KVH, int hd, cudaStream_t s, primal_err *err);
 CUDA_EXTERN_C int cuda_rope_unpack_grad(float *dq, float *dk, float *dv, void *dqb, void *dkb,
-                                        void *dvb, const float *dqh,
+                                        void *dvb, int64_t ld, const float *dqh,
                                         const float *dkh, const float *dvh, const float *cosv,
                                         const float *sinv, int B, int T, int H, int KVH, int hd,
                                         cudaStream_t s, primal_err *err);

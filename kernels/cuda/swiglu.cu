@@ -42,35 +42,38 @@ __global__ void swiglu_forward_kernel(Tp *out,        /* (n) */
     cuda_st(out, i, silu_up(cuda_ld(gate, i), cuda_ld(up, i)));
 }
 
-/* dgate and dup are written (not accumulated). */
+/* dgate and dup are written (not accumulated), row n at n·ld. */
 template <typename Tp>
-__global__ void swiglu_backward_kernel(Tp *dgate,      /* (n) */
-                                       Tp *dup,        /* (n) */
-                                       const Tp *dout, /* (n) */
-                                       const Tp *gate, /* (n) */
-                                       const Tp *up,   /* (n) */
-                                       int64_t n, int vec)
+__global__ void swiglu_backward_kernel(Tp *dgate,      /* (N rows of ld, F) */
+                                       Tp *dup,        /* (N rows of ld, F) */
+                                       const Tp *dout, /* (N, F) */
+                                       const Tp *gate, /* (N, F) */
+                                       const Tp *up,   /* (N, F) */
+                                       int64_t N, int64_t F, int64_t ld, int vec)
 {
     if (vec) {
-        CUDA_FOR(j, n / 8)
+        const int64_t f8 = F / 8;
+        CUDA_FOR(j, N * f8)
         {
+            const int64_t n = j / f8, o = n * ld + (j - n * f8) * 8;
             float d[8], g[8], u[8], dg[8], du[8];
             cuda_ld8(d, dout + 8 * j);
             cuda_ld8(g, gate + 8 * j);
             cuda_ld8(u, up + 8 * j);
             for (int k = 0; k < 8; k++)
                 silu_up_grad(&dg[k], &du[k], d[k], g[k], u[k]);
-            cuda_st8(dgate + 8 * j, dg);
-            cuda_st8(dup + 8 * j, du);
+            cuda_st8(dgate + o, dg);
+            cuda_st8(dup + o, du);
         }
         return;
     }
-    CUDA_FOR(i, n)
+    CUDA_FOR(i, N * F)
     {
+        const int64_t n = i / F, o = n * ld + (i - n * F);
         float dg, du;
         silu_up_grad(&dg, &du, cuda_ld(dout, i), cuda_ld(gate, i), cuda_ld(up, i));
-        cuda_st(dgate, i, dg);
-        cuda_st(dup, i, du);
+        cuda_st(dgate, o, dg);
+        cuda_st(dup, o, du);
     }
 }
 
@@ -99,22 +102,25 @@ int cuda_swiglu_forward(void *out, cuda_dtype dt, const void *gate, const void *
     return PRIMAL_OK;
 }
 
-int cuda_swiglu_backward(void *dgate, void *dup, cuda_dtype dt, const void *dout,
-                         const void *gate, const void *up, int64_t n, cudaStream_t s,
+/* dgate and dup may be two column blocks of one (N, ld) matrix (the model's stacked gate/up
+ * gradient), ld >= F. */
+int cuda_swiglu_backward(void *dgate, void *dup, int64_t ld, cuda_dtype dt, const void *dout,
+                         const void *gate, const void *up, int64_t N, int64_t F, cudaStream_t s,
                          primal_err *err)
 {
+    int64_t n = N * F;
     if (n == 0)
         return PRIMAL_OK;
-    int vec = vec_ok(n, dgate, dup, dout, gate, up);
+    int vec = F % 8 == 0 && ld % 8 == 0 && vec_ok(n, dgate, dup, dout, gate, up);
     unsigned nb = cuda_blocks(vec ? n / 8 : n, 256);
     if (dt == CUDA_BF16)
         swiglu_backward_kernel<<<nb, 256, 0, s>>>(
             (__nv_bfloat16 *)dgate, (__nv_bfloat16 *)dup, (const __nv_bfloat16 *)dout,
-            (const __nv_bfloat16 *)gate, (const __nv_bfloat16 *)up, n, vec);
+            (const __nv_bfloat16 *)gate, (const __nv_bfloat16 *)up, N, F, ld, vec);
     else
         swiglu_backward_kernel<<<nb, 256, 0, s>>>((float *)dgate, (float *)dup,
                                                   (const float *)dout, (const float *)gate,
-                                                  (const float *)up, n, vec);
+                                                  (const float *)up, N, F, ld, vec);
     CUDA_LAUNCHED("swiglu_backward", err);
     return PRIMAL_OK;
 }
