@@ -27,6 +27,7 @@
 
 #include <primal/policy_cuda.h>
 
+#include "index_cuda.cuh"
 #define THREADS 256
 #define MAX_BLOCKS 4096
 
@@ -63,15 +64,6 @@ static unsigned grid_for(int64_t n)
 
 /* ------------------------------------------------------------------------------------------ */
 /* Device helpers                                                                             */
-
-__device__ __forceinline__ int index_load(const uint8_t *row, int bits, int64_t c)
-{
-    if (bits == 4)
-        return (row[c >> 1] >> ((c & 1) * 4)) & 0xF;
-    if (bits == 8)
-        return row[c];
-    return ((const uint16_t *)row)[c];
-}
 
 /* The index of the grid value nearest x, ties to the lower index (latent_adamw.c, nearest). */
 __device__ __forceinline__ int nearest(const float *grid, /* (n) ascending */
@@ -177,23 +169,7 @@ __global__ void la_snap(uint8_t *index,            /* (rows, row_stride) packed,
                 nf++;
             }
         }
-        if (bits == 4) {
-            if (moved[0] || moved[1]) {
-                uint8_t b = row[c0 >> 1];
-                b = (uint8_t)((b & 0xF0u) | (unsigned)idx[0]);
-                if (nc == 2)
-                    b = (uint8_t)((b & 0x0Fu) | ((unsigned)idx[1] << 4));
-                row[c0 >> 1] = b;
-            }
-        } else {
-            for (int k = 0; k < nc; k++)
-                if (moved[k]) {
-                    if (bits == 8)
-                        row[c0 + k] = (uint8_t)idx[k];
-                    else
-                        ((uint16_t *)row)[c0 + k] = (uint16_t)idx[k];
-                }
-        }
+        index_store_pair(row, bits, c0, nc, idx, moved);
     }
     for (int o = 16; o > 0; o >>= 1)
         nf += __shfl_down_sync(0xffffffffu, nf, o);

@@ -29,6 +29,7 @@
 
 #include <primal/policy_cuda.h>
 
+#include "index_cuda.cuh"
 #include "row_ordered_sum.cuh"
 
 #define RNG_PURPOSE_MOMENTUM 0x4D
@@ -115,15 +116,6 @@ __device__ __forceinline__ void pair_set(uint8_t *row, int bits, int64_t j, cons
     if (nc == 2)
         b = (uint8_t)((b & 0x0Fu) | (((unsigned)v[1] & 0xFu) << 4));
     row[j] = b;
-}
-
-__device__ __forceinline__ int index_load(const uint8_t *row, int bits, int64_t c)
-{
-    if (bits == 4)
-        return (row[c >> 1] >> ((c & 1) * 4)) & 0xF;
-    if (bits == 8)
-        return row[c];
-    return ((const uint16_t *)row)[c];
 }
 
 /* m = decay * (mi * s_old) + gcoef * G, in the CPU's order. */
@@ -290,23 +282,7 @@ __global__ void mc_carry(uint8_t *index,                 /* (rows, row_stride) p
                 ns++;
         }
         pair_set(rrow, rbits, j, rv, nc);
-        if (bits == 4) {
-            if (moved[0] || moved[1]) {
-                uint8_t b = irow[j];
-                b = (uint8_t)((b & 0xF0u) | (unsigned)ix[0]);
-                if (nc == 2)
-                    b = (uint8_t)((b & 0x0Fu) | ((unsigned)ix[1] << 4));
-                irow[j] = b;
-            }
-        } else {
-            for (int k = 0; k < nc; k++)
-                if (moved[k]) {
-                    if (bits == 8)
-                        irow[2 * j + k] = (uint8_t)ix[k];
-                    else
-                        ((uint16_t *)irow)[2 * j + k] = (uint16_t)ix[k];
-                }
-        }
+        index_store_pair(irow, bits, 2 * j, nc, ix, moved);
     }
     for (int o = 16; o > 0; o >>= 1) {
         nf += __shfl_down_sync(0xffffffffu, nf, o);

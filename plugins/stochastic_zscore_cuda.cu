@@ -32,6 +32,7 @@
 
 #include <primal/policy_cuda.h>
 
+#include "index_cuda.cuh"
 #include "row_ordered_sum.cuh"
 
 #define VOTE_MAX 127
@@ -102,15 +103,6 @@ static unsigned grid_for(int64_t n, int threads)
 
 /* ------------------------------------------------------------------------------------------ */
 /* Device helpers                                                                             */
-
-__device__ __forceinline__ int index_load(const uint8_t *row, int bits, int64_t c)
-{
-    if (bits == 4)
-        return (row[c >> 1] >> ((c & 1) * 4)) & 0xF;
-    if (bits == 8)
-        return row[c];
-    return ((const uint16_t *)row)[c];
-}
 
 /* Whether weight i, not in cooldown and holding votes v, flips (stochastic_zscore.c, fires). */
 __device__ __forceinline__ int fires(int v, float p, uint64_t seed, uint64_t stream, int64_t i)
@@ -327,24 +319,7 @@ __global__ void sz_apply(uint8_t *index,                /* (rows, row_stride) pa
             if (nv == VOTE_MAX || nv == -VOTE_MAX)
                 ns++;
         }
-        if (bits == 4) {
-            if (moved[0] || moved[1]) {
-                uint8_t b = row[c0 >> 1];
-                if (moved[0])
-                    b = (uint8_t)((b & 0xF0u) | (unsigned)idx[0]);
-                if (moved[1])
-                    b = (uint8_t)((b & 0x0Fu) | ((unsigned)idx[1] << 4));
-                row[c0 >> 1] = b;
-            }
-        } else {
-            for (int k = 0; k < nc; k++)
-                if (moved[k]) {
-                    if (bits == 8)
-                        row[c0 + k] = (uint8_t)idx[k];
-                    else
-                        ((uint16_t *)row)[c0 + k] = (uint16_t)idx[k];
-                }
-        }
+        index_store_pair(row, bits, c0, nc, idx, moved);
     }
     warp_add2(saturated, NULL, ns, 0);
 }

@@ -31,6 +31,7 @@
 
 #include <primal/policy_cuda.h>
 
+#include "index_cuda.cuh"
 #define VOTE_MAX 32760
 #define STRIDE_DYNAMIC 0
 #define THREADS 256
@@ -116,15 +117,6 @@ __device__ __forceinline__ void cool_set(void *cool, int cool_bytes, int64_t i, 
         ((uint8_t *)cool)[i] = (uint8_t)v;
     else
         ((uint16_t *)cool)[i] = (uint16_t)v;
-}
-
-__device__ __forceinline__ int index_load(const uint8_t *row, int bits, int64_t c)
-{
-    if (bits == 4)
-        return (row[c >> 1] >> ((c & 1) * 4)) & 0xF;
-    if (bits == 8)
-        return row[c];
-    return ((const uint16_t *)row)[c];
 }
 
 /* Add a and b over the block and once per block into *out0, *out1 (out1 may be NULL).  Every
@@ -475,23 +467,7 @@ __global__ void tc_apply(uint8_t *index,                  /* (rows, row_stride) 
                 if (nv == VOTE_MAX || nv == -VOTE_MAX)
                     ns++;
             }
-            if (bits == 4) {
-                if (moved[0] || moved[1]) {
-                    uint8_t b = row[c0 >> 1];
-                    b = (uint8_t)((b & 0xF0u) | (unsigned)idx[0]);
-                    if (nc == 2)
-                        b = (uint8_t)((b & 0x0Fu) | ((unsigned)idx[1] << 4));
-                    row[c0 >> 1] = b;
-                }
-            } else {
-                for (int k = 0; k < nc; k++)
-                    if (moved[k]) {
-                        if (bits == 8)
-                            row[c0 + k] = (uint8_t)idx[k];
-                        else
-                            ((uint16_t *)row)[c0 + k] = (uint16_t)idx[k];
-                    }
-            }
+            index_store_pair(row, bits, c0, nc, idx, moved);
         }
     }
     block_add2(flips, saturated, nf, ns);

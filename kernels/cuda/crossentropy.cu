@@ -10,20 +10,6 @@
  * reductions to pay.  CPU twins: kernels/cpu/crossentropy.c.  No keys. */
 #include "crossentropy.h"
 
-__device__ __forceinline__ float warp_max(float v)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-__device__ __forceinline__ float warp_sum(float v)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 /* One warp per position.  While slabs remain, lse holds the running max and losses the running
  * sum (relative to it). */
 __global__ void crossentropy_forward_kernel(float *losses,          /* (N) */
@@ -49,9 +35,9 @@ __global__ void crossentropy_forward_kernel(float *losses,          /* (N) */
             s += expf(v - m);
         }
     }
-    float M = warp_max(m);
+    float M = cuda_warp_max(m);
     s = m == -INFINITY ? 0.0f : s * expf(m - M);
-    s = warp_sum(s);
+    s = cuda_warp_sum(s);
     if (lane == 0) {
         float pm = first ? -INFINITY : lse[n], ps = first ? 0.0f : losses[n];
         float nm = fmaxf(pm, M);

@@ -114,6 +114,21 @@ __device__ __forceinline__ void cuda_st8(__nv_bfloat16 *p, const float *v)
     *reinterpret_cast<uint4 *>(p) = *reinterpret_cast<const uint4 *>(h);
 }
 
+/* Sum and max over the warp (every lane gets them; all 32 lanes take part). */
+__device__ __forceinline__ float cuda_warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float cuda_warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
 /* Sum over the block (blockDim.x a multiple of 32, at most 1024) in a fixed order, so that a
  * result never depends on scheduling.  Every thread gets the sum.  shared holds 32 values. */
 template <typename F>

@@ -13,13 +13,6 @@
 
 #define RMS_VEC_MAX 2048 /* columns the warp kernels take: 8 per lane per 256-column step */
 
-__device__ __forceinline__ float warp_sum(float v)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 template <typename Tp>
 __global__ void rmsnorm_forward_warp_kernel(Tp *out, float *rstd, const float *inp,
                                             const float *weight, int64_t N, int C, float eps)
@@ -35,7 +28,7 @@ __global__ void rmsnorm_forward_warp_kernel(Tp *out, float *rstd, const float *i
         for (int k = 0; k < 8; k++)
             ss += v[k] * v[k];
     }
-    ss = warp_sum(ss);
+    ss = cuda_warp_sum(ss);
     const float r = 1.0f / sqrtf(ss / (float)C + eps);
     for (int c = lane * 8; c < C; c += 256) {
         cuda_ld8(v, x + c);
@@ -78,7 +71,7 @@ __global__ void rmsnorm_backward_warp_kernel(float *dinp,            /* (N, C) +
             for (int k = 0; k < 8; k++)
                 dot += a[k] * w[k] * b[k];
         }
-        const float kk = warp_sum(dot) * r * r * r / (float)C;
+        const float kk = cuda_warp_sum(dot) * r * r * r / (float)C;
 #pragma unroll
         for (int j = 0; j < NPL; j++) {
             const int c = lane * 8 + j * 256;
