@@ -5,9 +5,10 @@
  * computes the same weights and moments from the same gradients, bit for bit:
  * - the per-step constants (lr * lr_mult, the bias corrections, the decay factor, clip_scale as
  *   a float) are computed on the host in double exactly as adamw.c does, then rounded to float;
- * - the per-weight update is adamw.c's float expression, one IEEE operation at a time, written
- *   with __fmul_rn / __fadd_rn / __fdiv_rn / __fsqrt_rn so that nvcc cannot contract a multiply
- *   and an add into an FMA (the CPU build, -std=c11 without -march, rounds each one).
+ * - the per-weight update (plugins/adamw_update.cuh, shared with latent_adamw) is adamw.c's
+ *   float expression, one IEEE operation at a time, written with __fmul_rn / __fadd_rn /
+ *   __fdiv_rn / __fsqrt_rn so that nvcc cannot contract a multiply and an add into an FMA (the
+ *   CPU build, -std=c11 without -march, rounds each one).
  * - accumulate's gsum += G is one float add per weight, the same in any thread order.
  * Storage: t->dense is the device float32 W (rows, cols).
  * State: the host struct is the CPU's aw_state, field for field (device pointers for m, v and
@@ -17,13 +18,14 @@
  * the caller's buffer (step has no counts to return); tensor_init/tensor_free use cudaMalloc /
  * cudaFree, which may synchronise. */
 #include <cuda_runtime.h>
-#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <primal/policy_cuda.h>
+
+#include "adamw_update.cuh"
 
 #define THREADS 256
 #define MAX_BLOCKS 4096
@@ -55,44 +57,7 @@ static unsigned grid_for(int64_t n)
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Kernels                                                                                    */
-
-/* gsum += G. */
-__global__ void aw_accum(float *gsum,     /* (n) in/out */
-                         const float *G,  /* (n) */
-                         int64_t n)
-{
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x)
-        gsum[i] = __fadd_rn(gsum[i], G[i]);
-}
-
-/* One AdamW update of n weights (adamw.c, adamw_update), then gsum = 0. */
-__global__ void aw_update(float *w,    /* (n) weights, in/out */
-                          float *m,    /* (n) first moment, in/out */
-                          float *v,    /* (n) second moment, in/out */
-                          float *gsum, /* (n) gradient sum, read then zeroed */
-                          float b1, float b2, float eps, float decay, float step, float rbc2,
-                          float cl, int64_t n)
-{
-    const float ob1 = __fsub_rn(1.0f, b1), ob2 = __fsub_rn(1.0f, b2);
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        const float g = __fmul_rn(gsum[i], cl);
-        const float mi = __fadd_rn(__fmul_rn(b1, m[i]), __fmul_rn(ob1, g));
-        const float vi = __fadd_rn(__fmul_rn(b2, v[i]), __fmul_rn(__fmul_rn(ob2, g), g));
-        float wi = __fmul_rn(w[i], decay);
-        const float den = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), rbc2), eps);
-        wi = __fsub_rn(wi, __fdiv_rn(__fmul_rn(step, mi), den));
-        m[i] = mi;
-        v[i] = vi;
-        w[i] = wi;
-        gsum[i] = 0.0f;
-    }
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* Entry points                                                                               */
+/* Entry points (the kernels are adamw_update.cuh's)                                        */
 
 static void awg_free(aw_state *s)
 {
@@ -160,7 +125,7 @@ static int awg_accumulate(void *ctx, void *state, const primal_qtensor *t, const
     const int64_t n = nrows * t->cols;
     if (n == 0)
         return PRIMAL_OK;
-    aw_accum<<<grid_for(n), THREADS, 0, st>>>(s->gsum + r0 * t->cols, G, n);
+    adamw_accum_kernel<<<grid_for(n), THREADS, 0, st>>>(s->gsum + r0 * t->cols, G, n);
     CU_TRY(cudaGetLastError());
     return PRIMAL_OK;
 }
@@ -173,14 +138,10 @@ static int awg_step(void *ctx, void *state, const primal_qtensor *t, const prima
     cudaStream_t st = (cudaStream_t)stream;
     s->t++;
     /* adamw.c's constants, in the same double arithmetic */
-    const double lr = c->lr * si->lr_mult;
-    const float b1 = (float)c->beta1, b2 = (float)c->beta2, eps = (float)c->eps;
-    const float decay = (float)(1.0 - lr * c->wd);
-    const float step = (float)(lr / (1.0 - pow(c->beta1, (double)s->t)));
-    const float rbc2 = (float)sqrt(1.0 - pow(c->beta2, (double)s->t));
-    const float cl = (float)si->clip_scale;
-    aw_update<<<grid_for(s->n), THREADS, 0, st>>>(t->dense, s->m, s->v, s->gsum, b1, b2, eps,
-                                                  decay, step, rbc2, cl, s->n);
+    const adamw_consts k = adamw_consts_for(c->lr * si->lr_mult, c->beta1, c->beta2, c->eps,
+                                            c->wd, s->t, si->clip_scale);
+    adamw_update_kernel<<<grid_for(s->n), THREADS, 0, st>>>(t->dense, s->m, s->v, s->gsum, k,
+                                                            s->n);
     CU_TRY(cudaGetLastError());
     /* nothing to count, so no sync: the update stays queued on the stream */
     stats->flips = 0;

@@ -19,7 +19,6 @@
  * own copies to land in the caller's buffer; tensor_init/tensor_free use cudaMalloc/cudaFree,
  * which may synchronise the device. */
 #include <cuda_runtime.h>
-#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -27,7 +26,9 @@
 
 #include <primal/policy_cuda.h>
 
+#include "adamw_update.cuh"
 #include "index_cuda.cuh"
+
 #define THREADS 256
 #define MAX_BLOCKS 4096
 
@@ -99,40 +100,6 @@ __global__ void la_dequant(float *w,             /* (rows, cols) out */
          i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = i / cols;
         w[i] = __fmul_rn(grid[index_load(index + r * row_stride, bits, i - r * cols)], scale[r]);
-    }
-}
-
-/* gsum += G. */
-__global__ void la_accum(float *gsum,     /* (n) in/out */
-                         const float *G,  /* (n) */
-                         int64_t n)
-{
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x)
-        gsum[i] = __fadd_rn(gsum[i], G[i]);
-}
-
-/* One AdamW update of n weights (latent_adamw.c, adamw_update), then gsum = 0. */
-__global__ void la_update(float *w,    /* (n) shadow weights, in/out */
-                          float *m,    /* (n) first moment, in/out */
-                          float *v,    /* (n) second moment, in/out */
-                          float *gsum, /* (n) gradient sum, read then zeroed */
-                          float b1, float b2, float eps, float decay, float step, float rbc2,
-                          float cl, int64_t n)
-{
-    const float ob1 = __fsub_rn(1.0f, b1), ob2 = __fsub_rn(1.0f, b2);
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        const float g = __fmul_rn(gsum[i], cl);
-        const float mi = __fadd_rn(__fmul_rn(b1, m[i]), __fmul_rn(ob1, g));
-        const float vi = __fadd_rn(__fmul_rn(b2, v[i]), __fmul_rn(__fmul_rn(ob2, g), g));
-        float wi = __fmul_rn(w[i], decay);
-        const float den = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), rbc2), eps);
-        wi = __fsub_rn(wi, __fdiv_rn(__fmul_rn(step, mi), den));
-        m[i] = mi;
-        v[i] = vi;
-        w[i] = wi;
-        gsum[i] = 0.0f;
     }
 }
 
@@ -262,7 +229,7 @@ static int lag_accumulate(void *ctx, void *state, const primal_qtensor *t, const
     const int64_t n = nrows * t->cols;
     if (n == 0)
         return PRIMAL_OK;
-    la_accum<<<grid_for(n), THREADS, 0, st>>>(s->base.gsum + r0 * t->cols, G, n);
+    adamw_accum_kernel<<<grid_for(n), THREADS, 0, st>>>(s->base.gsum + r0 * t->cols, G, n);
     CU_TRY(cudaGetLastError());
     return PRIMAL_OK;
 }
@@ -276,14 +243,9 @@ static int lag_step(void *ctx, void *state, const primal_qtensor *t, const prima
     cudaStream_t st = (cudaStream_t)stream;
     b->t++;
     /* latent_adamw.c's constants, in the same double arithmetic */
-    const double lr = c->lr * si->lr_mult;
-    const float b1 = (float)c->beta1, b2 = (float)c->beta2, eps = (float)c->eps;
-    const float decay = (float)(1.0 - lr * c->wd);
-    const float step = (float)(lr / (1.0 - pow(c->beta1, (double)b->t)));
-    const float rbc2 = (float)sqrt(1.0 - pow(c->beta2, (double)b->t));
-    const float cl = (float)si->clip_scale;
-    la_update<<<grid_for(b->n), THREADS, 0, st>>>(b->w, b->m, b->v, b->gsum, b1, b2, eps, decay,
-                                                  step, rbc2, cl, b->n);
+    const adamw_consts k = adamw_consts_for(c->lr * si->lr_mult, c->beta1, c->beta2, c->eps,
+                                            c->wd, b->t, si->clip_scale);
+    adamw_update_kernel<<<grid_for(b->n), THREADS, 0, st>>>(b->w, b->m, b->v, b->gsum, k, b->n);
     CU_TRY(cudaGetLastError());
     CU_TRY(cudaMemsetAsync(s->flips, 0, sizeof(unsigned long long), st));
     const int64_t pairs = t->rows * ((t->cols + 1) / 2);

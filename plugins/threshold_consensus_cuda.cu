@@ -32,6 +32,7 @@
 #include <primal/policy_cuda.h>
 
 #include "index_cuda.cuh"
+
 #define VOTE_MAX 32760
 #define STRIDE_DYNAMIC 0
 #define THREADS 256
