@@ -15,15 +15,19 @@
  * with B and T, allocated at the first backward), one attention scratch (batch rows in chunks
  * under attn_bytes; the fused bf16 kernels need no (T, T) scratch), and fixed buffers sized at
  * creation: the W workspace and the G workspace, each (min(rows, chunk_rows) x cols) of the
- * largest matrix.  The logits never exist whole: the LM head and the cross-entropy run over
- * vocabulary slabs under logits_bytes (online logsumexp), and backward recomputes each slab.
+ * largest matrix.  The logits never exist whole.  Forward runs the LM head and the
+ * cross-entropy over vocabulary slabs under logits_bytes (online logsumexp), and backward
+ * computes each slab again; or, in forward_train where head_ahead allows, over token rows across
+ * the whole vocabulary, forming dlogits, dL/dlnf and the head's whole G (kept until backward)
+ * at once, so that the logits are computed once.  Backward multiplies the q|k|v (gate|up)
+ * input gradients as one stacked GEMM where the stacked W fits the weight workspace.
  * With recompute, the arena keeps the residual stream x[0..layers] and one block's activations,
  * which backward rebuilds block by block from x[l] (one extra block forward each).  Backward
- * mirrors model.c stage for stage, including which stages run for a partly frozen model, the order of hook calls (LM head,
- * blocks from the top, embedding last) and the tied embedding's single G (head + lookups).
- * Reductions are deterministic; the embedding's scatter uses positions sorted on the host.
- * No keys: primal_cuda_opts carries precision, device, chunk_rows, attn_bytes, attn_unfused,
- * logits_bytes and recompute. */
+ * mirrors model.c stage for stage, including which stages run for a partly frozen model, the
+ * order of hook calls (LM head, blocks from the top, embedding last) and the tied embedding's
+ * single G (head + lookups).  Reductions are deterministic; the embedding's scatter uses
+ * positions sorted on the host.  No keys: primal_cuda_opts carries precision, device,
+ * chunk_rows, attn_bytes, attn_unfused, logits_bytes, recompute and head_ahead. */
 #include "model_cuda.h"
 
 #include <math.h>
@@ -50,14 +54,6 @@
 #define DEFAULT_ATTN_BYTES ((size_t)2 << 30)
 #define DEFAULT_LOGITS_BYTES ((size_t)512 << 20)
 #define LT_WORKSPACE ((size_t)32 << 20) /* cuBLASLt's own scratch; Hopper kernels want some */
-
-#define CUBLAS_TRY(call, err)                                                                  \
-    do {                                                                                       \
-        cublasStatus_t cublas_try_rc_ = (call);                                                \
-        if (cublas_try_rc_ != CUBLAS_STATUS_SUCCESS)                                           \
-            return primal_errf((err), PRIMAL_EDEVICE, "%s:%d: %s: %s", __FILE__, __LINE__,     \
-                               #call, cublasGetStatusString(cublas_try_rc_));                  \
-    } while (0)
 
 #define TRY(call)                                                                              \
     do {                                                                                       \

@@ -23,14 +23,6 @@
 #include "attention_flash.h"
 #include "rope.h"
 
-#define CUBLAS_TRY(call, err)                                                                  \
-    do {                                                                                       \
-        cublasStatus_t cublas_try_rc_ = (call);                                                \
-        if (cublas_try_rc_ != CUBLAS_STATUS_SUCCESS)                                           \
-            return primal_errf((err), PRIMAL_EDEVICE, "%s:%d: %s: %s", __FILE__, __LINE__,     \
-                               #call, cublasGetStatusString(cublas_try_rc_));                  \
-    } while (0)
-
 static size_t carve(void **p, char *base, size_t *off, size_t bytes)
 {
     *p = base != NULL ? base + *off : NULL;

@@ -45,6 +45,15 @@ static inline size_t cuda_dtype_size(cuda_dtype t)
                                #call, cudaGetErrorString(cuda_try_rc_));                       \
     } while (0)
 
+/* The same for a cuBLAS or cuBLASLt call (in files that include their headers). */
+#define CUBLAS_TRY(call, err)                                                                  \
+    do {                                                                                       \
+        cublasStatus_t cublas_try_rc_ = (call);                                                \
+        if (cublas_try_rc_ != CUBLAS_STATUS_SUCCESS)                                           \
+            return primal_errf((err), PRIMAL_EDEVICE, "%s:%d: %s: %s", __FILE__, __LINE__,     \
+                               #call, cublasGetStatusString(cublas_try_rc_));                  \
+    } while (0)
+
 /* After a <<<>>> launch: a bad configuration shows up here, a fault in the kernel later. */
 #define CUDA_LAUNCHED(name, err)                                                               \
     do {                                                                                       \
