@@ -21,6 +21,7 @@
 #include <primal/rng.h>
 
 #include "../core/model.h"
+#include "args.h"
 
 static float prime13_values[13];
 
@@ -95,7 +96,7 @@ int main(int argc, char **argv)
         if (i + 1 >= argc)
             usage(argv[0]);
         const char *k = argv[i], *v = argv[++i];
-        int x = atoi(v);
+        int x = strcmp(k, "--grid") != 0 ? bench_int_arg("cpu_step", k, v) : 0;
         if (strcmp(k, "--dim") == 0) mc.dim = x;
         else if (strcmp(k, "--layers") == 0) mc.layers = x;
         else if (strcmp(k, "--heads") == 0) mc.heads = x;

@@ -24,6 +24,7 @@
 
 #include "../core/model.h"
 #include "../core/model_cuda.h"
+#include "args.h"
 
 static float prime13_values[13];
 
@@ -76,7 +77,9 @@ int main(int argc, char **argv)
         if (i + 1 >= argc)
             usage(argv[0]);
         const char *k = argv[i], *v = argv[++i];
-        int x = atoi(v);
+        int numeric = strcmp(k, "--grid") != 0 && strcmp(k, "--attn") != 0 &&
+                      strcmp(k, "--precision") != 0;
+        int x = numeric ? bench_int_arg("gpu_step", k, v) : 0;
         if (strcmp(k, "--dim") == 0) mc.dim = x;
         else if (strcmp(k, "--layers") == 0) mc.layers = x;
         else if (strcmp(k, "--heads") == 0) mc.heads = x;
@@ -105,7 +108,7 @@ int main(int argc, char **argv)
     }
     if (mc.kv_heads == 0)
         mc.kv_heads = mc.heads;
-    if (seq < 1 || batch < 1 || steps < 1 || warmup < 0)
+    if (seq < 1 || batch < 1 || steps < 1 || warmup < 0 || ahead < -1 || ahead > 1)
         usage(argv[0]);
 
     static const int den[] = {1, 2, 3, 5, 7, 11};
