@@ -6,8 +6,8 @@
  * --ffn 2048 --vocab 50304 --seq 1024 --batch 32 --grid prime13|dense (prime13)
  * --precision bf16|fp32 (bf16) --chunk 8192 (rows per G tile of the embedding and head)
  * --steps 10 --warmup 2 (untimed steps) --tied 0|1 (0) --attn fused|unfused (fused: bf16
- * attention through the fused kernels where the head size allows) --recompute 0|1 (0: keep
- * every block's activations) --head-ahead 0|1|-1 (0: auto; primal_cuda_opts.head_ahead, whether
+ * attention through the fused kernels where the head size allows) --recompute 0|1|2 (0: keep
+ * every block's activations, 1: recompute blocks, 2: recompute the MLP's gate|up) --head-ahead 0|1|-1 (0: auto; primal_cuda_opts.head_ahead, whether
  * the training forward runs the LM head's backward).
  *
  * Output: {"gpu": .., "shape": {...}, "precision": .., "steps": .., "loss": ..,
@@ -54,7 +54,7 @@ static void usage(const char *argv0)
             "usage: %s [--dim N] [--layers N] [--heads N] [--kv-heads N] [--ffn N] [--vocab N] "
             "[--seq N] [--batch N] [--grid prime13|dense] [--precision bf16|fp32] [--chunk N] "
             "[--steps N] [--warmup N] [--tied 0|1] [--attn fused|unfused] "
-            "[--recompute 0|1] [--head-ahead 0|1|-1]\n",
+            "[--recompute 0|1|2] [--head-ahead 0|1|-1]\n",
             argv0);
     exit(2);
 }
@@ -108,7 +108,8 @@ int main(int argc, char **argv)
     }
     if (mc.kv_heads == 0)
         mc.kv_heads = mc.heads;
-    if (seq < 1 || batch < 1 || steps < 1 || warmup < 0 || ahead < -1 || ahead > 1)
+    if (seq < 1 || batch < 1 || steps < 1 || warmup < 0 || ahead < -1 || ahead > 1 ||
+        recompute < 0 || recompute > 2)
         usage(argv[0]);
 
     static const int den[] = {1, 2, 3, 5, 7, 11};

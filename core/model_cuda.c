@@ -21,8 +21,11 @@
  * the whole vocabulary, forming dlogits, dL/dlnf and the head's whole G (kept until backward)
  * at once, so that the logits are computed once.  Backward multiplies the q|k|v (gate|up)
  * input gradients as one stacked GEMM where the stacked W fits the weight workspace.
- * With recompute, the arena keeps the residual stream x[0..layers] and one block's activations,
- * which backward rebuilds block by block from x[l] (one extra block forward each).  Backward
+ * With RECOMPUTE_BLOCK, the arena keeps the residual stream x[0..layers] and one block's
+ * activations, which backward rebuilds block by block from x[l] (one extra block forward each).
+ * With RECOMPUTE_MLP, every block keeps all but gate|up, the largest item, which backward makes
+ * again with one GEMM from the kept ln2 into a shared buffer.  In every mode the SwiGLU product
+ * is made again in backward and dgate|dup overwrite gate|up, so neither takes memory of its own.  Backward
  * mirrors model.c stage for stage, including which stages run for a partly frozen model, the
  * order of hook calls (LM head, blocks from the top, embedding last) and the tied embedding's
  * single G (head + lookups).  Reductions are deterministic; the embedding's scatter uses
@@ -76,8 +79,9 @@ static const char *const block_names[L_N] = {
 enum { MEM_WEIGHTS, MEM_GRADS, MEM_ACTS, MEM_WORK, MEM_OTHER, MEM_KINDS };
 
 /* What backward needs of one block.  What only GEMMs and the elementwise kernels between them
- * read (ln1, atty, ln2, gate, up, act) is kept in the compute dtype; the residual stream (x, h)
- * stays float32, as on the CPU. */
+ * read (ln1, atty, ln2, gate|up) is kept in the compute dtype; the residual stream (x, h) stays
+ * float32, as on the CPU.  The SwiGLU product is not kept: backward makes it again in the pass
+ * that reads gate|up anyway (see cuda_swiglu_backward). */
 typedef struct block_acts {
     void *ln1;                /* (N, C) dt */
     float *rstd1;             /* (N) */
@@ -87,8 +91,8 @@ typedef struct block_acts {
     float *h;                 /* (N, C) residual after attention */
     void *ln2;                /* (N, C) dt */
     float *rstd2;             /* (N) */
-    void *gate, *up;          /* (N, F) each, dt */
-    void *act;                /* (N, F) dt */
+    void *gu;                 /* (N, 2F) dt: gate | up side by side; backward overwrites it with
+                               * dgate | dup.  NULL under PRIMAL_CUDA_RECOMPUTE_MLP */
 } block_acts;
 
 struct primal_cuda_model {
@@ -105,7 +109,8 @@ struct primal_cuda_model {
     int64_t chunk;
     size_t attn_cap, logits_cap;
     int attn_fused;
-    int recompute; /* one block's activations are kept, and rebuilt from x[l] in backward */
+    int recompute; /* PRIMAL_CUDA_KEEP_ALL, _RECOMPUTE_BLOCK (one block's activations are kept
+                    * and rebuilt from x[l] in backward) or _RECOMPUTE_MLP */
     int acts_layer; /* the block whose activations the shared set holds (recompute) */
     int64_t nv;     /* vocabulary slab of the logits */
     int head_ahead; /* primal_cuda_opts.head_ahead */
@@ -139,9 +144,13 @@ struct primal_cuda_model {
     float **x;       /* (layers + 1) residual stream (N, C) */
     block_acts *blk; /* (layers); all the same memory under recompute */
     void *q, *k, *v;           /* (N, qdim), (N, kvdim) x2, dt: projections before bias and rope */
+    void *act;                 /* (N, F) dt: the SwiGLU product in forward, dL/d(act) and then
+                                * the product again in backward */
+    void *gus;                 /* (N, 2F) dt: gate | up of the block at hand (RECOMPUTE_MLP) */
     void *lnf;                 /* (N, C) dt */
     float *rstdf;              /* (N) */
-    float *logits;             /* (N, nv) one vocabulary slab; fp32 backward: its dlogits */
+    float *logits;             /* (N, nv) one vocabulary slab; fp32 backward: its dlogits.
+                                * Shares memory with act, gus, q, k and v */
     float *lse_ce, *losses, *tl; /* (N) */
     int32_t *tok_in, *tok_tgt; /* (N) */
     uint8_t *mask;             /* (N) */
@@ -164,8 +173,6 @@ struct primal_cuda_model {
     void *ws;
     size_t ws_bytes;
     float *dres, *dln;          /* (N, C) */
-    void *dact;                 /* (N, F) dt */
-    void *dgu;                  /* (N, 2F) dt: dgate | dup side by side (stacked backward) */
     void *datty;                /* (N, qdim) dt */
     float *dqkv;                /* (N, qkvdim) dq | dk | dv: fp32 runs, or bias gradients */
     void *dlogits_b;            /* (N, nv) bf16 in bf16 mode */
@@ -418,7 +425,12 @@ int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
     cm->attn_cap = o->attn_bytes > 0 ? o->attn_bytes : DEFAULT_ATTN_BYTES;
     cm->attn_fused = !o->attn_unfused;
     cm->logits_cap = o->logits_bytes > 0 ? o->logits_bytes : DEFAULT_LOGITS_BYTES;
-    cm->recompute = o->recompute != 0;
+    cm->recompute = o->recompute;
+    if (o->recompute < PRIMAL_CUDA_KEEP_ALL || o->recompute > PRIMAL_CUDA_RECOMPUTE_MLP) {
+        free(cm);
+        return primal_errf(err, PRIMAL_ECONFIG, "cuda model: recompute %d is none of 0 (keep "
+                           "all), 1 (blocks) and 2 (MLP)", o->recompute);
+    }
     cm->head_ahead = o->head_ahead;
     cm->acts_layer = -1;
     const primal_model_config *c = &cm->c;
@@ -733,7 +745,7 @@ static size_t layout_acts(primal_cuda_model *cm, int B, int T, char *base)
     size_t e = cuda_dtype_size(cm->dt), off = 0, f = sizeof(float);
     for (int l = 0; l <= c->layers; l++)
         cm->x[l] = carve(base, &off, N * C * f);
-    int kept = cm->recompute ? 1 : c->layers;
+    int kept = cm->recompute == PRIMAL_CUDA_RECOMPUTE_BLOCK ? 1 : c->layers;
     for (int l = 0; l < c->layers; l++) {
         block_acts *a = &cm->blk[l];
         if (l >= kept) {
@@ -750,16 +762,25 @@ static size_t layout_acts(primal_cuda_model *cm, int B, int T, char *base)
         a->h = carve(base, &off, N * C * f);
         a->ln2 = carve(base, &off, N * C * e);
         a->rstd2 = carve(base, &off, N * f);
-        a->gate = carve(base, &off, N * F * e);
-        a->up = carve(base, &off, N * F * e);
-        a->act = carve(base, &off, N * F * e);
+        a->gu = cm->recompute == PRIMAL_CUDA_RECOMPUTE_MLP ? NULL
+                                                           : carve(base, &off, N * 2 * F * e);
     }
+    cm->lnf = carve(base, &off, N * C * e);
+    cm->rstdf = carve(base, &off, N * f);
+    /* The blocks' scratch and the logits slab share memory: blocks and head never run at the
+     * same time (forward: the blocks, then the head; backward: the head's slabs, the blocks,
+     * then the tied embedding's slabs). */
+    size_t shared = off;
+    cm->act = carve(base, &off, N * F * e);
+    cm->gus = cm->recompute == PRIMAL_CUDA_RECOMPUTE_MLP ? carve(base, &off, N * 2 * F * e)
+                                                         : NULL;
     cm->q = carve(base, &off, N * (size_t)cm->qdim * e);
     cm->k = carve(base, &off, N * (size_t)cm->kvdim * e);
     cm->v = carve(base, &off, N * (size_t)cm->kvdim * e);
-    cm->lnf = carve(base, &off, N * C * e);
-    cm->rstdf = carve(base, &off, N * f);
+    size_t blocks_end = off;
+    off = shared;
     cm->logits = carve(base, &off, N * (size_t)cm->nv * f);
+    off = off > blocks_end ? off : blocks_end;
     cm->lse_ce = carve(base, &off, N * f);
     cm->losses = carve(base, &off, N * f);
     cm->tl = carve(base, &off, N * f);
@@ -775,12 +796,10 @@ static size_t layout_acts(primal_cuda_model *cm, int B, int T, char *base)
 
 static size_t layout_ws(primal_cuda_model *cm, int B, int T, char *base)
 {
-    size_t N = (size_t)B * T, C = (size_t)cm->c.dim, F = (size_t)cm->c.ffn;
+    size_t N = (size_t)B * T, C = (size_t)cm->c.dim;
     size_t off = 0, f = sizeof(float), e = cuda_dtype_size(cm->dt);
     cm->dres = carve(base, &off, N * C * f);
     cm->dln = carve(base, &off, N * C * f);
-    cm->dact = carve(base, &off, N * F * e);
-    cm->dgu = carve(base, &off, N * 2 * F * e);
     cm->datty = carve(base, &off, N * (size_t)cm->qdim * e);
     cm->dqkv = NULL;
     if (cm->dt == CUDA_F32 || cm->c.qkv_bias)
@@ -1105,6 +1124,35 @@ static int stack_backward_inp(primal_cuda_model *cm, const int *pis, int n, int 
     return mm_backward_inp(cm, dx, CUDA_F32, dy, ldy, cm->wbuf, N, cols, rows, 0.0f, err);
 }
 
+/* out (N, rows of the matrices pis[0..n) together), row stride ldy, of the compute dtype = x ·
+ * [W_0; W_1; ...]ᵀ: with stacked set, one GEMM over their W rows dequantised one under the
+ * other (as stack_backward_inp), else one GEMM per matrix into its columns. */
+static int stack_forward(primal_cuda_model *cm, const int *pis, int n, int stacked, void *out,
+                         int64_t ldy, const void *x, int64_t N, primal_err *err)
+{
+    int64_t rows = 0, cols = cm->p[pis[0]].q.cols;
+    for (int j = 0; j < n; j++) {
+        const primal_cuda_param *p = &cm->p[pis[j]];
+        if (stacked) {
+            TRY(cuda_dequant_rows((void *)elem(cm->wbuf, rows * cols, cm->dt), cm->dt, &p->q, 0,
+                                  p->q.rows, cm->stream, err));
+        } else {
+            int64_t ch = chunk_of(cm, p->q.rows);
+            for (int64_t r0 = 0; r0 < p->q.rows; r0 += ch) {
+                int64_t nr = p->q.rows - r0 < ch ? p->q.rows - r0 : ch;
+                const void *w;
+                TRY(weight_rows(cm, p, r0, nr, &w, err));
+                TRY(mm_forward(cm, (void *)elem(out, rows + r0, cm->dt), cm->dt, ldy, x, w, N,
+                               cols, nr, 0.0f, err));
+            }
+        }
+        rows += p->q.rows;
+    }
+    if (!stacked)
+        return PRIMAL_OK;
+    return mm_forward(cm, out, cm->dt, ldy, x, cm->wbuf, N, cols, rows, 0.0f, err);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Forward                                                                                    */
 
@@ -1159,10 +1207,11 @@ static int block_forward(primal_cuda_model *cm, int l, const float *xin, float *
     TRY(linear_forward_res(cm, lp[L_O], a->h, xin, a->atty, N, err));
     TRY(cuda_rmsnorm_forward(a->ln2, cm->dt, a->rstd2, a->h, P[lp[L_LN2]].vec, N, C, eps, s,
                              err));
-    TRY(linear_forward(cm, lp[L_GATE], a->gate, cm->dt, a->ln2, N, err));
-    TRY(linear_forward(cm, lp[L_UP], a->up, cm->dt, a->ln2, N, err));
-    TRY(cuda_swiglu_forward(a->act, cm->dt, a->gate, a->up, N * F, s, err));
-    TRY(linear_forward_res(cm, lp[L_DOWN], xout, a->h, a->act, N, err));
+    void *gu = a->gu != NULL ? a->gu : cm->gus;
+    const int gup[2] = {lp[L_GATE], lp[L_UP]};
+    TRY(stack_forward(cm, gup, 2, cm->stack_gu, gu, 2 * F, a->ln2, N, err));
+    TRY(cuda_swiglu_forward(cm->act, cm->dt, gu, elem(gu, F, cm->dt), 2 * F, N, F, s, err));
+    TRY(linear_forward_res(cm, lp[L_DOWN], xout, a->h, cm->act, N, err));
     cm->acts_layer = l;
     return PRIMAL_OK;
 }
@@ -1337,24 +1386,35 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
     block_acts *a = &cm->blk[l];
     const void *dyo = NULL;
 
-    /* xout = h + down(act) */
+    /* xout = h + down(act).  act is not kept: SwiGLU's backward makes it again in cm->act over
+     * dL/d(act), after which gate|up hold dgate|dup (the stacked layout, so that dL/dln2 is one
+     * GEMM over the stacked gate/up rows) */
+    const int gup[2] = {lp[L_GATE], lp[L_UP]};
+    void *gu = a->gu;
+    if (gu == NULL) { /* RECOMPUTE_MLP */
+        gu = cm->gus;
+        TRY(stack_forward(cm, gup, 2, cm->stack_gu, gu, 2 * F, a->ln2, N, err));
+    }
+    void *g = gu, *u = (void *)elem(gu, F, cm->dt);
     dyo = dres_operand(cm);
+    if (need_dgu) {
+        TRY(linear_backward_inp(cm, lp[L_DOWN], cm->act, cm->dt, dyo, C, N, 0.0f, err));
+        TRY(cuda_swiglu_backward(g, u, trains(cm, lp[L_DOWN]) ? cm->act : NULL, cm->dt,
+                                 cm->act, g, u, 2 * F, N, F, s, err));
+    } else {
+        TRY(cuda_swiglu_forward(cm->act, cm->dt, g, u, 2 * F, N, F, s, err));
+    }
     if (trains(cm, lp[L_DOWN]))
-        TRY(weight_grad(cm, lp[L_DOWN], dyo, C, a->act, bc, err));
+        TRY(weight_grad(cm, lp[L_DOWN], dyo, C, cm->act, bc, err));
     if (!need_dgu)
         return PRIMAL_OK;
-    TRY(linear_backward_inp(cm, lp[L_DOWN], cm->dact, cm->dt, dyo, C, N, 0.0f, err));
-    /* dgate | dup side by side, so that dL/dln2 is one GEMM over the stacked gate/up rows */
-    void *dgate = cm->dgu, *dup = (void *)elem(cm->dgu, F, cm->dt);
-    TRY(cuda_swiglu_backward(dgate, dup, 2 * F, cm->dt, cm->dact, a->gate, a->up, N, F, s, err));
     if (trains(cm, lp[L_GATE]))
-        TRY(weight_grad(cm, lp[L_GATE], dgate, 2 * F, a->ln2, bc, err));
+        TRY(weight_grad(cm, lp[L_GATE], g, 2 * F, a->ln2, bc, err));
     if (trains(cm, lp[L_UP]))
-        TRY(weight_grad(cm, lp[L_UP], dup, 2 * F, a->ln2, bc, err));
+        TRY(weight_grad(cm, lp[L_UP], u, 2 * F, a->ln2, bc, err));
     if (!need_dln2)
         return PRIMAL_OK;
-    const int gu[2] = {lp[L_GATE], lp[L_UP]};
-    TRY(stack_backward_inp(cm, gu, 2, cm->stack_gu, cm->dln, cm->dgu, 2 * F, N, err));
+    TRY(stack_backward_inp(cm, gup, 2, cm->stack_gu, cm->dln, gu, 2 * F, N, err));
     TRY(cuda_rmsnorm_backward(need_mid ? cm->dres : NULL, dres_copy(cm), P[lp[L_LN2]].dvec, cm->colsum, cm->dln,
                               a->h, P[lp[L_LN2]].vec, a->rstd2, N, C, s, err));
 
@@ -1552,7 +1612,7 @@ int primal_cuda_model_backward(primal_cuda_model *cm, float loss_scale,
     for (int l = L - 1; l >= 0 && l >= lowest; l--) {
         /* recompute: the block's activations again from its input; its output goes to dln,
          * which is free until block_backward */
-        if (cm->recompute && cm->acts_layer != l)
+        if (cm->recompute == PRIMAL_CUDA_RECOMPUTE_BLOCK && cm->acts_layer != l)
             TRY(block_forward(cm, l, cm->x[l], cm->dln, err));
         TRY(block_backward(cm, l, cm->x[l], lowest < l, &bc, err));
     }

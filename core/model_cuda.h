@@ -30,6 +30,12 @@
 #define PRIMAL_CUDA_FP32 0 /* float32 GEMMs, no TF32: the parity tests' mode */
 #define PRIMAL_CUDA_BF16 1 /* bfloat16 GEMM operands, float32 accumulation and activations */
 
+/* What backward makes again instead of keeping it from forward (primal_cuda_opts.recompute). */
+#define PRIMAL_CUDA_KEEP_ALL 0      /* keep every block's activations */
+#define PRIMAL_CUDA_RECOMPUTE_BLOCK 1 /* keep the block inputs; redo each block's forward */
+#define PRIMAL_CUDA_RECOMPUTE_MLP 2 /* keep all but the MLP's gate|up, which backward makes again
+                                     * with one GEMM over the kept post-attention norm */
+
 typedef struct primal_cuda_opts {
     int precision;      /* PRIMAL_CUDA_FP32 or PRIMAL_CUDA_BF16 */
     int device;         /* CUDA device number */
@@ -40,7 +46,7 @@ typedef struct primal_cuda_opts {
     int attn_unfused;   /* 1: bf16 attention through cuBLAS and (T, T) scratch, as float32
                          * does, instead of the fused kernels (for comparisons) */
     size_t logits_bytes; /* cap on the logits slab and its dlogits; 0: 512 MiB */
-    int recompute;      /* 1: keep one block's activations; backward recomputes each block */
+    int recompute;      /* PRIMAL_CUDA_KEEP_ALL, _RECOMPUTE_BLOCK or _RECOMPUTE_MLP */
     int head_ahead;     /* primal_cuda_model_forward_train: 1 runs the LM head's backward in
                          * forward, -1 never, 0 (auto) when the head's whole G and W take at
                          * most logits_bytes */

@@ -462,48 +462,69 @@ Test(cuda_kernels, rmsnorm_forward_and_backward_match_the_reference)
 }
 
 /* Both dtypes; in bf16 every operand is bf16 (the references take the rounded inputs) and the
- * outputs are within bf16 rounding.  (1, 10007) takes the one-element path; (10, 1000) the
- * eight-element one, with dgate and dup written side by side in one (N, 2F) matrix as the
- * model stacks them. */
+ * outputs are within bf16 rounding.  gate and up sit side by side in one (N, 2F) matrix, as the
+ * model keeps them.  (1, 10007) and (3, 1001) take the one-element path, (10, 1000) the
+ * eight-element one.  Backward runs twice: into separate outputs without act, and in place as
+ * the model runs it (dgate | dup over gate | up, act over dout), where a kernel that read an
+ * element after another thread overwrote it would be caught. */
 Test(cuda_kernels, swiglu_forward_and_backward_match_the_reference)
 {
     need_gpu();
-    static const int64_t shapes[2][2] = {{1, 10007}, {10, 1000}};
+    static const int64_t shapes[3][2] = {{1, 10007}, {3, 1001}, {10, 1000}};
     for (int dti = 0; dti < 2; dti++)
-        for (int sh = 0; sh < 2; sh++) {
-            int64_t N = shapes[sh][0], F = shapes[sh][1], n = N * F, ld = sh == 0 ? F : 2 * F;
+        for (int sh = 0; sh < 3; sh++) {
+            int64_t N = shapes[sh][0], F = shapes[sh][1], n = N * F, ld = 2 * F;
             cuda_dtype dt = dti == 0 ? CUDA_F32 : CUDA_BF16;
             size_t e = cuda_dtype_size(dt);
             float *g = rnd(n, -6, 6, 60, 0), *u = rnd(n, -2, 2, 60, 1);
-            float *dy = rnd(n, -1, 1, 60, 2);
-            void *dg = dev_dt(g, n, dt), *du = dev_dt(u, n, dt), *ddy = dev_dt(dy, n, dt);
+            float *dy = rnd(n, -1, 1, 60, 2), *guh = malloc((size_t)(N * ld) * 4);
+            for (int64_t r = 0; r < N; r++) {
+                memcpy(guh + r * ld, g + r * F, (size_t)F * 4);
+                memcpy(guh + r * ld + F, u + r * F, (size_t)F * 4);
+            }
+            void *dgu = dev_dt(guh, N * ld, dt), *ddy = dev_dt(dy, n, dt);
+            for (int64_t r = 0; r < N; r++) { /* the references take the rounded values */
+                memcpy(g + r * F, guh + r * ld, (size_t)F * 4);
+                memcpy(u + r * F, guh + r * ld + F, (size_t)F * 4);
+            }
+            void *dgate = dgu, *dupp = (char *)dgu + (size_t)F * e;
             double *gd = to_d(g, n), *ud = to_d(u, n), *dyd = to_d(dy, n);
             double *ref = malloc((size_t)n * 8), *dgr = calloc((size_t)n, 8);
             double *dur = calloc((size_t)n, 8);
             swiglu_forward_ref(ref, gd, ud, n);
             swiglu_backward_ref(dgr, dur, dyd, gd, ud, n);
-            void *dout = dmalloc((size_t)n * e), *dgu = dmalloc((size_t)(N * 2 * F) * e);
-            void *ddg = dgu, *ddu = (char *)dgu + (size_t)(ld == F ? n : F) * e;
-            OK(cuda_swiglu_forward(dout, dt, dg, du, n, 0, E));
-            OK(cuda_swiglu_backward(ddg, ddu, ld, dt, ddy, dg, du, N, F, 0, E));
+            void *dact = dmalloc((size_t)n * e), *dout2 = dmalloc((size_t)(N * ld) * e);
+            OK(cuda_swiglu_forward(dact, dt, dgate, dupp, ld, N, F, 0, E));
+            OK(cuda_swiglu_backward(dout2, (char *)dout2 + (size_t)F * e, NULL, dt, ddy, dgate,
+                                    dupp, ld, N, F, 0, E));
             double rtol = dt == CUDA_F32 ? 1e-5 : 1.0 / 256, atol = dt == CUDA_F32 ? 1e-6 : 1e-9;
-            const double *want[3] = {ref, dgr, dur};
-            void *bufs[3] = {dout, ddg, ddu};
-            static const char *const names[3] = {"swiglu forward", "swiglu dgate", "swiglu dup"};
             float *got = malloc((size_t)n * 4);
-            char what[64];
-            for (int j = 0; j < 3; j++) {
-                if (j == 0 || ld == F)
-                    host_dt(got, bufs[j], n, dt);
-                else /* the stacked (N, 2F) matrix: dgate its left half, dup its right */
-                    host_cols(got, dgu, N, ld, j == 1 ? 0 : F, F, dt);
-                snprintf(what, sizeof what, "%s %s n %lld", names[j],
-                         dt == CUDA_F32 ? "fp32" : "bf16", (long long)n);
-                close_d(got, want[j], n, atol, rtol, what);
+            char what[80];
+            const char *dn = dt == CUDA_F32 ? "fp32" : "bf16";
+            host_dt(got, dact, n, dt);
+            snprintf(what, sizeof what, "swiglu forward %s (%lld, %lld)", dn, (long long)N,
+                     (long long)F);
+            close_d(got, ref, n, atol, rtol, what);
+            for (int inplace = 0; inplace < 2; inplace++) {
+                if (inplace)
+                    OK(cuda_swiglu_backward(dgate, dupp, ddy, dt, ddy, dgate, dupp, ld, N, F, 0,
+                                            E));
+                const void *out = inplace ? dgu : dout2;
+                for (int j = 0; j < 2; j++) {
+                    host_cols(got, out, N, ld, j == 0 ? 0 : F, F, dt);
+                    snprintf(what, sizeof what, "swiglu %s %s (%lld, %lld)%s",
+                             j == 0 ? "dgate" : "dup", dn, (long long)N, (long long)F,
+                             inplace ? " in place" : "");
+                    close_d(got, j == 0 ? dgr : dur, n, atol, rtol, what);
+                }
             }
-            free(g), free(u), free(dy), free(gd), free(ud), free(dyd), free(ref), free(dgr);
-            free(dur), free(got);
-            cudaFree(dg), cudaFree(du), cudaFree(ddy), cudaFree(dout), cudaFree(dgu);
+            host_dt(got, ddy, n, dt); /* the product again, over dout */
+            snprintf(what, sizeof what, "swiglu backward's act %s (%lld, %lld)", dn,
+                     (long long)N, (long long)F);
+            close_d(got, ref, n, atol, rtol, what);
+            free(g), free(u), free(dy), free(guh), free(gd), free(ud), free(dyd), free(ref);
+            free(dgr), free(dur), free(got);
+            cudaFree(dgu), cudaFree(ddy), cudaFree(dact), cudaFree(dout2);
         }
 }
 
@@ -1202,7 +1223,8 @@ static void check_parity(primal_model *m, const primal_cuda_opts *o, int B, int 
         fprintf(stderr,
                 "parity %s%s%s (vocab %d, B %d, T %d): logits %.3g, loss %.3g, worst G %.3g "
                 "(%s), worst scale gradient %.3g (%s), worst vector gradient %.3g (%s)\n",
-                mode, o->recompute ? " recompute" : "", ahead ? " head-ahead" : "", c->vocab, B,
+                mode, o->recompute == PRIMAL_CUDA_RECOMPUTE_MLP ? " recompute MLP"
+                : o->recompute ? " recompute" : "", ahead ? " head-ahead" : "", c->vocab, B,
                 T, e, le, gworst, gname, sworst, sname, vworst, vname);
         cr_assert_lt(e, tol.logits, "%s: logits relative error %.3g", mode, e);
         cr_assert_lt(le, tol.loss, "%s%s: loss %.7g, CPU %.7g", mode,
@@ -1280,6 +1302,8 @@ Test(cuda_model, fp32_random_prime13_model_matches_the_cpu_model, .init = prime1
     /* chunks of 8192: the weight workspace (the head's 1000 x 128) then holds gate and up
      * together (640 x 128), so their backward runs stacked; with chunks of 300 it does not */
     check_parity(m, OPTS(PRIMAL_CUDA_FP32, 0), 3, 37, NULL, tol, 1);
+    check_parity(m, OPTS(PRIMAL_CUDA_FP32, 0, .recompute = PRIMAL_CUDA_RECOMPUTE_MLP), 3, 37,
+                 NULL, tol, 1);
     primal_model_free(m);
 }
 
@@ -1292,54 +1316,78 @@ Test(cuda_model, bf16_random_prime13_model_is_within_bf16_tolerances, .init = pr
     check_parity(m, OPTS(PRIMAL_CUDA_BF16, 300, .recompute = 1, .logits_bytes = 111 * 6 * 128),
                  3, 37, NULL, tol, 2);
     check_parity(m, OPTS(PRIMAL_CUDA_BF16, 0), 3, 37, NULL, tol, 2); /* gate/up stacked */
+    check_parity(m, OPTS(PRIMAL_CUDA_BF16, 300, .recompute = PRIMAL_CUDA_RECOMPUTE_MLP), 3, 37,
+                 NULL, tol, 2);
     primal_model_free(m);
 }
 
-/* Recompute runs the same kernels on the same inputs again, so the loss, every G the hook sees
- * and every scale gradient are the same bit for bit with and without it, in both precisions. */
+/* Recomputing whole blocks, or only the MLP's gate|up, runs the very GEMMs and kernels of the
+ * first forward again, so loss, G and scale gradients are the same bits; and each mode keeps
+ * less: the blocks mode one block's activations, the MLP mode all but gate|up.  Chunk 300
+ * multiplies gate and up one GEMM each, 8192 as one stacked GEMM (2 x ffn rows fit). */
 Test(cuda_model, recompute_changes_no_bit_of_the_loss_or_the_gradients, .init = prime13_init)
 {
     need_gpu();
     primal_err err;
     primal_model *m = random_model(&rand_cfg, 27, 0.02f);
     int B = 3, T = 37, np = primal_model_nparams(m);
+    static const char *const mode[3] = {"keep all", "recompute blocks", "recompute MLP"};
     int32_t *tok = malloc((size_t)B * (T + 1) * sizeof(int32_t));
     for (int i = 0; i < B * (T + 1); i++)
         tok[i] = (int32_t)(primal_rng_u64(28, 5, (uint64_t)i) % (uint64_t)rand_cfg.vocab);
-    for (int prec = PRIMAL_CUDA_FP32; prec <= PRIMAL_CUDA_BF16; prec++) {
-        primal_cuda_model *cm[2] = {gpu_model_o(m, OPTS(prec, 300)),
-                                    gpu_model_o(m, OPTS(prec, 300, .recompute = 1))};
-        keep k[2];
-        float loss[2];
-        for (int j = 0; j < 2; j++) {
-            keep_init(&k[j], np);
-            cr_assert_eq(primal_cuda_model_forward(cm[j], tok, NULL, B, T, &loss[j], NULL, &err),
-                         PRIMAL_OK, "%s", err.msg);
-            cr_assert_eq(primal_cuda_model_backward(cm[j], 1.0f, keep_gpu, &k[j], &err),
-                         PRIMAL_OK, "%s", err.msg);
+    for (int prec = PRIMAL_CUDA_FP32; prec <= PRIMAL_CUDA_BF16; prec++)
+        for (int chunk = 300; chunk <= 8192; chunk += 8192 - 300) {
+            primal_cuda_model *cm[3] = {
+                gpu_model_o(m, OPTS(prec, chunk)),
+                gpu_model_o(m, OPTS(prec, chunk, .recompute = PRIMAL_CUDA_RECOMPUTE_BLOCK)),
+                gpu_model_o(m, OPTS(prec, chunk, .recompute = PRIMAL_CUDA_RECOMPUTE_MLP))};
+            keep k[3];
+            float loss[3];
+            size_t acts[3];
+            for (int j = 0; j < 3; j++) {
+                keep_init(&k[j], np);
+                cr_assert_eq(
+                    primal_cuda_model_forward(cm[j], tok, NULL, B, T, &loss[j], NULL, &err),
+                    PRIMAL_OK, "%s", err.msg);
+                cr_assert_eq(primal_cuda_model_backward(cm[j], 1.0f, keep_gpu, &k[j], &err),
+                             PRIMAL_OK, "%s", err.msg);
+                primal_cuda_mem mem;
+                cr_assert_eq(primal_cuda_model_memory(cm[j], &mem, &err), PRIMAL_OK, "%s",
+                             err.msg);
+                acts[j] = mem.activations;
+            }
+            /* all blocks' gate|up but one shared set */
+            size_t gu = (size_t)B * T * 2 * rand_cfg.ffn * (prec ? 2 : 4);
+            cr_assert_geq(acts[0] - acts[2], (rand_cfg.layers - 1) * gu - 4096,
+                          "%s: %zu bytes of activations, keeping all %zu (gate|up: %zu a block)",
+                          mode[2], acts[2], acts[0], gu);
+            cr_assert_lt(acts[1], acts[2], "blocks keep %zu bytes, MLP %zu", acts[1], acts[2]);
+            for (int j = 1; j < 3; j++) {
+                const char *pn = prec ? "bf16" : "fp32";
+                cr_assert_eq(memcmp(&loss[0], &loss[j], sizeof(float)), 0,
+                             "%s chunk %d %s: loss %.9g vs %.9g", pn, chunk, mode[j], loss[j],
+                             loss[0]);
+                for (int i = 0; i < np; i++) {
+                    primal_param *hp = primal_model_param(m, i);
+                    if (!hp->is_matrix)
+                        continue;
+                    cr_assert_eq(memcmp(k[0].G[i], k[j].G[i], (size_t)hp->n * sizeof(float)), 0,
+                                 "%s chunk %d %s: G of %s differs", pn, chunk, mode[j], hp->name);
+                    if (hp->q.bits == 32)
+                        continue;
+                    float *s0 = dev_vec(primal_cuda_model_param(cm[0], i)->dscale, hp->q.rows);
+                    float *s1 = dev_vec(primal_cuda_model_param(cm[j], i)->dscale, hp->q.rows);
+                    cr_assert_eq(memcmp(s0, s1, (size_t)hp->q.rows * sizeof(float)), 0,
+                                 "%s chunk %d %s: scale gradient of %s differs", pn, chunk,
+                                 mode[j], hp->name);
+                    free(s0), free(s1);
+                }
+            }
+            for (int j = 0; j < 3; j++) {
+                keep_free(&k[j]);
+                primal_cuda_model_free(cm[j]);
+            }
         }
-        cr_assert_eq(memcmp(&loss[0], &loss[1], sizeof(float)), 0, "loss %.9g vs %.9g", loss[0],
-                     loss[1]);
-        for (int i = 0; i < np; i++) {
-            primal_param *hp = primal_model_param(m, i);
-            if (!hp->is_matrix)
-                continue;
-            cr_assert_eq(memcmp(k[0].G[i], k[1].G[i], (size_t)hp->n * sizeof(float)), 0,
-                         "%s %s: G differs under recompute", prec ? "bf16" : "fp32", hp->name);
-            if (hp->q.bits == 32)
-                continue;
-            float *s0 = dev_vec(primal_cuda_model_param(cm[0], i)->dscale, hp->q.rows);
-            float *s1 = dev_vec(primal_cuda_model_param(cm[1], i)->dscale, hp->q.rows);
-            cr_assert_eq(memcmp(s0, s1, (size_t)hp->q.rows * sizeof(float)), 0,
-                         "%s %s: scale gradient differs under recompute", prec ? "bf16" : "fp32",
-                         hp->name);
-            free(s0), free(s1);
-        }
-        for (int j = 0; j < 2; j++) {
-            keep_free(&k[j]);
-            primal_cuda_model_free(cm[j]);
-        }
-    }
     free(tok);
     primal_model_free(m);
 }
