@@ -23,8 +23,9 @@ const primal_key primal_run_keys[] = {
     {"log_every", PRIMAL_KEY_INT, "10", "steps between log lines", "[1,inf)"},
     {"device", PRIMAL_KEY_ENUM, "cpu", "where the step runs", "cpu|cuda"},
     {"threads", PRIMAL_KEY_INT, "0", "CPU threads (0: all cores)", "[0,4096]"},
-    {"recompute", PRIMAL_KEY_BOOL, "false", "recompute each block's activations in backward",
-     NULL},
+    {"recompute", PRIMAL_KEY_ENUM, "false",
+     "activations made again in backward instead of kept: none, whole blocks (from each block's "
+     "input), or the MLP's gate|up (CUDA only)", "false|true|mlp"},
     {"reduce", PRIMAL_KEY_ENUM, "grad",
      "data parallelism: all-reduce gradients, or the votes of sum-type policies", "grad|votes"},
     {"sample_tokens", PRIMAL_KEY_INT, "200", "tokens of text sampled at the end (0: none)",
@@ -129,11 +130,17 @@ static int resolve_run(primal_experiment *e, primal_err *err)
     r->device = strcmp(primal_cfg_str(c, "device"), "cuda") == 0 ? PRIMAL_DEVICE_CUDA
                                                                   : PRIMAL_DEVICE_CPU;
     r->threads = (int)primal_cfg_int(c, "threads");
-    r->recompute = primal_cfg_bool(c, "recompute");
+    const char *rec = primal_cfg_str(c, "recompute");
+    r->recompute = strcmp(rec, "true") == 0  ? PRIMAL_RECOMPUTE_BLOCK
+                   : strcmp(rec, "mlp") == 0 ? PRIMAL_RECOMPUTE_MLP
+                                             : PRIMAL_RECOMPUTE_NONE;
+    if (r->recompute == PRIMAL_RECOMPUTE_MLP && r->device != PRIMAL_DEVICE_CUDA)
+        return primal_cfg_errf(c, "recompute", err, PRIMAL_ECONFIG,
+                               "mlp needs device = cuda; the CPU engine recomputes whole blocks "
+                               "(recompute = true)");
     r->reduce_votes = strcmp(primal_cfg_str(c, "reduce"), "votes") == 0;
     r->sample_tokens = (int)primal_cfg_int(c, "sample_tokens");
     r->sample_prompt = primal_cfg_str(c, "sample_prompt");
-    (void)err;
     return PRIMAL_OK;
 }
 

@@ -24,11 +24,16 @@ typedef struct primal_run_cfg {
     int64_t ckpt_every, eval_every, log_every;
     int eval_batches;
     int device; /* PRIMAL_DEVICE_CPU / _CUDA */
-    int threads, recompute;
+    int threads;
+    int recompute; /* PRIMAL_RECOMPUTE_* */
     int reduce_votes;
     int sample_tokens;
     const char *sample_prompt;
 } primal_run_cfg;
+
+/* [run] recompute: false, true (whole blocks), mlp (the MLP's gate|up only; CUDA).  The values
+ * are primal_cuda_opts.recompute's. */
+enum { PRIMAL_RECOMPUTE_NONE, PRIMAL_RECOMPUTE_BLOCK, PRIMAL_RECOMPUTE_MLP };
 
 typedef struct primal_optim_cfg {
     double lr, beta1, beta2, eps, weight_decay, min_lr, clip;

@@ -67,6 +67,14 @@ refuse unknown-flip-key '^threshhold' 'threshhold: unknown key'
 sed 's/^steps = 8$/steps = 8x/' "$tmp/base.ini" >"$tmp/bad-run-number.ini"
 refuse bad-run-number '^steps = 8x' 'steps'
 
+# the MLP-only recompute is the CUDA engine's; the CPU one is told to use whole blocks
+sed 's/^threads = 1$/threads = 1\nrecompute = mlp/' "$tmp/base.ini" >"$tmp/cpu-recompute-mlp.ini"
+refuse cpu-recompute-mlp '^recompute = mlp' 'recompute: mlp needs device = cuda'
+
+sed 's/^threads = 1$/threads = 1\nrecompute = sometimes/' "$tmp/base.ini" \
+    >"$tmp/bad-recompute.ini"
+refuse bad-recompute '^recompute = sometimes' 'recompute: .*false|true|mlp'
+
 {
     cat "$tmp/base.ini"
     printf '\n[modle]\ndim = 3\n'
