@@ -70,6 +70,8 @@ typedef struct trainer {
     float *gbuf;   /* (largest matrix) the gradient tile being summed across ranks */
     /* [run] device = cuda: the GPU model (t->m stays its host mirror for checkpoints) */
     void *cm;
+    primal_step_stats *dstats, *hstats; /* (np) the step's counts: device slots (step_async),
+                                         * and their host copy */
 } trainer;
 
 #ifdef PRIMAL_HAVE_CUDA
@@ -821,6 +823,9 @@ static void trainer_free(trainer *t)
             free_state(t, i);
     free(t->ps);
 #ifdef PRIMAL_HAVE_CUDA
+    if (t->dstats != NULL)
+        primal_cuda_free(t->cm, t->dstats, (size_t)t->np * sizeof *t->dstats);
+    free(t->hstats);
     primal_cuda_model_free(t->cm);
     t->cm = NULL;
 #endif
@@ -1250,14 +1255,34 @@ static int one_step_cuda(trainer *t, double *loss_out, primal_step_stats *tot, p
                                clip_scale};
     rc = n > 0 ? primal_cuda_adamw(t->cm, list, n, &hp, err) : PRIMAL_OK;
     free(list);
+    if (rc != PRIMAL_OK)
+        return rc;
+    /* With step_async every tensor steps before the one wait for all their counts; step()
+     * would wait after each, leaving the GPU idle while the next tensor's kernels are queued. */
+    const primal_policy_cuda_vt *cvt = t->pvt->cuda;
+    int async = cvt->size >= offsetof(primal_policy_cuda_vt, step_async) + sizeof cvt->step_async &&
+                cvt->step_async != NULL;
+    if (async && t->dstats == NULL) {
+        t->hstats = malloc((size_t)t->np * sizeof *t->hstats);
+        if (t->hstats == NULL)
+            return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+        rc = primal_cuda_alloc(t->cm, (size_t)t->np * sizeof *t->dstats, (void **)&t->dstats,
+                               err);
+        if (rc != PRIMAL_OK)
+            return rc;
+    }
     primal_step_info si = {t->step, k, e->run.seed, mult, clip_scale};
-    for (int i = 0; i < t->np && rc == PRIMAL_OK; i++) {
+    void *stream = primal_cuda_model_stream(t->cm);
+    for (int i = 0; i < t->np; i++) {
         primal_cuda_param *cp = primal_cuda_model_param(t->cm, i);
+        primal_step_stats st = {0, 0, 0};
         if (!t->ps[i].has_policy)
             continue;
-        primal_step_stats st = {0, 0, 0};
-        rc = t->pvt->cuda->step(t->pctx, t->ps[i].policy, &cp->q, &si, &st,
-                                primal_cuda_model_stream(t->cm), err);
+        if (async)
+            rc = cvt->step_async(t->pctx, t->ps[i].policy, &cp->q, &si, t->dstats + i, stream,
+                                 err);
+        else
+            rc = cvt->step(t->pctx, t->ps[i].policy, &cp->q, &si, &st, stream, err);
         if (rc != PRIMAL_OK)
             return primal_err_prefix(err, "%s: step %s", e->policy->desc->name,
                                      cp->host->name);
@@ -1265,6 +1290,16 @@ static int one_step_cuda(trainer *t, double *loss_out, primal_step_stats *tot, p
         tot->saturated += st.saturated;
         tot->weights += st.weights;
     }
+    if (!async)
+        return PRIMAL_OK;
+    rc = primal_cuda_download_bytes(t->cm, t->hstats, t->dstats,
+                                    (size_t)t->np * sizeof *t->hstats, err);
+    for (int i = 0; i < t->np && rc == PRIMAL_OK; i++)
+        if (t->ps[i].has_policy) {
+            tot->flips += t->hstats[i].flips;
+            tot->saturated += t->hstats[i].saturated;
+            tot->weights += t->hstats[i].weights;
+        }
     return rc;
 }
 #endif

@@ -26,6 +26,7 @@
 #include <primal/policy_cuda.h>
 
 #include "adamw_update.cuh"
+#include "step_counts.cuh"
 
 #define THREADS 256
 #define MAX_BLOCKS 4096
@@ -130,8 +131,10 @@ static int awg_accumulate(void *ctx, void *state, const primal_qtensor *t, const
     return PRIMAL_OK;
 }
 
-static int awg_step(void *ctx, void *state, const primal_qtensor *t, const primal_step_info *si,
-                    primal_step_stats *stats, void *stream, primal_err *err)
+/* step and step_async: the counts to the host (stats) or to the core's device slot (dstats) */
+static int awg_step_to(void *ctx, void *state, const primal_qtensor *t,
+                       const primal_step_info *si, primal_step_stats *stats,
+                       primal_step_stats *dstats, void *stream, primal_err *err)
 {
     const aw_ctx *c = (const aw_ctx *)ctx;
     aw_state *s = (aw_state *)state;
@@ -144,10 +147,21 @@ static int awg_step(void *ctx, void *state, const primal_qtensor *t, const prima
                                                             s->n);
     CU_TRY(cudaGetLastError());
     /* nothing to count, so no sync: the update stays queued on the stream */
-    stats->flips = 0;
-    stats->saturated = 0;
-    stats->weights = s->n;
+    CU_TRY(step_counts(NULL, NULL, s->n, stats, dstats, st));
     return PRIMAL_OK;
+}
+
+static int awg_step(void *ctx, void *state, const primal_qtensor *t, const primal_step_info *si,
+                    primal_step_stats *stats, void *stream, primal_err *err)
+{
+    return awg_step_to(ctx, state, t, si, stats, NULL, stream, err);
+}
+
+static int awg_step_async(void *ctx, void *state, const primal_qtensor *t,
+                          const primal_step_info *si, primal_step_stats *dstats, void *stream,
+                          primal_err *err)
+{
+    return awg_step_to(ctx, state, t, si, NULL, dstats, stream, err);
 }
 
 static int awg_state_download(void *ctx, const primal_qtensor *t, const void *state, void *buf,
@@ -191,6 +205,7 @@ extern const primal_policy_cuda_vt primal_adamw_cuda;
 const primal_policy_cuda_vt primal_adamw_cuda = {
     sizeof(primal_policy_cuda_vt), awg_tensor_init, awg_tensor_free,    NULL,
     awg_accumulate,                awg_step,        awg_state_download, awg_state_upload,
+    awg_step_async,
 };
 
 const primal_policy_cuda_vt *primal_adamw_cuda_vt(void) { return &primal_adamw_cuda; }

@@ -28,6 +28,7 @@
 
 #include "adamw_update.cuh"
 #include "index_cuda.cuh"
+#include "step_counts.cuh"
 
 #define THREADS 256
 #define MAX_BLOCKS 4096
@@ -234,8 +235,10 @@ static int lag_accumulate(void *ctx, void *state, const primal_qtensor *t, const
     return PRIMAL_OK;
 }
 
-static int lag_step(void *ctx, void *state, const primal_qtensor *t, const primal_step_info *si,
-                    primal_step_stats *stats, void *stream, primal_err *err)
+/* step and step_async: the counts to the host (stats) or to the core's device slot (dstats) */
+static int lag_step_to(void *ctx, void *state, const primal_qtensor *t,
+                       const primal_step_info *si, primal_step_stats *stats,
+                       primal_step_stats *dstats, void *stream, primal_err *err)
 {
     const la_ctx *c = (const la_ctx *)ctx;
     lag_state *s = (lag_state *)state;
@@ -253,13 +256,21 @@ static int lag_step(void *ctx, void *state, const primal_qtensor *t, const prima
                                                  t->grid, t->row_stride, t->bits, t->rows,
                                                  t->cols, t->grid_size);
     CU_TRY(cudaGetLastError());
-    unsigned long long flips = 0;
-    CU_TRY(cudaMemcpyAsync(&flips, s->flips, sizeof flips, cudaMemcpyDeviceToHost, st));
-    CU_TRY(cudaStreamSynchronize(st));
-    stats->flips = (int64_t)flips;
-    stats->saturated = 0;
-    stats->weights = b->n;
+    CU_TRY(step_counts(s->flips, NULL, b->n, stats, dstats, st));
     return PRIMAL_OK;
+}
+
+static int lag_step(void *ctx, void *state, const primal_qtensor *t, const primal_step_info *si,
+                    primal_step_stats *stats, void *stream, primal_err *err)
+{
+    return lag_step_to(ctx, state, t, si, stats, NULL, stream, err);
+}
+
+static int lag_step_async(void *ctx, void *state, const primal_qtensor *t,
+                          const primal_step_info *si, primal_step_stats *dstats, void *stream,
+                          primal_err *err)
+{
+    return lag_step_to(ctx, state, t, si, NULL, dstats, stream, err);
 }
 
 /* The checkpoint layout, in order: shadow, m, v, gsum, t (latent_adamw.c, la_state_save). */
@@ -307,6 +318,7 @@ extern const primal_policy_cuda_vt primal_latent_adamw_cuda;
 const primal_policy_cuda_vt primal_latent_adamw_cuda = {
     sizeof(primal_policy_cuda_vt), lag_tensor_init, lag_tensor_free,    NULL,
     lag_accumulate,                lag_step,        lag_state_download, lag_state_upload,
+    lag_step_async,
 };
 
 const primal_policy_cuda_vt *primal_latent_adamw_cuda_vt(void) { return &primal_latent_adamw_cuda; }

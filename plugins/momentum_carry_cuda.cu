@@ -31,6 +31,7 @@
 
 #include "index_cuda.cuh"
 #include "row_ordered_sum.cuh"
+#include "step_counts.cuh"
 
 #define RNG_PURPOSE_MOMENTUM 0x4D
 #define RNG_PURPOSE_RESIDUAL 0x52
@@ -422,8 +423,10 @@ static int mcg_accumulate(void *ctx, void *state, const primal_qtensor *t, const
     return PRIMAL_OK;
 }
 
-static int mcg_step(void *ctx, void *state, const primal_qtensor *t, const primal_step_info *si,
-                    primal_step_stats *stats, void *stream, primal_err *err)
+/* step and step_async: the counts to the host (stats) or to the core's device slot (dstats) */
+static int mcg_step_to(void *ctx, void *state, const primal_qtensor *t,
+                       const primal_step_info *si, primal_step_stats *stats,
+                       primal_step_stats *dstats, void *stream, primal_err *err)
 {
     (void)si;
     const mc_ctx *c = (const mc_ctx *)ctx;
@@ -434,13 +437,21 @@ static int mcg_step(void *ctx, void *state, const primal_qtensor *t, const prima
         (uint8_t *)t->index, s->base.resid, s->counts, t->rows, t->cols, t->row_stride,
         s->base.rstride, t->bits, c->rbits, t->grid_size);
     CU_TRY(cudaGetLastError());
-    unsigned long long counts[2];
-    CU_TRY(cudaMemcpyAsync(counts, s->counts, sizeof counts, cudaMemcpyDeviceToHost, st));
-    CU_TRY(cudaStreamSynchronize(st));
-    stats->flips = (int64_t)counts[0];
-    stats->saturated = (int64_t)counts[1];
-    stats->weights = t->rows * t->cols;
+    CU_TRY(step_counts(s->counts, s->counts + 1, t->rows * t->cols, stats, dstats, st));
     return PRIMAL_OK;
+}
+
+static int mcg_step(void *ctx, void *state, const primal_qtensor *t, const primal_step_info *si,
+                    primal_step_stats *stats, void *stream, primal_err *err)
+{
+    return mcg_step_to(ctx, state, t, si, stats, NULL, stream, err);
+}
+
+static int mcg_step_async(void *ctx, void *state, const primal_qtensor *t,
+                          const primal_step_info *si, primal_step_stats *dstats, void *stream,
+                          primal_err *err)
+{
+    return mcg_step_to(ctx, state, t, si, NULL, dstats, stream, err);
 }
 
 /* The checkpoint layout, in order: resid, mom, mscale, v, vsum, t, t_step. */
@@ -507,6 +518,7 @@ extern const primal_policy_cuda_vt primal_momentum_carry_cuda;
 const primal_policy_cuda_vt primal_momentum_carry_cuda = {
     sizeof(primal_policy_cuda_vt), mcg_tensor_init,    mcg_tensor_free,  NULL,
     mcg_accumulate,                mcg_step,           mcg_state_download, mcg_state_upload,
+    mcg_step_async,
 };
 
 const primal_policy_cuda_vt *primal_momentum_carry_cuda_vt(void)

@@ -34,6 +34,7 @@
 
 #include "index_cuda.cuh"
 #include "row_ordered_sum.cuh"
+#include "step_counts.cuh"
 
 #define VOTE_MAX 127
 #define VOTE_STRONG 32
@@ -487,8 +488,10 @@ static int szg_accumulate(void *ctx, void *state, const primal_qtensor *t, const
     return PRIMAL_OK;
 }
 
-static int szg_step(void *ctx, void *state, const primal_qtensor *t, const primal_step_info *si,
-                    primal_step_stats *stats, void *stream, primal_err *err)
+/* step and step_async: the counts to the host (stats) or to the core's device slot (dstats) */
+static int szg_step_to(void *ctx, void *state, const primal_qtensor *t,
+                       const primal_step_info *si, primal_step_stats *stats,
+                       primal_step_stats *dstats, void *stream, primal_err *err)
 {
     const sz_ctx *c = (const sz_ctx *)ctx;
     szg_state *s = (szg_state *)state;
@@ -509,13 +512,21 @@ static int szg_step(void *ctx, void *state, const primal_qtensor *t, const prima
         (uint8_t *)t->index, s->base.votes, s->base.cool, &d->saturated, &d->flips, &d->p,
         t->row_stride, t->bits, rows, cols, top, c->cooldown, si->seed, stream_id);
     CU_TRY(cudaGetLastError());
-    unsigned long long counts[2];
-    CU_TRY(cudaMemcpyAsync(counts, d, sizeof counts, cudaMemcpyDeviceToHost, st));
-    CU_TRY(cudaStreamSynchronize(st));
-    stats->flips = (int64_t)counts[0];
-    stats->saturated = (int64_t)counts[1];
-    stats->weights = rows * cols;
+    CU_TRY(step_counts(&d->flips, &d->saturated, rows * cols, stats, dstats, st));
     return PRIMAL_OK;
+}
+
+static int szg_step(void *ctx, void *state, const primal_qtensor *t, const primal_step_info *si,
+                    primal_step_stats *stats, void *stream, primal_err *err)
+{
+    return szg_step_to(ctx, state, t, si, stats, NULL, stream, err);
+}
+
+static int szg_step_async(void *ctx, void *state, const primal_qtensor *t,
+                          const primal_step_info *si, primal_step_stats *dstats, void *stream,
+                          primal_err *err)
+{
+    return szg_step_to(ctx, state, t, si, NULL, dstats, stream, err);
 }
 
 static int szg_state_download(void *ctx, const primal_qtensor *t, const void *state, void *buf,
@@ -558,6 +569,7 @@ extern const primal_policy_cuda_vt primal_stochastic_zscore_cuda;
 const primal_policy_cuda_vt primal_stochastic_zscore_cuda = {
     sizeof(primal_policy_cuda_vt), szg_tensor_init,    szg_tensor_free,  szg_observe,
     szg_accumulate,                szg_step,           szg_state_download, szg_state_upload,
+    szg_step_async,
 };
 
 const primal_policy_cuda_vt *primal_stochastic_zscore_cuda_vt(void)

@@ -32,6 +32,7 @@
 #include <primal/policy_cuda.h>
 
 #include "index_cuda.cuh"
+#include "step_counts.cuh"
 
 #define VOTE_MAX 32760
 #define STRIDE_DYNAMIC 0
@@ -611,8 +612,10 @@ static int tcg_accumulate(void *ctx, void *state, const primal_qtensor *t, const
     return PRIMAL_OK;
 }
 
-static int tcg_step(void *ctx, void *state, const primal_qtensor *t, const primal_step_info *si,
-                    primal_step_stats *stats, void *stream, primal_err *err)
+/* step and step_async: the counts to the host (stats) or to the core's device slot (dstats) */
+static int tcg_step_to(void *ctx, void *state, const primal_qtensor *t,
+                       const primal_step_info *si, primal_step_stats *stats,
+                       primal_step_stats *dstats, void *stream, primal_err *err)
 {
     (void)si;
     const tc_ctx *c = (const tc_ctx *)ctx;
@@ -657,13 +660,21 @@ static int tcg_step(void *ctx, void *state, const primal_qtensor *t, const prima
         c->stride == STRIDE_DYNAMIC ? 1 : c->stride, c->threshold, c->decay, c->block,
         s->base.cool_bytes, c->cooldown);
     CU_TRY(cudaGetLastError());
-    unsigned long long counts[2];
-    CU_TRY(cudaMemcpyAsync(counts, d, sizeof counts, cudaMemcpyDeviceToHost, st));
-    CU_TRY(cudaStreamSynchronize(st));
-    stats->flips = (int64_t)counts[0];
-    stats->saturated = (int64_t)counts[1];
-    stats->weights = rows * cols;
+    CU_TRY(step_counts(&d->flips, &d->saturated, rows * cols, stats, dstats, st));
     return PRIMAL_OK;
+}
+
+static int tcg_step(void *ctx, void *state, const primal_qtensor *t, const primal_step_info *si,
+                    primal_step_stats *stats, void *stream, primal_err *err)
+{
+    return tcg_step_to(ctx, state, t, si, stats, NULL, stream, err);
+}
+
+static int tcg_step_async(void *ctx, void *state, const primal_qtensor *t,
+                          const primal_step_info *si, primal_step_stats *dstats, void *stream,
+                          primal_err *err)
+{
+    return tcg_step_to(ctx, state, t, si, NULL, dstats, stream, err);
 }
 
 static int tcg_state_download(void *ctx, const primal_qtensor *t, const void *state, void *buf,
@@ -710,6 +721,7 @@ extern const primal_policy_cuda_vt primal_threshold_consensus_cuda;
 const primal_policy_cuda_vt primal_threshold_consensus_cuda = {
     sizeof(primal_policy_cuda_vt), tcg_tensor_init,    tcg_tensor_free,  tcg_observe,
     tcg_accumulate,                tcg_step,           tcg_state_download, tcg_state_upload,
+    tcg_step_async,
 };
 
 const primal_policy_cuda_vt *primal_threshold_consensus_cuda_vt(void)

@@ -5,7 +5,9 @@
  * scale, dense and grid (rows, cols, bits, row_stride, grid_size are as on the CPU), and G is a
  * device pointer to a float32 (nrows, cols) gradient tile, valid until the stream reaches the
  * end of the call's work.  stream is a cudaStream_t; every kernel a policy launches goes on it,
- * and no entry point may synchronise the device except step(), which returns host-side stats.
+ * and no entry point may synchronise the device except step(), which returns host-side stats
+ * (step_async, ABI 1.3, leaves them on the device instead, so the core steps every tensor and
+ * then waits once).
  * A policy must produce the same flips on the GPU as on the CPU given the same votes: draw
  * random numbers with primal/rng.h (it compiles for the device too).
  *
@@ -41,6 +43,13 @@ typedef struct primal_policy_cuda_vt {
                           void *stream, primal_err *err);
     int (*state_upload)(void *ctx, const primal_qtensor *t, void *state, const void *buf,
                         size_t n, void *stream, primal_err *err);
+    /* ABI 1.3, optional: step() without its synchronisation.  The counts go, by work queued on
+     * stream, into *dstats, a DEVICE primal_step_stats whose three fields the policy writes
+     * (not adds); the core reads every tensor's once all have stepped.  NULL: the core calls
+     * step(), and waits once per tensor. */
+    int (*step_async)(void *ctx, void *state, const primal_qtensor *t,
+                      const primal_step_info *si, primal_step_stats *dstats, void *stream,
+                      primal_err *err);
 } primal_policy_cuda_vt;
 
 #ifdef __cplusplus
