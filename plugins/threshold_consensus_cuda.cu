@@ -180,17 +180,23 @@ __device__ __forceinline__ int unit_key_of(const int16_t *votes, const void *coo
 /* ------------------------------------------------------------------------------------------ */
 /* Kernels                                                                                    */
 
-/* *gmax = max(*gmax, max|G|), NaN skipped. */
+/* *gmax = max(*gmax, max|G|), NaN skipped.  vec: four floats a load (n % 4 == 0, G 16-byte
+ * aligned), so that each thread has more bytes in flight. */
 __global__ void tc_absmax(unsigned int *gmax, /* (1) float bits, in/out */
                           const float *G,     /* (n) */
-                          int64_t n)
+                          int64_t n, int vec)
 {
     float m = 0.0f;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        float a = fabsf(G[i]);
-        if (a > m)
-            m = a;
+    const int64_t step = (int64_t)gridDim.x * blockDim.x;
+    if (vec) {
+        const float4 *G4 = (const float4 *)G;
+        for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n / 4; i += step) {
+            const float4 g = G4[i];
+            m = fmaxf(m, fmaxf(fmaxf(fabsf(g.x), fabsf(g.y)), fmaxf(fabsf(g.z), fabsf(g.w))));
+        }
+    } else {
+        for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += step)
+            m = fmaxf(m, fabsf(G[i]));
     }
     /* over the block first: one atomic per block (see block_add2) */
     __shared__ float sh[32];
@@ -210,7 +216,20 @@ __global__ void tc_absmax(unsigned int *gmax, /* (1) float bits, in/out */
         atomicMax(gmax, __float_as_uint(m));
 }
 
-/* votes += trunc(100 * g / gmax), saturating (threshold_consensus.c, tc_vote_rows). */
+/* One weight's vote plus trunc(100 * g / gmax), saturating; unchanged when that is NaN. */
+__device__ __forceinline__ int16_t vote_one(int16_t vote, float g, float sg, float gmax)
+{
+    float x = __fdiv_rn(__fmul_rn(100.0f, __fmul_rn(g, sg)), gmax);
+    if (x != x)
+        return vote;
+    int v = vote + (int)truncf(x);
+    return (int16_t)(v > VOTE_MAX ? VOTE_MAX : v < -VOTE_MAX ? -VOTE_MAX : v);
+}
+
+/* votes += trunc(100 * g / gmax), saturating (threshold_consensus.c, tc_vote_rows).  Blocks over
+ * rows, threads over W columns each: W = 8 (cols % 8 == 0, aligned rows) moves votes and G
+ * 16 bytes at a time, so that a thread has enough loads in flight; W = 1 otherwise. */
+template <int W>
 __global__ void tc_vote(int16_t *votes,            /* (nrows, cols) in/out */
                         const float *G,            /* (nrows, cols) dL/dW */
                         const float *scale,        /* (nrows) */
@@ -220,16 +239,24 @@ __global__ void tc_vote(int16_t *votes,            /* (nrows, cols) in/out */
     const float gmax = __uint_as_float(*gmax_bits);
     if (!(gmax > 0.0f))
         return;
-    /* blocks over rows, threads over columns: no division per element */
     for (int64_t r = blockIdx.x; r < nrows; r += gridDim.x) {
         const float sg = scale[r] < 0.0f ? -1.0f : 1.0f;
-        for (int64_t i = r * cols + threadIdx.x; i < (r + 1) * cols; i += blockDim.x) {
-            float g = __fmul_rn(G[i], sg);
-            float x = __fdiv_rn(__fmul_rn(100.0f, g), gmax);
-            if (x != x)
+        for (int64_t c = (int64_t)threadIdx.x * W; c < cols; c += (int64_t)blockDim.x * W) {
+            const int64_t i = r * cols + c;
+            if (W == 1) {
+                votes[i] = vote_one(votes[i], G[i], sg, gmax);
                 continue;
-            int v = votes[i] + (int)truncf(x);
-            votes[i] = (int16_t)(v > VOTE_MAX ? VOTE_MAX : v < -VOTE_MAX ? -VOTE_MAX : v);
+            }
+            const float4 g0 = *(const float4 *)(G + i), g1 = *(const float4 *)(G + i + 4);
+            union {
+                uint4 u;
+                int16_t v[8];
+            } b;
+            b.u = *(const uint4 *)(votes + i);
+            const float g[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+            for (int k = 0; k < 8; k++)
+                b.v[k] = vote_one(b.v[k], g[k], sg, gmax);
+            *(uint4 *)(votes + i) = b.u;
         }
     }
 }
@@ -413,8 +440,37 @@ __global__ void tc_decide(uint8_t *fire,                     /* (units) out */
         fire[u] = k > cut || (eq && rank < quota);
 }
 
-/* Move the fired weights, reset their votes and start their cooldown; decay the rest.  One
- * thread per pair of columns, so that a 4-bit index byte has one writer. */
+/* What tc_apply does to one weight: its new vote, index and cooldown, and the counts. */
+__device__ __forceinline__ int16_t apply_one(int v, int cd, int f, int *idx, int *moved,
+                                             void *cool, int cool_bytes, int64_t i, int stride,
+                                             int top, float decay, int cooldown,
+                                             unsigned long long *nf, unsigned long long *ns)
+{
+    if (f && cd == 0) {
+        int to = v > 0 ? *idx - stride : v < 0 ? *idx + stride : *idx;
+        to = to < 0 ? 0 : to > top ? top : to;
+        if (to != *idx) {
+            *idx = to;
+            *moved = 1;
+            (*nf)++;
+            if (cool != NULL)
+                cool_set(cool, cool_bytes, i, cooldown);
+        }
+        return 0;
+    }
+    const int16_t nv = (int16_t)truncf(__fmul_rn((float)v, decay));
+    if (cd > 0)
+        cool_set(cool, cool_bytes, i, cd - 1);
+    if (nv == VOTE_MAX || nv == -VOTE_MAX)
+        (*ns)++;
+    return nv;
+}
+
+/* Move the fired weights, reset their votes and start their cooldown; decay the rest.  Blocks
+ * over rows, threads over W columns (pairs of them, so that a 4-bit index byte has one writer):
+ * W = 8 (cols % 8 == 0, aligned rows) reads and writes the votes 16 bytes at a time, W = 2
+ * otherwise. */
+template <int W>
 __global__ void tc_apply(uint8_t *index,                  /* (rows, row_stride) packed, in/out */
                          int16_t *votes,                  /* (rows, cols) in/out */
                          void *cool,                      /* (rows, cols) in/out, or NULL */
@@ -436,43 +492,56 @@ __global__ void tc_apply(uint8_t *index,                  /* (rows, row_stride) 
     const int top = grid_size - 1;
     const int64_t bpr = (cols + block - 1) / block;
     unsigned long long nf = 0, ns = 0;
-    /* blocks over rows, threads over column pairs: no 64-bit division per element */
+    /* no 64-bit division per element */
     for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-        for (int64_t c0 = 2 * (int64_t)threadIdx.x; c0 < cols; c0 += 2 * (int64_t)blockDim.x) {
-            const int nc = cols - c0 >= 2 ? 2 : 1;
-            uint8_t *row = index + r * row_stride;
-            int idx[2] = {0, 0}, moved[2] = {0, 0};
-            for (int k = 0; k < nc; k++) {
-                const int64_t col = c0 + k, i = r * cols + col;
-                const int cd = cool_get(cool, cool_bytes, i);
-                const int v = votes[i];
-                idx[k] = index_load(row, bits, col);
-                const int f = fire != NULL ? fire[r * bpr + (int)col / block]
-                                           : abs(v) >= threshold && cd == 0;
-                if (f && cd == 0) {
-                    int to = v > 0 ? idx[k] - stride : v < 0 ? idx[k] + stride : idx[k];
-                    to = to < 0 ? 0 : to > top ? top : to;
-                    votes[i] = 0;
-                    if (to != idx[k]) {
-                        idx[k] = to;
-                        moved[k] = 1;
-                        nf++;
-                        if (cool != NULL)
-                            cool_set(cool, cool_bytes, i, cooldown);
-                    }
-                    continue;
+        uint8_t *row = index + r * row_stride;
+        for (int64_t c0 = (int64_t)threadIdx.x * W; c0 < cols; c0 += (int64_t)blockDim.x * W) {
+            const int n = cols - c0 >= W ? W : (int)(cols - c0);
+            union {
+                uint4 u;
+                int16_t v[8];
+            } b;
+            if (W == 8)
+                b.u = *(const uint4 *)(votes + r * cols + c0);
+            else
+                for (int k = 0; k < n; k++)
+                    b.v[k] = votes[r * cols + c0 + k];
+            for (int p = 0; p < n; p += 2) {
+                const int nc = n - p >= 2 ? 2 : 1;
+                int idx[2] = {0, 0}, moved[2] = {0, 0};
+                for (int k = 0; k < nc; k++) {
+                    const int64_t col = c0 + p + k, i = r * cols + col;
+                    const int cd = cool_get(cool, cool_bytes, i);
+                    const int v = b.v[p + k];
+                    idx[k] = index_load(row, bits, col);
+                    const int f = fire != NULL ? fire[r * bpr + (int)col / block]
+                                               : abs(v) >= threshold && cd == 0;
+                    b.v[p + k] = apply_one(v, cd, f, &idx[k], &moved[k], cool, cool_bytes, i,
+                                           stride, top, decay, cooldown, &nf, &ns);
                 }
-                const int16_t nv = (int16_t)truncf(__fmul_rn((float)v, decay));
-                votes[i] = nv;
-                if (cd > 0)
-                    cool_set(cool, cool_bytes, i, cd - 1);
-                if (nv == VOTE_MAX || nv == -VOTE_MAX)
-                    ns++;
+                index_store_pair(row, bits, c0 + p, nc, idx, moved);
             }
-            index_store_pair(row, bits, c0, nc, idx, moved);
+            if (W == 8)
+                *(uint4 *)(votes + r * cols + c0) = b.u;
+            else
+                for (int k = 0; k < n; k++)
+                    votes[r * cols + c0 + k] = b.v[k];
         }
     }
     block_add2(flips, saturated, nf, ns);
+}
+
+/* Threads a block for W columns each over rows of cols: a multiple of 32, at most THREADS. */
+static unsigned row_threads(int64_t cols, int w)
+{
+    int64_t t = ((cols + w - 1) / w + 31) / 32 * 32;
+    return (unsigned)(t > THREADS ? THREADS : t);
+}
+
+/* Rows of cols int16 votes (and float G) can go 16 bytes at a time. */
+static int rows_vec8(int64_t cols, const void *a, const void *b)
+{
+    return cols % 8 == 0 && ((uintptr_t)a & 15) == 0 && (b == NULL || ((uintptr_t)b & 15) == 0);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -580,7 +649,8 @@ static int tcg_observe(void *ctx, void *state, const primal_qtensor *t, const fl
     const int64_t n = nrows * t->cols;
     if (n == 0)
         return PRIMAL_OK;
-    tc_absmax<<<grid_for(n), THREADS, 0, st>>>(&s->small->gmax, G, n);
+    tc_absmax<<<grid_for(n), THREADS, 0, st>>>(&s->small->gmax, G, n,
+                                               n % 4 == 0 && ((uintptr_t)G & 15) == 0);
     CU_TRY(cudaGetLastError());
     return PRIMAL_OK;
 }
@@ -602,12 +672,18 @@ static int tcg_accumulate(void *ctx, void *state, const primal_qtensor *t, const
     if (!(s->base.gmax_valid && s->base.gmax_step == ai->step &&
           s->base.gmax_micro == ai->micro)) {
         CU_TRY(cudaMemsetAsync(&s->small->gmax_chunk, 0, sizeof(unsigned int), st));
-        tc_absmax<<<grid_for(n), THREADS, 0, st>>>(&s->small->gmax_chunk, G, n);
+        tc_absmax<<<grid_for(n), THREADS, 0, st>>>(&s->small->gmax_chunk, G, n,
+                                                   n % 4 == 0 && ((uintptr_t)G & 15) == 0);
         CU_TRY(cudaGetLastError());
         gmax = &s->small->gmax_chunk;
     }
-    tc_vote<<<rows_grid(nrows), THREADS, 0, st>>>(s->base.votes + r0 * t->cols, G, t->scale + r0,
-                                             gmax, nrows, t->cols);
+    int16_t *votes = s->base.votes + r0 * t->cols;
+    if (rows_vec8(t->cols, votes, G))
+        tc_vote<8><<<rows_grid(nrows), row_threads(t->cols, 8), 0, st>>>(votes, G, t->scale + r0,
+                                                                         gmax, nrows, t->cols);
+    else
+        tc_vote<1><<<rows_grid(nrows), THREADS, 0, st>>>(votes, G, t->scale + r0, gmax, nrows,
+                                                         t->cols);
     CU_TRY(cudaGetLastError());
     return PRIMAL_OK;
 }
@@ -654,7 +730,8 @@ static int tcg_step_to(void *ctx, void *state, const primal_qtensor *t,
             s->tie, s->capped, c->threshold, c->block, s->units, cols, bpr);
         CU_TRY(cudaGetLastError());
     }
-    tc_apply<<<rows_grid(rows), THREADS, 0, st>>>(
+    const int vec = rows_vec8(cols, s->base.votes, NULL);
+    (vec ? tc_apply<8> : tc_apply<2>)<<<rows_grid(rows), row_threads(cols, vec ? 8 : 2), 0, st>>>(
         (uint8_t *)t->index, s->base.votes, s->base.cool, &d->flips, &d->saturated, s->fire,
         dynsum, t->row_stride, t->bits, rows, cols, t->grid_size,
         c->stride == STRIDE_DYNAMIC ? 1 : c->stride, c->threshold, c->decay, c->block,

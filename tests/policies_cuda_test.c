@@ -402,6 +402,9 @@ static int64_t run_shapes_r(const char *policy, const char *const *kv, int steps
         {64, 301, g200, 200, steps, n_micro, 64, observe, grad, rescale},
         {33, 1024, g65k, 65536, steps, n_micro, 10, observe, grad, rescale},
         {130, 96, g200, 200, steps, n_micro, 130, observe, grad, rescale},
+        /* 4-bit rows of a multiple of 8 columns: the kernels' 16-byte paths, as at the model
+         * shapes */
+        {40, 200, prime13, 13, steps, n_micro, 16, observe, grad, rescale},
     };
     int64_t flips = 0;
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
