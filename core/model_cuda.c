@@ -131,6 +131,7 @@ struct primal_cuda_model {
     float *G;        /* weight-gradient rows */
     size_t wbuf_bytes, G_bytes;
     double *sq_part, *sq_acc; /* (CUDA_SUMSQ_BLOCKS), (1) */
+    cuda_sumsq_item *sq_list; /* (2 np) the float gradients' list, allocated on first use */
     float *loss_dev;          /* (1) */
     cuda_adamw_tensor *adamw_dev;
     int adamw_cap;
@@ -560,6 +561,7 @@ void primal_cuda_model_free(primal_cuda_model *cm)
     cudaFree(cm->sq_part);
     cudaFree(cm->loss_dev);
     cudaFree(cm->adamw_dev);
+    cudaFree(cm->sq_list);
     cudaFree(cm->arena);
     cudaFree(cm->attn);
     cudaFree(cm->ws);
@@ -710,18 +712,29 @@ int primal_cuda_sumsq(primal_cuda_model *cm, const float *x, int64_t n, primal_e
     return cuda_sumsq(cm->sq_part, x, n, cm->stream, err);
 }
 
+/* One launch over the list of every trainable float gradient: they are small (a scale per
+ * row, norm weights, biases) and were one launch each, which cost more than their bytes. */
 int primal_cuda_sumsq_float_grads(primal_cuda_model *cm, primal_err *err)
 {
+    if (cm->sq_list == NULL)
+        TRY(dev_alloc(cm, (void **)&cm->sq_list, (size_t)(2 * cm->np) * sizeof *cm->sq_list,
+                      MEM_WORK, "sum-of-squares list", err));
+    cuda_sumsq_item *list = malloc((size_t)(2 * cm->np) * sizeof *list);
+    if (list == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "cuda model: out of memory");
+    int n = 0;
     for (int i = 0; i < cm->np; i++) {
         primal_cuda_param *p = &cm->p[i];
         if (!p->trainable)
             continue;
         if (p->dscale != NULL)
-            TRY(cuda_sumsq(cm->sq_part, p->dscale, p->q.rows, cm->stream, err));
+            list[n++] = (cuda_sumsq_item){p->dscale, p->q.rows};
         if (p->dvec != NULL)
-            TRY(cuda_sumsq(cm->sq_part, p->dvec, p->n, cm->stream, err));
+            list[n++] = (cuda_sumsq_item){p->dvec, p->n};
     }
-    return PRIMAL_OK;
+    int rc = cuda_sumsq_list(cm->sq_part, cm->sq_list, list, n, cm->stream, err);
+    free(list);
+    return rc;
 }
 
 int primal_cuda_sumsq_read(primal_cuda_model *cm, double *out, int reset, primal_err *err)

@@ -859,6 +859,22 @@ Test(cuda_kernels, bias_gradient_sum_of_squares_and_adamw_match_hand_formulas)
         cr_assert_leq(fabs(s - pass * sq), 1e-9 * pass * sq,
                       "pass %d: sum of squares %.12g, reference %.12g", pass, s, pass * sq);
     }
+    /* the four-float path (an aligned length of a multiple of 4, then the rest), and the list
+     * of both halves in one launch */
+    int64_t h4 = N * OC / 2 / 4 * 4;
+    CK(cudaMemset(acc + CUDA_SUMSQ_BLOCKS, 0, 8));
+    OK(cuda_sumsq(acc, ddy, h4, 0, E));
+    cuda_sumsq_item items[2] = {{ddy + h4, N * OC - h4}, {ddy, h4}};
+    cuda_sumsq_item *dli = dmalloc(sizeof items);
+    OK(cuda_sumsq_list(acc, dli, items, 2, 0, E));
+    OK(cuda_sumsq_finish(acc + CUDA_SUMSQ_BLOCKS, acc, 0, E));
+    to_host(&s, acc + CUDA_SUMSQ_BLOCKS, 8);
+    double want = sq; /* the first part twice, the rest once */
+    for (int64_t i = 0; i < h4; i++)
+        want += (double)dy[i] * dy[i];
+    cr_assert_leq(fabs(s - want), 2e-9 * want, "one tensor plus a list of two: %.12g, want %.12g",
+                  s, want);
+    cudaFree(dli);
 
     /* AdamW on two tensors of different step counts */
     int64_t n1 = 1000, n2 = 3;

@@ -63,13 +63,13 @@ static inline size_t cuda_dtype_size(cuda_dtype t)
                                __LINE__, (name), cudaGetErrorString(cuda_try_rc_));            \
     } while (0)
 
-/* Blocks needed to cover n items, capped so that grid-stride loops take the rest. */
 /* Whether p can take cuda_ld8/cuda_st8 accesses (and, with n % 8 == 0, all of [0, n) can). */
 static inline int cuda_aligned8(const void *p)
 {
     return ((uintptr_t)p & 15) == 0;
 }
 
+/* Blocks needed to cover n items, capped so that grid-stride loops take the rest. */
 static inline unsigned cuda_blocks(int64_t n, int threads)
 {
     int64_t b = (n + threads - 1) / threads;

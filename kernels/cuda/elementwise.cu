@@ -77,15 +77,45 @@ int cuda_bias_backward(float *dbias,      /* (OC) accumulated into */
 }
 
 /* Each call adds block b's share of sum(x²) to partial[b]: a norm over many tensors costs one
- * launch a tensor, and the 256 partials are folded once, in cuda_sumsq_finish. */
+ * launch a tensor (or one for a list of them), and the 256 partials are folded once, in
+ * cuda_sumsq_finish.  Four floats a load where n and x allow: a weight gradient is read once
+ * more for the clipping norm, so this pass should run at the memory's speed. */
+__device__ __forceinline__ double sumsq_of(const float *x, int64_t n)
+{
+    double acc = 0.0;
+    const int64_t step = (int64_t)gridDim.x * blockDim.x;
+    const int64_t i0 = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (n % 4 == 0 && ((uintptr_t)x & 15) == 0) {
+        const float4 *x4 = (const float4 *)x;
+        for (int64_t i = i0; i < n / 4; i += step) {
+            const float4 v = x4[i];
+            acc += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
+        }
+        return acc;
+    }
+    for (int64_t i = i0; i < n; i += step)
+        acc += (double)x[i] * x[i];
+    return acc;
+}
+
 __global__ void sumsq_partial_kernel(double *partial, /* (CUDA_SUMSQ_BLOCKS) += */
                                      const float *x,  /* (n) */
                                      int64_t n)
 {
     __shared__ double sh[32];
+    double acc = cuda_block_sum(sumsq_of(x, n), sh);
+    if (threadIdx.x == 0)
+        partial[blockIdx.x] += acc;
+}
+
+__global__ void sumsq_list_kernel(double *partial,             /* (CUDA_SUMSQ_BLOCKS) += */
+                                  const cuda_sumsq_item *list, /* (n) */
+                                  int n)
+{
+    __shared__ double sh[32];
     double acc = 0.0;
-    CUDA_FOR(i, n)
-    acc += (double)x[i] * x[i];
+    for (int j = 0; j < n; j++)
+        acc += sumsq_of(list[j].x, list[j].n);
     acc = cuda_block_sum(acc, sh);
     if (threadIdx.x == 0)
         partial[blockIdx.x] += acc;
@@ -111,6 +141,19 @@ int cuda_sumsq(double *scratch, /* (CUDA_SUMSQ_BLOCKS) device, accumulated into 
         return PRIMAL_OK;
     sumsq_partial_kernel<<<CUDA_SUMSQ_BLOCKS, 256, 0, s>>>(scratch, x, n);
     CUDA_LAUNCHED("sumsq_partial", err);
+    return PRIMAL_OK;
+}
+
+int cuda_sumsq_list(double *scratch, cuda_sumsq_item *dev_list, const cuda_sumsq_item *list,
+                    int n, cudaStream_t s, primal_err *err)
+{
+    if (n <= 0)
+        return PRIMAL_OK;
+    /* from pageable memory: the list has left the host when the call returns */
+    CUDA_TRY(cudaMemcpyAsync(dev_list, list, (size_t)n * sizeof *list, cudaMemcpyHostToDevice,
+                             s), err);
+    sumsq_list_kernel<<<CUDA_SUMSQ_BLOCKS, 256, 0, s>>>(scratch, dev_list, n);
+    CUDA_LAUNCHED("sumsq_list", err);
     return PRIMAL_OK;
 }
 

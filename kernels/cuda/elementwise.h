@@ -24,6 +24,14 @@ CUDA_EXTERN_C int cuda_bias_backward(float *dbias, float *scratch, const float *
  * cuda_sumsq_finish adds the total to acc and zeroes scratch again. */
 CUDA_EXTERN_C int cuda_sumsq(double *scratch, const float *x, int64_t n, cudaStream_t s,
                              primal_err *err);
+/* ... and over n tensors in one launch: list is copied to dev_list (n items, device) first. */
+typedef struct cuda_sumsq_item {
+    const float *x;
+    int64_t n;
+} cuda_sumsq_item;
+CUDA_EXTERN_C int cuda_sumsq_list(double *scratch, cuda_sumsq_item *dev_list,
+                                  const cuda_sumsq_item *list, int n, cudaStream_t s,
+                                  primal_err *err);
 CUDA_EXTERN_C int cuda_sumsq_finish(double *acc, double *scratch, cudaStream_t s,
                                     primal_err *err);
 
