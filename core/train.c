@@ -1258,14 +1258,17 @@ static int one_step_cuda(trainer *t, double *loss_out, primal_step_stats *tot, p
     if (rc != PRIMAL_OK)
         return rc;
     /* With step_async every tensor steps before the one wait for all their counts; step()
-     * would wait after each, leaving the GPU idle while the next tensor's kernels are queued. */
+     * would wait after each, leaving the GPU idle while the next tensor's kernels are queued.
+     * Either way each tensor's counts land in hstats[i], summed once below. */
     const primal_policy_cuda_vt *cvt = t->pvt->cuda;
     int async = cvt->size >= offsetof(primal_policy_cuda_vt, step_async) + sizeof cvt->step_async &&
                 cvt->step_async != NULL;
-    if (async && t->dstats == NULL) {
+    if (t->hstats == NULL) {
         t->hstats = malloc((size_t)t->np * sizeof *t->hstats);
         if (t->hstats == NULL)
             return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    }
+    if (async && t->dstats == NULL) {
         rc = primal_cuda_alloc(t->cm, (size_t)t->np * sizeof *t->dstats, (void **)&t->dstats,
                                err);
         if (rc != PRIMAL_OK)
@@ -1275,25 +1278,22 @@ static int one_step_cuda(trainer *t, double *loss_out, primal_step_stats *tot, p
     void *stream = primal_cuda_model_stream(t->cm);
     for (int i = 0; i < t->np; i++) {
         primal_cuda_param *cp = primal_cuda_model_param(t->cm, i);
-        primal_step_stats st = {0, 0, 0};
         if (!t->ps[i].has_policy)
             continue;
         if (async)
             rc = cvt->step_async(t->pctx, t->ps[i].policy, &cp->q, &si, t->dstats + i, stream,
                                  err);
-        else
-            rc = cvt->step(t->pctx, t->ps[i].policy, &cp->q, &si, &st, stream, err);
+        else {
+            t->hstats[i] = (primal_step_stats){0, 0, 0};
+            rc = cvt->step(t->pctx, t->ps[i].policy, &cp->q, &si, t->hstats + i, stream, err);
+        }
         if (rc != PRIMAL_OK)
             return primal_err_prefix(err, "%s: step %s", e->policy->desc->name,
                                      cp->host->name);
-        tot->flips += st.flips;
-        tot->saturated += st.saturated;
-        tot->weights += st.weights;
     }
-    if (!async)
-        return PRIMAL_OK;
-    rc = primal_cuda_download_bytes(t->cm, t->hstats, t->dstats,
-                                    (size_t)t->np * sizeof *t->hstats, err);
+    if (async)
+        rc = primal_cuda_download_bytes(t->cm, t->hstats, t->dstats,
+                                        (size_t)t->np * sizeof *t->hstats, err);
     for (int i = 0; i < t->np && rc == PRIMAL_OK; i++)
         if (t->ps[i].has_policy) {
             tot->flips += t->hstats[i].flips;
