@@ -15,7 +15,8 @@
 #                         JSON (with the GPU name) last on stdout.
 #
 # Environment for run: GPU_SHAPES (default: "small target"; also target_fp32, target_unfused,
-# target_recompute, target_recompute_mlp, target_noahead, target_t256, qwen15, qwen15_recompute,
+# target_recompute, target_recompute_mlp, target_mlpK (the first K blocks recompute the MLP),
+# target_noahead, target_t256, qwen15, qwen15_recompute,
 # qwen15_recompute_mlp), GPU_STEPS (10), TORCH (1: run the
 # PyTorch baselines), TORCH_VARIANTS (dense_eager,dense_compile,indexed), TESTS (1).
 set -eu
@@ -112,6 +113,7 @@ run() {
         target_unfused) args="--attn unfused" ;;
         target_recompute) args="--recompute 1" ;;
         target_recompute_mlp) args="--recompute 2" ;;
+        target_mlp[0-9]*) args="--recompute 2 --recompute-blocks ${shape#target_mlp}" ;;
         target_noahead) args="--head-ahead -1" ;;
         qwen15_recompute) args="--dim 1536 --layers 28 --heads 12 --kv-heads 2 --ffn 8960 --vocab 151936 --seq 512 --batch 1 --tied 1 --recompute 1" ;;
         qwen15_recompute_mlp) args="--dim 1536 --layers 28 --heads 12 --kv-heads 2 --ffn 8960 --vocab 151936 --seq 512 --batch 1 --tied 1 --recompute 2" ;;

@@ -7,8 +7,10 @@
  * --precision bf16|fp32 (bf16) --chunk 8192 (rows per G tile of the embedding and head)
  * --steps 10 --warmup 2 (untimed steps) --tied 0|1 (0) --attn fused|unfused (fused: bf16
  * attention through the fused kernels where the head size allows) --recompute 0|1|2 (0: keep
- * every block's activations, 1: recompute blocks, 2: recompute the MLP's gate|up) --head-ahead 0|1|-1 (0: auto; primal_cuda_opts.head_ahead, whether
- * the training forward runs the LM head's backward).
+ * every block's activations, 1: recompute blocks, 2: recompute the MLP's gate|up)
+ * --recompute-blocks K (with 2: only the first K blocks recompute; 0: all) --head-ahead 0|1|-1
+ * (0: auto; primal_cuda_opts.head_ahead, whether the training forward runs the LM head's
+ * backward).
  *
  * Output: {"gpu": .., "shape": {...}, "precision": .., "steps": .., "loss": ..,
  *   "tokens_per_s": .., "step_s": .., "forward_s": .., "backward_s": ..,
@@ -54,7 +56,7 @@ static void usage(const char *argv0)
             "usage: %s [--dim N] [--layers N] [--heads N] [--kv-heads N] [--ffn N] [--vocab N] "
             "[--seq N] [--batch N] [--grid prime13|dense] [--precision bf16|fp32] [--chunk N] "
             "[--steps N] [--warmup N] [--tied 0|1] [--attn fused|unfused] "
-            "[--recompute 0|1|2] [--head-ahead 0|1|-1]\n",
+            "[--recompute 0|1|2] [--recompute-blocks K] [--head-ahead 0|1|-1]\n",
             argv0);
     exit(2);
 }
@@ -72,6 +74,7 @@ int main(int argc, char **argv)
                               .rope_theta = 10000.0, .norm_eps = 1e-5, .tied = 0,
                               .qkv_bias = 0};
     int seq = 1024, batch = 32, steps = 10, warmup = 2, chunk = 8192, recompute = 0, ahead = 0;
+    int rblocks = 0;
     const char *grid = "prime13", *prec = "bf16", *attn = "fused";
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc)
@@ -93,6 +96,7 @@ int main(int argc, char **argv)
         else if (strcmp(k, "--chunk") == 0) chunk = x;
         else if (strcmp(k, "--tied") == 0) mc.tied = x;
         else if (strcmp(k, "--recompute") == 0) recompute = x;
+        else if (strcmp(k, "--recompute-blocks") == 0) rblocks = x;
         else if (strcmp(k, "--head-ahead") == 0) ahead = x;
         else if (strcmp(k, "--grid") == 0 &&
                  (strcmp(v, "prime13") == 0 || strcmp(v, "dense") == 0))
@@ -137,7 +141,8 @@ int main(int argc, char **argv)
                                                                  : PRIMAL_CUDA_FP32,
                           .device = 0, .chunk_rows = chunk, .attn_bytes = 0,
                           .attn_unfused = strcmp(attn, "unfused") == 0,
-                          .recompute = recompute, .head_ahead = ahead};
+                          .recompute = recompute, .recompute_blocks = rblocks,
+                          .head_ahead = ahead};
     primal_cuda_model *cm;
     if (primal_cuda_model_create(m, &o, &cm, &err) != PRIMAL_OK)
         return fail(&err);
@@ -172,13 +177,13 @@ int main(int argc, char **argv)
     printf("{\"gpu\": \"%s\", \"shape\": {\"dim\": %d, \"layers\": %d, \"heads\": %d, "
            "\"kv_heads\": %d, \"ffn\": %d, \"vocab\": %d, \"seq\": %d, \"batch\": %d, "
            "\"grid\": \"%s\", \"tied\": %d}, \"precision\": \"%s\", \"attn\": \"%s\", \"recompute\": %d, "
-           "\"head_ahead\": %d, \"chunk\": %d, "
+           "\"recompute_blocks\": %d, \"head_ahead\": %d, \"chunk\": %d, "
            "\"steps\": %d, \"loss\": %.4f, \"tokens_per_s\": %.1f, \"step_s\": %.4f, "
            "\"forward_s\": %.4f, \"backward_s\": %.4f, \"model_bytes\": {\"weights\": %zu, "
            "\"grads\": %zu, \"activations\": %zu, \"workspace\": %zu, \"peak\": %zu}, "
            "\"device_used_bytes\": %zu, \"device_total_bytes\": %zu}\n",
            gpu, mc.dim, mc.layers, mc.heads, mc.kv_heads, mc.ffn, mc.vocab, seq, batch, grid,
-           mc.tied, prec, attn, recompute, ahead, chunk, steps, loss, (double)batch * seq / step, step, tf / steps,
+           mc.tied, prec, attn, recompute, rblocks, ahead, chunk, steps, loss, (double)batch * seq / step, step, tf / steps,
            tb / steps, mem.weights, mem.grads, mem.activations, mem.workspace, mem.peak,
            mem.device_total - mem.device_free, mem.device_total);
     free(tok);

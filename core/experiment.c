@@ -26,6 +26,9 @@ const primal_key primal_run_keys[] = {
     {"recompute", PRIMAL_KEY_ENUM, "false",
      "activations made again in backward instead of kept: none, whole blocks (from each block's "
      "input), or the MLP's gate|up (CUDA only)", "false|true|mlp"},
+    {"recompute_blocks", PRIMAL_KEY_INT, "0",
+     "with recompute = mlp: the first this many blocks make gate|up again, the others keep it "
+     "(0: every block); trades memory for speed a block at a time", "[0,1024]"},
     {"reduce", PRIMAL_KEY_ENUM, "grad",
      "data parallelism: all-reduce gradients, or the votes of sum-type policies", "grad|votes"},
     {"sample_tokens", PRIMAL_KEY_INT, "200", "tokens of text sampled at the end (0: none)",
@@ -138,6 +141,11 @@ static int resolve_run(primal_experiment *e, primal_err *err)
         return primal_cfg_errf(c, "recompute", err, PRIMAL_ECONFIG,
                                "mlp needs device = cuda; the CPU engine recomputes whole blocks "
                                "(recompute = true)");
+    r->recompute_blocks = (int)primal_cfg_int(c, "recompute_blocks");
+    if (r->recompute_blocks > 0 && r->recompute != PRIMAL_RECOMPUTE_MLP)
+        return primal_cfg_errf(c, "recompute_blocks", err, PRIMAL_ECONFIG,
+                               "%d blocks, but only recompute = mlp takes a count of blocks "
+                               "(recompute = %s)", r->recompute_blocks, rec);
     r->reduce_votes = strcmp(primal_cfg_str(c, "reduce"), "votes") == 0;
     r->sample_tokens = (int)primal_cfg_int(c, "sample_tokens");
     r->sample_prompt = primal_cfg_str(c, "sample_prompt");

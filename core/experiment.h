@@ -26,6 +26,7 @@ typedef struct primal_run_cfg {
     int device; /* PRIMAL_DEVICE_CPU / _CUDA */
     int threads;
     int recompute; /* PRIMAL_RECOMPUTE_* */
+    int recompute_blocks; /* MLP: blocks [0, this) recompute, the rest keep; 0: all */
     int reduce_votes;
     int sample_tokens;
     const char *sample_prompt;

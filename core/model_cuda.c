@@ -24,11 +24,12 @@
  * With RECOMPUTE_BLOCK, the arena keeps the residual stream x[0..layers] and one block's
  * activations, which backward rebuilds block by block from x[l] (one extra block forward each).
  * With RECOMPUTE_MLP, every block keeps all but gate|up, the largest item, which backward makes
- * again with one GEMM from the kept ln2 into a shared buffer.  In every mode the SwiGLU product
- * is made again in backward and dgate|dup overwrite gate|up, so neither takes memory of its own.  Backward
- * mirrors model.c stage for stage, including which stages run for a partly frozen model, the
- * order of hook calls (LM head, blocks from the top, embedding last) and the tied embedding's
- * single G (head + lookups).  Reductions are deterministic; the embedding's scatter uses
+ * again with one GEMM from ln2 (itself made again from h) into a shared buffer.  In every mode
+ * the SwiGLU product and the norms' outputs are made again in backward and dgate|dup overwrite
+ * gate|up, so none of them takes memory of its own per block.  Backward mirrors model.c stage
+ * for stage, including which stages run for a partly frozen model, the order of hook calls (LM
+ * head, blocks from the top, embedding last) and the tied embedding's single G (head +
+ * lookups).  Reductions are deterministic; the embedding's scatter uses
  * positions sorted on the host.  No keys: primal_cuda_opts carries precision, device,
  * chunk_rows, attn_bytes, attn_unfused, logits_bytes, recompute and head_ahead. */
 #include "model_cuda.h"
@@ -79,17 +80,16 @@ static const char *const block_names[L_N] = {
 enum { MEM_WEIGHTS, MEM_GRADS, MEM_ACTS, MEM_WORK, MEM_OTHER, MEM_KINDS };
 
 /* What backward needs of one block.  What only GEMMs and the elementwise kernels between them
- * read (ln1, atty, ln2, gate|up) is kept in the compute dtype; the residual stream (x, h) stays
- * float32, as on the CPU.  The SwiGLU product is not kept: backward makes it again in the pass
- * that reads gate|up anyway (see cuda_swiglu_backward). */
+ * read (atty, gate|up) is kept in the compute dtype; the residual stream (x, h) stays float32,
+ * as on the CPU.  Neither the SwiGLU product nor the norms' outputs are kept: backward makes
+ * them again in passes that read their inputs anyway (cuda_swiglu_backward,
+ * cuda_rmsnorm_backward_xn), bit for bit. */
 typedef struct block_acts {
-    void *ln1;                /* (N, C) dt */
     float *rstd1;             /* (N) */
     void *qh, *kh, *vh;       /* (B, H, T, hd), (B, KVH, T, hd) x2, dt: rotated, head-major */
     float *lse;               /* (B, H, T) attention logsumexp */
     void *atty;               /* (N, qdim) dt: attention output before o_proj */
     float *h;                 /* (N, C) residual after attention */
-    void *ln2;                /* (N, C) dt */
     float *rstd2;             /* (N) */
     void *gu;                 /* (N, 2F) dt: gate | up side by side; backward overwrites it with
                                * dgate | dup.  NULL under PRIMAL_CUDA_RECOMPUTE_MLP */
@@ -111,6 +111,7 @@ struct primal_cuda_model {
     int attn_fused;
     int recompute; /* PRIMAL_CUDA_KEEP_ALL, _RECOMPUTE_BLOCK (one block's activations are kept
                     * and rebuilt from x[l] in backward) or _RECOMPUTE_MLP */
+    int rec_blocks; /* _RECOMPUTE_MLP: blocks [0, rec_blocks) make gate|up again */
     int acts_layer; /* the block whose activations the shared set holds (recompute) */
     int64_t nv;     /* vocabulary slab of the logits */
     int head_ahead; /* primal_cuda_opts.head_ahead */
@@ -145,13 +146,14 @@ struct primal_cuda_model {
     float **x;       /* (layers + 1) residual stream (N, C) */
     block_acts *blk; /* (layers); all the same memory under recompute */
     void *q, *k, *v;           /* (N, qdim), (N, kvdim) x2, dt: projections before bias and rope */
+    void *ln;                  /* (N, C) dt: the block's norm output at hand (ln1 or ln2) */
     void *act;                 /* (N, F) dt: the SwiGLU product in forward, dL/d(act) and then
                                 * the product again in backward */
     void *gus;                 /* (N, 2F) dt: gate | up of the block at hand (RECOMPUTE_MLP) */
     void *lnf;                 /* (N, C) dt */
     float *rstdf;              /* (N) */
     float *logits;             /* (N, nv) one vocabulary slab; fp32 backward: its dlogits.
-                                * Shares memory with act, gus, q, k and v */
+                                * Shares memory with ln, act, gus, q, k and v */
     float *lse_ce, *losses, *tl; /* (N) */
     int32_t *tok_in, *tok_tgt; /* (N) */
     uint8_t *mask;             /* (N) */
@@ -432,9 +434,20 @@ int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
         return primal_errf(err, PRIMAL_ECONFIG, "cuda model: recompute %d is none of 0 (keep "
                            "all), 1 (blocks) and 2 (MLP)", o->recompute);
     }
+    const primal_model_config *c = &cm->c;
+    if (o->recompute_blocks < 0 || o->recompute_blocks > c->layers ||
+        (o->recompute_blocks > 0 && o->recompute != PRIMAL_CUDA_RECOMPUTE_MLP)) {
+        int rb = o->recompute_blocks, rec = o->recompute, layers = c->layers;
+        free(cm);
+        return primal_errf(err, PRIMAL_ECONFIG, "cuda model: recompute_blocks %d: a count of "
+                           "blocks, 0 to the model's %d, and only with recompute 2 (MLP), not "
+                           "%d", rb, layers, rec);
+    }
+    cm->rec_blocks = cm->recompute != PRIMAL_CUDA_RECOMPUTE_MLP ? 0
+                     : o->recompute_blocks > 0                 ? o->recompute_blocks
+                                                               : c->layers;
     cm->head_ahead = o->head_ahead;
     cm->acts_layer = -1;
-    const primal_model_config *c = &cm->c;
     cm->hd = c->dim / c->heads;
     cm->qdim = c->dim;
     cm->kvdim = c->kv_heads * cm->hd;
@@ -765,7 +778,6 @@ static size_t layout_acts(primal_cuda_model *cm, int B, int T, char *base)
             *a = cm->blk[0];
             continue;
         }
-        a->ln1 = carve(base, &off, N * C * e);
         a->rstd1 = carve(base, &off, N * f);
         a->qh = carve(base, &off, N * (size_t)cm->qdim * e);
         a->kh = carve(base, &off, N * (size_t)cm->kvdim * e);
@@ -773,10 +785,8 @@ static size_t layout_acts(primal_cuda_model *cm, int B, int T, char *base)
         a->lse = carve(base, &off, N * (size_t)c->heads * f);
         a->atty = carve(base, &off, N * (size_t)cm->qdim * e);
         a->h = carve(base, &off, N * C * f);
-        a->ln2 = carve(base, &off, N * C * e);
         a->rstd2 = carve(base, &off, N * f);
-        a->gu = cm->recompute == PRIMAL_CUDA_RECOMPUTE_MLP ? NULL
-                                                           : carve(base, &off, N * 2 * F * e);
+        a->gu = l < cm->rec_blocks ? NULL : carve(base, &off, N * 2 * F * e);
     }
     cm->lnf = carve(base, &off, N * C * e);
     cm->rstdf = carve(base, &off, N * f);
@@ -784,9 +794,9 @@ static size_t layout_acts(primal_cuda_model *cm, int B, int T, char *base)
      * same time (forward: the blocks, then the head; backward: the head's slabs, the blocks,
      * then the tied embedding's slabs). */
     size_t shared = off;
+    cm->ln = carve(base, &off, N * C * e);
     cm->act = carve(base, &off, N * F * e);
-    cm->gus = cm->recompute == PRIMAL_CUDA_RECOMPUTE_MLP ? carve(base, &off, N * 2 * F * e)
-                                                         : NULL;
+    cm->gus = cm->rec_blocks > 0 ? carve(base, &off, N * 2 * F * e) : NULL;
     cm->q = carve(base, &off, N * (size_t)cm->qdim * e);
     cm->k = carve(base, &off, N * (size_t)cm->kvdim * e);
     cm->v = carve(base, &off, N * (size_t)cm->kvdim * e);
@@ -1207,22 +1217,22 @@ static int block_forward(primal_cuda_model *cm, int l, const float *xin, float *
     cudaStream_t s = cm->stream;
     float eps = (float)c->norm_eps;
 
-    TRY(cuda_rmsnorm_forward(a->ln1, cm->dt, a->rstd1, xin, P[lp[L_LN1]].vec, N, C, eps, s,
+    TRY(cuda_rmsnorm_forward(cm->ln, cm->dt, a->rstd1, xin, P[lp[L_LN1]].vec, N, C, eps, s,
                              err));
-    TRY(linear_forward(cm, lp[L_Q], cm->q, cm->dt, a->ln1, N, err));
-    TRY(linear_forward(cm, lp[L_K], cm->k, cm->dt, a->ln1, N, err));
-    TRY(linear_forward(cm, lp[L_V], cm->v, cm->dt, a->ln1, N, err));
+    TRY(linear_forward(cm, lp[L_Q], cm->q, cm->dt, cm->ln, N, err));
+    TRY(linear_forward(cm, lp[L_K], cm->k, cm->dt, cm->ln, N, err));
+    TRY(linear_forward(cm, lp[L_V], cm->v, cm->dt, cm->ln, N, err));
     TRY(cuda_rope_pack(a->qh, a->kh, a->vh, cm->dt, cm->q, cm->k, cm->v, bias_of(cm, lp[L_BQ]),
                        bias_of(cm, lp[L_BK]), bias_of(cm, lp[L_BV]), cm->cosv, cm->sinv, B, T, H,
                        KVH, hd, s, err));
     TRY(cuda_attention_forward(a->atty, a->lse, a->qh, a->kh, a->vh, &cm->as, cm->cb, cm->dt, B,
                                T, H, KVH, hd, s, err));
     TRY(linear_forward_res(cm, lp[L_O], a->h, xin, a->atty, N, err));
-    TRY(cuda_rmsnorm_forward(a->ln2, cm->dt, a->rstd2, a->h, P[lp[L_LN2]].vec, N, C, eps, s,
+    TRY(cuda_rmsnorm_forward(cm->ln, cm->dt, a->rstd2, a->h, P[lp[L_LN2]].vec, N, C, eps, s,
                              err));
     void *gu = a->gu != NULL ? a->gu : cm->gus;
     const int gup[2] = {lp[L_GATE], lp[L_UP]};
-    TRY(stack_forward(cm, gup, 2, cm->stack_gu, gu, 2 * F, a->ln2, N, err));
+    TRY(stack_forward(cm, gup, 2, cm->stack_gu, gu, 2 * F, cm->ln, N, err));
     TRY(cuda_swiglu_forward(cm->act, cm->dt, gu, elem(gu, F, cm->dt), 2 * F, N, F, s, err));
     TRY(linear_forward_res(cm, lp[L_DOWN], xout, a->h, cm->act, N, err));
     cm->acts_layer = l;
@@ -1404,9 +1414,12 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
      * GEMM over the stacked gate/up rows) */
     const int gup[2] = {lp[L_GATE], lp[L_UP]};
     void *gu = a->gu;
-    if (gu == NULL) { /* RECOMPUTE_MLP */
+    int ln_ready = 0; /* whether cm->ln holds this half's norm output */
+    if (gu == NULL) { /* RECOMPUTE_MLP: ln2, then gate|up from it */
         gu = cm->gus;
-        TRY(stack_forward(cm, gup, 2, cm->stack_gu, gu, 2 * F, a->ln2, N, err));
+        TRY(cuda_rmsnorm_apply(cm->ln, cm->dt, a->rstd2, a->h, P[lp[L_LN2]].vec, N, C, s, err));
+        TRY(stack_forward(cm, gup, 2, cm->stack_gu, gu, 2 * F, cm->ln, N, err));
+        ln_ready = 1;
     }
     void *g = gu, *u = (void *)elem(gu, F, cm->dt);
     dyo = dres_operand(cm);
@@ -1421,15 +1434,25 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
         TRY(weight_grad(cm, lp[L_DOWN], dyo, C, cm->act, bc, err));
     if (!need_dgu)
         return PRIMAL_OK;
+    /* dL/dln2 and the norm's backward before the gate/up weight gradients, so that the norm's
+     * pass over h also leaves ln2 for them */
+    int w_gu = trains(cm, lp[L_GATE]) || trains(cm, lp[L_UP]);
+    if (need_dln2) {
+        TRY(stack_backward_inp(cm, gup, 2, cm->stack_gu, cm->dln, gu, 2 * F, N, err));
+        TRY(cuda_rmsnorm_backward_xn(need_mid ? cm->dres : NULL, dres_copy(cm),
+                                     w_gu && !ln_ready ? cm->ln : NULL, cm->dt,
+                                     P[lp[L_LN2]].dvec, cm->colsum, cm->dln, a->h,
+                                     P[lp[L_LN2]].vec, a->rstd2, N, C, s, err));
+        ln_ready = 1;
+    }
+    if (w_gu && !ln_ready)
+        TRY(cuda_rmsnorm_apply(cm->ln, cm->dt, a->rstd2, a->h, P[lp[L_LN2]].vec, N, C, s, err));
     if (trains(cm, lp[L_GATE]))
-        TRY(weight_grad(cm, lp[L_GATE], g, 2 * F, a->ln2, bc, err));
+        TRY(weight_grad(cm, lp[L_GATE], g, 2 * F, cm->ln, bc, err));
     if (trains(cm, lp[L_UP]))
-        TRY(weight_grad(cm, lp[L_UP], u, 2 * F, a->ln2, bc, err));
+        TRY(weight_grad(cm, lp[L_UP], u, 2 * F, cm->ln, bc, err));
     if (!need_dln2)
         return PRIMAL_OK;
-    TRY(stack_backward_inp(cm, gup, 2, cm->stack_gu, cm->dln, gu, 2 * F, N, err));
-    TRY(cuda_rmsnorm_backward(need_mid ? cm->dres : NULL, dres_copy(cm), P[lp[L_LN2]].dvec, cm->colsum, cm->dln,
-                              a->h, P[lp[L_LN2]].vec, a->rstd2, N, C, s, err));
 
     /* h = xin + o(atty); cm->dres is now dL/dh */
     if (!need_dqkv && !trains(cm, lp[L_O]))
@@ -1461,15 +1484,21 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
     const void *dqkv = cm->dt == CUDA_F32 ? (const void *)cm->dqkv : cm->dqkvb;
     static const int qkv[3] = {L_Q, L_K, L_V};
     const int64_t off[3] = {0, ko, vo};
+    int w_qkv = trains(cm, lp[L_Q]) || trains(cm, lp[L_K]) || trains(cm, lp[L_V]);
+    /* as above: the norm's backward leaves ln1 for the q, k, v weight gradients */
+    if (below_qkv) {
+        const int pis[3] = {lp[L_Q], lp[L_K], lp[L_V]};
+        TRY(stack_backward_inp(cm, pis, 3, cm->stack_qkv, cm->dln, dqkv, S, N, err));
+        TRY(cuda_rmsnorm_backward_xn(need_dx ? cm->dres : NULL, dres_copy(cm),
+                                     w_qkv ? cm->ln : NULL, cm->dt, P[lp[L_LN1]].dvec,
+                                     cm->colsum, cm->dln, xin, P[lp[L_LN1]].vec, a->rstd1, N, C,
+                                     s, err));
+    } else if (w_qkv) {
+        TRY(cuda_rmsnorm_apply(cm->ln, cm->dt, a->rstd1, xin, P[lp[L_LN1]].vec, N, C, s, err));
+    }
     for (int j = 0; j < 3; j++)
         if (trains(cm, lp[qkv[j]]))
-            TRY(weight_grad(cm, lp[qkv[j]], elem(dqkv, off[j], cm->dt), S, a->ln1, bc, err));
-    if (!below_qkv)
-        return PRIMAL_OK;
-    const int pis[3] = {lp[L_Q], lp[L_K], lp[L_V]};
-    TRY(stack_backward_inp(cm, pis, 3, cm->stack_qkv, cm->dln, dqkv, S, N, err));
-    TRY(cuda_rmsnorm_backward(need_dx ? cm->dres : NULL, dres_copy(cm), P[lp[L_LN1]].dvec, cm->colsum, cm->dln,
-                              xin, P[lp[L_LN1]].vec, a->rstd1, N, C, s, err));
+            TRY(weight_grad(cm, lp[qkv[j]], elem(dqkv, off[j], cm->dt), S, cm->ln, bc, err));
     return PRIMAL_OK;
 }
 

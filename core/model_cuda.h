@@ -47,6 +47,8 @@ typedef struct primal_cuda_opts {
                          * does, instead of the fused kernels (for comparisons) */
     size_t logits_bytes; /* cap on the logits slab and its dlogits; 0: 512 MiB */
     int recompute;      /* PRIMAL_CUDA_KEEP_ALL, _RECOMPUTE_BLOCK or _RECOMPUTE_MLP */
+    int recompute_blocks; /* _RECOMPUTE_MLP: blocks [0, this) make gate|up again, the others
+                           * keep it; 0: every block */
     int head_ahead;     /* primal_cuda_model_forward_train: 1 runs the LM head's backward in
                          * forward, -1 never, 0 (auto) when the head's whole G and W take at
                          * most logits_bytes */

@@ -938,7 +938,13 @@ static int setup(trainer *t, primal_err *err)
         return rc;
 #ifdef PRIMAL_HAVE_CUDA
     if (e->run.device == PRIMAL_DEVICE_CUDA) {
-        primal_cuda_opts co = {.precision = PRIMAL_CUDA_BF16, .recompute = e->run.recompute};
+        primal_cuda_opts co = {.precision = PRIMAL_CUDA_BF16, .recompute = e->run.recompute,
+                               .recompute_blocks = e->run.recompute_blocks};
+        int layers = primal_model_cfg(t->m)->layers;
+        if (co.recompute_blocks > layers) /* the model may come from a checkpoint */
+            return primal_cfg_errf(e->run_c, "recompute_blocks", err, PRIMAL_ECONFIG,
+                                   "%d blocks, but the model has %d", co.recompute_blocks,
+                                   layers);
         if (((const primal_policy_vt *)e->policy->desc->vtable)->cuda->observe != NULL) {
             /* a two-pass policy must see a matrix's whole G at once: no row chunks (the G
              * workspace then holds the largest matrix, e.g. the vocabulary x dim head) */

@@ -454,6 +454,28 @@ Test(cuda_kernels, rmsnorm_forward_and_backward_match_the_reference)
         OK(cuda_rmsnorm_backward(NULL, NULL, ddw, scr, ddy, dX, dW, dR, N, C, 0, E));
         to_host(got, ddw, (size_t)C * 4);
         close_d(got, dwr, C, 1e-5, 1e-4, "rmsnorm dweight without dinp");
+        /* forward's output made again by backward's pass (the model keeps x and rstd, not the
+         * output), with dinp and dweight, dweight alone, and neither: the same bits */
+        for (int bf = 0; bf < 2; bf++) {
+            cuda_dtype dt = bf ? CUDA_BF16 : CUDA_F32;
+            size_t e = bf ? 2 : 4, nb = (size_t)N * C * e;
+            void *fw = dmalloc(nb), *again = dmalloc(nb);
+            char *h0 = malloc(nb), *h1 = malloc(nb);
+            OK(cuda_rmsnorm_forward(fw, dt, dR, dX, dW, N, C, 1e-5f, 0, E));
+            to_host(h0, fw, nb);
+            for (int how = 0; how < 3; how++) {
+                CK(cudaMemset(again, 0xff, nb));
+                OK(cuda_rmsnorm_backward_xn(how == 0 ? ddx : NULL, NULL, again, dt,
+                                            how < 2 ? ddw : NULL, scr, ddy, dX, dW, dR, N, C, 0,
+                                            E));
+                to_host(h1, again, nb);
+                cr_assert_eq(memcmp(h0, h1, nb), 0,
+                             "rmsnorm (%d, %d) %s: backward's output again (way %d) differs "
+                             "from forward's", N, C, bf ? "bf16" : "fp32", how);
+            }
+            free(h0), free(h1);
+            cudaFree(fw), cudaFree(again);
+        }
         free(x), free(w), free(dy), free(dx0), free(dw0), free(xd), free(wd), free(dyd);
         free(ref), free(dxr), free(dwr), free(got);
         cudaFree(dX), cudaFree(dW), cudaFree(dY), cudaFree(dR), cudaFree(ddy), cudaFree(ddx);
@@ -1337,30 +1359,38 @@ Test(cuda_model, bf16_random_prime13_model_is_within_bf16_tolerances, .init = pr
     primal_model_free(m);
 }
 
-/* Recomputing whole blocks, or only the MLP's gate|up, runs the very GEMMs and kernels of the
- * first forward again, so loss, G and scale gradients are the same bits; and each mode keeps
- * less: the blocks mode one block's activations, the MLP mode all but gate|up.  Chunk 300
- * multiplies gate and up one GEMM each, 8192 as one stacked GEMM (2 x ffn rows fit). */
+/* Recomputing whole blocks, or only the MLP's gate|up (of every block, or of the first only),
+ * runs the very GEMMs and kernels of the first forward again, so loss, G and scale gradients
+ * are the same bits; and each mode keeps less: the blocks mode one block's activations, the MLP
+ * mode all but gate|up, the partial MLP mode more than that and less than keeping all.  Chunk
+ * 300 multiplies gate and up one GEMM each, 8192 as one stacked GEMM (2 x ffn rows fit). */
 Test(cuda_model, recompute_changes_no_bit_of_the_loss_or_the_gradients, .init = prime13_init)
 {
     need_gpu();
     primal_err err;
-    primal_model *m = random_model(&rand_cfg, 27, 0.02f);
+    /* three blocks: the partial MLP mode (the first two) then keeps less than keeping all,
+     * its shared gate|up taking the place of one of the two it stops keeping */
+    primal_model_config c3 = rand_cfg;
+    c3.layers = 3;
+    primal_model *m = random_model(&c3, 27, 0.02f);
     int B = 3, T = 37, np = primal_model_nparams(m);
-    static const char *const mode[3] = {"keep all", "recompute blocks", "recompute MLP"};
+    static const char *const mode[4] = {"keep all", "recompute blocks", "recompute MLP",
+                                        "recompute the first two blocks' MLP"};
     int32_t *tok = malloc((size_t)B * (T + 1) * sizeof(int32_t));
     for (int i = 0; i < B * (T + 1); i++)
         tok[i] = (int32_t)(primal_rng_u64(28, 5, (uint64_t)i) % (uint64_t)rand_cfg.vocab);
     for (int prec = PRIMAL_CUDA_FP32; prec <= PRIMAL_CUDA_BF16; prec++)
         for (int chunk = 300; chunk <= 8192; chunk += 8192 - 300) {
-            primal_cuda_model *cm[3] = {
+            primal_cuda_model *cm[4] = {
                 gpu_model_o(m, OPTS(prec, chunk)),
                 gpu_model_o(m, OPTS(prec, chunk, .recompute = PRIMAL_CUDA_RECOMPUTE_BLOCK)),
-                gpu_model_o(m, OPTS(prec, chunk, .recompute = PRIMAL_CUDA_RECOMPUTE_MLP))};
-            keep k[3];
-            float loss[3];
-            size_t acts[3];
-            for (int j = 0; j < 3; j++) {
+                gpu_model_o(m, OPTS(prec, chunk, .recompute = PRIMAL_CUDA_RECOMPUTE_MLP)),
+                gpu_model_o(m, OPTS(prec, chunk, .recompute = PRIMAL_CUDA_RECOMPUTE_MLP,
+                                    .recompute_blocks = 2))};
+            keep k[4];
+            float loss[4];
+            size_t acts[4];
+            for (int j = 0; j < 4; j++) {
                 keep_init(&k[j], np);
                 cr_assert_eq(
                     primal_cuda_model_forward(cm[j], tok, NULL, B, T, &loss[j], NULL, &err),
@@ -1373,12 +1403,15 @@ Test(cuda_model, recompute_changes_no_bit_of_the_loss_or_the_gradients, .init = 
                 acts[j] = mem.activations;
             }
             /* all blocks' gate|up but one shared set */
-            size_t gu = (size_t)B * T * 2 * rand_cfg.ffn * (prec ? 2 : 4);
-            cr_assert_geq(acts[0] - acts[2], (rand_cfg.layers - 1) * gu - 4096,
+            size_t gu = (size_t)B * T * 2 * c3.ffn * (prec ? 2 : 4);
+            cr_assert_geq(acts[0] - acts[2], (c3.layers - 1) * gu - 4096,
                           "%s: %zu bytes of activations, keeping all %zu (gate|up: %zu a block)",
                           mode[2], acts[2], acts[0], gu);
             cr_assert_lt(acts[1], acts[2], "blocks keep %zu bytes, MLP %zu", acts[1], acts[2]);
-            for (int j = 1; j < 3; j++) {
+            cr_assert(acts[2] < acts[3] && acts[3] < acts[0],
+                      "%s: %zu bytes, between MLP's %zu and keeping all's %zu", mode[3], acts[3],
+                      acts[2], acts[0]);
+            for (int j = 1; j < 4; j++) {
                 const char *pn = prec ? "bf16" : "fp32";
                 cr_assert_eq(memcmp(&loss[0], &loss[j], sizeof(float)), 0,
                              "%s chunk %d %s: loss %.9g vs %.9g", pn, chunk, mode[j], loss[j],
@@ -1399,7 +1432,7 @@ Test(cuda_model, recompute_changes_no_bit_of_the_loss_or_the_gradients, .init = 
                     free(s0), free(s1);
                 }
             }
-            for (int j = 0; j < 3; j++) {
+            for (int j = 0; j < 4; j++) {
                 keep_free(&k[j]);
                 primal_cuda_model_free(cm[j]);
             }

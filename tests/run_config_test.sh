@@ -75,6 +75,11 @@ sed 's/^threads = 1$/threads = 1\nrecompute = sometimes/' "$tmp/base.ini" \
     >"$tmp/bad-recompute.ini"
 refuse bad-recompute '^recompute = sometimes' 'recompute: .*false|true|mlp'
 
+# a count of blocks means something only to the MLP recompute
+sed 's/^threads = 1$/threads = 1\nrecompute = true\nrecompute_blocks = 3/' "$tmp/base.ini" \
+    >"$tmp/blocks-without-mlp.ini"
+refuse blocks-without-mlp '^recompute_blocks = 3' 'recompute_blocks: 3 blocks, but only recompute = mlp'
+
 {
     cat "$tmp/base.ini"
     printf '\n[modle]\ndim = 3\n'

@@ -46,6 +46,8 @@ __global__ void rmsnorm_forward_warp_kernel(Tp *out, float *rstd, const float *i
 template <int NPL>
 __global__ void rmsnorm_backward_warp_kernel(float *dinp,            /* (N, C) += or NULL */
                                              __nv_bfloat16 *dinp_b,  /* (N, C) or NULL */
+                                             __nv_bfloat16 *xn_b,    /* (N, C) or NULL */
+                                             float *xn_f,            /* (N, C) or NULL */
                                              float *partial,         /* (nblocks, C) or NULL */
                                              const float *dout, const float *inp,
                                              const float *weight, const float *rstd,
@@ -82,9 +84,20 @@ __global__ void rmsnorm_backward_warp_kernel(float *dinp,            /* (N, C) +
             if (partial != NULL)
                 for (int k = 0; k < 8; k++)
                     acc[j][k] += a[k] * b[k] * r;
+            if (dinp != NULL || xn_b != NULL || xn_f != NULL)
+                cuda_ld8(w, weight + c);
+            if (xn_b != NULL || xn_f != NULL) {
+                /* forward's output again, by forward's expression: the same bits */
+                float y[8];
+                for (int k = 0; k < 8; k++)
+                    y[k] = w[k] * (b[k] * r);
+                if (xn_b != NULL)
+                    cuda_st8(xn_b + n * C + c, y);
+                else
+                    cuda_st8(xn_f + n * C + c, y);
+            }
             if (dinp != NULL) {
                 float d[8];
-                cuda_ld8(w, weight + c);
                 cuda_ld8(d, dinp + n * C + c);
                 for (int k = 0; k < 8; k++)
                     d[k] = d[k] + (r * w[k] * a[k] - kk * b[k]);
@@ -165,6 +178,61 @@ int cuda_rmsnorm_forward(void *out,           /* (N, C) of dt */
     return PRIMAL_OK;
 }
 
+/* y = w · (x · rstd) with forward's rstd and forward's expression, so the same bits as
+ * forward wrote: the norm's output is made again instead of kept. */
+template <typename Tp>
+__global__ void rmsnorm_apply_warp_kernel(Tp *out, const float *rstd, const float *inp,
+                                          const float *weight, int64_t N, int C)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t n = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (n >= N)
+        return;
+    const float r = rstd[n];
+    float v[8], w[8];
+    for (int c = lane * 8; c < C; c += 256) {
+        cuda_ld8(v, inp + n * C + c);
+        cuda_ld8(w, weight + c);
+        for (int k = 0; k < 8; k++)
+            v[k] = w[k] * (v[k] * r);
+        cuda_st8(out + n * C + c, v);
+    }
+}
+
+template <typename Tp>
+__global__ void rmsnorm_apply_kernel(Tp *out, const float *rstd, const float *inp,
+                                     const float *weight, int64_t C)
+{
+    const float r = rstd[blockIdx.x];
+    const int64_t o = (int64_t)blockIdx.x * C;
+    for (int64_t i = threadIdx.x; i < C; i += blockDim.x)
+        cuda_st(out, o + i, weight[i] * (inp[o + i] * r));
+}
+
+int cuda_rmsnorm_apply(void *out, cuda_dtype dt, const float *rstd, const float *inp,
+                       const float *weight, int64_t N, int64_t C, cudaStream_t s,
+                       primal_err *err)
+{
+    if (N == 0)
+        return PRIMAL_OK;
+    if (C % 8 == 0 && cuda_aligned8(out) && cuda_aligned8(inp) && cuda_aligned8(weight)) {
+        unsigned nb = (unsigned)((N + 7) / 8); /* 8 warps, 8 rows a block */
+        if (dt == CUDA_BF16)
+            rmsnorm_apply_warp_kernel<<<nb, 256, 0, s>>>((__nv_bfloat16 *)out, rstd, inp,
+                                                         weight, N, (int)C);
+        else
+            rmsnorm_apply_warp_kernel<<<nb, 256, 0, s>>>((float *)out, rstd, inp, weight, N,
+                                                         (int)C);
+    } else if (dt == CUDA_BF16) {
+        rmsnorm_apply_kernel<<<(unsigned)N, 256, 0, s>>>((__nv_bfloat16 *)out, rstd, inp, weight,
+                                                         C);
+    } else {
+        rmsnorm_apply_kernel<<<(unsigned)N, 256, 0, s>>>((float *)out, rstd, inp, weight, C);
+    }
+    CUDA_LAUNCHED("rmsnorm_apply", err);
+    return PRIMAL_OK;
+}
+
 __global__ void rmsnorm_dinp_kernel(float *dinp,         /* (N, C) += */
                                     __nv_bfloat16 *dinp_b, /* (N, C) the result again, or NULL */
                                     const float *dout,   /* (N, C) */
@@ -216,34 +284,52 @@ __global__ void rmsnorm_dw_partial_kernel(float *partial,    /* (nchunks, C) */
     }
 }
 
+int cuda_rmsnorm_backward(float *dinp, void *dinp_b, float *dweight, float *scratch,
+                          const float *dout, const float *inp, const float *weight,
+                          const float *rstd, int64_t N, int64_t C, cudaStream_t s,
+                          primal_err *err)
+{
+    return cuda_rmsnorm_backward_xn(dinp, dinp_b, NULL, CUDA_BF16, dweight, scratch, dout, inp,
+                                    weight, rstd, N, C, s, err);
+}
+
 /* dinp and dweight are accumulated into; either may be NULL (not wanted).  dinp_b, when not
  * NULL, receives the accumulated dinp in bf16: the next GEMMs' operand, without a pass of its
- * own. */
-int cuda_rmsnorm_backward(float *dinp,         /* (N, C) or NULL */
-                          void *dinp_b,        /* (N, C) bf16 or NULL */
-                          float *dweight,      /* (C) or NULL */
-                          float *scratch,      /* cuda_colsum_scratch(N, C) floats */
-                          const float *dout,   /* (N, C) */
-                          const float *inp,    /* (N, C) */
-                          const float *weight, /* (C) */
-                          const float *rstd,   /* (N) from forward */
-                          int64_t N, int64_t C, cudaStream_t s, primal_err *err)
+ * own.  xn, when not NULL, receives forward's output again (in xn_dt, bit for bit what
+ * cuda_rmsnorm_forward wrote): the pass reads x anyway, so the model keeps x and rstd instead of
+ * the output too. */
+int cuda_rmsnorm_backward_xn(float *dinp,         /* (N, C) or NULL */
+                             void *dinp_b,        /* (N, C) bf16 or NULL */
+                             void *xn,            /* (N, C) of xn_dt, or NULL */
+                             cuda_dtype xn_dt,
+                             float *dweight,      /* (C) or NULL */
+                             float *scratch,      /* cuda_colsum_scratch(N, C) floats */
+                             const float *dout,   /* (N, C) */
+                             const float *inp,    /* (N, C) */
+                             const float *weight, /* (C) */
+                             const float *rstd,   /* (N) from forward */
+                             int64_t N, int64_t C, cudaStream_t s, primal_err *err)
 {
-    if (N == 0 || (dinp == NULL && dweight == NULL))
+    if (N == 0)
         return PRIMAL_OK;
+    if (dinp == NULL && dweight == NULL)
+        return xn != NULL ? cuda_rmsnorm_apply(xn, xn_dt, rstd, inp, weight, N, C, s, err)
+                          : PRIMAL_OK;
     int64_t nchunks = (N + CUDA_COLSUM_ROWS - 1) / CUDA_COLSUM_ROWS;
     int vec = C % 8 == 0 && C <= RMS_VEC_MAX && cuda_aligned8(dout) && cuda_aligned8(inp) &&
               cuda_aligned8(weight) && (dinp == NULL || cuda_aligned8(dinp)) &&
-              (dinp_b == NULL || cuda_aligned8(dinp_b));
+              (dinp_b == NULL || cuda_aligned8(dinp_b)) && (xn == NULL || cuda_aligned8(xn));
     if (vec) {
         float *part = dweight != NULL ? scratch : NULL;
         __nv_bfloat16 *b = (__nv_bfloat16 *)dinp_b;
+        __nv_bfloat16 *xb = xn_dt == CUDA_BF16 ? (__nv_bfloat16 *)xn : NULL;
+        float *xf = xn_dt == CUDA_F32 ? (float *)xn : NULL;
         size_t shb = (size_t)C * sizeof(float);
         int npl = (int)((C + 255) / 256);
         unsigned nb = (unsigned)nchunks;
 #define RMS_BWD(K)                                                                             \
-    rmsnorm_backward_warp_kernel<K><<<nb, 256, shb, s>>>(dinp, b, part, dout, inp, weight, rstd, \
-                                                         N, (int)C)
+    rmsnorm_backward_warp_kernel<K><<<nb, 256, shb, s>>>(dinp, b, xb, xf, part, dout, inp,     \
+                                                         weight, rstd, N, (int)C)
         switch (npl) {
         case 1: RMS_BWD(1); break;
         case 2: RMS_BWD(2); break;
@@ -258,6 +344,11 @@ int cuda_rmsnorm_backward(float *dinp,         /* (N, C) or NULL */
         CUDA_LAUNCHED("rmsnorm_backward", err);
         return dweight != NULL ? cuda_colsum_finish(dweight, scratch, nchunks, C, s, err)
                                : PRIMAL_OK;
+    }
+    if (xn != NULL) {
+        int rc = cuda_rmsnorm_apply(xn, xn_dt, rstd, inp, weight, N, C, s, err);
+        if (rc != PRIMAL_OK)
+            return rc;
     }
     if (dinp != NULL) {
         rmsnorm_dinp_kernel<<<(unsigned)N, 256, 0, s>>>(dinp, (__nv_bfloat16 *)dinp_b, dout,
