@@ -643,6 +643,106 @@ Test(cuda_kernels, cross_entropy_over_vocabulary_slabs_matches_the_reference)
     }
 }
 
+/* One call of cuda_crossentropy_rows on fresh (poisoned) outputs: losses, lse and dlogits to
+ * host, raw holding dlogits' bytes for bit comparisons.  float32 dlogits are written over the
+ * logits themselves; off floats shift the logits off 16-byte alignment. */
+static void ce_rows_call(float *los, float *lse, float *dlog, void *raw, cuda_dtype dt,
+                         const float *x, const int32_t *dtg, const uint8_t *dmask, float d, int N,
+                         int V, int off)
+{
+    int64_t NV = (int64_t)N * V;
+    size_t e = cuda_dtype_size(dt);
+    float *base = dmalloc((size_t)(NV + off) * 4), *dx = base + off;
+    CK(cudaMemcpy(dx, x, (size_t)NV * 4, cudaMemcpyHostToDevice));
+    void *dd = dt == CUDA_F32 ? (void *)dx : dmalloc((size_t)NV * e);
+    float *dlos = dmalloc((size_t)N * 4), *dlse = dmalloc((size_t)N * 4);
+    float *scratch = dmalloc((size_t)cuda_ce_rows_scratch(N) * 4);
+    OK(cuda_crossentropy_rows(dlos, dlse, dd, dt, dx, dtg, dmask, d, V, N, scratch, 0, E));
+    to_host(los, dlos, (size_t)N * 4);
+    to_host(lse, dlse, (size_t)N * 4);
+    to_host(raw, dd, (size_t)NV * e);
+    for (int64_t i = 0; i < NV; i++)
+        dlog[i] = dt == CUDA_F32 ? ((const float *)raw)[i] : bf16_to_f(((const uint16_t *)raw)[i]);
+    if (dd != dx)
+        cudaFree(dd);
+    cudaFree(base), cudaFree(dlos), cudaFree(dlse), cudaFree(scratch);
+}
+
+/* The fused head's whole-row call: one read per logit through a block cluster where a row fits
+ * one (V 512 to 65536, last part short or full), the two-kernel path elsewhere (V 7, V 70000,
+ * unaligned logits); every run bit for bit the same. */
+Test(cuda_kernels, cross_entropy_rows_read_once_or_twice_match_the_reference_bit_for_bit)
+{
+    need_gpu();
+    static const int shapes[][3] = {{37, 50304, 0}, {37, 50312, 0}, {37, 65536, 0},
+                                    {11, 8200, 0},  {40, 512, 0},   {3, 7, 0},
+                                    {5, 70000, 0},  {6, 520, 1}};
+    for (int s = 0; s < 8; s++) {
+        int N = shapes[s][0], V = shapes[s][1], off = shapes[s][2];
+        int64_t NV = (int64_t)N * V;
+        float *x = rnd(NV, -8, 8, 72, (uint64_t)s);
+        int32_t *tg = malloc((size_t)N * 4);
+        uint8_t *mask = malloc((size_t)N);
+        int64_t count = 0;
+        for (int n = 0; n < N; n++) {
+            tg[n] = (int32_t)(primal_rng_u64(73, (uint64_t)s, (uint64_t)n) % (uint64_t)V);
+            mask[n] = n % 4 != 2;
+            count += mask[n];
+        }
+        tg[0] = 0, tg[1] = V - 1, tg[2] = V - 1; /* the row's ends, counted and masked */
+        double *xd = to_d(x, NV), *lr = malloc((size_t)N * 8), *lser = malloc((size_t)N * 8);
+        crossentropy_forward_ref(lr, xd, tg, N, V);
+        for (int n = 0; n < N; n++) {
+            const double *r = xd + (int64_t)n * V;
+            double mx = r[0], sum = 0.0;
+            for (int i = 1; i < V; i++)
+                mx = fmax(mx, r[i]);
+            for (int i = 0; i < V; i++)
+                sum += exp(r[i] - mx);
+            lser[n] = mx + log(sum);
+        }
+        float d = 0.7f / (float)count;
+        double *dl = malloc((size_t)N * 8), *dref = calloc((size_t)NV, 8);
+        for (int n = 0; n < N; n++)
+            dl[n] = mask[n] ? d : 0.0;
+        crossentropy_backward_ref(dref, xd, tg, dl, N, V);
+
+        int32_t *dtg = dup_to_dev(tg, (size_t)N * 4);
+        uint8_t *dmask = dup_to_dev(mask, (size_t)N);
+        float *los[2], *lse[2], *got = malloc((size_t)NV * 4);
+        char *raw[2], what[112];
+        for (int r = 0; r < 2; r++) {
+            los[r] = malloc((size_t)N * 4), lse[r] = malloc((size_t)N * 4);
+            raw[r] = malloc((size_t)NV * 4);
+        }
+        for (int b = 0; b < 2; b++) {
+            cuda_dtype dt = b == 0 ? CUDA_BF16 : CUDA_F32;
+            const char *dn = dt == CUDA_BF16 ? "bf16" : "fp32 in place";
+            size_t bytes = (size_t)NV * cuda_dtype_size(dt);
+            for (int r = 0; r < 2; r++)
+                ce_rows_call(los[r], lse[r], got, raw[r], dt, x, dtg, dmask, d, N, V, off);
+            snprintf(what, sizeof what, "cross-entropy rows losses, V %d, %s", V, dn);
+            close_d(los[0], lr, N, 1e-5, 1e-5, what);
+            snprintf(what, sizeof what, "cross-entropy rows lse, V %d, %s", V, dn);
+            close_d(lse[0], lser, N, 1e-5, 1e-5, what);
+            snprintf(what, sizeof what, "cross-entropy rows dlogits, V %d, %s", V, dn);
+            if (dt == CUDA_BF16)
+                close_d(got, dref, NV, 1e-9, 1.0 / 256, what);
+            else
+                close_d(got, dref, NV, 1e-8, 1e-5, what);
+            cr_assert(memcmp(los[0], los[1], (size_t)N * 4) == 0 &&
+                          memcmp(lse[0], lse[1], (size_t)N * 4) == 0 &&
+                          memcmp(raw[0], raw[1], bytes) == 0,
+                      "cross-entropy rows, V %d, %s: two runs differ", V, dn);
+        }
+        for (int r = 0; r < 2; r++)
+            free(los[r]), free(lse[r]), free(raw[r]);
+        free(x), free(tg), free(mask), free(xd), free(lr), free(lser), free(dl), free(dref);
+        free(got);
+        cudaFree(dtg), cudaFree(dmask);
+    }
+}
+
 /* Token-major (B, T, nh, hd) from head-major (B, nh, T, hd). */
 static void from_heads(float *tm, const float *hm, int B, int T, int nh, int hd)
 {

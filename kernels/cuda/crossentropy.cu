@@ -8,7 +8,11 @@
  * logsumexp across slabs, in a fixed order), and backward needs only the slab and lse.  One
  * warp per position: a slab row is a few thousand columns, too short for a block's
  * reductions to pay.  CPU twins: kernels/cpu/crossentropy.c.  No keys. */
+#include <cooperative_groups.h>
+
 #include "crossentropy.h"
+
+namespace cg = cooperative_groups;
 
 /* One warp per position.  While slabs remain, lse holds the running max and losses the running
  * sum (relative to it). */
@@ -243,6 +247,142 @@ static int ce_parts(int64_t V, int64_t *span)
     return (int)((V + *span - 1) / *span);
 }
 
+/* Whole rows read once.  The pair above reads the logits twice (stats, then grad), and the
+ * second read is as long as the first.  Here a row is split over a thread-block cluster of P
+ * blocks (Hopper distributed shared memory) that keep their parts in registers: each block
+ * reduces its part to (max, sum), publishes it in shared memory, and after cluster.sync() every
+ * block copies the P pairs from their owners and merges them in the grad kernel's fixed order,
+ * then writes its dlogits from the registers.  A thread holds the float4s t, t + 256, ... of
+ * its part, so a warp's load is 512 contiguous bytes.  Each thread writes only the columns it
+ * read, so dlogits may be the logits.  One cluster per row: V ≤ 8 · 256 · 32 = 65536, the
+ * portable cluster size, a block's threads and the float4s a thread holds. */
+#define CE_ONCE_THREADS 256
+#define CE_ONCE_VEC4 8 /* float4s a thread holds: 32 logits */
+#define CE_ONCE_PARTS 8
+#define CE_ONCE_PART_COLS (CE_ONCE_THREADS * CE_ONCE_VEC4 * 4)
+
+__device__ __forceinline__ void ce_st4(float *p, const float *v)
+{
+    *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void ce_st4(__nv_bfloat16 *p, const float *v)
+{
+    __nv_bfloat162 h[2] = {__floats2bfloat162_rn(v[0], v[1]), __floats2bfloat162_rn(v[2], v[3])};
+    *reinterpret_cast<uint2 *>(p) = *reinterpret_cast<const uint2 *>(h);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(CE_ONCE_THREADS)
+    ce_rows_once_kernel(float *losses,          /* (N) */
+                        float *lse,             /* (N) */
+                        T *dlogits,             /* (N, V), may be logits */
+                        const float *logits,    /* (N, V) */
+                        const int32_t *targets, /* (N) */
+                        const uint8_t *mask,    /* (N) */
+                        float d, int64_t V, int64_t span)
+{
+    __shared__ float sh[32];
+    __shared__ float2 part;                  /* this block's (max, sum), read by the cluster */
+    __shared__ float2 parts[CE_ONCE_PARTS];  /* every block's, copied in */
+    cg::cluster_group cluster = cg::this_cluster();
+    const int P = (int)cluster.num_blocks(), q = (int)cluster.block_rank();
+    const int64_t n = blockIdx.x / P, a = q * span;
+    /* columns [a, a + w) are this block's; w ≤ 0 leaves it none */
+    const int w = (int)((a + span < V ? a + span : V) - a);
+    const int64_t tgt = targets[n];
+    const int tc = tgt >= a && tgt < a + w ? (int)(tgt - a) : -1;
+    const float dn = mask[n] ? d : 0.0f;
+    const float *x = logits + n * V + a;
+
+    float4 v[CE_ONCE_VEC4];
+    float m = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < CE_ONCE_VEC4; j++) {
+        const int c = 4 * ((int)threadIdx.x + j * CE_ONCE_THREADS);
+        v[j] = c < w ? *reinterpret_cast<const float4 *>(x + c)
+                     : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+        m = fmaxf(m, fmaxf(fmaxf(v[j].x, v[j].y), fmaxf(v[j].z, v[j].w)));
+    }
+    const float M = cuda_block_max(m, sh);
+    float s = 0.0f;
+    if (M != -INFINITY) {
+#pragma unroll
+        for (int j = 0; j < CE_ONCE_VEC4; j++)
+            if (4 * ((int)threadIdx.x + j * CE_ONCE_THREADS) < w)
+                s += expf(v[j].x - M) + expf(v[j].y - M) + expf(v[j].z - M) + expf(v[j].w - M);
+    }
+    s = cuda_block_sum(s, sh);
+    if (threadIdx.x == 0)
+        part = make_float2(M, s);
+    cluster.sync();
+    if ((int)threadIdx.x < P)
+        parts[threadIdx.x] = *cluster.map_shared_rank(&part, (int)threadIdx.x);
+    __syncthreads();
+    /* done with the other blocks' shared memory; the wait before exit keeps ours alive until
+     * they are done with it */
+    cluster.barrier_arrive();
+
+    float Mr = -INFINITY, S = 0.0f;
+    for (int r = 0; r < P; r++)
+        Mr = fmaxf(Mr, parts[r].x);
+    for (int r = 0; r < P; r++)
+        S += parts[r].x == -INFINITY ? 0.0f : parts[r].y * expf(parts[r].x - Mr);
+    const float l = Mr + logf(S);
+#pragma unroll
+    for (int j = 0; j < CE_ONCE_VEC4; j++) {
+        const int c = 4 * ((int)threadIdx.x + j * CE_ONCE_THREADS);
+        if (c < w) {
+            float e[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
+            for (int k = 0; k < 4; k++) {
+                float p = dn == 0.0f ? 0.0f : expf(e[k] - l) * dn;
+                if (c + k == tc) {
+                    lse[n] = l;
+                    losses[n] = l - e[k];
+                    p -= dn;
+                }
+                e[k] = p;
+            }
+            ce_st4(dlogits + n * V + a + c, e);
+        }
+    }
+    cluster.barrier_wait();
+}
+
+/* One cluster of P blocks per row; V % 8 == 0, 16-byte aligned buffers, V ≤ CE_ONCE_PARTS ·
+ * CE_ONCE_PART_COLS. */
+static int ce_rows_once(float *losses, float *lse, void *dlogits, cuda_dtype dt,
+                        const float *logits, const int32_t *targets, const uint8_t *mask,
+                        float d, int64_t V, int64_t N, cudaStream_t s, primal_err *err)
+{
+    int P = (int)((V + CE_ONCE_PART_COLS - 1) / CE_ONCE_PART_COLS);
+    int64_t span = ((V + P - 1) / P + 7) / 8 * 8; /* ≤ CE_ONCE_PART_COLS */
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeClusterDimension;
+    at[0].val.clusterDim.x = (unsigned)P;
+    at[0].val.clusterDim.y = 1;
+    at[0].val.clusterDim.z = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)(P * N));
+    cfg.blockDim = dim3(CE_ONCE_THREADS);
+    cfg.stream = s;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+    cudaError_t rc;
+    if (dt == CUDA_BF16)
+        rc = cudaLaunchKernelEx(&cfg, ce_rows_once_kernel<__nv_bfloat16>, losses, lse,
+                                (__nv_bfloat16 *)dlogits, logits, targets, mask, d, V, span);
+    else
+        rc = cudaLaunchKernelEx(&cfg, ce_rows_once_kernel<float>, losses, lse, (float *)dlogits,
+                                logits, targets, mask, d, V, span);
+    if (rc != cudaSuccess) {
+        (void)cudaGetLastError(); /* reported here; don't let the next launch check see it */
+        return primal_errf(err, PRIMAL_EDEVICE, "%s:%d: kernel ce_rows_once (cluster of %d): %s",
+                           __FILE__, __LINE__, P, cudaGetErrorString(rc));
+    }
+    CUDA_LAUNCHED("ce_rows_once", err);
+    return PRIMAL_OK;
+}
+
 /* losses, lse and dlogits (written, in dt; in float32 it may be the logits themselves) of N
  * positions whose logits over the whole vocabulary are at hand: the fused head of
  * primal_cuda_model_forward_train.  dlogits = (softmax − onehot) · d on positions with mask
@@ -254,6 +394,9 @@ int cuda_crossentropy_rows(float *losses, float *lse, void *dlogits, cuda_dtype 
 {
     if (N == 0)
         return PRIMAL_OK;
+    if (V > 0 && V % 8 == 0 && V <= CE_ONCE_PARTS * CE_ONCE_PART_COLS && cuda_aligned8(logits) &&
+        cuda_aligned8(dlogits) && N <= INT32_MAX / CE_ONCE_PARTS)
+        return ce_rows_once(losses, lse, dlogits, dt, logits, targets, mask, d, V, N, s, err);
     int64_t span;
     int P = ce_parts(V, &span);
     int vec = V % 8 == 0 && cuda_aligned8(logits) && cuda_aligned8(dlogits);

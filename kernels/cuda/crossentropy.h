@@ -17,7 +17,8 @@ CUDA_EXTERN_C int cuda_crossentropy_backward(void *dlogits, cuda_dtype dt, const
                                              primal_err *err);
 
 /* The whole-row kernels split a row into at most this many parts; their scratch is
- * cuda_ce_rows_scratch(N) floats. */
+ * cuda_ce_rows_scratch(N) floats (left untouched where a row fits one block cluster: V % 8 ==
+ * 0, V ≤ 65536, 16-byte aligned logits and dlogits). */
 #define CUDA_CE_PARTS_MAX 64
 static inline int64_t cuda_ce_rows_scratch(int64_t N)
 {
