@@ -850,11 +850,13 @@ Test(cuda_kernels, rope_pack_and_unpack_match_rotate_half_references)
         }
 }
 
-/* Attention through rope_pack with an identity rotation (cos 1, sin 0), so the result is
- * attention alone; fp32 and bf16 operands; scratch of Bc batch rows forces chunking.  fused:
- * whether the fused kernels are asked for; the test checks which path actually ran. */
+/* Attention through rope_pack, with an identity rotation (cos 1, sin 0: attention alone) or
+ * with RoPE (rot: the references rotate q and k, and rotate dq and dk back); fp32 and bf16
+ * operands; scratch of Bc batch rows forces chunking.  fused: whether the fused kernels are
+ * asked for; the test checks which path actually ran.  The gradients come in float32 and, at
+ * the same time, in bf16, each within the tolerances. */
 static void check_attention(int B, int T, int H, int KVH, int hd, cuda_dtype dt, int Bc,
-                            int fused, double atol, double rtol)
+                            int fused, int rot, double atol, double rtol)
 {
     int64_t nq = (int64_t)B * T * H * hd, nk = (int64_t)B * T * KVH * hd;
     float *q = rnd(nq, -1, 1, 90, (uint64_t)T), *k = rnd(nk, -1, 1, 91, (uint64_t)T);
@@ -865,12 +867,26 @@ static void check_attention(int B, int T, int H, int KVH, int hd, cuda_dtype dt,
     double *qd = to_d(q, nq), *kd = to_d(k, nk), *vd = to_d(v, nk), *dyd = to_d(dy, nq);
     double *ref = malloc((size_t)nq * 8), *rdq = calloc((size_t)nq, 8);
     double *rdk = calloc((size_t)nk, 8), *rdv = calloc((size_t)nk, 8);
-    attention_forward_ref(ref, qd, kd, vd, B, T, H, KVH, hd);
-    attention_backward_ref(rdq, rdk, rdv, dyd, qd, kd, vd, B, T, H, KVH, hd);
+    double theta = 10000.0, *qr = qd, *kr = kd;
+    if (rot) {
+        qr = malloc((size_t)nq * 8), kr = malloc((size_t)nk * 8);
+        rope_forward_ref(qr, qd, B, T, H, hd, theta);
+        rope_forward_ref(kr, kd, B, T, KVH, hd, theta);
+    }
+    attention_forward_ref(ref, qr, kr, vd, B, T, H, KVH, hd);
+    attention_backward_ref(rdq, rdk, rdv, dyd, qr, kr, vd, B, T, H, KVH, hd);
+    if (rot) { /* dL/dq, dL/dk of the projections: rotated back */
+        rope_backward_ref(qr, rdq, B, T, H, hd, theta);
+        rope_backward_ref(kr, rdk, B, T, KVH, hd, theta);
+        memcpy(rdq, qr, (size_t)nq * 8), memcpy(rdk, kr, (size_t)nk * 8);
+        free(qr), free(kr);
+    }
 
     float *ones = malloc((size_t)T * hd / 2 * 4), *zeros = calloc((size_t)T * hd / 2, 4);
     for (int i = 0; i < T * hd / 2; i++)
         ones[i] = 1.0f;
+    if (rot)
+        rope_table(ones, zeros, T, hd, theta);
     float *dcs = dup_to_dev(ones, (size_t)T * hd / 2 * 4);
     float *dsn = dup_to_dev(zeros, (size_t)T * hd / 2 * 4);
     size_t e = cuda_dtype_size(dt);
@@ -901,21 +917,31 @@ static void check_attention(int B, int T, int H, int KVH, int hd, cuda_dtype dt,
         to_host(got, dout, (size_t)nq * 4);
     }
     char what[96];
-    snprintf(what, sizeof what, "attention out B%d T%d H%d KVH%d hd%d %s%s", B, T, H, KVH, hd,
-             dt == CUDA_BF16 ? "bf16" : "fp32", sc.flash ? " fused" : "");
+    snprintf(what, sizeof what, "attention out B%d T%d H%d KVH%d hd%d %s%s%s", B, T, H, KVH, hd,
+             dt == CUDA_BF16 ? "bf16" : "fp32", sc.flash ? " fused" : "", rot ? " rope" : "");
     close_d(got, ref, nq, atol, rtol, what);
     /* dq | dk | dv side by side, as the model lays them out */
     int64_t S = (int64_t)(H + 2 * KVH) * hd, NT = (int64_t)B * T, ko = (int64_t)H * hd;
     int64_t vo = (int64_t)(H + KVH) * hd;
     float *g = dmalloc((size_t)(NT * S) * 4);
-    OK(cuda_attention_backward(g, g + ko, g + vo, NULL, NULL, NULL, S, ddy, dout, dlse, qh, kh,
-                               vh, dcs, dsn, &sc, cb, dt, B, T, H, KVH, hd, 0, E));
-    host_cols(got, g, NT, S, 0, ko, CUDA_F32);
-    close_d(got, rdq, nq, atol, rtol, "attention dq");
-    host_cols(got, g, NT, S, ko, (int64_t)KVH * hd, CUDA_F32);
-    close_d(got, rdk, nk, atol, rtol, "attention dk");
-    host_cols(got, g, NT, S, vo, (int64_t)KVH * hd, CUDA_F32);
-    close_d(got, rdv, nk, atol, rtol, "attention dv");
+    uint16_t *gb = dmalloc((size_t)(NT * S) * 2);
+    OK(cuda_attention_backward(g, g + ko, g + vo, gb, gb + ko, gb + vo, S, ddy, dout, dlse, qh,
+                               kh, vh, dcs, dsn, &sc, cb, dt, B, T, H, KVH, hd, 0, E));
+    for (int bf = 0; bf < 2; bf++) {
+        cuda_dtype ot = bf ? CUDA_BF16 : CUDA_F32;
+        const void *src = bf ? (const void *)gb : (const void *)g;
+        double rt = bf && rtol < 1.0 / 256 ? 1.0 / 256 : rtol;
+        snprintf(what, sizeof what, "attention dq%s%s", rot ? " rope" : "", bf ? " (bf16)" : "");
+        host_cols(got, src, NT, S, 0, ko, ot);
+        close_d(got, rdq, nq, atol, rt, what);
+        what[11] = 'k';
+        host_cols(got, src, NT, S, ko, (int64_t)KVH * hd, ot);
+        close_d(got, rdk, nk, atol, rt, what);
+        what[11] = 'v';
+        host_cols(got, src, NT, S, vo, (int64_t)KVH * hd, ot);
+        close_d(got, rdv, nk, atol, rt, what);
+    }
+    cudaFree(gb);
     cublasDestroy(cb);
     free(q), free(k), free(v), free(dy), free(qd), free(kd), free(vd), free(dyd), free(ref);
     free(rdq), free(rdk), free(rdv), free(ones), free(zeros), free(got);
@@ -927,17 +953,19 @@ static void check_attention(int B, int T, int H, int KVH, int hd, cuda_dtype dt,
 Test(cuda_kernels, attention_fp32_matches_the_reference_with_gqa_mqa_and_batch_chunks)
 {
     need_gpu();
-    check_attention(2, 7, 4, 2, 8, CUDA_F32, 2, 1, 1e-5, 1e-4);
-    check_attention(3, 33, 4, 1, 16, CUDA_F32, 2, 1, 1e-5, 1e-4); /* MQA, chunks 2 + 1 */
-    check_attention(1, 64, 2, 2, 64, CUDA_F32, 1, 1, 1e-5, 1e-4);
-    check_attention(2, 130, 6, 3, 32, CUDA_F32, 1, 1, 1e-5, 1e-4);
+    check_attention(2, 7, 4, 2, 8, CUDA_F32, 2, 1, 0, 1e-5, 1e-4);
+    check_attention(3, 33, 4, 1, 16, CUDA_F32, 2, 1, 0, 1e-5, 1e-4); /* MQA, chunks 2 + 1 */
+    check_attention(1, 64, 2, 2, 64, CUDA_F32, 1, 1, 0, 1e-5, 1e-4);
+    check_attention(2, 130, 6, 3, 32, CUDA_F32, 1, 1, 0, 1e-5, 1e-4);
+    check_attention(2, 33, 4, 2, 16, CUDA_F32, 2, 1, 1, 1e-5, 1e-4); /* RoPE */
 }
 
 Test(cuda_kernels, attention_bf16_unfused_is_within_bf16_rounding_of_the_reference)
 {
     need_gpu();
-    check_attention(2, 7, 4, 2, 8, CUDA_BF16, 2, 1, 2e-2, 2e-2); /* hd 8: never fused */
-    check_attention(2, 130, 6, 3, 32, CUDA_BF16, 1, 0, 2e-2, 2e-2);
+    check_attention(2, 7, 4, 2, 8, CUDA_BF16, 2, 1, 0, 2e-2, 2e-2); /* hd 8: never fused */
+    check_attention(2, 130, 6, 3, 32, CUDA_BF16, 1, 0, 0, 2e-2, 2e-2);
+    check_attention(2, 130, 6, 3, 32, CUDA_BF16, 1, 0, 1, 2e-2, 2e-2); /* RoPE */
 }
 
 /* The fused kernels: every head size they take, T on and off the 64-row tiles (one row, a
@@ -945,12 +973,16 @@ Test(cuda_kernels, attention_bf16_unfused_is_within_bf16_rounding_of_the_referen
 Test(cuda_kernels, attention_fused_bf16_is_within_bf16_rounding_of_the_reference)
 {
     need_gpu();
-    check_attention(1, 1, 2, 2, 64, CUDA_BF16, 1, 1, 2e-2, 2e-2);
-    check_attention(2, 130, 6, 3, 32, CUDA_BF16, 1, 1, 2e-2, 2e-2);
-    check_attention(3, 64, 4, 1, 64, CUDA_BF16, 2, 1, 2e-2, 2e-2); /* MQA, chunks 2 + 1 */
-    check_attention(2, 200, 4, 2, 64, CUDA_BF16, 2, 1, 2e-2, 2e-2);
-    check_attention(1, 190, 4, 2, 128, CUDA_BF16, 1, 1, 2e-2, 2e-2);
-    check_attention(1, 256, 2, 2, 128, CUDA_BF16, 1, 1, 2e-2, 2e-2);
+    check_attention(1, 1, 2, 2, 64, CUDA_BF16, 1, 1, 0, 2e-2, 2e-2);
+    check_attention(2, 130, 6, 3, 32, CUDA_BF16, 1, 1, 0, 2e-2, 2e-2);
+    check_attention(3, 64, 4, 1, 64, CUDA_BF16, 2, 1, 0, 2e-2, 2e-2); /* MQA, chunks 2 + 1 */
+    check_attention(2, 200, 4, 2, 64, CUDA_BF16, 2, 1, 0, 2e-2, 2e-2);
+    check_attention(1, 190, 4, 2, 128, CUDA_BF16, 1, 1, 0, 2e-2, 2e-2);
+    check_attention(1, 256, 2, 2, 128, CUDA_BF16, 1, 1, 0, 2e-2, 2e-2);
+    /* RoPE: the kernels rotate dq and dk back themselves, pairing column c with c + hd/2 */
+    check_attention(2, 130, 6, 3, 32, CUDA_BF16, 1, 1, 1, 2e-2, 2e-2);
+    check_attention(2, 200, 4, 2, 64, CUDA_BF16, 2, 1, 1, 2e-2, 2e-2);
+    check_attention(1, 190, 4, 2, 128, CUDA_BF16, 1, 1, 1, 2e-2, 2e-2);
 }
 
 Test(cuda_kernels, bias_gradient_sum_of_squares_and_adamw_match_hand_formulas)

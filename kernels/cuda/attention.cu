@@ -14,7 +14,9 @@
  * diagonal is computed and thrown away: twice the minimal FLOPs, and (T, T) scratch.
  *
  * Inputs are head-major (rope.cu packs them) in the compute dtype; the output, a GEMM operand
- * only, is token-major in the compute dtype too; the gradients are token-major float32.  Scratch holds Bc batch rows; larger batches run in chunks of Bc.
+ * only, is token-major in the compute dtype too; the gradients are token-major, rotated back,
+ * in float32 and/or bf16 (the fused kernels write them so themselves; the cuBLAS path through
+ * rope.cu).  Scratch holds Bc batch rows; larger batches run in chunks of Bc.
  * CPU twins: kernels/cpu/attention.c.  No keys. */
 #include "attention.h"
 
@@ -52,12 +54,14 @@ size_t cuda_attn_layout(cuda_attn_scratch *sc, void *base, cuda_dtype dt, int Bc
     }
     if (sc->flash)
         sc->S = sc->dP = NULL, sc->P = sc->dS = NULL;
-    carve(&p, b, &off, th * sizeof(float));
+    /* the fused kernels write the gradients rotated back in place: no head-major copies */
+    size_t thf = sc->flash ? 0 : th, tkvf = sc->flash ? 0 : tkv;
+    carve(&p, b, &off, thf * sizeof(float));
     sc->Oh = (float *)p;
     carve(&sc->dOh, b, &off, th * e);
-    carve(&p, b, &off, tkv * sizeof(float));
+    carve(&p, b, &off, tkvf * sizeof(float));
     sc->dKh = (float *)p;
-    carve(&p, b, &off, tkv * sizeof(float));
+    carve(&p, b, &off, tkvf * sizeof(float));
     sc->dVh = (float *)p;
     carve(&p, b, &off, (size_t)Bc * H * T * sizeof(float));
     sc->D = (float *)p;
@@ -325,13 +329,10 @@ int cuda_attention_backward(float *dq,         /* (B·T rows of ld, H·hd), or N
         CUDA_LAUNCHED("dout_pack", err);
         size_t go = (size_t)b0 * T * (size_t)ld; /* the gradients' first row of this chunk */
         if (sc->flash) {
-            int rc = cuda_flash_backward(sc->Oh, sc->dKh, sc->dVh, q, k, v, sc->dOh,
-                                         lse + (size_t)b0 * H * T, sc->D, nb, T, H, KVH, hd, s,
-                                         err);
-            if (rc == PRIMAL_OK)
-                rc = cuda_rope_unpack_grad(foff(dq, go), foff(dk, go), foff(dv, go), boff(dqb, go),
-                                           boff(dkb, go), boff(dvb, go), ld, sc->Oh, sc->dKh,
-                                           sc->dVh, cosv, sinv, nb, T, H, KVH, hd, s, err);
+            int rc = cuda_flash_backward(foff(dq, go), foff(dk, go), foff(dv, go), boff(dqb, go),
+                                         boff(dkb, go), boff(dvb, go), ld, cosv, sinv, q, k, v,
+                                         sc->dOh, lse + (size_t)b0 * H * T, sc->D, nb, T, H, KVH,
+                                         hd, s, err);
             if (rc != PRIMAL_OK)
                 return rc;
             continue;

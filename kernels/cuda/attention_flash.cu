@@ -16,6 +16,10 @@
  * are reproducible bit for bit; no atomics): dK, dV per key block, summing over the group's
  * query heads and the query blocks in order; dQ per query block, over the key blocks in order.
  * The price is computing S and dP twice.  D = rowsum(dO ∘ O) comes from attention.cu.
+ * Backward's epilogues write dq, dk, dv token-major, rotated back through RoPE, in the layout of
+ * the projections' outputs: a thread's accumulators hold column c and its rotary partner
+ * c + hd/2 alike (tiles d and d + hd/16 of the same lane), so the rotation needs no exchange,
+ * and no head-major float32 copy of the gradients is ever written and read again.
  * No keys. */
 #include "attention_flash.h"
 
@@ -329,9 +333,41 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(bf16 *out, floa
     }
 }
 
-/* dQ: one CTA per (query block, b·H + h); dqh head-major float32, written. */
+/* Columns c, c + 1 of a row's gradient (d1) and their rotary partners c + HD/2, + 1 (d2),
+ * rotated back when cs != NULL (cs, sn: the row position's cos and sin from column c) by
+ * rope_unpack_grad's expressions, stored at o in float32 and/or bf16. */
 template <int HD>
-__global__ void __launch_bounds__(kThreads) flash_dq_kernel(float *dqh, const bf16 *q,
+__device__ __forceinline__ void put_grad(float *f, bf16 *b, size_t o, const float d1[2],
+                                         const float d2[2], const float *cs, const float *sn)
+{
+    float e1[2], e2[2];
+#pragma unroll
+    for (int k = 0; k < 2; k++) {
+        e1[k] = cs != nullptr ? __fmaf_rn(d1[k], cs[k], __fmul_rn(d2[k], sn[k])) : d1[k];
+        e2[k] = cs != nullptr ? __fmaf_rn(d2[k], cs[k], -__fmul_rn(d1[k], sn[k])) : d2[k];
+    }
+    if (f != nullptr) {
+        *reinterpret_cast<float2 *>(f + o) = make_float2(e1[0], e1[1]);
+        *reinterpret_cast<float2 *>(f + o + HD / 2) = make_float2(e2[0], e2[1]);
+    }
+    if (b != nullptr) {
+        *reinterpret_cast<__nv_bfloat162 *>(b + o) = __floats2bfloat162_rn(e1[0], e1[1]);
+        *reinterpret_cast<__nv_bfloat162 *>(b + o + HD / 2) = __floats2bfloat162_rn(e2[0], e2[1]);
+    }
+}
+
+/* The gradients' destinations: token-major rows of ld (the projections' layout), float32
+ * and/or bf16 (either may be NULL), and the RoPE tables to rotate dq and dk back with. */
+struct grads_out {
+    float *qf, *kf, *vf;
+    bf16 *qb, *kb, *vb;
+    int64_t ld;
+    const float *cosv, *sinv; /* (>= T, HD/2) */
+};
+
+/* dQ: one CTA per (query block, b·H + h). */
+template <int HD>
+__global__ void __launch_bounds__(kThreads) flash_dq_kernel(grads_out go, const bf16 *q,
                                                             const bf16 *k, const bf16 *v,
                                                             const bf16 *doh, const float *lse,
                                                             const float *D, int T, int H,
@@ -395,23 +431,27 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(float *dqh, const bf
         __syncthreads();
     }
 #pragma unroll
-    for (int d = 0; d < NO; d++) {
-        int c = d * 8 + qi * 2;
-        if (row0 < T)
-            *reinterpret_cast<float2 *>(dqh + ((size_t)bh * T + row0) * HD + c) =
-                make_float2(dq[d][0] * scale, dq[d][1] * scale);
-        if (row1 < T)
-            *reinterpret_cast<float2 *>(dqh + ((size_t)bh * T + row1) * HD + c) =
-                make_float2(dq[d][2] * scale, dq[d][3] * scale);
-    }
+    for (int d = 0; d < NO / 2; d++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            int c = d * 8 + qi * 2, row = r ? row1 : row0;
+            if (row >= T)
+                continue;
+            const float d1[2] = {dq[d][2 * r] * scale, dq[d][2 * r + 1] * scale};
+            const float d2[2] = {dq[d + NO / 2][2 * r] * scale,
+                                 dq[d + NO / 2][2 * r + 1] * scale};
+            size_t o = ((size_t)b * T + row) * go.ld + (size_t)h * HD + c;
+            size_t t = (size_t)row * (HD / 2) + c;
+            put_grad<HD>(go.qf, go.qb, o, d1, d2, go.cosv + t, go.sinv + t);
+        }
 }
 
-/* dK, dV: one CTA per (key block, b·KVH + kv head), summing the group's query heads in order;
- * dkh, dvh head-major float32, written.  Here the warp's rows are keys: Sᵀ = K·Qᵀ.  The
+/* dK, dV: one CTA per (key block, b·KVH + kv head), summing the group's query heads in order.
+ * Here the warp's rows are keys: Sᵀ = K·Qᵀ.  The
  * (head, query block) pairs form one sequence, so the next pair's tiles always stream in while
  * this one's are used. */
 template <int HD>
-__global__ void __launch_bounds__(kThreads) flash_dkv_kernel(float *dkh, float *dvh,
+__global__ void __launch_bounds__(kThreads) flash_dkv_kernel(grads_out go,
                                                              const bf16 *q, const bf16 *k,
                                                              const bf16 *v, const bf16 *doh,
                                                              const float *lse, const float *D,
@@ -497,19 +537,22 @@ __global__ void __launch_bounds__(kThreads) flash_dkv_kernel(float *dkh, float *
         __syncthreads();
     }
 #pragma unroll
-    for (int d = 0; d < NO; d++) {
-        int c = d * 8 + qi * 2;
-        if (key0 < T) {
-            size_t o = ((size_t)bkv * T + key0) * HD + c;
-            *reinterpret_cast<float2 *>(dkh + o) = make_float2(dk[d][0] * scale, dk[d][1] * scale);
-            *reinterpret_cast<float2 *>(dvh + o) = make_float2(dv[d][0], dv[d][1]);
+    for (int d = 0; d < NO / 2; d++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            int c = d * 8 + qi * 2, key = r ? key1 : key0;
+            if (key >= T)
+                continue;
+            const float k1[2] = {dk[d][2 * r] * scale, dk[d][2 * r + 1] * scale};
+            const float k2[2] = {dk[d + NO / 2][2 * r] * scale,
+                                 dk[d + NO / 2][2 * r + 1] * scale};
+            const float v1[2] = {dv[d][2 * r], dv[d][2 * r + 1]};
+            const float v2[2] = {dv[d + NO / 2][2 * r], dv[d + NO / 2][2 * r + 1]};
+            size_t o = ((size_t)b * T + key) * go.ld + (size_t)kvh * HD + c;
+            size_t t = (size_t)key * (HD / 2) + c;
+            put_grad<HD>(go.kf, go.kb, o, k1, k2, go.cosv + t, go.sinv + t);
+            put_grad<HD>(go.vf, go.vb, o, v1, v2, nullptr, nullptr);
         }
-        if (key1 < T) {
-            size_t o = ((size_t)bkv * T + key1) * HD + c;
-            *reinterpret_cast<float2 *>(dkh + o) = make_float2(dk[d][2] * scale, dk[d][3] * scale);
-            *reinterpret_cast<float2 *>(dvh + o) = make_float2(dv[d][2], dv[d][3]);
-        }
-    }
 }
 
 template <int HD>
@@ -544,9 +587,9 @@ int forward_hd(void *out, float *lse, const void *qh, const void *kh, const void
 }
 
 template <int HD>
-int backward_hd(float *dqh, float *dkh, float *dvh, const void *qh, const void *kh,
-                const void *vh, const void *doh, const float *lse, const float *D, int B, int T,
-                int H, int KVH, cudaStream_t s, primal_err *err)
+int backward_hd(const grads_out &go, const void *qh, const void *kh, const void *vh,
+                const void *doh, const float *lse, const float *D, int B, int T, int H, int KVH,
+                cudaStream_t s, primal_err *err)
 {
     float scale = 1.0f / sqrtf((float)HD), sl2 = scale * kLog2e;
     size_t sq = smem_dq<HD>(), skv = smem_dkv<HD>();
@@ -556,11 +599,11 @@ int backward_hd(float *dqh, float *dkh, float *dvh, const void *qh, const void *
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)skv), err);
     unsigned nb = (unsigned)((T + kRows - 1) / kRows);
     flash_dq_kernel<HD><<<dim3(nb, (unsigned)(B * H)), kThreads, sq, s>>>(
-        dqh, (const bf16 *)qh, (const bf16 *)kh, (const bf16 *)vh, (const bf16 *)doh, lse, D, T,
+        go, (const bf16 *)qh, (const bf16 *)kh, (const bf16 *)vh, (const bf16 *)doh, lse, D, T,
         H, KVH, sl2, scale);
     CUDA_LAUNCHED("flash_dq", err);
     flash_dkv_kernel<HD><<<dim3(nb, (unsigned)(B * KVH)), kThreads, skv, s>>>(
-        dkh, dvh, (const bf16 *)qh, (const bf16 *)kh, (const bf16 *)vh, (const bf16 *)doh, lse,
+        go, (const bf16 *)qh, (const bf16 *)kh, (const bf16 *)vh, (const bf16 *)doh, lse,
         D, T, H, KVH, sl2, scale);
     CUDA_LAUNCHED("flash_dkv", err);
     return PRIMAL_OK;
@@ -589,17 +632,27 @@ int cuda_flash_forward(void *out, float *lse, const void *qh, const void *kh, co
     }
 }
 
-int cuda_flash_backward(float *dqh, float *dkh, float *dvh, const void *qh, const void *kh,
-                        const void *vh, const void *doh, const float *lse, const float *D, int B,
-                        int T, int H, int KVH, int hd, cudaStream_t s, primal_err *err)
+int cuda_flash_backward(float *dq, float *dk, float *dv, void *dqb, void *dkb, void *dvb,
+                        int64_t ld, const float *cosv, const float *sinv, const void *qh,
+                        const void *kh, const void *vh, const void *doh, const float *lse,
+                        const float *D, int B, int T, int H, int KVH, int hd, cudaStream_t s,
+                        primal_err *err)
 {
+    /* float2 and bf16x2 stores at even columns */
+    uintptr_t odd = (uintptr_t)dq | (uintptr_t)dk | (uintptr_t)dv;
+    uintptr_t oddb = (uintptr_t)dqb | (uintptr_t)dkb | (uintptr_t)dvb;
+    if (ld % 2 != 0 || (odd & 7) != 0 || (oddb & 3) != 0)
+        return primal_errf(err, PRIMAL_ERROR, "cuda_flash_backward: gradients need an even row "
+                           "stride (%lld) and 8-byte (float32) or 4-byte (bf16) alignment",
+                           (long long)ld);
+    grads_out go = {dq, dk, dv, (bf16 *)dqb, (bf16 *)dkb, (bf16 *)dvb, ld, cosv, sinv};
     switch (hd) {
     case 32:
-        return backward_hd<32>(dqh, dkh, dvh, qh, kh, vh, doh, lse, D, B, T, H, KVH, s, err);
+        return backward_hd<32>(go, qh, kh, vh, doh, lse, D, B, T, H, KVH, s, err);
     case 64:
-        return backward_hd<64>(dqh, dkh, dvh, qh, kh, vh, doh, lse, D, B, T, H, KVH, s, err);
+        return backward_hd<64>(go, qh, kh, vh, doh, lse, D, B, T, H, KVH, s, err);
     case 128:
-        return backward_hd<128>(dqh, dkh, dvh, qh, kh, vh, doh, lse, D, B, T, H, KVH, s, err);
+        return backward_hd<128>(go, qh, kh, vh, doh, lse, D, B, T, H, KVH, s, err);
     default:
         return primal_errf(err, PRIMAL_ERROR, "cuda_flash_backward: head size %d (32, 64 or "
                            "128)", hd);
