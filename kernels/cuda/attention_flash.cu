@@ -333,37 +333,105 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(bf16 *out, floa
     }
 }
 
-/* Columns c, c + 1 of a row's gradient (d1) and their rotary partners c + HD/2, + 1 (d2),
- * rotated back when cs != NULL (cs, sn: the row position's cos and sin from column c) by
- * rope_unpack_grad's expressions, stored at o in float32 and/or bf16. */
-template <int HD>
-__device__ __forceinline__ void put_grad(float *f, bf16 *b, size_t o, const float d1[2],
-                                         const float d2[2], const float *cs, const float *sn)
-{
-    float e1[2], e2[2];
-#pragma unroll
-    for (int k = 0; k < 2; k++) {
-        e1[k] = cs != nullptr ? __fmaf_rn(d1[k], cs[k], __fmul_rn(d2[k], sn[k])) : d1[k];
-        e2[k] = cs != nullptr ? __fmaf_rn(d2[k], cs[k], -__fmul_rn(d1[k], sn[k])) : d2[k];
-    }
-    if (f != nullptr) {
-        *reinterpret_cast<float2 *>(f + o) = make_float2(e1[0], e1[1]);
-        *reinterpret_cast<float2 *>(f + o + HD / 2) = make_float2(e2[0], e2[1]);
-    }
-    if (b != nullptr) {
-        *reinterpret_cast<__nv_bfloat162 *>(b + o) = __floats2bfloat162_rn(e1[0], e1[1]);
-        *reinterpret_cast<__nv_bfloat162 *>(b + o + HD / 2) = __floats2bfloat162_rn(e2[0], e2[1]);
-    }
-}
-
 /* The gradients' destinations: token-major rows of ld (the projections' layout), float32
- * and/or bf16 (either may be NULL), and the RoPE tables to rotate dq and dk back with. */
+ * and/or bf16 (either may be NULL), and the RoPE tables to rotate dq and dk back with.  stage:
+ * the bf16 rows go out through shared memory as whole 16-byte vectors (ld % 8 == 0 and
+ * 16-byte aligned bases), else as pairs straight from the registers. */
 struct grads_out {
     float *qf, *kf, *vf;
     bf16 *qb, *kb, *vb;
     int64_t ld;
     const float *cosv, *sinv; /* (>= T, HD/2) */
+    int stage;
 };
+
+/* The cos and sin rows of a 64-row tile: in shared memory where the kernels have room to copy
+ * them in with their first tiles (a float row of HD/2 is as long as a bf16 row of HD, so
+ * tile_async moves it; rows LD/2 floats apart), else read from the table in global memory. */
+template <int HD>
+constexpr bool kRopeSmem = HD <= 64;
+
+struct rope_rows {
+    const float *cs, *sn; /* NULL: no rotation */
+    int stride;
+};
+
+template <int HD, int LD>
+__device__ __forceinline__ rope_rows rope_of(const bf16 *Cs, const grads_out &go, int row0)
+{
+    if (kRopeSmem<HD>)
+        return rope_rows{reinterpret_cast<const float *>(Cs),
+                         reinterpret_cast<const float *>(Cs + kRows * LD), LD / 2};
+    return rope_rows{go.cosv + (size_t)row0 * (HD / 2), go.sinv + (size_t)row0 * (HD / 2),
+                     HD / 2};
+}
+
+/* A warp's 16 rows of a CTA's 64-row gradient tile (accumulators acc, times scale), rotated
+ * back by rope_unpack_grad's expressions when rr.cs != NULL, into the bf16 tile st (row stride
+ * LD) or straight to bg, and to fg (float32): rows row_base + [0, nvalid) of the global
+ * matrices, from column col0.  A lane holds column c and its rotary partner c + HD/2 (n-tiles
+ * d and d + HD/16), so the rotation needs no exchange. */
+template <int HD, int LD>
+__device__ __forceinline__ void rotate_out(const float acc[][4], float scale, rope_rows rr,
+                                           bf16 *st, bf16 *bg, float *fg, int64_t ld,
+                                           size_t row_base, int col0, int nvalid, int lane)
+{
+    constexpr int NO = HD / 8;
+    int warp = threadIdx.x / 32, qi = lane % 4;
+#pragma unroll
+    for (int d = 0; d < NO / 2; d++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            int c = d * 8 + qi * 2, rl = warp * 16 + lane / 4 + 8 * r;
+            float e1[2], e2[2];
+#pragma unroll
+            for (int k = 0; k < 2; k++) {
+                float d1 = acc[d][2 * r + k] * scale, d2 = acc[d + NO / 2][2 * r + k] * scale;
+                if (rr.cs != nullptr) {
+                    float co = rr.cs[rl * rr.stride + c + k], si = rr.sn[rl * rr.stride + c + k];
+                    e1[k] = __fmaf_rn(d1, co, __fmul_rn(d2, si));
+                    e2[k] = __fmaf_rn(d2, co, -__fmul_rn(d1, si));
+                } else {
+                    e1[k] = d1, e2[k] = d2;
+                }
+            }
+            if (st != nullptr) {
+                *reinterpret_cast<__nv_bfloat162 *>(st + rl * LD + c) =
+                    __floats2bfloat162_rn(e1[0], e1[1]);
+                *reinterpret_cast<__nv_bfloat162 *>(st + rl * LD + c + HD / 2) =
+                    __floats2bfloat162_rn(e2[0], e2[1]);
+            }
+            if (rl >= nvalid)
+                continue;
+            size_t o = (row_base + rl) * (size_t)ld + col0 + c;
+            if (bg != nullptr && st == nullptr) {
+                *reinterpret_cast<__nv_bfloat162 *>(bg + o) = __floats2bfloat162_rn(e1[0], e1[1]);
+                *reinterpret_cast<__nv_bfloat162 *>(bg + o + HD / 2) =
+                    __floats2bfloat162_rn(e2[0], e2[1]);
+            }
+            if (fg != nullptr) {
+                *reinterpret_cast<float2 *>(fg + o) = make_float2(e1[0], e1[1]);
+                *reinterpret_cast<float2 *>(fg + o + HD / 2) = make_float2(e2[0], e2[1]);
+            }
+        }
+}
+
+/* The staged tile st (64 rows of LD) out to rows row_base + [0, nvalid) of g, 16 bytes a
+ * thread at a time. */
+template <int HD, int LD>
+__device__ __forceinline__ void tile_out(bf16 *g, int64_t ld, size_t row_base, int col0,
+                                         const bf16 *st, int nvalid)
+{
+    constexpr int V = HD / 8;
+#pragma unroll
+    for (int it = 0; it < kRows * V / kThreads; it++) {
+        int i = (int)threadIdx.x + it * kThreads;
+        int r = i / V, c = (i - r * V) * 8;
+        if (r < nvalid)
+            *reinterpret_cast<uint4 *>(g + (row_base + r) * (size_t)ld + col0 + c) =
+                *reinterpret_cast<const uint4 *>(st + r * LD + c);
+    }
+}
 
 /* dQ: one CTA per (query block, b·H + h). */
 template <int HD>
@@ -387,6 +455,11 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(grads_out go, const 
 
     tile_async<HD, LD>(Ks, kp, 0, T);
     tile_async<HD, LD>(Vs, vp, 0, T);
+    bf16 *Cs = Vs + 2 * TILE; /* [2][64][LD]: this block's cos and sin rows, if kRopeSmem */
+    if (kRopeSmem<HD>) {
+        tile_async<HD, LD>(Cs, (const bf16 *)go.cosv, qb * kRows, T);
+        tile_async<HD, LD>(Cs + TILE, (const bf16 *)go.sinv, qb * kRows, T);
+    }
     cp_commit();
     uint32_t qa[KS][4], da[KS][4];
     rows_a<HD>(qa, qp, row0, row1, T, qi);
@@ -430,20 +503,15 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(grads_out go, const 
         accumulate<HD, LD>(dq, s, Kc, lane); /* dQ += dS·K */
         __syncthreads();
     }
-#pragma unroll
-    for (int d = 0; d < NO / 2; d++)
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            int c = d * 8 + qi * 2, row = r ? row1 : row0;
-            if (row >= T)
-                continue;
-            const float d1[2] = {dq[d][2 * r] * scale, dq[d][2 * r + 1] * scale};
-            const float d2[2] = {dq[d + NO / 2][2 * r] * scale,
-                                 dq[d + NO / 2][2 * r + 1] * scale};
-            size_t o = ((size_t)b * T + row) * go.ld + (size_t)h * HD + c;
-            size_t t = (size_t)row * (HD / 2) + c;
-            put_grad<HD>(go.qf, go.qb, o, d1, d2, go.cosv + t, go.sinv + t);
-        }
+    const int nvalid = T - qb * kRows < kRows ? T - qb * kRows : kRows;
+    bf16 *st = go.stage && go.qb != nullptr ? Ks : nullptr;
+    size_t rb = (size_t)b * T + (size_t)qb * kRows;
+    rope_rows rr = rope_of<HD, LD>(Cs, go, qb * kRows);
+    rotate_out<HD, LD>(dq, scale, rr, st, go.qb, go.qf, go.ld, rb, h * HD, nvalid, lane);
+    if (st != nullptr) {
+        __syncthreads();
+        tile_out<HD, LD>(go.qb, go.ld, rb, h * HD, st, nvalid);
+    }
 }
 
 /* dK, dV: one CTA per (key block, b·KVH + kv head), summing the group's query heads in order.
@@ -482,6 +550,11 @@ __global__ void __launch_bounds__(kThreads) flash_dkv_kernel(grads_out go,
         tile_async<HD, LD>(Os, doh + (size_t)bh * T * HD, kb * kBlock, T);
         vec_async(Ls, lse + (size_t)bh * T, kb * kBlock, T);
         vec_async(Dv, D + (size_t)bh * T, kb * kBlock, T);
+    }
+    bf16 *Cs = reinterpret_cast<bf16 *>(Dv + 2 * kBlock); /* cos and sin rows, if kRopeSmem */
+    if (kRopeSmem<HD>) {
+        tile_async<HD, LD>(Cs, (const bf16 *)go.cosv, kb * kRows, T);
+        tile_async<HD, LD>(Cs + TILE, (const bf16 *)go.sinv, kb * kRows, T);
     }
     cp_commit();
     float dk[NO][4], dv[NO][4];
@@ -536,23 +609,21 @@ __global__ void __launch_bounds__(kThreads) flash_dkv_kernel(grads_out go,
         accumulate<HD, LD>(dk, dp, Qc, lane); /* dK += dSᵀ·Q */
         __syncthreads();
     }
-#pragma unroll
-    for (int d = 0; d < NO / 2; d++)
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            int c = d * 8 + qi * 2, key = r ? key1 : key0;
-            if (key >= T)
-                continue;
-            const float k1[2] = {dk[d][2 * r] * scale, dk[d][2 * r + 1] * scale};
-            const float k2[2] = {dk[d + NO / 2][2 * r] * scale,
-                                 dk[d + NO / 2][2 * r + 1] * scale};
-            const float v1[2] = {dv[d][2 * r], dv[d][2 * r + 1]};
-            const float v2[2] = {dv[d + NO / 2][2 * r], dv[d + NO / 2][2 * r + 1]};
-            size_t o = ((size_t)b * T + key) * go.ld + (size_t)kvh * HD + c;
-            size_t t = (size_t)key * (HD / 2) + c;
-            put_grad<HD>(go.kf, go.kb, o, k1, k2, go.cosv + t, go.sinv + t);
-            put_grad<HD>(go.vf, go.vb, o, v1, v2, nullptr, nullptr);
-        }
+    const int nvalid = T - kb * kRows < kRows ? T - kb * kRows : kRows;
+    bf16 *stk = go.stage && go.kb != nullptr ? Ks : nullptr;
+    bf16 *stv = go.stage && go.vb != nullptr ? Vs : nullptr;
+    size_t rb = (size_t)b * T + (size_t)kb * kRows;
+    rotate_out<HD, LD>(dk, scale, rope_of<HD, LD>(Cs, go, kb * kRows), stk, go.kb, go.kf, go.ld,
+                       rb, kvh * HD, nvalid, lane);
+    rotate_out<HD, LD>(dv, 1.0f, rope_rows{nullptr, nullptr, 0}, stv, go.vb, go.vf, go.ld, rb,
+                       kvh * HD, nvalid, lane);
+    if (stk != nullptr || stv != nullptr) {
+        __syncthreads();
+        if (stk != nullptr)
+            tile_out<HD, LD>(go.kb, go.ld, rb, kvh * HD, stk, nvalid);
+        if (stv != nullptr)
+            tile_out<HD, LD>(go.vb, go.ld, rb, kvh * HD, stv, nvalid);
+    }
 }
 
 template <int HD>
@@ -563,12 +634,13 @@ size_t smem_forward()
 template <int HD>
 size_t smem_dq()
 {
-    return (size_t)4 * kBlock * (HD + 8) * sizeof(bf16);
+    return (size_t)(kRopeSmem<HD> ? 6 : 4) * kBlock * (HD + 8) * sizeof(bf16);
 }
 template <int HD>
 size_t smem_dkv()
 {
-    return (size_t)6 * kBlock * (HD + 8) * sizeof(bf16) + 4 * kBlock * sizeof(float);
+    return (size_t)(kRopeSmem<HD> ? 8 : 6) * kBlock * (HD + 8) * sizeof(bf16) +
+           4 * kBlock * sizeof(float);
 }
 
 template <int HD>
@@ -645,7 +717,9 @@ int cuda_flash_backward(float *dq, float *dk, float *dv, void *dqb, void *dkb, v
         return primal_errf(err, PRIMAL_ERROR, "cuda_flash_backward: gradients need an even row "
                            "stride (%lld) and 8-byte (float32) or 4-byte (bf16) alignment",
                            (long long)ld);
-    grads_out go = {dq, dk, dv, (bf16 *)dqb, (bf16 *)dkb, (bf16 *)dvb, ld, cosv, sinv};
+    /* 16-byte rows for the staged bf16 stores */
+    int stage = ld % 8 == 0 && (((uintptr_t)dqb | (uintptr_t)dkb | (uintptr_t)dvb) & 15) == 0;
+    grads_out go = {dq, dk, dv, (bf16 *)dqb, (bf16 *)dkb, (bf16 *)dvb, ld, cosv, sinv, stage};
     switch (hd) {
     case 32:
         return backward_hd<32>(go, qh, kh, vh, doh, lse, D, B, T, H, KVH, s, err);
