@@ -162,6 +162,18 @@ __device__ __forceinline__ void online_add(float *m, float *s, float v)
     }
 }
 
+/* A row's log-sum-exp from its P parts' (max, sum), merged in part order: every block of the
+ * row gets the same bits. */
+__device__ __forceinline__ float merge_lse(const float2 *st, int P)
+{
+    float M = -INFINITY, S = 0.0f;
+    for (int q = 0; q < P; q++)
+        M = fmaxf(M, st[q].x);
+    for (int q = 0; q < P; q++)
+        S += st[q].x == -INFINITY ? 0.0f : st[q].y * expf(st[q].x - M);
+    return M + logf(S);
+}
+
 __global__ void ce_rows_stats_kernel(float2 *stats,       /* (N, P) (max, sum) */
                                      const float *logits, /* (N, V) */
                                      int64_t V, int64_t span, int vec)
@@ -202,13 +214,7 @@ __global__ void ce_rows_grad_kernel(float *losses,          /* (N) */
     const int P = gridDim.y;
     const int64_t n = blockIdx.x, o = n * V;
     const int64_t a = blockIdx.y * span, b = a + span < V ? a + span : V;
-    const float2 *st = stats + n * P;
-    float M = -INFINITY, S = 0.0f;
-    for (int q = 0; q < P; q++)
-        M = fmaxf(M, st[q].x);
-    for (int q = 0; q < P; q++)
-        S += st[q].x == -INFINITY ? 0.0f : st[q].y * expf(st[q].x - M);
-    const float l = M + logf(S);
+    const float l = merge_lse(stats + n * P, P);
     const int64_t tgt = targets[n];
     if (tgt >= a && tgt < b) {
         /* this block holds the target: read it before any thread overwrites it (in place) */
@@ -322,12 +328,7 @@ __global__ void __launch_bounds__(CE_ONCE_THREADS)
      * they are done with it */
     cluster.barrier_arrive();
 
-    float Mr = -INFINITY, S = 0.0f;
-    for (int r = 0; r < P; r++)
-        Mr = fmaxf(Mr, parts[r].x);
-    for (int r = 0; r < P; r++)
-        S += parts[r].x == -INFINITY ? 0.0f : parts[r].y * expf(parts[r].x - Mr);
-    const float l = Mr + logf(S);
+    const float l = merge_lse(parts, P);
 #pragma unroll
     for (int j = 0; j < CE_ONCE_VEC4; j++) {
         const int c = 4 * ((int)threadIdx.x + j * CE_ONCE_THREADS);
