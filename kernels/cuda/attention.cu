@@ -58,7 +58,7 @@ size_t cuda_attn_layout(cuda_attn_scratch *sc, void *base, cuda_dtype dt, int Bc
     size_t thf = sc->flash ? 0 : th, tkvf = sc->flash ? 0 : tkv;
     carve(&p, b, &off, thf * sizeof(float));
     sc->Oh = (float *)p;
-    carve(&sc->dOh, b, &off, th * e);
+    carve(&sc->dOh, b, &off, (sc->flash ? 0 : th) * e);
     carve(&p, b, &off, tkvf * sizeof(float));
     sc->dKh = (float *)p;
     carve(&p, b, &off, tkvf * sizeof(float));
@@ -311,6 +311,17 @@ int cuda_attention_backward(float *dq,         /* (B·T rows of ld, H·hd), or N
         long long sS = (long long)group * T * T;
         int64_t nw = (int64_t)nb * T * H;
         size_t tok = (size_t)b0 * T * H * hd;
+        size_t go = (size_t)b0 * T * (size_t)ld; /* the gradients' first row of this chunk */
+        if (sc->flash) { /* dO and O token-major as they are; the kernels make D */
+            int rc = cuda_flash_backward(foff(dq, go), foff(dk, go), foff(dv, go), boff(dqb, go),
+                                         boff(dkb, go), boff(dvb, go), ld, cosv, sinv, q, k, v,
+                                         off_e(dout, tok, dt), off_e(out, tok, dt),
+                                         lse + (size_t)b0 * H * T, sc->D, nb, T, H, KVH, hd, s,
+                                         err);
+            if (rc != PRIMAL_OK)
+                return rc;
+            continue;
+        }
         int g8 = hd % 8 == 0 && hd / 8 <= 32 && ((hd / 8) & (hd / 8 - 1)) == 0;
         if (dt == CUDA_BF16 && g8 && cuda_aligned8(dout) && cuda_aligned8(out) &&
             cuda_aligned8(sc->dOh)) {
@@ -327,16 +338,6 @@ int cuda_attention_backward(float *dq,         /* (B·T rows of ld, H·hd), or N
                 (float *)sc->dOh, sc->D, (const float *)dout + tok, (const float *)out + tok, nb,
                 T, H, hd);
         CUDA_LAUNCHED("dout_pack", err);
-        size_t go = (size_t)b0 * T * (size_t)ld; /* the gradients' first row of this chunk */
-        if (sc->flash) {
-            int rc = cuda_flash_backward(foff(dq, go), foff(dk, go), foff(dv, go), boff(dqb, go),
-                                         boff(dkb, go), boff(dvb, go), ld, cosv, sinv, q, k, v,
-                                         sc->dOh, lse + (size_t)b0 * H * T, sc->D, nb, T, H, KVH,
-                                         hd, s, err);
-            if (rc != PRIMAL_OK)
-                return rc;
-            continue;
-        }
         for (int g = 0; g < group; g++) {
             /* S = scale·Q·Kᵀ again, and dP = dO·Vᵀ */
             CUBLAS_TRY(gemm_sb(cb, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, k, hd, sK,

@@ -16,7 +16,7 @@ typedef struct cuda_attn_scratch {
     float *dP;        /* (Bc, H, T, T) */
     void *dS;         /* (Bc, H, T, T) dt; the same memory as dP in float32 */
     float *Oh;        /* (Bc, H, T, hd) forward output; backward: dL/dq head-major */
-    void *dOh;        /* (Bc, H, T, hd) dt */
+    void *dOh;        /* (Bc, H, T, hd) dt; none under the fused kernels */
     float *dKh, *dVh; /* (Bc, KVH, T, hd) */
     float *D;         /* (Bc, H, T) rowsum(dout · out) */
     int Bc;

@@ -15,7 +15,7 @@
  * Backward is split in two kernels so that every sum has one owner and a fixed order (runs
  * are reproducible bit for bit; no atomics): dK, dV per key block, summing over the group's
  * query heads and the query blocks in order; dQ per query block, over the key blocks in order.
- * The price is computing S and dP twice.  D = rowsum(dO ∘ O) comes from attention.cu.
+ * The price is computing S and dP twice.  The dQ kernel makes D = rowsum(dO ∘ O) for both.
  * Backward's epilogues write dq, dk, dv token-major, rotated back through RoPE, in the layout of
  * the projections' outputs: a thread's accumulators hold column c and its rotary partner
  * c + hd/2 alike (tiles d and d + hd/16 of the same lane), so the rotation needs no exchange,
@@ -92,10 +92,11 @@ __device__ __forceinline__ uint32_t ld2(const bf16 *p)
     return *reinterpret_cast<const uint32_t *>(p);
 }
 
-/* Starts copying rows [r0, r0 + 64) of a (T, HD) matrix into s (row stride LD); rows past T
- * read as zeros. */
+/* Starts copying rows [r0, r0 + 64) of a (T, HD) matrix, rows ld apart, into s (row stride
+ * LD); rows past T read as zeros. */
 template <int HD, int LD>
-__device__ __forceinline__ void tile_async(bf16 *s, const bf16 *g, int r0, int T)
+__device__ __forceinline__ void tile_async(bf16 *s, const bf16 *g, int r0, int T,
+                                           size_t ld = HD)
 {
     constexpr int V = HD / 8; /* 16-byte vectors a row */
 #pragma unroll
@@ -103,7 +104,7 @@ __device__ __forceinline__ void tile_async(bf16 *s, const bf16 *g, int r0, int T
         int i = (int)threadIdx.x + it * kThreads;
         int r = i / V, c = (i - r * V) * 8;
         bool ok = r0 + r < T;
-        cp16(s + r * LD + c, ok ? g + (size_t)(r0 + r) * HD + c : g, ok);
+        cp16(s + r * LD + c, ok ? g + (size_t)(r0 + r) * ld + c : g, ok);
     }
 }
 
@@ -210,19 +211,28 @@ __device__ __forceinline__ void accumulate(float acc[][4], const float p[8][4], 
     }
 }
 
-/* A warp's 16 rows of a (T, HD) matrix as A fragments, straight from global memory. */
+/* A warp's 16 rows of a (T, HD) matrix, rows ld apart, as A fragments, straight from global
+ * memory. */
 template <int HD>
 __device__ __forceinline__ void rows_a(uint32_t (*a)[4], const bf16 *g, int row0, int row1,
-                                       int T, int qi)
+                                       int T, int qi, size_t ld = HD)
 {
 #pragma unroll
     for (int kk = 0; kk < HD / 16; kk++) {
         int c = kk * 16 + qi * 2;
-        a[kk][0] = row0 < T ? ld2(g + (size_t)row0 * HD + c) : 0u;
-        a[kk][1] = row1 < T ? ld2(g + (size_t)row1 * HD + c) : 0u;
-        a[kk][2] = row0 < T ? ld2(g + (size_t)row0 * HD + c + 8) : 0u;
-        a[kk][3] = row1 < T ? ld2(g + (size_t)row1 * HD + c + 8) : 0u;
+        a[kk][0] = row0 < T ? ld2(g + (size_t)row0 * ld + c) : 0u;
+        a[kk][1] = row1 < T ? ld2(g + (size_t)row1 * ld + c) : 0u;
+        a[kk][2] = row0 < T ? ld2(g + (size_t)row0 * ld + c + 8) : 0u;
+        a[kk][3] = row1 < T ? ld2(g + (size_t)row1 * ld + c + 8) : 0u;
     }
+}
+
+/* Σ of the products of two bf16 pairs, in float32. */
+__device__ __forceinline__ float dot2(uint32_t a, uint32_t b)
+{
+    float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&a));
+    float2 y = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&b));
+    return x.x * y.x + x.y * y.y;
 }
 
 /* Forward: one CTA per (query block, b·H + h).  out token-major bf16, lse (B, H, T). */
@@ -433,13 +443,16 @@ __device__ __forceinline__ void tile_out(bf16 *g, int64_t ld, size_t row_base, i
     }
 }
 
-/* dQ: one CTA per (query block, b·H + h). */
+/* dQ: one CTA per (query block, b·H + h).  dO and O are read token-major, where attention's
+ * output and its gradient are; the kernel makes D = rowsum(dO ∘ O) of its rows from the dO
+ * fragments it loads anyway, and leaves it for the dK/dV kernel, which runs next. */
 template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_dq_kernel(grads_out go, const bf16 *q,
                                                             const bf16 *k, const bf16 *v,
-                                                            const bf16 *doh, const float *lse,
-                                                            const float *D, int T, int H,
-                                                            int KVH, float sl2, float scale)
+                                                            const bf16 *dout, const bf16 *out,
+                                                            const float *lse, float *D, int T,
+                                                            int H, int KVH, float sl2,
+                                                            float scale)
 {
     constexpr int LD = HD + 8, KS = HD / 16, NO = HD / 8, TILE = kBlock * LD;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -447,7 +460,8 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(grads_out go, const 
     bf16 *Vs = Ks + 2 * TILE;                  /* [2][64][LD] */
     int nqb = (T + kRows - 1) / kRows, qb = nqb - 1 - (int)blockIdx.x;
     int bh = blockIdx.y, b = bh / H, h = bh % H, kvh = h / (H / KVH);
-    const bf16 *qp = q + (size_t)bh * T * HD, *dop = doh + (size_t)bh * T * HD;
+    const size_t tld = (size_t)H * HD; /* token-major rows of dO and O */
+    const bf16 *qp = q + (size_t)bh * T * HD, *dop = dout + ((size_t)b * T * H + h) * HD;
     const bf16 *kp = k + ((size_t)b * KVH + kvh) * T * HD;
     const bf16 *vp = v + ((size_t)b * KVH + kvh) * T * HD;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, qi = lane % 4;
@@ -463,11 +477,25 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(grads_out go, const 
     cp_commit();
     uint32_t qa[KS][4], da[KS][4];
     rows_a<HD>(qa, qp, row0, row1, T, qi);
-    rows_a<HD>(da, dop, row0, row1, T, qi);
+    rows_a<HD>(da, dop, row0, row1, T, qi, tld);
     float lse0 = row0 < T ? lse[(size_t)bh * T + row0] * kLog2e : 0.0f;
     float lse1 = row1 < T ? lse[(size_t)bh * T + row1] * kLog2e : 0.0f;
-    float D0 = row0 < T ? D[(size_t)bh * T + row0] : 0.0f;
-    float D1 = row1 < T ? D[(size_t)bh * T + row1] : 0.0f;
+    float D0 = 0.0f, D1 = 0.0f;
+    {
+        uint32_t oa[KS][4];
+        rows_a<HD>(oa, out + ((size_t)b * T * H + h) * HD, row0, row1, T, qi, tld);
+#pragma unroll
+        for (int kk = 0; kk < KS; kk++) {
+            D0 += dot2(da[kk][0], oa[kk][0]) + dot2(da[kk][2], oa[kk][2]);
+            D1 += dot2(da[kk][1], oa[kk][1]) + dot2(da[kk][3], oa[kk][3]);
+        }
+        D0 = quad_sum(D0); /* the row's four lanes */
+        D1 = quad_sum(D1);
+    }
+    if (qi == 0 && row0 < T)
+        D[(size_t)bh * T + row0] = D0;
+    if (qi == 0 && row1 < T)
+        D[(size_t)bh * T + row1] = D1;
     float dq[NO][4];
 #pragma unroll
     for (int d = 0; d < NO; d++)
@@ -521,7 +549,7 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(grads_out go, const 
 template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_dkv_kernel(grads_out go,
                                                              const bf16 *q, const bf16 *k,
-                                                             const bf16 *v, const bf16 *doh,
+                                                             const bf16 *v, const bf16 *dout,
                                                              const float *lse, const float *D,
                                                              int T, int H, int KVH, float sl2,
                                                              float scale)
@@ -541,13 +569,15 @@ __global__ void __launch_bounds__(kThreads) flash_dkv_kernel(grads_out go,
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, qi = lane % 4;
     int key0 = kb * kRows + warp * 16 + lane / 4, key1 = key0 + 8;
     int per = nqb - kb, steps = group * per; /* query blocks kb .. nqb-1 of each head */
+    const size_t tld = (size_t)H * HD;       /* token-major rows of dO */
+    const bf16 *dob = dout + (size_t)b * T * H * HD; /* batch row b's dO; head h at + h·HD */
 
     tile_async<HD, LD>(Ks, kp, kb * kRows, T);
     tile_async<HD, LD>(Vs, vp, kb * kRows, T);
     {
         int bh = b * H + kvh * group;
         tile_async<HD, LD>(Qs, q + (size_t)bh * T * HD, kb * kBlock, T);
-        tile_async<HD, LD>(Os, doh + (size_t)bh * T * HD, kb * kBlock, T);
+        tile_async<HD, LD>(Os, dob + (size_t)(bh - b * H) * HD, kb * kBlock, T, tld);
         vec_async(Ls, lse + (size_t)bh * T, kb * kBlock, T);
         vec_async(Dv, D + (size_t)bh * T, kb * kBlock, T);
     }
@@ -569,7 +599,8 @@ __global__ void __launch_bounds__(kThreads) flash_dkv_kernel(grads_out go,
             int nb = (it + 1) & 1, nqb1 = kb + (it + 1) % per;
             int bh = b * H + kvh * group + (it + 1) / per;
             tile_async<HD, LD>(Qs + nb * TILE, q + (size_t)bh * T * HD, nqb1 * kBlock, T);
-            tile_async<HD, LD>(Os + nb * TILE, doh + (size_t)bh * T * HD, nqb1 * kBlock, T);
+            tile_async<HD, LD>(Os + nb * TILE, dob + (size_t)(bh - b * H) * HD, nqb1 * kBlock, T,
+                               tld);
             vec_async(Ls + nb * kBlock, lse + (size_t)bh * T, nqb1 * kBlock, T);
             vec_async(Dv + nb * kBlock, D + (size_t)bh * T, nqb1 * kBlock, T);
             cp_commit();
@@ -660,8 +691,8 @@ int forward_hd(void *out, float *lse, const void *qh, const void *kh, const void
 
 template <int HD>
 int backward_hd(const grads_out &go, const void *qh, const void *kh, const void *vh,
-                const void *doh, const float *lse, const float *D, int B, int T, int H, int KVH,
-                cudaStream_t s, primal_err *err)
+                const void *dout, const void *out, const float *lse, float *D, int B, int T,
+                int H, int KVH, cudaStream_t s, primal_err *err)
 {
     float scale = 1.0f / sqrtf((float)HD), sl2 = scale * kLog2e;
     size_t sq = smem_dq<HD>(), skv = smem_dkv<HD>();
@@ -671,11 +702,12 @@ int backward_hd(const grads_out &go, const void *qh, const void *kh, const void 
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)skv), err);
     unsigned nb = (unsigned)((T + kRows - 1) / kRows);
     flash_dq_kernel<HD><<<dim3(nb, (unsigned)(B * H)), kThreads, sq, s>>>(
-        go, (const bf16 *)qh, (const bf16 *)kh, (const bf16 *)vh, (const bf16 *)doh, lse, D, T,
+        go, (const bf16 *)qh, (const bf16 *)kh, (const bf16 *)vh, (const bf16 *)dout,
+        (const bf16 *)out, lse, D, T,
         H, KVH, sl2, scale);
     CUDA_LAUNCHED("flash_dq", err);
     flash_dkv_kernel<HD><<<dim3(nb, (unsigned)(B * KVH)), kThreads, skv, s>>>(
-        go, (const bf16 *)qh, (const bf16 *)kh, (const bf16 *)vh, (const bf16 *)doh, lse,
+        go, (const bf16 *)qh, (const bf16 *)kh, (const bf16 *)vh, (const bf16 *)dout, lse,
         D, T, H, KVH, sl2, scale);
     CUDA_LAUNCHED("flash_dkv", err);
     return PRIMAL_OK;
@@ -706,9 +738,9 @@ int cuda_flash_forward(void *out, float *lse, const void *qh, const void *kh, co
 
 int cuda_flash_backward(float *dq, float *dk, float *dv, void *dqb, void *dkb, void *dvb,
                         int64_t ld, const float *cosv, const float *sinv, const void *qh,
-                        const void *kh, const void *vh, const void *doh, const float *lse,
-                        const float *D, int B, int T, int H, int KVH, int hd, cudaStream_t s,
-                        primal_err *err)
+                        const void *kh, const void *vh, const void *dout, const void *out,
+                        const float *lse, float *D, int B, int T, int H, int KVH, int hd,
+                        cudaStream_t s, primal_err *err)
 {
     /* float2 and bf16x2 stores at even columns */
     uintptr_t odd = (uintptr_t)dq | (uintptr_t)dk | (uintptr_t)dv;
@@ -722,11 +754,11 @@ int cuda_flash_backward(float *dq, float *dk, float *dv, void *dqb, void *dkb, v
     grads_out go = {dq, dk, dv, (bf16 *)dqb, (bf16 *)dkb, (bf16 *)dvb, ld, cosv, sinv, stage};
     switch (hd) {
     case 32:
-        return backward_hd<32>(go, qh, kh, vh, doh, lse, D, B, T, H, KVH, s, err);
+        return backward_hd<32>(go, qh, kh, vh, dout, out, lse, D, B, T, H, KVH, s, err);
     case 64:
-        return backward_hd<64>(go, qh, kh, vh, doh, lse, D, B, T, H, KVH, s, err);
+        return backward_hd<64>(go, qh, kh, vh, dout, out, lse, D, B, T, H, KVH, s, err);
     case 128:
-        return backward_hd<128>(go, qh, kh, vh, doh, lse, D, B, T, H, KVH, s, err);
+        return backward_hd<128>(go, qh, kh, vh, dout, out, lse, D, B, T, H, KVH, s, err);
     default:
         return primal_errf(err, PRIMAL_ERROR, "cuda_flash_backward: head size %d (32, 64 or "
                            "128)", hd);

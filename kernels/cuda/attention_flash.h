@@ -17,12 +17,13 @@ CUDA_EXTERN_C int cuda_flash_forward(void *out, float *lse, const void *qh, cons
 
 /* dq (B·T rows of ld, H·hd), dk and dv (B·T rows of ld, KVH·hd), token-major, written, dq and
  * dk rotated back through RoPE (cosv, sinv: (>= T, hd/2)); each in float32 and/or bf16 (the
- * other NULL).  doh (B, H, T, hd) bfloat16, D (B, H, T) = rowsum(dO ∘ O). */
+ * other NULL).  dout and out (B, T, H, hd) bfloat16 token-major: the output's gradient and the
+ * output; D (B, H, T) scratch, where the kernels leave rowsum(dO ∘ O). */
 CUDA_EXTERN_C int cuda_flash_backward(float *dq, float *dk, float *dv, void *dqb, void *dkb,
                                       void *dvb, int64_t ld, const float *cosv,
                                       const float *sinv, const void *qh, const void *kh,
-                                      const void *vh, const void *doh, const float *lse,
-                                      const float *D, int B, int T, int H, int KVH, int hd,
-                                      cudaStream_t s, primal_err *err);
+                                      const void *vh, const void *dout, const void *out,
+                                      const float *lse, float *D, int B, int T, int H, int KVH,
+                                      int hd, cudaStream_t s, primal_err *err);
 
 #endif
