@@ -22,6 +22,8 @@
 
 #include <primal/plugin.h>
 
+#include "adamw_update.h"
+
 #ifdef PRIMAL_HAVE_CUDA
 #include <primal/policy_cuda.h>
 /* the GPU entry points, in adamw_cuda.cu */
@@ -123,28 +125,6 @@ static int aw_accumulate(void *ctx, void *state, const primal_qtensor *t, const 
     return PRIMAL_OK;
 }
 
-/* One AdamW update of n weights (torch.optim.AdamW). */
-static void adamw_update(float *w,          /* (n) weights, in/out */
-                         float *m,          /* (n) first moment, in/out */
-                         float *v,          /* (n) second moment, in/out */
-                         float *gsum,       /* (n) gradient sum, read then zeroed */
-                         const aw_ctx *c, double lr, double clip, int64_t t, int64_t n)
-{
-    const float b1 = (float)c->beta1, b2 = (float)c->beta2, eps = (float)c->eps;
-    const float decay = (float)(1.0 - lr * c->wd);
-    const float step = (float)(lr / (1.0 - pow(c->beta1, (double)t)));
-    const float rbc2 = (float)sqrt(1.0 - pow(c->beta2, (double)t));
-    const float cl = (float)clip;
-    for (int64_t i = 0; i < n; i++) {
-        float g = gsum[i] * cl;
-        m[i] = b1 * m[i] + (1.0f - b1) * g;
-        v[i] = b2 * v[i] + (1.0f - b2) * g * g;
-        w[i] *= decay;
-        w[i] -= step * m[i] / (sqrtf(v[i]) / rbc2 + eps);
-        gsum[i] = 0.0f;
-    }
-}
-
 static int aw_step(void *ctx, void *state, const primal_qtensor *t, const primal_step_info *si,
                    primal_step_stats *stats, primal_err *err)
 {
@@ -152,8 +132,9 @@ static int aw_step(void *ctx, void *state, const primal_qtensor *t, const primal
     const aw_ctx *c = ctx;
     aw_state *s = state;
     s->t++;
-    adamw_update(t->dense, s->m, s->v, s->gsum, c, c->lr * si->lr_mult, si->clip_scale, s->t,
-                 s->n);
+    const adamw_consts k = adamw_consts_for(c->lr * si->lr_mult, c->beta1, c->beta2, c->eps,
+                                            c->wd, s->t, si->clip_scale);
+    adamw_update(t->dense, s->m, s->v, s->gsum, &k, s->n);
     stats->flips = 0;
     stats->saturated = 0;
     stats->weights = s->n;

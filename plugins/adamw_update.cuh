@@ -1,33 +1,11 @@
 /* adamw_update.cuh: the AdamW step on the GPU, element by element in the CPU's float order
- * (adamw.c and latent_adamw.c, adamw_update), for the two plugins that run it: adamw_cuda.cu on
+ * (adamw_update.h, whose constants it takes), for the two plugins that run it: adamw_cuda.cu on
  * dense weights, latent_adamw_cuda.cu on its float shadow.  Each includes it into its own
  * module.  No keys. */
 #ifndef PRIMAL_PLUGINS_ADAMW_UPDATE_CUH
 #define PRIMAL_PLUGINS_ADAMW_UPDATE_CUH
 
-#include <math.h>
-#include <stdint.h>
-
-/* One step's constants, formed in double as the CPU forms them. */
-typedef struct adamw_consts {
-    float b1, b2, eps, decay, step, rbc2, clip;
-} adamw_consts;
-
-/* lr: the step's learning rate (base × schedule); t: this tensor's step count, this step
- * included; clip: the clipping factor applied to the gradient sum. */
-static inline adamw_consts adamw_consts_for(double lr, double beta1, double beta2, double eps,
-                                            double wd, int64_t t, double clip)
-{
-    adamw_consts k;
-    k.b1 = (float)beta1;
-    k.b2 = (float)beta2;
-    k.eps = (float)eps;
-    k.decay = (float)(1.0 - lr * wd);
-    k.step = (float)(lr / (1.0 - pow(beta1, (double)t)));
-    k.rbc2 = (float)sqrt(1.0 - pow(beta2, (double)t));
-    k.clip = (float)clip;
-    return k;
-}
+#include "adamw_update.h"
 
 /* gsum += G. */
 __global__ void adamw_accum_kernel(float *gsum,    /* (n) in/out */

@@ -23,6 +23,8 @@
 
 #include <primal/plugin.h>
 
+#include "adamw_update.h"
+
 #ifdef PRIMAL_HAVE_CUDA
 #include <primal/policy_cuda.h>
 /* the GPU entry points, in latent_adamw_cuda.cu */
@@ -134,28 +136,6 @@ static int la_accumulate(void *ctx, void *state, const primal_qtensor *t, const 
     return PRIMAL_OK;
 }
 
-/* One AdamW update of n weights (torch.optim.AdamW), as in adamw.c. */
-static void adamw_update(float *w,          /* (n) weights, in/out */
-                         float *m,          /* (n) first moment, in/out */
-                         float *v,          /* (n) second moment, in/out */
-                         float *gsum,       /* (n) gradient sum, read then zeroed */
-                         const la_ctx *c, double lr, double clip, int64_t t, int64_t n)
-{
-    const float b1 = (float)c->beta1, b2 = (float)c->beta2, eps = (float)c->eps;
-    const float decay = (float)(1.0 - lr * c->wd);
-    const float step = (float)(lr / (1.0 - pow(c->beta1, (double)t)));
-    const float rbc2 = (float)sqrt(1.0 - pow(c->beta2, (double)t));
-    const float cl = (float)clip;
-    for (int64_t i = 0; i < n; i++) {
-        float g = gsum[i] * cl;
-        m[i] = b1 * m[i] + (1.0f - b1) * g;
-        v[i] = b2 * v[i] + (1.0f - b2) * g * g;
-        w[i] *= decay;
-        w[i] -= step * m[i] / (sqrtf(v[i]) / rbc2 + eps);
-        gsum[i] = 0.0f;
-    }
-}
-
 /* The index of the grid value nearest x, ties to the lower index. */
 static int nearest(const float *grid, /* (n) ascending */
                    float x, int n)
@@ -182,7 +162,9 @@ static int la_step(void *ctx, void *state, const primal_qtensor *t, const primal
     const la_ctx *c = ctx;
     la_state *s = state;
     s->t++;
-    adamw_update(s->w, s->m, s->v, s->gsum, c, c->lr * si->lr_mult, si->clip_scale, s->t, s->n);
+    const adamw_consts k = adamw_consts_for(c->lr * si->lr_mult, c->beta1, c->beta2, c->eps,
+                                            c->wd, s->t, si->clip_scale);
+    adamw_update(s->w, s->m, s->v, s->gsum, &k, s->n);
     int64_t flips = 0;
     for (int64_t r = 0; r < t->rows; r++) {
         float sc = t->scale[r];
