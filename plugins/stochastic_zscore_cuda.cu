@@ -116,21 +116,6 @@ __device__ __forceinline__ int fires(int v, float p, uint64_t seed, uint64_t str
     return primal_rng_u01(seed, stream, (uint64_t)i) < (a >= VOTE_STRONG ? P_STRONG : p);
 }
 
-__device__ __forceinline__ void warp_add2(unsigned long long *out0, unsigned long long *out1,
-                                          unsigned long long a, unsigned long long b)
-{
-    for (int o = 16; o > 0; o >>= 1) {
-        a += __shfl_down_sync(0xffffffffu, a, o);
-        b += __shfl_down_sync(0xffffffffu, b, o);
-    }
-    if ((threadIdx.x & 31) == 0) {
-        if (a)
-            atomicAdd(out0, a);
-        if (b && out1 != NULL)
-            atomicAdd(out1, b);
-    }
-}
-
 /* ------------------------------------------------------------------------------------------ */
 /* Kernels                                                                                    */
 
@@ -271,7 +256,7 @@ __global__ void sz_count(unsigned long long *flips,  /* (1) in/out */
         if ((v > 0 && idx < top) || (v < 0 && idx > 0))
             nf++;
     }
-    warp_add2(flips, NULL, nf, 0);
+    block_add2(flips, NULL, nf, 0);
 }
 
 /* Flip, reset and cool the firing weights; step the other votes toward 0.  One thread per pair
@@ -322,7 +307,7 @@ __global__ void sz_apply(uint8_t *index,                /* (rows, row_stride) pa
         }
         index_store_pair(row, bits, c0, nc, idx, moved);
     }
-    warp_add2(saturated, NULL, ns, 0);
+    block_add2(saturated, NULL, ns, 0);
 }
 
 /* ------------------------------------------------------------------------------------------ */

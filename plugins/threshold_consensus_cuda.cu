@@ -121,38 +121,6 @@ __device__ __forceinline__ void cool_set(void *cool, int cool_bytes, int64_t i, 
         ((uint16_t *)cool)[i] = (uint16_t)v;
 }
 
-/* Add a and b over the block and once per block into *out0, *out1 (out1 may be NULL).  Every
- * thread of the block calls it.  One atomic per block, not per warp: thousands of warps adding
- * to one address had serialised, and cost more than the pass that counted. */
-__device__ __forceinline__ void block_add2(unsigned long long *out0, unsigned long long *out1,
-                                           unsigned long long a, unsigned long long b)
-{
-    __shared__ unsigned long long sa[32], sb[32];
-    for (int o = 16; o > 0; o >>= 1) {
-        a += __shfl_down_sync(0xffffffffu, a, o);
-        b += __shfl_down_sync(0xffffffffu, b, o);
-    }
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    __syncthreads(); /* sa, sb may still be read by an earlier call */
-    if (lane == 0)
-        sa[warp] = a, sb[warp] = b;
-    __syncthreads();
-    if (warp != 0)
-        return;
-    a = lane < nw ? sa[lane] : 0;
-    b = lane < nw ? sb[lane] : 0;
-    for (int o = 16; o > 0; o >>= 1) {
-        a += __shfl_down_sync(0xffffffffu, a, o);
-        b += __shfl_down_sync(0xffffffffu, b, o);
-    }
-    if (lane == 0) {
-        if (a)
-            atomicAdd(out0, a);
-        if (b && out1 != NULL)
-            atomicAdd(out1, b);
-    }
-}
-
 /* The candidate key of the unit of len weights at flat index i, or -1 (threshold_consensus.c,
  * unit_key). */
 __device__ __forceinline__ int unit_key(const int16_t *votes, const void *cool, int cool_bytes,
