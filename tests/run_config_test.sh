@@ -42,6 +42,15 @@ rc=$?
 check "--set of an unknown key fails with status 1 (got $rc)" test "$rc" -eq 1
 check "and names --set and the key" grep -q -- "--set: .*stepz" "$tmp/err"
 
+# every experiment file the project ships is one primal-run accepts, keys and values alike
+for ex in "$src"/examples/*.ini; do
+    if "$RUN" "$ex" --check >/dev/null 2>"$tmp/err"; then
+        pass "examples/$(basename "$ex") passes --check"
+    else
+        fail "examples/$(basename "$ex") passes --check" "$tmp/err"
+    fi
+done
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: status 1 and FILE:LINE of the culprit.  Each file is the base with one change; the
 # expected line is found in the file itself.
