@@ -29,6 +29,10 @@ const primal_key primal_run_keys[] = {
     {"recompute_blocks", PRIMAL_KEY_INT, "0",
      "with recompute = mlp: the first this many blocks make gate|up again, the others keep it "
      "(0: every block); trades memory for speed a block at a time", "[0,1024]"},
+    {"head_ahead", PRIMAL_KEY_ENUM, "auto",
+     "CUDA: the training forward also runs the LM head's backward (logits made once, the head's "
+     "whole G kept until backward): where it fits the logits budget (auto), always, or never "
+     "(off: less memory, the logits made twice)", "auto|on|off"},
     {"reduce", PRIMAL_KEY_ENUM, "grad",
      "data parallelism: all-reduce gradients, or the votes of sum-type policies", "grad|votes"},
     {"sample_tokens", PRIMAL_KEY_INT, "200", "tokens of text sampled at the end (0: none)",
@@ -141,6 +145,12 @@ static int resolve_run(primal_experiment *e, primal_err *err)
         return primal_cfg_errf(c, "recompute", err, PRIMAL_ECONFIG,
                                "mlp needs device = cuda; the CPU engine recomputes whole blocks "
                                "(recompute = true)");
+    const char *ha = primal_cfg_str(c, "head_ahead");
+    r->head_ahead = strcmp(ha, "on") == 0 ? 1 : strcmp(ha, "off") == 0 ? -1 : 0;
+    if (r->head_ahead != 0 && r->device != PRIMAL_DEVICE_CUDA)
+        return primal_cfg_errf(c, "head_ahead", err, PRIMAL_ECONFIG,
+                               "%s needs device = cuda (the CPU engine has no head-ahead pass)",
+                               ha);
     r->recompute_blocks = (int)primal_cfg_int(c, "recompute_blocks");
     if (r->recompute_blocks > 0 && r->recompute != PRIMAL_RECOMPUTE_MLP)
         return primal_cfg_errf(c, "recompute_blocks", err, PRIMAL_ECONFIG,

@@ -603,6 +603,11 @@ void primal_cuda_model_free(primal_cuda_model *cm)
 
 int primal_cuda_model_nparams(const primal_cuda_model *cm) { return cm->np; }
 
+int primal_cuda_model_stacks(const primal_cuda_model *cm)
+{
+    return (cm->stack_qkv ? PRIMAL_CUDA_STACK_QKV : 0) | (cm->stack_gu ? PRIMAL_CUDA_STACK_GU : 0);
+}
+
 primal_cuda_param *primal_cuda_model_param(primal_cuda_model *cm, int i)
 {
     return i >= 0 && i < cm->np ? &cm->p[i] : NULL;

@@ -122,6 +122,12 @@ int primal_cuda_model_download(primal_cuda_model *cm, primal_model *cpu, primal_
 int primal_cuda_model_upload(primal_cuda_model *cm, const primal_model *cpu, primal_err *err);
 int primal_cuda_model_sync(primal_cuda_model *cm, primal_err *err);
 
+/* Which projections are multiplied as one stacked GEMM (where the stacked W fits the weight
+ * workspace): PRIMAL_CUDA_STACK_QKV, PRIMAL_CUDA_STACK_GU, or'd. */
+#define PRIMAL_CUDA_STACK_QKV 1
+#define PRIMAL_CUDA_STACK_GU 2
+int primal_cuda_model_stacks(const primal_cuda_model *cm);
+
 /* Device memory: the model's own accounting (bytes now, by kind, and the peak of the sum) and
  * what the driver reports for the whole device. */
 typedef struct primal_cuda_mem {

@@ -939,7 +939,8 @@ static int setup(trainer *t, primal_err *err)
 #ifdef PRIMAL_HAVE_CUDA
     if (e->run.device == PRIMAL_DEVICE_CUDA) {
         primal_cuda_opts co = {.precision = PRIMAL_CUDA_BF16, .recompute = e->run.recompute,
-                               .recompute_blocks = e->run.recompute_blocks};
+                               .recompute_blocks = e->run.recompute_blocks,
+                               .head_ahead = e->run.head_ahead};
         int layers = primal_model_cfg(t->m)->layers;
         if (co.recompute_blocks > layers) /* the model may come from a checkpoint */
             return primal_cfg_errf(e->run_c, "recompute_blocks", err, PRIMAL_ECONFIG,

@@ -1501,15 +1501,16 @@ Test(cuda_model, bf16_random_prime13_model_is_within_bf16_tolerances, .init = pr
  * runs the very GEMMs and kernels of the first forward again, so loss, G and scale gradients
  * are the same bits; and each mode keeps less: the blocks mode one block's activations, the MLP
  * mode all but gate|up, the partial MLP mode more than that and less than keeping all.  Chunk
- * 300 multiplies gate and up one GEMM each, 8192 as one stacked GEMM (2 x ffn rows fit). */
+ * 300 multiplies gate and up one GEMM each, 8192 as one stacked GEMM (2 x ffn rows fit): the
+ * test checks that these paths are the ones that ran. */
 Test(cuda_model, recompute_changes_no_bit_of_the_loss_or_the_gradients, .init = prime13_init)
 {
     need_gpu();
     primal_err err;
-    /* three blocks: the partial MLP mode (the first two) then keeps less than keeping all,
-     * its shared gate|up taking the place of one of the two it stops keeping */
+    /* the partial MLP mode recomputes two blocks: with one, the shared gate|up it needs would
+     * take exactly the memory the block stops keeping */
     primal_model_config c3 = rand_cfg;
-    c3.layers = 3;
+    cr_assert_geq(c3.layers, 3, "the partial MLP mode needs a block that keeps gate|up");
     primal_model *m = random_model(&c3, 27, 0.02f);
     int B = 3, T = 37, np = primal_model_nparams(m);
     static const char *const mode[4] = {"keep all", "recompute blocks", "recompute MLP",
@@ -1525,6 +1526,12 @@ Test(cuda_model, recompute_changes_no_bit_of_the_loss_or_the_gradients, .init = 
                 gpu_model_o(m, OPTS(prec, chunk, .recompute = PRIMAL_CUDA_RECOMPUTE_MLP)),
                 gpu_model_o(m, OPTS(prec, chunk, .recompute = PRIMAL_CUDA_RECOMPUTE_MLP,
                                     .recompute_blocks = 2))};
+            /* which GEMMs are stacked (rand_cfg: q|k|v 256 rows, gate|up 640) */
+            int want = PRIMAL_CUDA_STACK_QKV | (chunk >= 640 ? PRIMAL_CUDA_STACK_GU : 0);
+            for (int j = 0; j < 4; j++)
+                cr_assert_eq(primal_cuda_model_stacks(cm[j]), want,
+                             "chunk %d %s: stacked GEMMs %d, expected %d", chunk, mode[j],
+                             primal_cuda_model_stacks(cm[j]), want);
             keep k[4];
             float loss[4];
             size_t acts[4];

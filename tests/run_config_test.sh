@@ -84,6 +84,10 @@ sed 's/^threads = 1$/threads = 1\nrecompute = sometimes/' "$tmp/base.ini" \
     >"$tmp/bad-recompute.ini"
 refuse bad-recompute '^recompute = sometimes' 'recompute: .*false|true|mlp'
 
+# the head-ahead pass is the CUDA engine's
+sed 's/^threads = 1$/threads = 1\nhead_ahead = off/' "$tmp/base.ini" >"$tmp/cpu-head-ahead.ini"
+refuse cpu-head-ahead '^head_ahead = off' 'head_ahead: off needs device = cuda'
+
 # a count of blocks means something only to the MLP recompute
 sed 's/^threads = 1$/threads = 1\nrecompute = true\nrecompute_blocks = 3/' "$tmp/base.ini" \
     >"$tmp/blocks-without-mlp.ini"
