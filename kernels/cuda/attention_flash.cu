@@ -361,6 +361,10 @@ struct grads_out {
 template <int HD>
 constexpr bool kRopeSmem = HD <= 64;
 
+/* Whether flash_dkv_kernel keeps its K and V fragments in registers across the loop. */
+template <int HD>
+constexpr bool kHoistKV = HD <= 64;
+
 struct rope_rows {
     const float *cs, *sn; /* NULL: no rotation */
     int stride;
@@ -593,6 +597,18 @@ __global__ void __launch_bounds__(kThreads) flash_dkv_kernel(grads_out go,
         dk[d][0] = dk[d][1] = dk[d][2] = dk[d][3] = 0.0f;
         dv[d][0] = dv[d][1] = dv[d][2] = dv[d][3] = 0.0f;
     }
+    /* the warp's K and V rows as A fragments: the same every iteration, so loaded once where
+     * the registers allow it (two blocks an SM either way at HD 64) */
+    uint32_t ka[KS][4], va[KS][4];
+    if (kHoistKV<HD>) {
+        cp_wait<0>();
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < KS; kk++) {
+            frag_a(ka[kk], Ks, LD, warp * 16, kk, lane);
+            frag_a(va[kk], Vs, LD, warp * 16, kk, lane);
+        }
+    }
     for (int it = 0; it < steps; it++) {
         int qb = kb + it % per, buf = it & 1;
         if (it + 1 < steps) {
@@ -611,12 +627,12 @@ __global__ void __launch_bounds__(kThreads) flash_dkv_kernel(grads_out go,
         __syncthreads();
         const bf16 *Qc = Qs + buf * TILE, *Oc = Os + buf * TILE;
         const float *Lc = Ls + buf * kBlock, *Dc = Dv + buf * kBlock;
-        uint32_t ka[KS][4], va[KS][4];
+        if (!kHoistKV<HD>)
 #pragma unroll
-        for (int kk = 0; kk < KS; kk++) {
-            frag_a(ka[kk], Ks, LD, warp * 16, kk, lane);
-            frag_a(va[kk], Vs, LD, warp * 16, kk, lane);
-        }
+            for (int kk = 0; kk < KS; kk++) {
+                frag_a(ka[kk], Ks, LD, warp * 16, kk, lane);
+                frag_a(va[kk], Vs, LD, warp * 16, kk, lane);
+            }
         float s[8][4], dp[8][4];
         scores<HD, LD>(s, ka, Qc, lane);  /* Sᵀ: keys x queries */
         scores<HD, LD>(dp, va, Oc, lane); /* dPᵀ = V·dOᵀ */
