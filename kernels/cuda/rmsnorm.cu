@@ -5,13 +5,20 @@
  * kernels: one warp per row, eight columns a lane per access, and backward computes dx and the
  * dw partial sums in one pass (each block CUDA_COLSUM_ROWS rows, its warps' sums added in warp
  * order).  Other rows take one block per row and a separate dw pass.  Either way dw is fixed
- * partial sums and a fixed-order finish: deterministic, no atomics.
+ * partial sums and a fixed-order finish: deterministic, no atomics.  The model keeps x and
+ * rstd, not the output: cuda_rmsnorm_backward_xn writes the output again in the pass that reads
+ * x anyway, and cuda_rmsnorm_apply where no backward runs, both through rms_out.
  * CPU twins: kernels/cpu/rmsnorm.c.  No keys. */
 #include "rmsnorm.h"
 
 #include "elementwise.h"
 
 #define RMS_VEC_MAX 2048 /* columns the warp kernels take: 8 per lane per 256-column step */
+
+/* The norm's output from x, its row's rstd r and the weight: the one expression forward, the
+ * backward that makes the output again and rmsnorm_apply all use, so that they agree bit for
+ * bit. */
+__device__ __forceinline__ float rms_out(float w, float x, float r) { return w * (x * r); }
 
 template <typename Tp>
 __global__ void rmsnorm_forward_warp_kernel(Tp *out, float *rstd, const float *inp,
@@ -34,7 +41,7 @@ __global__ void rmsnorm_forward_warp_kernel(Tp *out, float *rstd, const float *i
         cuda_ld8(v, x + c);
         cuda_ld8(w, weight + c);
         for (int k = 0; k < 8; k++)
-            v[k] = w[k] * (v[k] * r);
+            v[k] = rms_out(w[k], v[k], r);
         cuda_st8(out + n * C + c, v);
     }
     if (lane == 0)
@@ -90,7 +97,7 @@ __global__ void rmsnorm_backward_warp_kernel(float *dinp,            /* (N, C) +
                 /* forward's output again, by forward's expression: the same bits */
                 float y[8];
                 for (int k = 0; k < 8; k++)
-                    y[k] = w[k] * (b[k] * r);
+                    y[k] = rms_out(w[k], b[k], r);
                 if (xn_b != NULL)
                     cuda_st8(xn_b + n * C + c, y);
                 else
@@ -142,7 +149,7 @@ __global__ void rmsnorm_forward_kernel(Tp *out,             /* (N, C) */
     ss = cuda_block_sum(ss, sh);
     float r = 1.0f / sqrtf(ss / (float)C + eps);
     for (int64_t i = threadIdx.x; i < C; i += blockDim.x)
-        cuda_st(y, i, weight[i] * (x[i] * r));
+        cuda_st(y, i, rms_out(weight[i], x[i], r));
     if (threadIdx.x == 0)
         rstd[blockIdx.x] = r;
 }
@@ -194,7 +201,7 @@ __global__ void rmsnorm_apply_warp_kernel(Tp *out, const float *rstd, const floa
         cuda_ld8(v, inp + n * C + c);
         cuda_ld8(w, weight + c);
         for (int k = 0; k < 8; k++)
-            v[k] = w[k] * (v[k] * r);
+            v[k] = rms_out(w[k], v[k], r);
         cuda_st8(out + n * C + c, v);
     }
 }
@@ -206,7 +213,7 @@ __global__ void rmsnorm_apply_kernel(Tp *out, const float *rstd, const float *in
     const float r = rstd[blockIdx.x];
     const int64_t o = (int64_t)blockIdx.x * C;
     for (int64_t i = threadIdx.x; i < C; i += blockDim.x)
-        cuda_st(out, o + i, weight[i] * (inp[o + i] * r));
+        cuda_st(out, o + i, rms_out(weight[i], inp[o + i], r));
 }
 
 int cuda_rmsnorm_apply(void *out, cuda_dtype dt, const float *rstd, const float *inp,
