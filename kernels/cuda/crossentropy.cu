@@ -7,7 +7,11 @@
  * holds (N, V) logits: forward merges each slab's max and sum into running ones (online
  * logsumexp across slabs, in a fixed order), and backward needs only the slab and lse.  One
  * warp per position: a slab row is a few thousand columns, too short for a block's
- * reductions to pay.  CPU twins: kernels/cpu/crossentropy.c.  No keys. */
+ * reductions to pay.  Where token rows over the whole vocabulary are at hand (the training
+ * forward's head-ahead pass), cuda_crossentropy_rows does loss, lse and dlogits at once: rows
+ * of up to 65536 columns in one block cluster that reads each logit once, longer ones in two
+ * kernels (parts' stats, then merge and grad).  CPU twins: kernels/cpu/crossentropy.c.
+ * No keys. */
 #include <cooperative_groups.h>
 
 #include "crossentropy.h"
