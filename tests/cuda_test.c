@@ -584,6 +584,20 @@ static void ce_slabs(float *losses, float *lse, float *tl, void *dl, cuda_dtype 
     cudaFree(dslab), cudaFree(dd);
 }
 
+/* Targets for N positions (the counter RNG's stream, case s) and a mask that leaves out every
+ * position n with n % every == skip; returns how many positions count. */
+static int64_t ce_targets(int32_t *tg, uint8_t *mask, int N, int V, uint64_t stream, uint64_t s,
+                          int every, int skip)
+{
+    int64_t count = 0;
+    for (int n = 0; n < N; n++) {
+        tg[n] = (int32_t)(primal_rng_u64(stream, s, (uint64_t)n) % (uint64_t)V);
+        mask[n] = n % every != skip;
+        count += mask[n];
+    }
+    return count;
+}
+
 Test(cuda_kernels, cross_entropy_over_vocabulary_slabs_matches_the_reference)
 {
     need_gpu();
@@ -595,12 +609,7 @@ Test(cuda_kernels, cross_entropy_over_vocabulary_slabs_matches_the_reference)
         float *x = rnd(NV, -8, 8, 70, (uint64_t)s);
         int32_t *tg = malloc((size_t)N * 4);
         uint8_t *mask = malloc((size_t)N);
-        int64_t count = 0;
-        for (int n = 0; n < N; n++) {
-            tg[n] = (int32_t)(primal_rng_u64(71, (uint64_t)s, (uint64_t)n) % (uint64_t)V);
-            mask[n] = n % 3 != 1;
-            count += mask[n];
-        }
+        int64_t count = ce_targets(tg, mask, N, V, 71, (uint64_t)s, 3, 1);
         double *xd = to_d(x, NV), *lr = malloc((size_t)N * 8);
         crossentropy_forward_ref(lr, xd, tg, N, V);
         double mean = 0.0;
@@ -683,12 +692,7 @@ Test(cuda_kernels, cross_entropy_rows_read_once_or_twice_match_the_reference_bit
         float *x = rnd(NV, -8, 8, 72, (uint64_t)s);
         int32_t *tg = malloc((size_t)N * 4);
         uint8_t *mask = malloc((size_t)N);
-        int64_t count = 0;
-        for (int n = 0; n < N; n++) {
-            tg[n] = (int32_t)(primal_rng_u64(73, (uint64_t)s, (uint64_t)n) % (uint64_t)V);
-            mask[n] = n % 4 != 2;
-            count += mask[n];
-        }
+        int64_t count = ce_targets(tg, mask, N, V, 73, (uint64_t)s, 4, 2);
         tg[0] = 0, tg[1] = V - 1, tg[2] = V - 1; /* the row's ends, counted and masked */
         double *xd = to_d(x, NV), *lr = malloc((size_t)N * 8), *lser = malloc((size_t)N * 8);
         crossentropy_forward_ref(lr, xd, tg, N, V);
