@@ -33,6 +33,10 @@ const primal_key primal_run_keys[] = {
      "CUDA: the training forward also runs the LM head's backward (logits made once, the head's "
      "whole G kept until backward): where it fits the logits budget (auto), always, or never "
      "(off: less memory, the logits made twice)", "auto|on|off"},
+    {"grad_stream", PRIMAL_KEY_BOOL, "true",
+     "CUDA: scale gradients and the policy's accumulate run on a second stream, beside the next "
+     "matrices' GEMMs; false runs them in line (for comparisons: the same bits either way)",
+     NULL},
     {"reduce", PRIMAL_KEY_ENUM, "grad",
      "data parallelism: all-reduce gradients, or the votes of sum-type policies", "grad|votes"},
     {"sample_tokens", PRIMAL_KEY_INT, "200", "tokens of text sampled at the end (0: none)",
@@ -151,6 +155,10 @@ static int resolve_run(primal_experiment *e, primal_err *err)
         return primal_cfg_errf(c, "head_ahead", err, PRIMAL_ECONFIG,
                                "%s needs device = cuda (the CPU engine has no head-ahead pass)",
                                ha);
+    r->grad_stream = primal_cfg_bool(c, "grad_stream");
+    if (!r->grad_stream && r->device != PRIMAL_DEVICE_CUDA)
+        return primal_cfg_errf(c, "grad_stream", err, PRIMAL_ECONFIG,
+                               "false needs device = cuda (the CPU engine has one stream)");
     r->recompute_blocks = (int)primal_cfg_int(c, "recompute_blocks");
     if (r->recompute_blocks > 0 && r->recompute != PRIMAL_RECOMPUTE_MLP)
         return primal_cfg_errf(c, "recompute_blocks", err, PRIMAL_ECONFIG,

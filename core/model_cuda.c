@@ -117,6 +117,12 @@ struct primal_cuda_model {
     int head_ahead; /* primal_cuda_opts.head_ahead */
     int device;
     cudaStream_t stream;
+    /* backward's consumers of G (scale gradient, hook) run on gstream: stream itself with
+     * grads_inline, else a second stream of high priority, so that their small kernels take
+     * SMs as soon as a GEMM's blocks leave them.  g_ready: G written (on stream); g_free[s]:
+     * slot s read (on gstream); g_done: the join at the end of backward. */
+    cudaStream_t gstream;
+    cudaEvent_t g_ready, g_done, g_free[2];
     cublasHandle_t cb;
     cublasLtHandle_t lt;
     void *lt_ws;
@@ -130,7 +136,9 @@ struct primal_cuda_model {
     /* fixed workspaces */
     void *wbuf;      /* dequantised W rows, dt */
     float *G;        /* weight-gradient rows */
-    size_t wbuf_bytes, G_bytes;
+    float *G2;       /* the second slot, for the blocks' matrices; NULL with grads_inline */
+    size_t wbuf_bytes, G_bytes, G2_bytes;
+    int g_last;      /* the slot the last weight gradient went to */
     double *sq_part, *sq_acc; /* (CUDA_SUMSQ_BLOCKS), (1) */
     cuda_sumsq_item *sq_list; /* (2 np) the float gradients' list, allocated on first use */
     float *loss_dev;          /* (1) */
@@ -465,6 +473,21 @@ int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
     if (rc == PRIMAL_OK && cudaStreamCreateWithFlags(&cm->stream, cudaStreamNonBlocking) !=
                                cudaSuccess)
         rc = primal_errf(err, PRIMAL_EDEVICE, "cuda model: cannot create a stream");
+    cm->gstream = cm->stream;
+    if (rc == PRIMAL_OK && !o->grads_inline) {
+        int least, greatest;
+        cudaStream_t gs = NULL;
+        if (cudaDeviceGetStreamPriorityRange(&least, &greatest) != cudaSuccess ||
+            cudaStreamCreateWithPriority(&gs, cudaStreamNonBlocking, greatest) != cudaSuccess)
+            rc = primal_errf(err, PRIMAL_EDEVICE, "cuda model: cannot create the gradient "
+                             "stream");
+        else
+            cm->gstream = gs;
+        cudaEvent_t *ev[4] = {&cm->g_ready, &cm->g_done, &cm->g_free[0], &cm->g_free[1]};
+        for (int i = 0; i < 4 && rc == PRIMAL_OK; i++)
+            if (cudaEventCreateWithFlags(ev[i], cudaEventDisableTiming) != cudaSuccess)
+                rc = primal_errf(err, PRIMAL_EDEVICE, "cuda model: cannot create an event");
+    }
     if (rc == PRIMAL_OK) {
         cublasStatus_t st = cublasCreate(&cm->cb);
         if (st != CUBLAS_STATUS_SUCCESS) {
@@ -512,13 +535,17 @@ int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
         rc = param_alloc(cm, i, err);
     if (rc == PRIMAL_OK)
         rc = primal_cuda_model_upload(cm, cpu, err);
-    /* fixed workspaces: W rows and G rows of the largest (chunk of a) matrix */
-    size_t wmax = 0;
+    /* fixed workspaces: W rows and G rows of the largest (chunk of a) matrix; G2 takes those
+     * of the largest block matrix, so that one block matrix's G is written while the gradient
+     * stream reads the last one's (the embedding's and head's tiles are few and use G alone) */
+    size_t wmax = 0, bmax = 0;
     for (int i = 0; i < cm->np && rc == PRIMAL_OK; i++) {
         primal_cuda_param *p = &cm->p[i];
         if (p->is_matrix) {
             size_t e = (size_t)chunk_of(cm, p->q.rows) * (size_t)p->q.cols;
             wmax = e > wmax ? e : wmax;
+            if (p->layer >= 0)
+                bmax = e > bmax ? e : bmax;
         }
     }
     /* stacks only where they take no more workspace than a single matrix already does */
@@ -531,6 +558,10 @@ int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
         rc = dev_alloc(cm, &cm->wbuf, cm->wbuf_bytes, MEM_WORK, "weight workspace", err);
     if (rc == PRIMAL_OK)
         rc = dev_alloc(cm, (void **)&cm->G, cm->G_bytes, MEM_WORK, "gradient workspace", err);
+    cm->G2_bytes = cm->gstream != cm->stream ? bmax * sizeof(float) : 0;
+    if (rc == PRIMAL_OK && cm->G2_bytes > 0)
+        rc = dev_alloc(cm, (void **)&cm->G2, cm->G2_bytes, MEM_WORK, "second gradient workspace",
+                       err);
     if (rc == PRIMAL_OK)
         rc = dev_alloc(cm, (void **)&cm->sq_part, (CUDA_SUMSQ_BLOCKS + 1) * sizeof(double),
                        MEM_WORK, "sum of squares", err);
@@ -571,6 +602,7 @@ void primal_cuda_model_free(primal_cuda_model *cm)
         cudaFree(cm->grid_dev[i]);
     cudaFree(cm->wbuf);
     cudaFree(cm->G);
+    cudaFree(cm->G2);
     cudaFree(cm->sq_part);
     cudaFree(cm->loss_dev);
     cudaFree(cm->adamw_dev);
@@ -585,6 +617,12 @@ void primal_cuda_model_free(primal_cuda_model *cm)
     if (cm->lt != NULL)
         cublasLtDestroy(cm->lt);
     dev_free(cm, cm->lt_ws, LT_WORKSPACE, MEM_WORK);
+    if (cm->gstream != NULL && cm->gstream != cm->stream)
+        cudaStreamDestroy(cm->gstream);
+    cudaEvent_t ev[4] = {cm->g_ready, cm->g_done, cm->g_free[0], cm->g_free[1]};
+    for (int i = 0; i < 4; i++)
+        if (ev[i] != NULL)
+            cudaEventDestroy(ev[i]);
     if (cm->stream != NULL)
         cudaStreamDestroy(cm->stream);
     free(cm->p);
@@ -725,9 +763,10 @@ int primal_cuda_adamw(primal_cuda_model *cm, const primal_cuda_adamw_tensor *lis
     return rc;
 }
 
-int primal_cuda_sumsq(primal_cuda_model *cm, const float *x, int64_t n, primal_err *err)
+int primal_cuda_sumsq(primal_cuda_model *cm, const float *x, int64_t n, void *stream,
+                      primal_err *err)
 {
-    return cuda_sumsq(cm->sq_part, x, n, cm->stream, err);
+    return cuda_sumsq(cm->sq_part, x, n, (cudaStream_t)stream, err);
 }
 
 /* One launch over the list of every trainable float gradient: they are small (a scale per
@@ -1350,16 +1389,39 @@ static int trains(const primal_cuda_model *cm, int pi)
     return pi >= 0 && cm->p[pi].trainable;
 }
 
-/* Rows [r0, r0 + nr) of parameter pi's G are in G: scale gradient, then the hook. */
+/* A G workspace of elems floats: G2 and G in turn where the tile fits G2, so that the GEMM
+ * writing this one need not wait for the gradient stream to finish reading the last. */
+static int grad_slot(primal_cuda_model *cm, int64_t elems, float **G, int *slot,
+                     primal_err *err)
+{
+    int s = cm->G2 != NULL && cm->g_last == 0 && (size_t)elems * sizeof(float) <= cm->G2_bytes;
+    cm->g_last = s;
+    if (cm->gstream != cm->stream)
+        CUDA_TRY(cudaStreamWaitEvent(cm->stream, cm->g_free[s], 0), err);
+    *G = s ? cm->G2 : cm->G;
+    *slot = s;
+    return PRIMAL_OK;
+}
+
+/* Rows [r0, r0 + nr) of parameter pi's G are in G, written by work queued on the model's
+ * stream: scale gradient, then the hook, on the gradient stream.  slot: G's workspace (-1 for
+ * the head's whole G, which stays put until the next forward_train, after backward's join). */
 static int consume(primal_cuda_model *cm, int pi, int64_t r0, int64_t nr, const float *G,
-                   const bwd_ctx *bc, primal_err *err)
+                   int slot, const bwd_ctx *bc, primal_err *err)
 {
     primal_cuda_param *p = &cm->p[pi];
+    cudaStream_t gs = cm->gstream;
+    if (gs != cm->stream) {
+        CUDA_TRY(cudaEventRecord(cm->g_ready, cm->stream), err);
+        CUDA_TRY(cudaStreamWaitEvent(gs, cm->g_ready, 0), err);
+    }
     if (p->q.bits != 32)
-        TRY(cuda_scale_grad(p->dscale, G, &p->q, r0, nr, cm->stream, err));
-    if (bc->hook == NULL)
-        return PRIMAL_OK;
-    return bc->hook(bc->user, p, G, r0, nr, cm->stream, err);
+        TRY(cuda_scale_grad(p->dscale, G, &p->q, r0, nr, gs, err));
+    if (bc->hook != NULL)
+        TRY(bc->hook(bc->user, p, G, r0, nr, gs, err));
+    if (gs != cm->stream && slot >= 0)
+        CUDA_TRY(cudaEventRecord(cm->g_free[slot], gs), err);
+    return PRIMAL_OK;
 }
 
 /* G = dyᵀ·x of matrix pi, chunk by chunk, each consumed; dy (N, rows; row stride ldy) and x
@@ -1372,8 +1434,11 @@ static int weight_grad(primal_cuda_model *cm, int pi, const void *dy, int64_t ld
     int64_t N = (int64_t)cm->B * cm->T;
     for (int64_t r0 = 0; r0 < rows; r0 += ch) {
         int64_t nr = rows - r0 < ch ? rows - r0 : ch;
-        TRY(mm_weight(cm, cm->G, elem(dy, r0, cm->dt), ldy, x, N, cols, nr, 0.0f, err));
-        TRY(consume(cm, pi, r0, nr, cm->G, bc, err));
+        float *G;
+        int slot;
+        TRY(grad_slot(cm, nr * cols, &G, &slot, err));
+        TRY(mm_weight(cm, G, elem(dy, r0, cm->dt), ldy, x, N, cols, nr, 0.0f, err));
+        TRY(consume(cm, pi, r0, nr, G, slot, bc, err));
     }
     return PRIMAL_OK;
 }
@@ -1599,8 +1664,8 @@ int primal_cuda_model_forward_train(primal_cuda_model *cm, const int32_t *tokens
     return PRIMAL_OK;
 }
 
-int primal_cuda_model_backward(primal_cuda_model *cm, float loss_scale,
-                               primal_cuda_grad_hook hook, void *user, primal_err *err)
+static int backward_body(primal_cuda_model *cm, float loss_scale, primal_cuda_grad_hook hook,
+                         void *user, primal_err *err)
 {
     if (!cm->have_fwd)
         return primal_errf(err, PRIMAL_ERROR,
@@ -1632,10 +1697,14 @@ int primal_cuda_model_backward(primal_cuda_model *cm, float loss_scale,
     cm->head_ready = 0;
     for (int64_t c0 = 0; ahead && head_w && c0 < V; c0 += ch) {
         int64_t cn = V - c0 < ch ? V - c0 : ch;
-        TRY(consume(cm, cm->head, c0, cn, cm->G_head + c0 * C, &bc, err));
+        TRY(consume(cm, cm->head, c0, cn, cm->G_head + c0 * C, -1, &bc, err));
     }
     for (int64_t c0 = 0; !ahead && (head_w || need_dlnf) && c0 < V; c0 += ch) {
         int64_t cn = V - c0 < ch ? V - c0 : ch;
+        float *G = NULL;
+        int slot = -1;
+        if (head_w)
+            TRY(grad_slot(cm, cn * C, &G, &slot, err));
         for (int64_t v0 = c0; v0 < c0 + cn; v0 += cm->nv) {
             int64_t n = c0 + cn - v0 < cm->nv ? c0 + cn - v0 : cm->nv;
             const void *w;
@@ -1645,10 +1714,10 @@ int primal_cuda_model_backward(primal_cuda_model *cm, float loss_scale,
                 TRY(mm_backward_inp(cm, cm->dln, CUDA_F32, dl, n, w, N, C, n,
                                     v0 == 0 ? 0.0f : 1.0f, err));
             if (head_w)
-                TRY(mm_weight(cm, cm->G + (v0 - c0) * C, dl, n, cm->lnf, N, C, n, 0.0f, err));
+                TRY(mm_weight(cm, G + (v0 - c0) * C, dl, n, cm->lnf, N, C, n, 0.0f, err));
         }
         if (head_w)
-            TRY(consume(cm, cm->head, c0, cn, cm->G, &bc, err));
+            TRY(consume(cm, cm->head, c0, cn, G, slot, &bc, err));
     }
     if (need_dlnf) {
         if (lowest < L)
@@ -1669,25 +1738,40 @@ int primal_cuda_model_backward(primal_cuda_model *cm, float loss_scale,
          * the hook sees each row once. */
         for (int64_t r0 = 0; r0 < V; r0 += ch) {
             int64_t nr = V - r0 < ch ? V - r0 : ch;
-            float *G = cm->G;
+            float *G;
+            int slot = -1;
             if (c->tied && ahead) {
                 G = cm->G_head + r0 * C;
             } else if (c->tied) {
+                TRY(grad_slot(cm, nr * C, &G, &slot, err));
                 for (int64_t v0 = r0; v0 < r0 + nr; v0 += cm->nv) {
                     int64_t n = r0 + nr - v0 < cm->nv ? r0 + nr - v0 : cm->nv;
                     const void *w;
                     void *dl;
                     TRY(head_dlogits(cm, v0, n, d, &w, &dl, err));
-                    TRY(mm_weight(cm, cm->G + (v0 - r0) * C, dl, n, cm->lnf, N, C, n, 0.0f,
-                                  err));
+                    TRY(mm_weight(cm, G + (v0 - r0) * C, dl, n, cm->lnf, N, C, n, 0.0f, err));
                 }
             } else {
-                CUDA_TRY(cudaMemsetAsync(cm->G, 0, (size_t)(nr * C) * sizeof(float), s), err);
+                TRY(grad_slot(cm, nr * C, &G, &slot, err));
+                CUDA_TRY(cudaMemsetAsync(G, 0, (size_t)(nr * C) * sizeof(float), s), err);
             }
             TRY(cuda_embedding_backward(G, cm->dres, cm->emb_start, cm->emb_order, r0, nr, C, s,
                                         err));
-            TRY(consume(cm, cm->embed, r0, nr, G, &bc, err));
+            TRY(consume(cm, cm->embed, r0, nr, G, slot, &bc, err));
         }
     }
     return PRIMAL_OK;
+}
+
+int primal_cuda_model_backward(primal_cuda_model *cm, float loss_scale,
+                               primal_cuda_grad_hook hook, void *user, primal_err *err)
+{
+    int rc = backward_body(cm, loss_scale, hook, user, err);
+    /* whatever the gradient stream took on, the model's stream waits for it, error or not */
+    if (cm->gstream != cm->stream &&
+        (cudaEventRecord(cm->g_done, cm->gstream) != cudaSuccess ||
+         cudaStreamWaitEvent(cm->stream, cm->g_done, 0) != cudaSuccess) && rc == PRIMAL_OK)
+        rc = primal_errf(err, PRIMAL_EDEVICE, "cuda model: backward: cannot join the gradient "
+                         "stream");
+    return rc;
 }

@@ -13,7 +13,11 @@
  * gradient is taken from it, the hook gets it, and it is dropped.  No full-model float copy of
  * weights or gradients ever exists.
  *
- * Everything runs on one stream (primal_cuda_model_stream); the hook must put its work on it.
+ * Everything runs on one stream (primal_cuda_model_stream), except that backward takes scale
+ * gradients and calls the hook on a second one, the gradient stream, which it joins before it
+ * returns: the per-matrix kernels after each weight-gradient GEMM (scale gradient, the norm for
+ * clipping, a policy's votes) are small and bound by latency, and in line the GEMMs wait for them.
+ * The hook must put its work on the stream it is given.
  * Only forward (for the loss), download and the explicit read functions synchronise.
  * This header needs no CUDA header: streams are void *. */
 #ifndef PRIMAL_MODEL_CUDA_H
@@ -52,6 +56,9 @@ typedef struct primal_cuda_opts {
     int head_ahead;     /* primal_cuda_model_forward_train: 1 runs the LM head's backward in
                          * forward, -1 never, 0 (auto) when the head's whole G and W take at
                          * most logits_bytes */
+    int grads_inline;   /* 1: backward takes each G's scale gradient and calls the hook on the
+                         * model's stream, in line (for comparisons); 0: on a second stream,
+                         * the gradient stream, so they run beside the next matrices' GEMMs */
 } primal_cuda_opts;
 
 /* One parameter as the GPU holds it.  Pointers are device pointers. */
@@ -163,10 +170,11 @@ typedef struct primal_cuda_adamw_hp {
 int primal_cuda_adamw(primal_cuda_model *cm, const primal_cuda_adamw_tensor *list, int n,
                       const primal_cuda_adamw_hp *hp, primal_err *err);
 
-/* Gradient norm for clipping: sumsq adds Σ x² of a device array (a G tile, in the hook) to the
- * model's accumulator; float_grads adds every trainable dscale/dvec; read waits, returns the
- * sum and, with reset, zeroes it.  Deterministic (fixed-order reductions). */
-int primal_cuda_sumsq(primal_cuda_model *cm, const float *x, int64_t n, primal_err *err);
+/* Gradient norm for clipping: sumsq adds Σ x² of a device array (a G tile, in the hook, on the
+ * hook's stream) to the model's accumulator; float_grads adds every trainable dscale/dvec; read
+ * waits, returns the sum and, with reset, zeroes it.  Deterministic (fixed-order reductions). */
+int primal_cuda_sumsq(primal_cuda_model *cm, const float *x, int64_t n, void *stream,
+                      primal_err *err);
 int primal_cuda_sumsq_float_grads(primal_cuda_model *cm, primal_err *err);
 int primal_cuda_sumsq_read(primal_cuda_model *cm, double *out, int reset, primal_err *err);
 

@@ -940,7 +940,8 @@ static int setup(trainer *t, primal_err *err)
     if (e->run.device == PRIMAL_DEVICE_CUDA) {
         primal_cuda_opts co = {.precision = PRIMAL_CUDA_BF16, .recompute = e->run.recompute,
                                .recompute_blocks = e->run.recompute_blocks,
-                               .head_ahead = e->run.head_ahead};
+                               .head_ahead = e->run.head_ahead,
+                               .grads_inline = !e->run.grad_stream};
         int layers = primal_model_cfg(t->m)->layers;
         if (co.recompute_blocks > layers) /* the model may come from a checkpoint */
             return primal_cfg_errf(e->run_c, "recompute_blocks", err, PRIMAL_ECONFIG,
@@ -1179,7 +1180,7 @@ static int grad_hook_cuda(void *user, primal_cuda_param *p, const float *G, int6
     if (!s->has_policy)
         return PRIMAL_OK;
     const primal_policy_cuda_vt *cvt = t->pvt->cuda;
-    int rc = primal_cuda_sumsq(t->cm, G, nrows * p->q.cols, err); /* for clipping */
+    int rc = primal_cuda_sumsq(t->cm, G, nrows * p->q.cols, stream, err); /* for clipping */
     if (rc == PRIMAL_OK && cvt->observe != NULL) {
         if (r0 != 0 || nrows != p->q.rows)
             return primal_errf(err, PRIMAL_ERROR,

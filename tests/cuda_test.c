@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cuda_runtime_api.h>
 
@@ -1586,6 +1587,104 @@ Test(cuda_model, recompute_changes_no_bit_of_the_loss_or_the_gradients, .init = 
                 primal_cuda_model_free(cm[j]);
             }
         }
+    free(tok);
+    primal_model_free(m);
+}
+
+/* A hook that queues a nap before it copies G, into device buffers allocated beforehand (no
+ * allocation or wait that would order the streams for it): if backward let the next GEMM write
+ * the workspace the hook's copy still has to read, the copy would take the next matrix's G. */
+typedef struct late_copy {
+    float **G; /* (np) device (n) */
+} late_copy;
+
+static void CUDART_CB nap(void *user)
+{
+    (void)user;
+    struct timespec ts = {0, 2000000};
+    nanosleep(&ts, NULL);
+}
+
+static int late_copy_hook(void *user, primal_cuda_param *p, const float *G, int64_t r0,
+                          int64_t nrows, void *stream, primal_err *err)
+{
+    (void)err;
+    late_copy *lc = user;
+    cudaStream_t s = stream;
+    if (cudaLaunchHostFunc(s, nap, NULL) != cudaSuccess ||
+        cudaMemcpyAsync(lc->G[p->index] + r0 * p->q.cols, G,
+                        (size_t)(nrows * p->q.cols) * sizeof(float), cudaMemcpyDeviceToDevice,
+                        s) != cudaSuccess)
+        return primal_errf(err, PRIMAL_EDEVICE, "late_copy_hook: cannot queue the copy");
+    return PRIMAL_OK;
+}
+
+/* Backward hands each G to the scale gradient and the hook on the gradient stream, while the
+ * next matrix's GEMM writes the other workspace: the same bits as doing it all in line, even
+ * when the hook's work lags.  Chunks of 300 rows put the embedding's and head's tiles through
+ * the two workspaces in turn as well (300 x 128 fits the second, sized for gate's 320 x 128);
+ * the head's G comes whole from forward_train (head_ahead on) or slab by slab (off). */
+Test(cuda_model, the_gradient_stream_changes_no_bit_even_when_the_hook_lags,
+     .init = prime13_init)
+{
+    need_gpu();
+    primal_err err;
+    primal_model *m = random_model(&rand_cfg, 29, 0.02f);
+    int B = 3, T = 37, np = primal_model_nparams(m);
+    int32_t *tok = malloc((size_t)B * (T + 1) * sizeof(int32_t));
+    for (int i = 0; i < B * (T + 1); i++)
+        tok[i] = (int32_t)(primal_rng_u64(30, 5, (uint64_t)i) % (uint64_t)rand_cfg.vocab);
+    for (int ahead = -1; ahead <= 1; ahead += 2) {
+        float loss[2];
+        late_copy lc[2];
+        float **ds[2];
+        for (int j = 0; j < 2; j++) {
+            primal_cuda_model *cm = gpu_model_o(
+                m, OPTS(PRIMAL_CUDA_BF16, 300, .grads_inline = j, .head_ahead = ahead));
+            lc[j].G = calloc((size_t)np, sizeof *lc[j].G);
+            ds[j] = calloc((size_t)np, sizeof *ds[j]);
+            for (int i = 0; i < np; i++) {
+                primal_cuda_param *p = primal_cuda_model_param(cm, i);
+                if (p->is_matrix)
+                    CK(cudaMalloc((void **)&lc[j].G[i], (size_t)p->n * sizeof(float)));
+            }
+            cr_assert_eq(primal_cuda_model_forward_train(cm, tok, NULL, B, T, 1.0f, &loss[j],
+                                                         &err),
+                         PRIMAL_OK, "%s", err.msg);
+            cr_assert_eq(primal_cuda_model_backward(cm, 1.0f, late_copy_hook, &lc[j], &err),
+                         PRIMAL_OK, "%s", err.msg);
+            for (int i = 0; i < np; i++) {
+                primal_cuda_param *p = primal_cuda_model_param(cm, i);
+                if (p->is_matrix) {
+                    float *d = lc[j].G[i];
+                    lc[j].G[i] = dev_vec(d, p->n);
+                    CK(cudaFree(d));
+                    ds[j][i] = dev_vec(p->dscale, p->q.rows);
+                }
+            }
+            primal_cuda_model_free(cm);
+        }
+        cr_assert_eq(memcmp(&loss[0], &loss[1], sizeof(float)), 0, "loss %.9g vs %.9g", loss[0],
+                     loss[1]);
+        int seen = 0;
+        for (int i = 0; i < np; i++) {
+            primal_param *hp = primal_model_param(m, i);
+            if (!hp->is_matrix)
+                continue;
+            seen++;
+            cr_assert_eq(memcmp(lc[0].G[i], lc[1].G[i], (size_t)hp->n * sizeof(float)), 0,
+                         "head_ahead %d: G of %s differs from the in-line run's", ahead,
+                         hp->name);
+            cr_assert_eq(memcmp(ds[0][i], ds[1][i], (size_t)hp->q.rows * sizeof(float)), 0,
+                         "head_ahead %d: scale gradient of %s differs", ahead, hp->name);
+        }
+        cr_assert_eq(seen, 2 + 7 * rand_cfg.layers);
+        for (int j = 0; j < 2; j++) {
+            for (int i = 0; i < np; i++)
+                free(lc[j].G[i]), free(ds[j][i]);
+            free(lc[j].G), free(ds[j]);
+        }
+    }
     free(tok);
     primal_model_free(m);
 }

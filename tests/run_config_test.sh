@@ -88,6 +88,10 @@ refuse bad-recompute '^recompute = sometimes' 'recompute: .*false|true|mlp'
 sed 's/^threads = 1$/threads = 1\nhead_ahead = off/' "$tmp/base.ini" >"$tmp/cpu-head-ahead.ini"
 refuse cpu-head-ahead '^head_ahead = off' 'head_ahead: off needs device = cuda'
 
+# so is the gradient stream
+sed 's/^threads = 1$/threads = 1\ngrad_stream = false/' "$tmp/base.ini" >"$tmp/cpu-grad-stream.ini"
+refuse cpu-grad-stream '^grad_stream = false' 'grad_stream: false needs device = cuda'
+
 # a count of blocks means something only to the MLP recompute
 sed 's/^threads = 1$/threads = 1\nrecompute = true\nrecompute_blocks = 3/' "$tmp/base.ini" \
     >"$tmp/blocks-without-mlp.ini"

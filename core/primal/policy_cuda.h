@@ -7,7 +7,9 @@
  * end of the call's work.  stream is a cudaStream_t; every kernel a policy launches goes on it,
  * and no entry point may synchronise the device except step(), which returns host-side stats
  * (step_async, ABI 1.3, leaves them on the device instead, so the core steps every tensor and
- * then waits once).
+ * then waits once).  The stream may differ from call to call (observe and accumulate run on the
+ * core's gradient stream, beside its GEMMs); the core orders the streams so that one call's
+ * work has finished before work of a later call on another stream starts.
  * A policy must produce the same flips on the GPU as on the CPU given the same votes: draw
  * random numbers with primal/rng.h (it compiles for the device too).
  *
