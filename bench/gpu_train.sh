@@ -3,7 +3,9 @@
 #   bench/gpu_train.sh bundle      here: `make install` into _gpu/ and pack it, with the shared
 #                                  libraries beyond glibc/CUDA, as _gpu_carry/bundle.tar.xz
 #   bench/gpu_train.sh run WHAT... there (carry _gpu_carry and data): unpack, then for each
-#                                  WHAT: kjv200 (the 200-step GPU-vs-CPU check), anchor:POLICY
+#                                  WHAT: kjv200 (the 200-step GPU-vs-CPU check), kjv124m (the
+#                                  124M example, 300 steps; both [:section.key=value,...]),
+#                                  anchor:POLICY
 #                                  [:SEED[:KEY=V,...]] (SPEC.md's anchor; KEY is a [flip] key or
 #                                  section.key), speed124m, speed350m, speed15b (each
 #                                  [:section.key=value,...], e.g. speed124m:run.recompute=true),
@@ -47,10 +49,23 @@ run)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
     for what in "$@"; do
         case $what in
-        kjv200)
-            "$run" "$top/examples/compare-cpu.ini" --set run.device=cuda --set run.steps=200 \
-                --set run.out="$out/kjv200" --set run.eval_every=50 >"$out/kjv200.txt" 2>&1 ||
-                tail -n 3 "$out/kjv200.txt" ;;
+        kjv200|kjv200:*|kjv124m|kjv124m:*)
+            # kjv200: the 200-step GPU-vs-CPU check; kjv124m: examples/gpt2-124m-gpu.ini for
+            # 300 steps (quality at the 124M shape); either [:section.key=value,...]
+            shape=${what%%:*}
+            extra=; case $what in *:*) extra=${what#*:} ;; esac
+            name="$shape${extra:+-$(echo "$extra" | tr '=,' '-_')}"
+            sets=""
+            for kv in $(echo "$extra" | tr ',' ' '); do sets="$sets --set $kv"; done
+            case $shape in
+            kjv200) base="$top/examples/compare-cpu.ini --set run.device=cuda --set run.steps=200
+                --set run.eval_every=50" ;;
+            kjv124m) base="$top/examples/gpt2-124m-gpu.ini --set run.steps=300
+                --set run.eval_every=100 --set run.sample_tokens=0" ;;
+            esac
+            # shellcheck disable=SC2086
+            "$run" $base --set run.out="$out/$name" $sets >"$out/$name.txt" 2>&1 ||
+                tail -n 3 "$out/$name.txt" ;;
         anchor:*)
             IFS=: read -r _ pol seed extra <<EOS
 $what

@@ -33,6 +33,10 @@ const primal_key primal_run_keys[] = {
      "CUDA: the training forward also runs the LM head's backward (logits made once, the head's "
      "whole G kept until backward): where it fits the logits budget (auto), always, or never "
      "(off: less memory, the logits made twice)", "auto|on|off"},
+    {"logits", PRIMAL_KEY_ENUM, "fp32",
+     "CUDA: the training forward's logits (the LM head's GEMM output) in float32, or rounded to "
+     "bfloat16 as PyTorch's autocast does, so the cross-entropy reads half the bytes; "
+     "evaluation keeps float32", "fp32|bf16"},
     {"grad_stream", PRIMAL_KEY_BOOL, "true",
      "CUDA: scale gradients and the policy's accumulate run on a second stream, beside the next "
      "matrices' GEMMs; false runs them in line (for comparisons: the same bits either way)",
@@ -155,6 +159,10 @@ static int resolve_run(primal_experiment *e, primal_err *err)
         return primal_cfg_errf(c, "head_ahead", err, PRIMAL_ECONFIG,
                                "%s needs device = cuda (the CPU engine has no head-ahead pass)",
                                ha);
+    r->logits_bf16 = strcmp(primal_cfg_str(c, "logits"), "bf16") == 0;
+    if (r->logits_bf16 && r->device != PRIMAL_DEVICE_CUDA)
+        return primal_cfg_errf(c, "logits", err, PRIMAL_ECONFIG,
+                               "bf16 needs device = cuda (the CPU engine computes in float32)");
     r->grad_stream = primal_cfg_bool(c, "grad_stream");
     if (!r->grad_stream && r->device != PRIMAL_DEVICE_CUDA)
         return primal_cfg_errf(c, "grad_stream", err, PRIMAL_ECONFIG,

@@ -115,6 +115,8 @@ struct primal_cuda_model {
     int acts_layer; /* the block whose activations the shared set holds (recompute) */
     int64_t nv;     /* vocabulary slab of the logits */
     int head_ahead; /* primal_cuda_opts.head_ahead */
+    cuda_dtype logit_train, logit_t; /* the logits' type in forward_train, and in the last
+                                      * forward */
     int device;
     cudaStream_t stream;
     /* backward's consumers of G (scale gradient, hook) run on gstream: stream itself with
@@ -455,6 +457,13 @@ int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
                      : o->recompute_blocks > 0                 ? o->recompute_blocks
                                                                : c->layers;
     cm->head_ahead = o->head_ahead;
+    if (o->logits_bf16 && o->precision != PRIMAL_CUDA_BF16) {
+        free(cm);
+        return primal_errf(err, PRIMAL_ECONFIG, "cuda model: bfloat16 logits need bf16 "
+                           "precision (float32 runs are the parity tests' mode)");
+    }
+    cm->logit_train = o->logits_bf16 ? CUDA_BF16 : CUDA_F32;
+    cm->logit_t = CUDA_F32;
     cm->acts_layer = -1;
     cm->hd = c->dim / c->heads;
     cm->qdim = c->dim;
@@ -1234,18 +1243,20 @@ static int head_logits(primal_cuda_model *cm, int64_t v0, int64_t n, const void 
                        primal_err *err)
 {
     TRY(weight_rows(cm, &cm->p[cm->head], v0, n, w, err));
-    return mm_forward(cm, cm->logits, CUDA_F32, n, cm->lnf, *w, (int64_t)cm->B * cm->T, cm->c.dim,
-                      n, 0.0f, err);
+    return mm_forward(cm, cm->logits, cm->logit_t, n, cm->lnf, *w, (int64_t)cm->B * cm->T,
+                      cm->c.dim, n, 0.0f, err);
 }
 
-/* ... and dL/dlogits of that slab: over the logits in fp32, into cm->dlogits_b in bf16. */
+/* ... and dL/dlogits of that slab: over the logits in fp32, into cm->dlogits_b in bf16 (whatever
+ * the logits' type). */
 static int head_dlogits(primal_cuda_model *cm, int64_t v0, int64_t n, float d, const void **w,
                         void **dl, primal_err *err)
 {
     TRY(head_logits(cm, v0, n, w, err));
     *dl = cm->dt == CUDA_F32 ? (void *)cm->logits : cm->dlogits_b;
-    return cuda_crossentropy_backward(*dl, cm->dt, cm->logits, cm->lse_ce, cm->tok_tgt, cm->mask,
-                                      d, v0, n, (int64_t)cm->B * cm->T, cm->stream, err);
+    return cuda_crossentropy_backward(*dl, cm->dt, cm->logits, cm->logit_t, cm->lse_ce,
+                                      cm->tok_tgt, cm->mask, d, v0, n, (int64_t)cm->B * cm->T,
+                                      cm->stream, err);
 }
 
 /* One block from xin into its activations and xout = xin + attn + mlp. */
@@ -1358,8 +1369,8 @@ static int head_slabs(primal_cuda_model *cm, float *logits, primal_err *err)
         int64_t n = V - v0 < cm->nv ? V - v0 : cm->nv;
         const void *w;
         TRY(head_logits(cm, v0, n, &w, err));
-        TRY(cuda_crossentropy_forward(cm->losses, cm->lse_ce, cm->tl, cm->logits, cm->tok_tgt, v0,
-                                      n, V, N, s, err));
+        TRY(cuda_crossentropy_forward(cm->losses, cm->lse_ce, cm->tl, cm->logits, cm->logit_t,
+                                      cm->tok_tgt, v0, n, V, N, s, err));
         if (logits != NULL)
             CUDA_TRY(cudaMemcpy2DAsync(logits + v0, (size_t)V * sizeof(float), cm->logits,
                                        (size_t)n * sizeof(float), (size_t)n * sizeof(float),
@@ -1372,6 +1383,7 @@ int primal_cuda_model_forward(primal_cuda_model *cm, const int32_t *tokens, cons
                               int B, int T, float *loss, float *logits, primal_err *err)
 {
     TRY(forward_body(cm, tokens, mask, B, T, err));
+    cm->logit_t = CUDA_F32; /* what logits reports, and what backward's slabs must agree with */
     TRY(head_slabs(cm, logits, err));
     return forward_loss(cm, loss, err);
 }
@@ -1626,10 +1638,10 @@ static int head_ahead(primal_cuda_model *cm, int64_t nc, float d, int need_dlnf,
     for (int64_t n0 = 0; n0 < N; n0 += nc) {
         int64_t n = N - n0 < nc ? N - n0 : nc;
         const void *x = elem(cm->lnf, n0 * C, cm->dt);
-        TRY(mm_forward(cm, cm->logits, CUDA_F32, V, x, w, n, C, V, 0.0f, err));
+        TRY(mm_forward(cm, cm->logits, cm->logit_t, V, x, w, n, C, V, 0.0f, err));
         TRY(cuda_crossentropy_rows(cm->losses + n0, cm->lse_ce + n0, dl, cm->dt, cm->logits,
-                                   cm->tok_tgt + n0, cm->mask + n0, d, V, n, cm->ce_scratch,
-                                   cm->stream, err));
+                                   cm->logit_t, cm->tok_tgt + n0, cm->mask + n0, d, V, n,
+                                   cm->ce_scratch, cm->stream, err));
         if (need_dlnf)
             TRY(mm_backward_inp(cm, cm->dln + n0 * C, CUDA_F32, dl, V, w, n, C, V, 0.0f, err));
         if (need_G)
@@ -1643,6 +1655,7 @@ int primal_cuda_model_forward_train(primal_cuda_model *cm, const int32_t *tokens
                                     float *loss, primal_err *err)
 {
     TRY(forward_body(cm, tokens, mask, B, T, err));
+    cm->logit_t = cm->logit_train;
     const primal_model_config *c = &cm->c;
     int L = c->layers, lowest = lowest_level(cm);
     int64_t N = (int64_t)B * T, V = c->vocab, C = c->dim;
@@ -1722,8 +1735,9 @@ static int backward_body(primal_cuda_model *cm, float loss_scale, primal_cuda_gr
     if (need_dlnf) {
         if (lowest < L)
             CUDA_TRY(cudaMemsetAsync(cm->dres, 0, (size_t)(N * C) * sizeof(float), s), err);
-        TRY(cuda_rmsnorm_backward(lowest < L ? cm->dres : NULL, dres_copy(cm), P[cm->fnorm].dvec, cm->colsum,
-                                  cm->dln, cm->x[L], P[cm->fnorm].vec, cm->rstdf, N, C, s, err));
+        TRY(cuda_rmsnorm_backward(lowest < L ? cm->dres : NULL, dres_copy(cm),
+                                  P[cm->fnorm].dvec, cm->colsum, cm->dln, cm->x[L],
+                                  P[cm->fnorm].vec, cm->rstdf, N, C, s, err));
     }
     for (int l = L - 1; l >= 0 && l >= lowest; l--) {
         /* recompute: the block's activations again from its input; its output goes to dln,

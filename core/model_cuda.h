@@ -56,6 +56,10 @@ typedef struct primal_cuda_opts {
     int head_ahead;     /* primal_cuda_model_forward_train: 1 runs the LM head's backward in
                          * forward, -1 never, 0 (auto) when the head's whole G and W take at
                          * most logits_bytes */
+    int logits_bf16;    /* 1 (bf16 precision only): forward_train rounds the logits, the LM
+                         * head's GEMM output, to bfloat16 before the cross-entropy, as
+                         * PyTorch's autocast does, which halves the bytes the cross-entropy
+                         * reads; primal_cuda_model_forward keeps them float32 */
     int grads_inline;   /* 1: backward takes each G's scale gradient and calls the hook on the
                          * model's stream, in line (for comparisons); 0: on a second stream,
                          * the gradient stream, so they run beside the next matrices' GEMMs */

@@ -552,12 +552,13 @@ Test(cuda_kernels, swiglu_forward_and_backward_match_the_reference)
 }
 
 /* Forward and backward over vocabulary slabs [v0, v0 + nv): one slab, slabs that divide V and
- * slabs with a short last one, each cut out of the same logits. */
+ * slabs with a short last one, each cut out of the same logits, given to the kernels as lt (x
+ * holds values lt represents). */
 static void ce_slabs(float *losses, float *lse, float *tl, void *dl, cuda_dtype dt,
-                     const float *x, const int32_t *dtg, const uint8_t *dmask, float d, int N,
-                     int V, int nv, int pass)
+                     const float *x, cuda_dtype lt, const int32_t *dtg, const uint8_t *dmask,
+                     float d, int N, int V, int nv, int pass)
 {
-    float *slab = malloc((size_t)N * nv * 4), *dslab = dmalloc((size_t)N * nv * 4);
+    float *slab = malloc((size_t)N * nv * 4);
     void *dd = dmalloc((size_t)N * nv * cuda_dtype_size(dt));
     size_t e = cuda_dtype_size(dt);
     char *dlh = pass == 1 ? malloc((size_t)N * V * e) : NULL;
@@ -565,12 +566,14 @@ static void ce_slabs(float *losses, float *lse, float *tl, void *dl, cuda_dtype 
         int n = V - v0 < nv ? V - v0 : nv;
         for (int r = 0; r < N; r++)
             memcpy(slab + (size_t)r * n, x + (size_t)r * V + v0, (size_t)n * 4);
-        cr_assert_eq(cudaMemcpy(dslab, slab, (size_t)N * n * 4, cudaMemcpyHostToDevice), 0);
+        void *dslab = dev_dt(slab, (int64_t)N * n, lt);
         if (pass == 0) {
-            OK(cuda_crossentropy_forward(losses, lse, tl, dslab, dtg, v0, n, V, N, 0, E));
+            OK(cuda_crossentropy_forward(losses, lse, tl, dslab, lt, dtg, v0, n, V, N, 0, E));
+            cudaFree(dslab);
             continue;
         }
-        OK(cuda_crossentropy_backward(dd, dt, dslab, lse, dtg, dmask, d, v0, n, N, 0, E));
+        OK(cuda_crossentropy_backward(dd, dt, dslab, lt, lse, dtg, dmask, d, v0, n, N, 0, E));
+        cudaFree(dslab);
         char *h = malloc((size_t)N * n * e);
         to_host(h, dd, (size_t)N * n * e);
         for (int r = 0; r < N; r++)
@@ -582,7 +585,7 @@ static void ce_slabs(float *losses, float *lse, float *tl, void *dl, cuda_dtype 
         free(dlh);
     }
     free(slab);
-    cudaFree(dslab), cudaFree(dd);
+    cudaFree(dd);
 }
 
 /* Targets for N positions (the counter RNG's stream, case s) and a mask that leaves out every
@@ -599,15 +602,20 @@ static int64_t ce_targets(int32_t *tg, uint8_t *mask, int N, int V, uint64_t str
     return count;
 }
 
+/* ... from float32 logits and from bfloat16 ones (the same logits rounded, so that the
+ * references see the kernels' inputs). */
 Test(cuda_kernels, cross_entropy_over_vocabulary_slabs_matches_the_reference)
 {
     need_gpu();
     static const int shapes[][3] = {{3, 7, 7}, {40, 512, 128}, {40, 512, 200}, {9, 50304, 4096},
                                     {9, 50304, 50304}};
-    for (int s = 0; s < 5; s++) {
-        int N = shapes[s][0], V = shapes[s][1], nv = shapes[s][2];
+    for (int s = 0; s < 10; s++) {
+        int N = shapes[s / 2][0], V = shapes[s / 2][1], nv = shapes[s / 2][2];
+        cuda_dtype lt = s % 2 ? CUDA_BF16 : CUDA_F32;
         int64_t NV = (int64_t)N * V;
-        float *x = rnd(NV, -8, 8, 70, (uint64_t)s);
+        float *x = rnd(NV, -8, 8, 70, (uint64_t)s / 2);
+        if (lt == CUDA_BF16)
+            cudaFree(dev_dt(x, NV, lt)); /* x rounded in place */
         int32_t *tg = malloc((size_t)N * 4);
         uint8_t *mask = malloc((size_t)N);
         int64_t count = ce_targets(tg, mask, N, V, 71, (uint64_t)s, 3, 1);
@@ -627,24 +635,25 @@ Test(cuda_kernels, cross_entropy_over_vocabulary_slabs_matches_the_reference)
         float *dtl = dmalloc((size_t)N * 4), *dmean = dmalloc(4);
         int32_t *dtg = dup_to_dev(tg, (size_t)N * 4);
         uint8_t *dmask = dup_to_dev(mask, (size_t)N);
-        ce_slabs(dlos, dlse, dtl, NULL, CUDA_F32, x, dtg, dmask, d, N, V, nv, 0);
+        ce_slabs(dlos, dlse, dtl, NULL, CUDA_F32, x, lt, dtg, dmask, d, N, V, nv, 0);
         OK(cuda_loss_mean(dmean, dlos, dmask, N, count, 0, E));
         float *got = malloc((size_t)NV * 4), m;
         char what[96];
         to_host(got, dlos, (size_t)N * 4);
-        snprintf(what, sizeof what, "cross-entropy losses, V %d in slabs of %d", V, nv);
+        const char *ln = lt == CUDA_BF16 ? "bf16" : "fp32";
+        snprintf(what, sizeof what, "cross-entropy losses, %s V %d in slabs of %d", ln, V, nv);
         close_d(got, lr, N, 1e-5, 1e-5, what);
         to_host(&m, dmean, 4);
         cr_assert_leq(fabs(m - mean), 1e-5 * fabs(mean), "mean loss %.8g, reference %.8g", m,
                       mean);
-        ce_slabs(dlos, dlse, dtl, got, CUDA_F32, x, dtg, dmask, d, N, V, nv, 1);
-        snprintf(what, sizeof what, "cross-entropy dlogits fp32, slabs of %d", nv);
+        ce_slabs(dlos, dlse, dtl, got, CUDA_F32, x, lt, dtg, dmask, d, N, V, nv, 1);
+        snprintf(what, sizeof what, "cross-entropy dlogits fp32 of %s, slabs of %d", ln, nv);
         close_d(got, dref, NV, 1e-8, 1e-5, what);
         uint16_t *bb = malloc((size_t)NV * 2);
-        ce_slabs(dlos, dlse, dtl, bb, CUDA_BF16, x, dtg, dmask, d, N, V, nv, 1);
+        ce_slabs(dlos, dlse, dtl, bb, CUDA_BF16, x, lt, dtg, dmask, d, N, V, nv, 1);
         for (int64_t i = 0; i < NV; i++)
             got[i] = bf16_to_f(bb[i]);
-        snprintf(what, sizeof what, "cross-entropy dlogits bf16, slabs of %d", nv);
+        snprintf(what, sizeof what, "cross-entropy dlogits bf16 of %s, slabs of %d", ln, nv);
         close_d(got, dref, NV, 1e-9, 1.0 / 256, what);
         free(x), free(tg), free(mask), free(xd), free(lr), free(dl), free(dref), free(got);
         free(bb);
@@ -654,20 +663,25 @@ Test(cuda_kernels, cross_entropy_over_vocabulary_slabs_matches_the_reference)
 }
 
 /* One call of cuda_crossentropy_rows on fresh (poisoned) outputs: losses, lse and dlogits to
- * host, raw holding dlogits' bytes for bit comparisons.  float32 dlogits are written over the
- * logits themselves; off floats shift the logits off 16-byte alignment. */
+ * host, raw holding dlogits' bytes for bit comparisons.  Logits of type lt (x holds values lt
+ * represents); dlogits of the logits' type are written over the logits themselves; off
+ * elements shift the logits off 16-byte alignment. */
 static void ce_rows_call(float *los, float *lse, float *dlog, void *raw, cuda_dtype dt,
-                         const float *x, const int32_t *dtg, const uint8_t *dmask, float d, int N,
-                         int V, int off)
+                         const float *x, cuda_dtype lt, const int32_t *dtg, const uint8_t *dmask,
+                         float d, int N, int V, int off)
 {
     int64_t NV = (int64_t)N * V;
-    size_t e = cuda_dtype_size(dt);
-    float *base = dmalloc((size_t)(NV + off) * 4), *dx = base + off;
-    CK(cudaMemcpy(dx, x, (size_t)NV * 4, cudaMemcpyHostToDevice));
-    void *dd = dt == CUDA_F32 ? (void *)dx : dmalloc((size_t)NV * e);
+    size_t e = cuda_dtype_size(dt), le = cuda_dtype_size(lt);
+    char *base = dmalloc((size_t)(NV + off) * le), *dx = base + (size_t)off * le;
+    float *xc = malloc((size_t)NV * 4);
+    memcpy(xc, x, (size_t)NV * 4);
+    void *up = dev_dt(xc, NV, lt);
+    CK(cudaMemcpy(dx, up, (size_t)NV * le, cudaMemcpyDeviceToDevice));
+    cudaFree(up), free(xc);
+    void *dd = dt == lt ? (void *)dx : dmalloc((size_t)NV * e);
     float *dlos = dmalloc((size_t)N * 4), *dlse = dmalloc((size_t)N * 4);
     float *scratch = dmalloc((size_t)cuda_ce_rows_scratch(N) * 4);
-    OK(cuda_crossentropy_rows(dlos, dlse, dd, dt, dx, dtg, dmask, d, V, N, scratch, 0, E));
+    OK(cuda_crossentropy_rows(dlos, dlse, dd, dt, dx, lt, dtg, dmask, d, V, N, scratch, 0, E));
     to_host(los, dlos, (size_t)N * 4);
     to_host(lse, dlse, (size_t)N * 4);
     to_host(raw, dd, (size_t)NV * e);
@@ -679,21 +693,27 @@ static void ce_rows_call(float *los, float *lse, float *dlog, void *raw, cuda_dt
 }
 
 /* The fused head's whole-row call: one read per logit through a block cluster where a row fits
- * one (V 512 to 65536, last part short or full), the two-kernel path elsewhere (V 7, V 70000,
- * unaligned logits); every run bit for bit the same. */
+ * one (V 512 to 65536 in float32, last part short or full, and to 131072 in bf16), the
+ * two-kernel path elsewhere (V 7, V 70000 in float32, V 140000, unaligned logits); every run bit
+ * for bit the same.  Float32 logits give bf16 dlogits and float32 ones in place; the same
+ * logits rounded to bf16 (references from the rounded values) give float32 dlogits and bf16
+ * ones in place. */
 Test(cuda_kernels, cross_entropy_rows_read_once_or_twice_match_the_reference_bit_for_bit)
 {
     need_gpu();
     static const int shapes[][3] = {{37, 50304, 0}, {37, 50312, 0}, {37, 65536, 0},
                                     {11, 8200, 0},  {40, 512, 0},   {3, 7, 0},
-                                    {5, 70000, 0},  {6, 520, 1}};
-    for (int s = 0; s < 8; s++) {
-        int N = shapes[s][0], V = shapes[s][1], off = shapes[s][2];
+                                    {5, 70000, 0},  {6, 520, 1},    {2, 140000, 0}};
+    for (int s = 0; s < 18; s++) {
+        int N = shapes[s / 2][0], V = shapes[s / 2][1], off = shapes[s / 2][2];
+        cuda_dtype lt = s % 2 ? CUDA_BF16 : CUDA_F32;
         int64_t NV = (int64_t)N * V;
-        float *x = rnd(NV, -8, 8, 72, (uint64_t)s);
+        float *x = rnd(NV, -8, 8, 72, (uint64_t)s / 2);
+        if (lt == CUDA_BF16)
+            cudaFree(dev_dt(x, NV, lt)); /* x rounded in place */
         int32_t *tg = malloc((size_t)N * 4);
         uint8_t *mask = malloc((size_t)N);
-        int64_t count = ce_targets(tg, mask, N, V, 73, (uint64_t)s, 4, 2);
+        int64_t count = ce_targets(tg, mask, N, V, 73, (uint64_t)s / 2, 4, 2);
         tg[0] = 0, tg[1] = V - 1, tg[2] = V - 1; /* the row's ends, counted and masked */
         double *xd = to_d(x, NV), *lr = malloc((size_t)N * 8), *lser = malloc((size_t)N * 8);
         crossentropy_forward_ref(lr, xd, tg, N, V);
@@ -722,10 +742,12 @@ Test(cuda_kernels, cross_entropy_rows_read_once_or_twice_match_the_reference_bit
         }
         for (int b = 0; b < 2; b++) {
             cuda_dtype dt = b == 0 ? CUDA_BF16 : CUDA_F32;
-            const char *dn = dt == CUDA_BF16 ? "bf16" : "fp32 in place";
+            char dn[48];
+            snprintf(dn, sizeof dn, "%s dlogits of %s logits%s", dt == CUDA_BF16 ? "bf16" : "fp32",
+                     lt == CUDA_BF16 ? "bf16" : "fp32", dt == lt ? " in place" : "");
             size_t bytes = (size_t)NV * cuda_dtype_size(dt);
             for (int r = 0; r < 2; r++)
-                ce_rows_call(los[r], lse[r], got, raw[r], dt, x, dtg, dmask, d, N, V, off);
+                ce_rows_call(los[r], lse[r], got, raw[r], dt, x, lt, dtg, dmask, d, N, V, off);
             snprintf(what, sizeof what, "cross-entropy rows losses, V %d, %s", V, dn);
             close_d(los[0], lr, N, 1e-5, 1e-5, what);
             snprintf(what, sizeof what, "cross-entropy rows lse, V %d, %s", V, dn);
@@ -1499,6 +1521,61 @@ Test(cuda_model, bf16_random_prime13_model_is_within_bf16_tolerances, .init = pr
     check_parity(m, OPTS(PRIMAL_CUDA_BF16, 0), 3, 37, NULL, tol, 2); /* gate/up stacked */
     check_parity(m, OPTS(PRIMAL_CUDA_BF16, 300, .recompute = PRIMAL_CUDA_RECOMPUTE_MLP), 3, 37,
                  NULL, tol, 2);
+    primal_model_free(m);
+}
+
+/* Logits rounded to bfloat16 in training ([run] logits = bf16): the head-ahead pass (through
+ * check_parity's forward_train) and the slab path (head_ahead off) stay within the bf16
+ * tolerances of the CPU model, and they are not the float32 logits' run under another name. */
+Test(cuda_model, bf16_logits_train_within_bf16_tolerances, .init = prime13_init)
+{
+    need_gpu();
+    primal_err err;
+    primal_model *m = random_model(&rand_cfg, 22, 0.02f);
+    parity_tol tol = BF16_TOL;
+    check_parity(m, OPTS(PRIMAL_CUDA_BF16, 300, .logits_bf16 = 1), 3, 37, NULL, tol, 2);
+    int B = 3, T = 37, np = primal_model_nparams(m);
+    int32_t *tok = malloc((size_t)B * (T + 1) * sizeof(int32_t));
+    for (int i = 0; i < B * (T + 1); i++)
+        tok[i] = (int32_t)(primal_rng_u64(31, 5, (uint64_t)i) % (uint64_t)rand_cfg.vocab);
+    float loss_c, loss[2];
+    primal_model_zero_grad(m);
+    cr_assert_eq(primal_model_forward(m, tok, NULL, B, T, &loss_c, NULL, &err), PRIMAL_OK, "%s",
+                 err.msg);
+    keep kc;
+    keep_init(&kc, np);
+    cr_assert_eq(primal_model_backward(m, 1.0f, keep_cpu, &kc, &err), PRIMAL_OK, "%s", err.msg);
+    for (int lb = 0; lb < 2; lb++) {
+        primal_cuda_model *cm =
+            gpu_model_o(m, OPTS(PRIMAL_CUDA_BF16, 300, .head_ahead = -1, .logits_bf16 = lb));
+        cr_assert_eq(primal_cuda_model_forward_train(cm, tok, NULL, B, T, 1.0f, &loss[lb], &err),
+                     PRIMAL_OK, "%s", err.msg);
+        keep kg;
+        keep_init(&kg, np);
+        cr_assert_eq(primal_cuda_model_backward(cm, 1.0f, keep_gpu, &kg, &err), PRIMAL_OK, "%s",
+                     err.msg);
+        double le = fabs(loss[lb] - loss_c) / fabs(loss_c);
+        cr_assert_lt(le, tol.loss, "logits %s, slabs: loss %.7g, CPU %.7g", lb ? "bf16" : "fp32",
+                     loss[lb], loss_c);
+        for (int i = 0; i < np; i++) {
+            primal_param *hp = primal_model_param(m, i);
+            if (!hp->is_matrix)
+                continue;
+            double ge = relerr(kg.G[i], kc.G[i], hp->n);
+            cr_assert_lt(ge, tol.G, "logits %s, slabs: %s G relative error %.3g",
+                         lb ? "bf16" : "fp32", hp->name, ge);
+        }
+        keep_free(&kg);
+        primal_cuda_model_free(cm);
+    }
+    cr_assert_neq(memcmp(&loss[0], &loss[1], sizeof(float)), 0,
+                  "bf16 logits gave the float32 logits' loss bit for bit (%.9g)", loss[0]);
+    primal_cuda_opts bad = {.precision = PRIMAL_CUDA_FP32, .logits_bf16 = 1};
+    primal_cuda_model *cm = NULL;
+    cr_assert_eq(primal_cuda_model_create(m, &bad, &cm, &err), PRIMAL_ECONFIG);
+    cr_assert_not_null(strstr(err.msg, "bfloat16 logits need bf16 precision"), "%s", err.msg);
+    keep_free(&kc);
+    free(tok);
     primal_model_free(m);
 }
 

@@ -92,6 +92,9 @@ refuse cpu-head-ahead '^head_ahead = off' 'head_ahead: off needs device = cuda'
 sed 's/^threads = 1$/threads = 1\ngrad_stream = false/' "$tmp/base.ini" >"$tmp/cpu-grad-stream.ini"
 refuse cpu-grad-stream '^grad_stream = false' 'grad_stream: false needs device = cuda'
 
+sed 's/^threads = 1$/threads = 1\nlogits = bf16/' "$tmp/base.ini" >"$tmp/cpu-logits.ini"
+refuse cpu-logits '^logits = bf16' 'logits: bf16 needs device = cuda'
+
 # a count of blocks means something only to the MLP recompute
 sed 's/^threads = 1$/threads = 1\nrecompute = true\nrecompute_blocks = 3/' "$tmp/base.ini" \
     >"$tmp/blocks-without-mlp.ini"

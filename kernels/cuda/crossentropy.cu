@@ -20,10 +20,11 @@ namespace cg = cooperative_groups;
 
 /* One warp per position.  While slabs remain, lse holds the running max and losses the running
  * sum (relative to it). */
+template <typename L>
 __global__ void crossentropy_forward_kernel(float *losses,          /* (N) */
                                             float *lse,             /* (N) */
                                             float *tl,              /* (N) target logits */
-                                            const float *logits,    /* (N, nv) */
+                                            const L *logits,        /* (N, nv) */
                                             const int32_t *targets, /* (N) */
                                             int64_t N, int64_t v0, int64_t nv, int first,
                                             int last)
@@ -32,10 +33,10 @@ __global__ void crossentropy_forward_kernel(float *losses,          /* (N) */
     int lane = threadIdx.x % 32;
     if (n >= N)
         return;
-    const float *x = logits + n * nv;
+    const L *x = logits + n * nv;
     float m = -INFINITY, s = 0.0f;
     for (int64_t i = lane; i < nv; i += 32) {
-        float v = x[i];
+        float v = cuda_ld(x, i);
         if (v > m) {
             s = s * expf(m - v) + 1.0f;
             m = v;
@@ -53,7 +54,7 @@ __global__ void crossentropy_forward_kernel(float *losses,          /* (N) */
                    (M == -INFINITY ? 0.0f : s * expf(M - nm));
         int64_t t = targets[n];
         if (t >= v0 && t < v0 + nv)
-            tl[n] = x[t - v0];
+            tl[n] = cuda_ld(x, t - v0);
         if (last) {
             float l = nm + logf(ns);
             lse[n] = l;
@@ -70,15 +71,23 @@ __global__ void crossentropy_forward_kernel(float *losses,          /* (N) */
 int cuda_crossentropy_forward(float *losses,          /* (N) */
                               float *lse,             /* (N) logsumexp, kept for backward */
                               float *tl,              /* (N) scratch */
-                              const float *logits,    /* (N, nv): vocabulary [v0, v0 + nv) */
+                              const void *logits,     /* (N, nv) of lt: vocabulary [v0, v0 + nv) */
+                              cuda_dtype lt,
                               const int32_t *targets, /* (N) in [0, V) */
                               int64_t v0, int64_t nv, int64_t V, int64_t N, cudaStream_t s,
                               primal_err *err)
 {
     if (N == 0)
         return PRIMAL_OK;
-    crossentropy_forward_kernel<<<(unsigned)((N + 7) / 8), 256, 0, s>>>(
-        losses, lse, tl, logits, targets, N, v0, nv, v0 == 0, v0 + nv >= V);
+    unsigned g = (unsigned)((N + 7) / 8);
+    int first = v0 == 0, last = v0 + nv >= V;
+    if (lt == CUDA_BF16)
+        crossentropy_forward_kernel<<<g, 256, 0, s>>>(losses, lse, tl,
+                                                       (const __nv_bfloat16 *)logits, targets, N,
+                                                       v0, nv, first, last);
+    else
+        crossentropy_forward_kernel<<<g, 256, 0, s>>>(losses, lse, tl, (const float *)logits,
+                                                       targets, N, v0, nv, first, last);
     CUDA_LAUNCHED("crossentropy_forward", err);
     return PRIMAL_OK;
 }
@@ -106,9 +115,9 @@ int cuda_loss_mean(float *out, const float *losses, const uint8_t *mask, int64_t
     return PRIMAL_OK;
 }
 
-template <typename T>
+template <typename T, typename L>
 __global__ void crossentropy_backward_kernel(T *dlogits,              /* (N, nv) */
-                                             const float *logits,     /* (N, nv) */
+                                             const L *logits,         /* (N, nv) */
                                              const float *lse,        /* (N) */
                                              const int32_t *targets,  /* (N) */
                                              const uint8_t *mask,     /* (N) */
@@ -123,16 +132,31 @@ __global__ void crossentropy_backward_kernel(T *dlogits,              /* (N, nv)
     float dn = mask[n] ? d : 0.0f;
     int64_t tgt = targets[n] - v0;
     for (int64_t i = lane; i < nv; i += 32) {
-        float p = dn == 0.0f ? 0.0f : expf(logits[o + i] - l) * dn;
+        float p = dn == 0.0f ? 0.0f : expf(cuda_ld(logits, o + i) - l) * dn;
         cuda_st(dlogits, o + i, i == tgt ? p - dn : p);
     }
 }
 
-/* dlogits of the slab [v0, v0 + nv) is written (not accumulated); in float32 it may be the
- * logits slab itself. */
+template <typename L>
+static void ce_backward_launch(void *dlogits, cuda_dtype dt, const L *logits, const float *lse,
+                               const int32_t *targets, const uint8_t *mask, float d, int64_t v0,
+                               int64_t nv, int64_t N, cudaStream_t s)
+{
+    unsigned g = (unsigned)((N + 7) / 8);
+    if (dt == CUDA_BF16)
+        crossentropy_backward_kernel<<<g, 256, 0, s>>>((__nv_bfloat16 *)dlogits, logits, lse,
+                                                        targets, mask, d, N, v0, nv);
+    else
+        crossentropy_backward_kernel<<<g, 256, 0, s>>>((float *)dlogits, logits, lse, targets,
+                                                        mask, d, N, v0, nv);
+}
+
+/* dlogits of the slab [v0, v0 + nv) is written (not accumulated); of the logits' type it may
+ * be the logits slab itself. */
 int cuda_crossentropy_backward(void *dlogits,          /* (N, nv) of dt */
                                cuda_dtype dt,
-                               const float *logits,    /* (N, nv) */
+                               const void *logits,     /* (N, nv) of lt */
+                               cuda_dtype lt,
                                const float *lse,       /* (N) from forward */
                                const int32_t *targets, /* (N) */
                                const uint8_t *mask,    /* (N) 1: the position counts */
@@ -141,12 +165,12 @@ int cuda_crossentropy_backward(void *dlogits,          /* (N, nv) of dt */
 {
     if (N == 0)
         return PRIMAL_OK;
-    if (dt == CUDA_BF16)
-        crossentropy_backward_kernel<<<(unsigned)((N + 7) / 8), 256, 0, s>>>(
-            (__nv_bfloat16 *)dlogits, logits, lse, targets, mask, d, N, v0, nv);
+    if (lt == CUDA_BF16)
+        ce_backward_launch(dlogits, dt, (const __nv_bfloat16 *)logits, lse, targets, mask, d, v0,
+                           nv, N, s);
     else
-        crossentropy_backward_kernel<<<(unsigned)((N + 7) / 8), 256, 0, s>>>(
-            (float *)dlogits, logits, lse, targets, mask, d, N, v0, nv);
+        ce_backward_launch(dlogits, dt, (const float *)logits, lse, targets, mask, d, v0, nv, N,
+                           s);
     CUDA_LAUNCHED("crossentropy_backward", err);
     return PRIMAL_OK;
 }
@@ -178,14 +202,15 @@ __device__ __forceinline__ float merge_lse(const float2 *st, int P)
     return M + logf(S);
 }
 
-__global__ void ce_rows_stats_kernel(float2 *stats,       /* (N, P) (max, sum) */
-                                     const float *logits, /* (N, V) */
+template <typename L>
+__global__ void ce_rows_stats_kernel(float2 *stats,   /* (N, P) (max, sum) */
+                                     const L *logits, /* (N, V) */
                                      int64_t V, int64_t span, int vec)
 {
     __shared__ float sh[32];
     const int P = gridDim.y;
     const int64_t a = blockIdx.y * span, b = a + span < V ? a + span : V;
-    const float *x = logits + (int64_t)blockIdx.x * V;
+    const L *x = logits + (int64_t)blockIdx.x * V;
     float m = -INFINITY, s = 0.0f;
     if (vec) {
         for (int64_t i = a + 8 * (int64_t)threadIdx.x; i < b; i += 8 * (int64_t)blockDim.x) {
@@ -196,7 +221,7 @@ __global__ void ce_rows_stats_kernel(float2 *stats,       /* (N, P) (max, sum) *
         }
     } else {
         for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x)
-            online_add(&m, &s, x[i]);
+            online_add(&m, &s, cuda_ld(x, i));
     }
     float M = cuda_block_max(m, sh);
     s = m == -INFINITY ? 0.0f : s * expf(m - M);
@@ -205,11 +230,11 @@ __global__ void ce_rows_stats_kernel(float2 *stats,       /* (N, P) (max, sum) *
         stats[(int64_t)blockIdx.x * P + blockIdx.y] = make_float2(M, s);
 }
 
-template <typename T>
+template <typename T, typename L>
 __global__ void ce_rows_grad_kernel(float *losses,          /* (N) */
                                     float *lse,             /* (N) */
                                     T *dlogits,             /* (N, V), may be logits */
-                                    const float *logits,    /* (N, V) */
+                                    const L *logits,        /* (N, V) */
                                     const float2 *stats,    /* (N, P) */
                                     const int32_t *targets, /* (N) */
                                     const uint8_t *mask,    /* (N) */
@@ -224,7 +249,7 @@ __global__ void ce_rows_grad_kernel(float *losses,          /* (N) */
         /* this block holds the target: read it before any thread overwrites it (in place) */
         if (threadIdx.x == 0) {
             lse[n] = l;
-            losses[n] = l - logits[o + tgt];
+            losses[n] = l - cuda_ld(logits, o + tgt);
         }
         __syncthreads();
     }
@@ -242,7 +267,7 @@ __global__ void ce_rows_grad_kernel(float *losses,          /* (N) */
         }
     } else {
         for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) {
-            float p = dn == 0.0f ? 0.0f : expf(logits[o + i] - l) * dn;
+            float p = dn == 0.0f ? 0.0f : expf(cuda_ld(logits, o + i) - l) * dn;
             cuda_st(dlogits, o + i, i == tgt ? p - dn : p);
         }
     }
@@ -262,64 +287,110 @@ static int ce_parts(int64_t V, int64_t *span)
  * blocks (Hopper distributed shared memory) that keep their parts in registers: each block
  * reduces its part to (max, sum), publishes it in shared memory, and after cluster.sync() every
  * block copies the P pairs from their owners and merges them in the grad kernel's fixed order,
- * then writes its dlogits from the registers.  A thread holds the float4s t, t + 256, ... of
- * its part, so a warp's load is 512 contiguous bytes.  Each thread writes only the columns it
- * read, so dlogits may be the logits.  One cluster per row: V ≤ 8 · 256 · 32 = 65536, the
- * portable cluster size, a block's threads and the float4s a thread holds. */
+ * then writes its dlogits from the registers.  A thread holds the 16-byte chunks t, t + 256, ...
+ * of its part (4 float32 logits or 8 bfloat16 ones a chunk), so a warp's load is 512 contiguous
+ * bytes and a block moves the same bytes in either type: with half the bytes a logit, bf16
+ * blocks take twice the columns rather than finishing twice as fast, since a block's fixed
+ * costs (its reductions, the cluster barrier) would then weigh twice as much.  Each thread
+ * writes only the columns it read, so dlogits may be the logits.  One cluster per row: V ≤ 8 ·
+ * 256 · 8 chunks (65536 float32 columns, 131072 bf16), the portable cluster size. */
 #define CE_ONCE_THREADS 256
-#define CE_ONCE_VEC4 8 /* float4s a thread holds: 32 logits */
+#define CE_ONCE_CHUNKS 8 /* 16-byte chunks a thread holds */
 #define CE_ONCE_PARTS 8
-#define CE_ONCE_PART_COLS (CE_ONCE_THREADS * CE_ONCE_VEC4 * 4)
 
-__device__ __forceinline__ void ce_st4(float *p, const float *v)
+/* A 16-byte chunk of logits of type L: W of them, loaded, and unpacked to floats. */
+template <typename L> struct ce_chunk;
+template <> struct ce_chunk<float> {
+    static constexpr int W = 4;
+    __device__ static void unpack(const uint4 &u, float *e)
+    {
+        e[0] = __uint_as_float(u.x), e[1] = __uint_as_float(u.y);
+        e[2] = __uint_as_float(u.z), e[3] = __uint_as_float(u.w);
+    }
+};
+template <> struct ce_chunk<__nv_bfloat16> {
+    static constexpr int W = 8;
+    __device__ static void unpack(const uint4 &u, float *e)
+    {
+        const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+        for (int k = 0; k < 4; k++) {
+            float2 f = __bfloat1622float2(h[k]);
+            e[2 * k] = f.x, e[2 * k + 1] = f.y;
+        }
+    }
+};
+
+template <typename L> static constexpr int ce_part_cols()
 {
-    *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]);
-}
-__device__ __forceinline__ void ce_st4(__nv_bfloat16 *p, const float *v)
-{
-    __nv_bfloat162 h[2] = {__floats2bfloat162_rn(v[0], v[1]), __floats2bfloat162_rn(v[2], v[3])};
-    *reinterpret_cast<uint2 *>(p) = *reinterpret_cast<const uint2 *>(h);
+    return CE_ONCE_THREADS * CE_ONCE_CHUNKS * ce_chunk<L>::W;
 }
 
-template <typename T>
+/* W dlogits from floats */
+__device__ __forceinline__ void ce_st(float *p, const float *v, int W)
+{
+    reinterpret_cast<float4 *>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    if (W == 8)
+        reinterpret_cast<float4 *>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+__device__ __forceinline__ void ce_st(__nv_bfloat16 *p, const float *v, int W)
+{
+    __nv_bfloat162 h[4];
+    for (int k = 0; k < W / 2; k++)
+        h[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
+    if (W == 8)
+        *reinterpret_cast<uint4 *>(p) = *reinterpret_cast<const uint4 *>(h);
+    else
+        *reinterpret_cast<uint2 *>(p) = *reinterpret_cast<const uint2 *>(h);
+}
+
+template <typename T, typename L>
 __global__ void __launch_bounds__(CE_ONCE_THREADS)
     ce_rows_once_kernel(float *losses,          /* (N) */
                         float *lse,             /* (N) */
                         T *dlogits,             /* (N, V), may be logits */
-                        const float *logits,    /* (N, V) */
+                        const L *logits,        /* (N, V) */
                         const int32_t *targets, /* (N) */
                         const uint8_t *mask,    /* (N) */
                         float d, int64_t V, int64_t span)
 {
+    constexpr int W = ce_chunk<L>::W;
     __shared__ float sh[32];
     __shared__ float2 part;                  /* this block's (max, sum), read by the cluster */
     __shared__ float2 parts[CE_ONCE_PARTS];  /* every block's, copied in */
     cg::cluster_group cluster = cg::this_cluster();
     const int P = (int)cluster.num_blocks(), q = (int)cluster.block_rank();
     const int64_t n = blockIdx.x / P, a = q * span;
-    /* columns [a, a + w) are this block's; w ≤ 0 leaves it none */
+    /* columns [a, a + w) are this block's (w a multiple of 8); w ≤ 0 leaves it none */
     const int w = (int)((a + span < V ? a + span : V) - a);
     const int64_t tgt = targets[n];
     const int tc = tgt >= a && tgt < a + w ? (int)(tgt - a) : -1;
     const float dn = mask[n] ? d : 0.0f;
-    const float *x = logits + n * V + a;
+    const L *x = logits + n * V + a;
 
-    float4 v[CE_ONCE_VEC4];
+    uint4 v[CE_ONCE_CHUNKS];
     float m = -INFINITY;
 #pragma unroll
-    for (int j = 0; j < CE_ONCE_VEC4; j++) {
-        const int c = 4 * ((int)threadIdx.x + j * CE_ONCE_THREADS);
-        v[j] = c < w ? *reinterpret_cast<const float4 *>(x + c)
-                     : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
-        m = fmaxf(m, fmaxf(fmaxf(v[j].x, v[j].y), fmaxf(v[j].z, v[j].w)));
+    for (int j = 0; j < CE_ONCE_CHUNKS; j++) {
+        const int c = W * ((int)threadIdx.x + j * CE_ONCE_THREADS);
+        if (c < w) {
+            v[j] = *reinterpret_cast<const uint4 *>(x + c);
+            float e[W];
+            ce_chunk<L>::unpack(v[j], e);
+            for (int k = 0; k < W; k++)
+                m = fmaxf(m, e[k]);
+        }
     }
     const float M = cuda_block_max(m, sh);
     float s = 0.0f;
     if (M != -INFINITY) {
 #pragma unroll
-        for (int j = 0; j < CE_ONCE_VEC4; j++)
-            if (4 * ((int)threadIdx.x + j * CE_ONCE_THREADS) < w)
-                s += expf(v[j].x - M) + expf(v[j].y - M) + expf(v[j].z - M) + expf(v[j].w - M);
+        for (int j = 0; j < CE_ONCE_CHUNKS; j++)
+            if (W * ((int)threadIdx.x + j * CE_ONCE_THREADS) < w) {
+                float e[W];
+                ce_chunk<L>::unpack(v[j], e);
+                for (int k = 0; k < W; k++)
+                    s += expf(e[k] - M);
+            }
     }
     s = cuda_block_sum(s, sh);
     if (threadIdx.x == 0)
@@ -334,11 +405,12 @@ __global__ void __launch_bounds__(CE_ONCE_THREADS)
 
     const float l = merge_lse(parts, P);
 #pragma unroll
-    for (int j = 0; j < CE_ONCE_VEC4; j++) {
-        const int c = 4 * ((int)threadIdx.x + j * CE_ONCE_THREADS);
+    for (int j = 0; j < CE_ONCE_CHUNKS; j++) {
+        const int c = W * ((int)threadIdx.x + j * CE_ONCE_THREADS);
         if (c < w) {
-            float e[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
-            for (int k = 0; k < 4; k++) {
+            float e[W];
+            ce_chunk<L>::unpack(v[j], e);
+            for (int k = 0; k < W; k++) {
                 float p = dn == 0.0f ? 0.0f : expf(e[k] - l) * dn;
                 if (c + k == tc) {
                     lse[n] = l;
@@ -347,20 +419,22 @@ __global__ void __launch_bounds__(CE_ONCE_THREADS)
                 }
                 e[k] = p;
             }
-            ce_st4(dlogits + n * V + a + c, e);
+            ce_st(dlogits + n * V + a + c, e, W);
         }
     }
     cluster.barrier_wait();
 }
 
 /* One cluster of P blocks per row; V % 8 == 0, 16-byte aligned buffers, V ≤ CE_ONCE_PARTS ·
- * CE_ONCE_PART_COLS. */
-static int ce_rows_once(float *losses, float *lse, void *dlogits, cuda_dtype dt,
-                        const float *logits, const int32_t *targets, const uint8_t *mask,
-                        float d, int64_t V, int64_t N, cudaStream_t s, primal_err *err)
+ * ce_part_cols<L>(). */
+template <typename L>
+static int ce_rows_once(float *losses, float *lse, void *dlogits, cuda_dtype dt, const L *logits,
+                        const int32_t *targets, const uint8_t *mask, float d, int64_t V,
+                        int64_t N, cudaStream_t s, primal_err *err)
 {
-    int P = (int)((V + CE_ONCE_PART_COLS - 1) / CE_ONCE_PART_COLS);
-    int64_t span = ((V + P - 1) / P + 7) / 8 * 8; /* ≤ CE_ONCE_PART_COLS */
+    const int64_t pc = ce_part_cols<L>();
+    int P = (int)((V + pc - 1) / pc);
+    int64_t span = ((V + P - 1) / P + 7) / 8 * 8; /* ≤ pc */
     cudaLaunchAttribute at[1];
     at[0].id = cudaLaunchAttributeClusterDimension;
     at[0].val.clusterDim.x = (unsigned)P;
@@ -374,10 +448,10 @@ static int ce_rows_once(float *losses, float *lse, void *dlogits, cuda_dtype dt,
     cfg.numAttrs = 1;
     cudaError_t rc;
     if (dt == CUDA_BF16)
-        rc = cudaLaunchKernelEx(&cfg, ce_rows_once_kernel<__nv_bfloat16>, losses, lse,
+        rc = cudaLaunchKernelEx(&cfg, ce_rows_once_kernel<__nv_bfloat16, L>, losses, lse,
                                 (__nv_bfloat16 *)dlogits, logits, targets, mask, d, V, span);
     else
-        rc = cudaLaunchKernelEx(&cfg, ce_rows_once_kernel<float>, losses, lse, (float *)dlogits,
+        rc = cudaLaunchKernelEx(&cfg, ce_rows_once_kernel<float, L>, losses, lse, (float *)dlogits,
                                 logits, targets, mask, d, V, span);
     if (rc != cudaSuccess) {
         (void)cudaGetLastError(); /* reported here; don't let the next launch check see it */
@@ -388,19 +462,13 @@ static int ce_rows_once(float *losses, float *lse, void *dlogits, cuda_dtype dt,
     return PRIMAL_OK;
 }
 
-/* losses, lse and dlogits (written, in dt; in float32 it may be the logits themselves) of N
- * positions whose logits over the whole vocabulary are at hand: the fused head of
- * primal_cuda_model_forward_train.  dlogits = (softmax − onehot) · d on positions with mask
- * 1, 0 elsewhere. */
-int cuda_crossentropy_rows(float *losses, float *lse, void *dlogits, cuda_dtype dt,
-                           const float *logits, const int32_t *targets, const uint8_t *mask,
-                           float d, int64_t V, int64_t N, float *scratch, cudaStream_t s,
-                           primal_err *err)
+template <typename L>
+static int ce_rows(float *losses, float *lse, void *dlogits, cuda_dtype dt, const L *logits,
+                   const int32_t *targets, const uint8_t *mask, float d, int64_t V, int64_t N,
+                   float *scratch, cudaStream_t s, primal_err *err)
 {
-    if (N == 0)
-        return PRIMAL_OK;
-    if (V > 0 && V % 8 == 0 && V <= CE_ONCE_PARTS * CE_ONCE_PART_COLS && cuda_aligned8(logits) &&
-        cuda_aligned8(dlogits) && N <= INT32_MAX / CE_ONCE_PARTS)
+    if (V > 0 && V % 8 == 0 && V <= CE_ONCE_PARTS * ce_part_cols<L>() &&
+        cuda_aligned8(logits) && cuda_aligned8(dlogits) && N <= INT32_MAX / CE_ONCE_PARTS)
         return ce_rows_once(losses, lse, dlogits, dt, logits, targets, mask, d, V, N, s, err);
     int64_t span;
     int P = ce_parts(V, &span);
@@ -418,4 +486,22 @@ int cuda_crossentropy_rows(float *losses, float *lse, void *dlogits, cuda_dtype 
                                                  span, vec);
     CUDA_LAUNCHED("ce_rows_grad", err);
     return PRIMAL_OK;
+}
+
+/* losses, lse and dlogits (written, in dt; of the logits' type it may be the logits themselves)
+ * of N positions whose logits over the whole vocabulary (of lt) are at hand: the fused head of
+ * primal_cuda_model_forward_train.  dlogits = (softmax − onehot) · d on positions with mask
+ * 1, 0 elsewhere. */
+int cuda_crossentropy_rows(float *losses, float *lse, void *dlogits, cuda_dtype dt,
+                           const void *logits, cuda_dtype lt, const int32_t *targets,
+                           const uint8_t *mask, float d, int64_t V, int64_t N, float *scratch,
+                           cudaStream_t s, primal_err *err)
+{
+    if (N == 0)
+        return PRIMAL_OK;
+    if (lt == CUDA_BF16)
+        return ce_rows(losses, lse, dlogits, dt, (const __nv_bfloat16 *)logits, targets, mask, d,
+                       V, N, scratch, s, err);
+    return ce_rows(losses, lse, dlogits, dt, (const float *)logits, targets, mask, d, V, N,
+                   scratch, s, err);
 }

@@ -4,6 +4,7 @@ set -u
 med() { python3 - "$@" <<'PY'
 import json,sys,statistics,os
 for d in sys.argv[1:]:
+    if not os.path.isdir(d): continue
     rows=[json.loads(l) for l in open(os.path.join(d,'log.jsonl')) if '"loss"' in l and 'event' not in l]
     t=[r['tokens_per_s'] for r in rows if 3<=r['step']<=12]
     print(json.dumps({"run":os.path.basename(d),"median_tok_s":round(statistics.median(t),1),"loss12":rows[-1]['loss'],"flips12":rows[-1]['flips'],"peak_mib":round(rows[-1]['peak_mem_bytes']/2**20,1)}))
@@ -20,6 +21,27 @@ step_ab)
   for i in 1 2; do for inl in 1 0; do /tmp/primal_gpu/bin/gpu_step --grads-inline $inl --steps 10 | python3 -c "import json,sys;j=json.loads(sys.stdin.read());print('inline',j['grads_inline'],j['tokens_per_s'],j['loss'],j['model_bytes']['peak'])"; done; done ;;
 train_ab) bench/gpu_train.sh run speed124m:run.grad_stream=false speed124m speed124m:run.grad_stream=false,run.seed=0 speed124m:run.grad_stream=true >/dev/null 2>&1
   med /tmp/primal_runs/speed124m* ;;
+logits_step)
+  export LD_LIBRARY_PATH=/tmp/primal_gpu/lib:/usr/local/cuda/lib64
+  for i in 1 2; do for l in fp32 bf16; do /tmp/primal_gpu/bin/gpu_step --logits $l --steps 10 | python3 -c "import json,sys;j=json.loads(sys.stdin.read());print('logits',j['logits'],j['tokens_per_s'],j['loss'],j['model_bytes']['peak'])"; done; done ;;
+logits_train) rm -rf /tmp/primal_runs; bench/gpu_train.sh run speed124m speed124m:run.logits=bf16 speed124m:run.seed=0 speed124m:run.logits=bf16,run.seed=0 >/dev/null 2>&1
+  med /tmp/primal_runs/speed124m* ;;
+quality) rm -rf /tmp/primal_runs; NCU_SETS="--set run.logits=bf16" bench/gpu_train.sh run kjv200 kjv200:run.logits=bf16 kjv124m kjv124m:run.logits=bf16 kjv124m:run.seed=1 kjv124m:run.logits=bf16,run.seed=1 ncu124m 2>&1 | tail -12
+  python3 - <<'PY'
+import json,glob,os,statistics
+for d in sorted(glob.glob('/tmp/primal_runs/kjv*/')):
+    rows=[json.loads(l) for l in open(d+'log.jsonl')]
+    ev=[(r['step'],round(r['val_loss'],4)) for r in rows if 'val_loss' in r]
+    tr=[r['tokens_per_s'] for r in rows if 'tokens_per_s' in r and r.get('step',0)>=10]
+    print(os.path.basename(d[:-1]), ev, 'median tok/s', round(statistics.median(tr)) if tr else None)
+PY
+  cp /tmp/primal_runs/ncu124m.json $OUT/ 2>/dev/null ;;
+kjvseeds) rm -rf /tmp/primal_runs; bench/gpu_train.sh run kjv200 kjv200:run.seed=1 kjv200:run.seed=2 kjv200:run.seed=3 kjv200:run.logits=bf16 kjv200:run.logits=bf16,run.seed=1 kjv200:run.logits=bf16,run.seed=2 kjv200:run.logits=bf16,run.seed=3 2>&1 | grep val_loss
+  tar -C /tmp/primal_runs -czf $OUT/kjvseeds.tgz . ;;
+ncu_bf16) NCU_SETS="--set run.logits=bf16" bench/gpu_train.sh run ncu124m >/dev/null 2>&1; cp /tmp/primal_runs/ncu124m.json $OUT/ncu124m_bf16.json
+  python3 -c "
+import json;d=json.load(open('/tmp/primal_runs/ncu124m.json'));print(d['total_ms'])
+for x in d['kernels'][:12]: print('%7.3f %4d  %s'%(x['ms'],x['calls'],x['name'][:90]))" ;;
 *) sh -c "$w" ;;
 esac
 echo "== $w $(date +%T)"
