@@ -9,8 +9,9 @@
  * second buffer while the first is used.  Tiles stay row-major in shared memory: where a
  * product needs one transposed (P·V, dS·K, Pᵀ·dO, dSᵀ·Q), ldmatrix.trans reads it so.  Register
  * fragments follow the PTX layout of m16n8k16: the accumulator of S (rows × 8 keys) is, pair for
- * pair, the A operand of the next product, so P and dS never leave registers.  Softmax runs in base 2 (exp2f of
- * scores pre-multiplied by log2(e)/sqrt(hd)); lse is stored in natural log, as attention.cu's.
+ * pair, the A operand of the next product, so P and dS never leave registers.  Softmax runs in
+ * base 2 (2^(s·c − m·c), c = log2(e)/sqrt(hd), one FFMA and one MUFU.EX2 a score); lse is
+ * stored in natural log, as attention.cu's.
  *
  * Backward is split in two kernels so that every sum has one owner and a fixed order (runs
  * are reproducible bit for bit; no atomics): dK, dV per key block, summing over the group's
@@ -80,6 +81,16 @@ __device__ __forceinline__ void cp_wait()
 #endif
 }
 
+/* 2^x, flushing subnormal results to zero: exp2f without -ftz wraps MUFU.EX2 in a rescale for
+ * subnormal inputs and outputs, three instructions where one does, and every argument here is
+ * a score minus its row's maximum or log-sum-exp, whose subnormal powers are zero anyway. */
+__device__ __forceinline__ float exp2_ftz(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 /* Two floats as the bf16 pair of one fragment register: the lower column in the low half. */
 __device__ __forceinline__ uint32_t pack2(float lo, float hi)
 {
@@ -98,13 +109,14 @@ template <int HD, int LD>
 __device__ __forceinline__ void tile_async(bf16 *s, const bf16 *g, int r0, int T,
                                            size_t ld = HD)
 {
-    constexpr int V = HD / 8; /* 16-byte vectors a row */
+    constexpr int V = HD / 8, RS = kThreads / V; /* 16-byte vectors a row; rows a pass */
+    const int r = (int)threadIdx.x / V, c = ((int)threadIdx.x % V) * 8;
+    const bf16 *gp = g + (size_t)(r0 + r) * ld + c;
+    bf16 *sp = s + r * LD + c;
 #pragma unroll
-    for (int it = 0; it < kRows * V / kThreads; it++) {
-        int i = (int)threadIdx.x + it * kThreads;
-        int r = i / V, c = (i - r * V) * 8;
-        bool ok = r0 + r < T;
-        cp16(s + r * LD + c, ok ? g + (size_t)(r0 + r) * ld + c : g, ok);
+    for (int it = 0; it < kRows / RS; it++) {
+        bool ok = r0 + r + it * RS < T;
+        cp16(sp + it * RS * LD, ok ? gp + (size_t)it * RS * ld : g, ok);
     }
 }
 
@@ -278,35 +290,37 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(bf16 *out, floa
         __syncthreads();
         float s[8][4];
         scores<HD, LD>(s, qa, Kc, lane);
+        if (kb == qb) /* the diagonal block: keys after the query are masked */
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int key = kb * kBlock + j * 8 + qi * 2 + e;
+                    s[j][e] = key > row0 ? -INFINITY : s[j][e];
+                    s[j][2 + e] = key > row1 ? -INFINITY : s[j][2 + e];
+                }
+        /* m0, m1 are maxima of the unscaled scores (the scale is positive), so each power is
+         * one FFMA and one MUFU: 2^(s·sl2 − m·sl2) */
         float mx0 = m0, mx1 = m1;
 #pragma unroll
-        for (int j = 0; j < 8; j++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                int key = kb * kBlock + j * 8 + qi * 2 + e;
-                float x0 = s[j][e] * sl2, x1 = s[j][2 + e] * sl2;
-                if (kb == qb) { /* the diagonal block: keys after the query are masked */
-                    x0 = key > row0 ? -INFINITY : x0;
-                    x1 = key > row1 ? -INFINITY : x1;
-                }
-                s[j][e] = x0;
-                s[j][2 + e] = x1;
-                mx0 = fmaxf(mx0, x0);
-                mx1 = fmaxf(mx1, x1);
-            }
+        for (int j = 0; j < 8; j++) {
+            mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
+        }
         /* key 0 of block 0 is never masked, so the maxima are finite from the first block */
         mx0 = quad_max(mx0);
         mx1 = quad_max(mx1);
-        float a0 = exp2f(m0 - mx0), a1 = exp2f(m1 - mx1);
+        float a0 = exp2_ftz((m0 - mx0) * sl2), a1 = exp2_ftz((m1 - mx1) * sl2);
         m0 = mx0;
         m1 = mx1;
+        const float ms0 = m0 * sl2, ms1 = m1 * sl2;
         float ps0 = 0.0f, ps1 = 0.0f;
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-            s[j][0] = exp2f(s[j][0] - m0);
-            s[j][1] = exp2f(s[j][1] - m0);
-            s[j][2] = exp2f(s[j][2] - m1);
-            s[j][3] = exp2f(s[j][3] - m1);
+            s[j][0] = exp2_ftz(fmaf(s[j][0], sl2, -ms0));
+            s[j][1] = exp2_ftz(fmaf(s[j][1], sl2, -ms0));
+            s[j][2] = exp2_ftz(fmaf(s[j][2], sl2, -ms1));
+            s[j][3] = exp2_ftz(fmaf(s[j][3], sl2, -ms1));
             ps0 += s[j][0] + s[j][1];
             ps1 += s[j][2] + s[j][3];
         }
@@ -337,9 +351,9 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(bf16 *out, floa
     }
     if (qi == 0) {
         if (row0 < T)
-            lse[(size_t)bh * T + row0] = (m0 + log2f(l0)) * kLn2;
+            lse[(size_t)bh * T + row0] = (m0 * sl2 + log2f(l0)) * kLn2;
         if (row1 < T)
-            lse[(size_t)bh * T + row1] = (m1 + log2f(l1)) * kLn2;
+            lse[(size_t)bh * T + row1] = (m1 * sl2 + log2f(l1)) * kLn2;
     }
 }
 
@@ -523,14 +537,28 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(grads_out go, const 
         for (int j = 0; j < 8; j++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-                int key = kb * kBlock + j * 8 + qi * 2 + e;
-                float p0 = exp2f(s[j][e] * sl2 - lse0), p1 = exp2f(s[j][2 + e] * sl2 - lse1);
-                if (row0 >= T || (kb == qb && key > row0))
-                    p0 = 0.0f;
-                if (row1 >= T || (kb == qb && key > row1))
-                    p1 = 0.0f;
-                s[j][e] = p0 * (dp[j][e] - D0); /* dS, without the score scale */
-                s[j][2 + e] = p1 * (dp[j][2 + e] - D1);
+                s[j][e] = exp2_ftz(fmaf(s[j][e], sl2, -lse0));
+                s[j][2 + e] = exp2_ftz(fmaf(s[j][2 + e], sl2, -lse1));
+            }
+        /* only the diagonal block and a last, partial query block have anything to mask: the
+         * test is the same for the whole CTA, so the other blocks skip the per-score one */
+        if (kb == qb || (qb + 1) * kRows > T)
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int key = kb * kBlock + j * 8 + qi * 2 + e;
+                    if (row0 >= T || (kb == qb && key > row0))
+                        s[j][e] = 0.0f;
+                    if (row1 >= T || (kb == qb && key > row1))
+                        s[j][2 + e] = 0.0f;
+                }
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                s[j][e] *= dp[j][e] - D0; /* dS, without the score scale */
+                s[j][2 + e] *= dp[j][2 + e] - D1;
             }
         accumulate<HD, LD>(dq, s, Kc, lane); /* dQ += dS·K */
         __syncthreads();
@@ -637,21 +665,38 @@ __global__ void __launch_bounds__(kThreads) flash_dkv_kernel(grads_out go,
         scores<HD, LD>(s, ka, Qc, lane);  /* Sᵀ: keys x queries */
         scores<HD, LD>(dp, va, Oc, lane); /* dPᵀ = V·dOᵀ */
 #pragma unroll
-        for (int j = 0; j < 8; j++)
+        for (int j = 0; j < 8; j++) {
+            /* a lane's columns come in pairs: one 8-byte load of lse, one of D */
+            const float2 L = *reinterpret_cast<const float2 *>(Lc + j * 8 + qi * 2);
+            const float l2[2] = {L.x * kLog2e, L.y * kLog2e};
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-                int col = j * 8 + qi * 2 + e, t = qb * kBlock + col;
-                float l2 = Lc[col] * kLog2e;
-                float p0 = exp2f(s[j][e] * sl2 - l2), p1 = exp2f(s[j][2 + e] * sl2 - l2);
-                if (t >= T || (qb == kb && t < key0))
-                    p0 = 0.0f;
-                if (t >= T || (qb == kb && t < key1))
-                    p1 = 0.0f;
-                s[j][e] = p0;
-                s[j][2 + e] = p1;
-                dp[j][e] = p0 * (dp[j][e] - Dc[col]);
-                dp[j][2 + e] = p1 * (dp[j][2 + e] - Dc[col]);
+                s[j][e] = exp2_ftz(fmaf(s[j][e], sl2, -l2[e]));
+                s[j][2 + e] = exp2_ftz(fmaf(s[j][2 + e], sl2, -l2[e]));
             }
+        }
+        /* only the diagonal block and a last, partial query block have anything to mask */
+        if (qb == kb || (qb + 1) * kBlock > T)
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int t = qb * kBlock + j * 8 + qi * 2 + e;
+                    if (t >= T || (qb == kb && t < key0))
+                        s[j][e] = 0.0f;
+                    if (t >= T || (qb == kb && t < key1))
+                        s[j][2 + e] = 0.0f;
+                }
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const float2 Dd = *reinterpret_cast<const float2 *>(Dc + j * 8 + qi * 2);
+            const float dd[2] = {Dd.x, Dd.y};
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                dp[j][e] = s[j][e] * (dp[j][e] - dd[e]);
+                dp[j][2 + e] = s[j][2 + e] * (dp[j][2 + e] - dd[e]);
+            }
+        }
         accumulate<HD, LD>(dv, s, Oc, lane);  /* dV += Pᵀ·dO */
         accumulate<HD, LD>(dk, dp, Qc, lane); /* dK += dSᵀ·Q */
         __syncthreads();

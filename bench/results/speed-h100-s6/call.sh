@@ -12,6 +12,28 @@ PY
 }
 for w in "$@"; do
 case $w in
+unpack) rm -rf /tmp/primal_gpu; mkdir -p /tmp/primal_gpu; tar -C /tmp/primal_gpu -xJf _build_cuda/bundle.tar.xz ;;
+prof_flash)
+  export LD_LIBRARY_PATH=/tmp/primal_gpu/lib:/usr/local/cuda/lib64
+  ncu -k regex:flash --launch-skip 47 --launch-count 3 --set full --import-source no /tmp/primal_gpu/bin/gpu_step --steps 2 --warmup 1 --logits bf16 > $OUT/prof_flash.txt 2>&1
+  grep -E "flash_|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|Executed Ipc A|Block Limit|Shared Memory Configuration Size|Dynamic Shared|L1/TEX Hit|Bank" $OUT/prof_flash.txt | head -80 ;;
+variants)
+  export LD_LIBRARY_PATH=/tmp/primal_gpu/lib:/usr/local/cuda/lib64
+  for i in 1 2; do for v in $VARS; do _build_cuda/alt/bin/gpu_step_$v --logits bf16 --steps 10 | python3 -c "import json,sys;j=json.loads(sys.stdin.read());print('variant $v',j['tokens_per_s'],j['loss'],j['step_s'],j['forward_s'],j['backward_s'])"; done; done
+  for v in $VARS; do ncu --clock-control none -k regex:flash --launch-skip 36 --launch-count 36 --metrics gpu__time_duration.sum --csv --print-units base _build_cuda/alt/bin/gpu_step_$v --steps 1 --warmup 1 --logits bf16 2>/dev/null > $OUT/ncu_$v.csv
+    python3 - $OUT/ncu_$v.csv $v <<'PY2'
+import csv,sys,collections
+t=collections.defaultdict(float)
+for r in csv.DictReader(l for l in open(sys.argv[1]) if l.startswith('"')):
+    t[r['Kernel Name'].split('(')[0].split('::')[-1]]+=float(r['Metric Value'])/1e6
+print('variant',sys.argv[2],{k:round(v,3) for k,v in t.items()},'total',round(sum(t.values()),3))
+PY2
+  done ;;
+vtests)
+  export LD_LIBRARY_PATH=/tmp/primal_gpu/lib:/usr/local/cuda/lib64
+  for v in $VARS; do echo "variant $v"; _build_cuda/alt/bin/cuda_test_$v 2>&1 | tail -2; done ;;
+run124) rm -rf /tmp/primal_runs; bench/gpu_train.sh run speed124m:run.logits=bf16 speed124m:run.logits=bf16,run.seed=0 >/dev/null 2>&1
+  med /tmp/primal_runs/speed124m*; which nsys ncu cuobjdump ;;
 tests) TESTS=1 GPU_SHAPES="target" TORCH=0 bench/gpu.sh run 2>&1 | tail -8 ;;
 nowait)
   export LD_LIBRARY_PATH=/tmp/primal_gpu/lib:/usr/local/cuda/lib64
