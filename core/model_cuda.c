@@ -185,7 +185,10 @@ struct primal_cuda_model {
     /* backward workspace */
     void *ws;
     size_t ws_bytes;
-    float *dres, *dln;          /* (N, C) */
+    float *dres, *dln;          /* (N, C); dln holds dL/d(a block's norm output) in the compute
+                                 * dtype: a GEMM's output that only the norm's backward reads,
+                                 * as autocast keeps it (the head's dL/dlnf, summed over vocab
+                                 * slabs, and the recomputed block outputs stay float32) */
     void *datty;                /* (N, qdim) dt */
     float *dqkv;                /* (N, qkvdim) dq | dk | dv: fp32 runs, or bias gradients */
     void *dlogits_b;            /* (N, nv) bf16 in bf16 mode */
@@ -1173,18 +1176,18 @@ static int linear_backward_inp(primal_cuda_model *cm, int pi, void *dx, cuda_dty
     return PRIMAL_OK;
 }
 
-/* dx (N, cols) float32 = dy · [W_0; W_1; ...] for matrices pis[0..n) of equal cols whose
+/* dx (N, cols) of type xt = dy · [W_0; W_1; ...] for matrices pis[0..n) of equal cols whose
  * gradients dy holds side by side (row stride ldy): with stacked set, one GEMM over their W
  * rows dequantised one under the other, instead of one GEMM each, each after the first
  * reading and writing dx again to add its share. */
 static int stack_backward_inp(primal_cuda_model *cm, const int *pis, int n, int stacked,
-                              float *dx, const void *dy, int64_t ldy, int64_t N,
-                              primal_err *err)
+                              void *dx, cuda_dtype xt, const void *dy, int64_t ldy,
+                              int64_t N, primal_err *err)
 {
     if (!stacked) {
         int64_t off = 0;
         for (int j = 0; j < n; j++) {
-            TRY(linear_backward_inp(cm, pis[j], dx, CUDA_F32, elem(dy, off, cm->dt), ldy, N,
+            TRY(linear_backward_inp(cm, pis[j], dx, xt, elem(dy, off, cm->dt), ldy, N,
                                     j == 0 ? 0.0f : 1.0f, err));
             off += cm->p[pis[j]].q.rows;
         }
@@ -1197,7 +1200,7 @@ static int stack_backward_inp(primal_cuda_model *cm, const int *pis, int n, int 
                               p->q.rows, cm->stream, err));
         rows += p->q.rows;
     }
-    return mm_backward_inp(cm, dx, CUDA_F32, dy, ldy, cm->wbuf, N, cols, rows, 0.0f, err);
+    return mm_backward_inp(cm, dx, xt, dy, ldy, cm->wbuf, N, cols, rows, 0.0f, err);
 }
 
 /* out (N, rows of the matrices pis[0..n) together), row stride ldy, of the compute dtype = x ·
@@ -1520,10 +1523,10 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
      * pass over h also leaves ln2 for them */
     int w_gu = trains(cm, lp[L_GATE]) || trains(cm, lp[L_UP]);
     if (need_dln2) {
-        TRY(stack_backward_inp(cm, gup, 2, cm->stack_gu, cm->dln, gu, 2 * F, N, err));
+        TRY(stack_backward_inp(cm, gup, 2, cm->stack_gu, cm->dln, cm->dt, gu, 2 * F, N, err));
         TRY(cuda_rmsnorm_backward_xn(need_mid ? cm->dres : NULL, dres_copy(cm),
                                      w_gu && !ln_ready ? cm->ln : NULL, cm->dt,
-                                     P[lp[L_LN2]].dvec, cm->colsum, cm->dln, a->h,
+                                     P[lp[L_LN2]].dvec, cm->colsum, cm->dln, cm->dt, a->h,
                                      P[lp[L_LN2]].vec, a->rstd2, N, C, s, err));
         ln_ready = 1;
     }
@@ -1570,11 +1573,11 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
     /* as above: the norm's backward leaves ln1 for the q, k, v weight gradients */
     if (below_qkv) {
         const int pis[3] = {lp[L_Q], lp[L_K], lp[L_V]};
-        TRY(stack_backward_inp(cm, pis, 3, cm->stack_qkv, cm->dln, dqkv, S, N, err));
+        TRY(stack_backward_inp(cm, pis, 3, cm->stack_qkv, cm->dln, cm->dt, dqkv, S, N, err));
         TRY(cuda_rmsnorm_backward_xn(need_dx ? cm->dres : NULL, dres_copy(cm),
                                      w_qkv ? cm->ln : NULL, cm->dt, P[lp[L_LN1]].dvec,
-                                     cm->colsum, cm->dln, xin, P[lp[L_LN1]].vec, a->rstd1, N, C,
-                                     s, err));
+                                     cm->colsum, cm->dln, cm->dt, xin, P[lp[L_LN1]].vec,
+                                     a->rstd1, N, C, s, err));
     } else if (w_qkv) {
         TRY(cuda_rmsnorm_apply(cm->ln, cm->dt, a->rstd1, xin, P[lp[L_LN1]].vec, N, C, s, err));
     }

@@ -455,6 +455,43 @@ Test(cuda_kernels, rmsnorm_forward_and_backward_match_the_reference)
         OK(cuda_rmsnorm_backward(NULL, NULL, ddw, scr, ddy, dX, dW, dR, N, C, 0, E));
         to_host(got, ddw, (size_t)C * 4);
         close_d(got, dwr, C, 1e-5, 1e-4, "rmsnorm dweight without dinp");
+        /* dout in bf16, as the model's GEMMs hand it over: against the reference of the
+         * rounded dout, to float32 accuracy, for dinp (and its bf16 copy) and dweight */
+        {
+            uint16_t *dyh = malloc((size_t)N * C * 2);
+            float *dyr = malloc((size_t)N * C * 4);
+            for (int64_t i = 0; i < (int64_t)N * C; i++) {
+                dyh[i] = f_to_bf16(dy[i]);
+                dyr[i] = bf16_to_f(dyh[i]);
+            }
+            double *dyrd = to_d(dyr, (int64_t)N * C);
+            double *dxr2 = to_d(dx0, (int64_t)N * C), *dwr2 = to_d(dw0, C);
+            rmsnorm_backward_ref(dxr2, dwr2, dyrd, xd, wd, N, C, 1e-5);
+            void *ddyb = dup_to_dev(dyh, (size_t)N * C * 2);
+            void *dxb2 = dmalloc((size_t)N * C * 2);
+            CK(cudaMemcpy(ddx, dx0, (size_t)N * C * 4, cudaMemcpyHostToDevice));
+            CK(cudaMemcpy(ddw, dw0, (size_t)C * 4, cudaMemcpyHostToDevice));
+            OK(cuda_rmsnorm_backward_xn(ddx, dxb2, NULL, CUDA_BF16, ddw, scr, ddyb, CUDA_BF16,
+                                        dX, dW, dR, N, C, 0, E));
+            to_host(got, ddx, (size_t)N * C * 4);
+            close_d(got, dxr2, (int64_t)N * C, 1e-5, 1e-4, "rmsnorm dinp, bf16 dout");
+            uint16_t *hx2 = malloc((size_t)N * C * 2);
+            to_host(hx2, dxb2, (size_t)N * C * 2);
+            for (int64_t i = 0; i < (int64_t)N * C; i++)
+                got[i] = bf16_to_f(hx2[i]);
+            close_d(got, dxr2, (int64_t)N * C, 1e-5, 1.0 / 256, "rmsnorm dinp bf16 copy, bf16 dout");
+            to_host(got, ddw, (size_t)C * 4);
+            close_d(got, dwr2, C, 1e-5, 1e-4, "rmsnorm dweight, bf16 dout");
+            /* the rounded dout is what was read: the float32 dout's reference differs */
+            double worst = 0;
+            for (int64_t i = 0; i < (int64_t)N * C; i++)
+                worst = fmax(worst, fabs(dxr2[i] - dxr[i]));
+            cr_assert_gt(worst, 1e-6, "rmsnorm (%d, %d): rounding dout changed nothing", N, C);
+            free(dyh), free(dyr), free(dyrd), free(dxr2), free(dwr2), free(hx2);
+            cudaFree(ddyb), cudaFree(dxb2);
+            CK(cudaMemcpy(ddx, dx0, (size_t)N * C * 4, cudaMemcpyHostToDevice));
+            CK(cudaMemcpy(ddw, dw0, (size_t)C * 4, cudaMemcpyHostToDevice));
+        }
         /* forward's output made again by backward's pass (the model keeps x and rstd, not the
          * output), with dinp and dweight, dweight alone, and neither: the same bits */
         for (int bf = 0; bf < 2; bf++) {
@@ -467,8 +504,8 @@ Test(cuda_kernels, rmsnorm_forward_and_backward_match_the_reference)
             for (int how = 0; how < 3; how++) {
                 CK(cudaMemset(again, 0xff, nb));
                 OK(cuda_rmsnorm_backward_xn(how == 0 ? ddx : NULL, NULL, again, dt,
-                                            how < 2 ? ddw : NULL, scr, ddy, dX, dW, dR, N, C, 0,
-                                            E));
+                                            how < 2 ? ddw : NULL, scr, ddy, CUDA_F32, dX, dW,
+                                            dR, N, C, 0, E));
                 to_host(h1, again, nb);
                 cr_assert_eq(memcmp(h0, h1, nb), 0,
                              "rmsnorm (%d, %d) %s: backward's output again (way %d) differs "

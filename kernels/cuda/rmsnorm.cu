@@ -50,13 +50,13 @@ __global__ void rmsnorm_forward_warp_kernel(Tp *out, float *rstd, const float *i
 
 /* Block b: rows [b·CUDA_COLSUM_ROWS, +CUDA_COLSUM_ROWS), warp w every nw-th of them.  NPL:
  * 256-column steps a lane holds dw sums for (C <= 256·NPL). */
-template <int NPL>
+template <int NPL, typename Td>
 __global__ void rmsnorm_backward_warp_kernel(float *dinp,            /* (N, C) += or NULL */
                                              __nv_bfloat16 *dinp_b,  /* (N, C) or NULL */
                                              __nv_bfloat16 *xn_b,    /* (N, C) or NULL */
                                              float *xn_f,            /* (N, C) or NULL */
                                              float *partial,         /* (nblocks, C) or NULL */
-                                             const float *dout, const float *inp,
+                                             const Td *dout, const float *inp,
                                              const float *weight, const float *rstd,
                                              int64_t N, int C)
 {
@@ -70,7 +70,8 @@ __global__ void rmsnorm_backward_warp_kernel(float *dinp,            /* (N, C) +
     const int64_t n1 = n0 + CUDA_COLSUM_ROWS < N ? n0 + CUDA_COLSUM_ROWS : N;
     for (int64_t n = n0 + warp; n < n1; n += nw) {
         const float r = rstd[n];
-        const float *x = inp + n * C, *dy = dout + n * C;
+        const float *x = inp + n * C;
+        const Td *dy = dout + n * C;
         float a[8], b[8], w[8];
         float dot = 0.0f;
         for (int c = lane * 8; c < C; c += 256) {
@@ -240,9 +241,10 @@ int cuda_rmsnorm_apply(void *out, cuda_dtype dt, const float *rstd, const float 
     return PRIMAL_OK;
 }
 
+template <typename Td>
 __global__ void rmsnorm_dinp_kernel(float *dinp,         /* (N, C) += */
                                     __nv_bfloat16 *dinp_b, /* (N, C) the result again, or NULL */
-                                    const float *dout,   /* (N, C) */
+                                    const Td *dout,      /* (N, C) */
                                     const float *inp,    /* (N, C) */
                                     const float *weight, /* (C) */
                                     const float *rstd,   /* (N) */
@@ -250,16 +252,17 @@ __global__ void rmsnorm_dinp_kernel(float *dinp,         /* (N, C) += */
 {
     __shared__ float sh[32];
     int64_t o = blockIdx.x * C;
-    const float *x = inp + o, *dy = dout + o;
+    const float *x = inp + o;
+    const Td *dy = dout + o;
     float *dx = dinp + o;
     float r = rstd[blockIdx.x];
     float dot = 0.0f;
     for (int64_t i = threadIdx.x; i < C; i += blockDim.x)
-        dot += dy[i] * weight[i] * x[i];
+        dot += cuda_ld(dy, i) * weight[i] * x[i];
     dot = cuda_block_sum(dot, sh);
     float k = dot * r * r * r / (float)C;
     for (int64_t i = threadIdx.x; i < C; i += blockDim.x) {
-        float v = dx[i] + (r * weight[i] * dy[i] - k * x[i]);
+        float v = dx[i] + (r * weight[i] * cuda_ld(dy, i) - k * x[i]);
         dx[i] = v;
         if (dinp_b != NULL)
             dinp_b[o + i] = __float2bfloat16_rn(v);
@@ -267,8 +270,9 @@ __global__ void rmsnorm_dinp_kernel(float *dinp,         /* (N, C) += */
 }
 
 /* partial[chunk][c] = Σ over the chunk's rows of dy·x·r; block (32 columns, 8 row lanes). */
+template <typename Td>
 __global__ void rmsnorm_dw_partial_kernel(float *partial,    /* (nchunks, C) */
-                                          const float *dout, /* (N, C) */
+                                          const Td *dout,    /* (N, C) */
                                           const float *inp,  /* (N, C) */
                                           const float *rstd, /* (N) */
                                           int64_t N, int64_t C)
@@ -280,7 +284,7 @@ __global__ void rmsnorm_dw_partial_kernel(float *partial,    /* (nchunks, C) */
     float acc = 0.0f;
     if (c < C)
         for (int64_t n = n0 + threadIdx.y; n < n1; n += 8)
-            acc += dout[n * C + c] * inp[n * C + c] * rstd[n];
+            acc += cuda_ld(dout, n * C + c) * inp[n * C + c] * rstd[n];
     sh[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
     if (threadIdx.y == 0 && c < C) {
@@ -296,22 +300,24 @@ int cuda_rmsnorm_backward(float *dinp, void *dinp_b, float *dweight, float *scra
                           const float *rstd, int64_t N, int64_t C, cudaStream_t s,
                           primal_err *err)
 {
-    return cuda_rmsnorm_backward_xn(dinp, dinp_b, NULL, CUDA_BF16, dweight, scratch, dout, inp,
-                                    weight, rstd, N, C, s, err);
+    return cuda_rmsnorm_backward_xn(dinp, dinp_b, NULL, CUDA_BF16, dweight, scratch, dout,
+                                    CUDA_F32, inp, weight, rstd, N, C, s, err);
 }
 
 /* dinp and dweight are accumulated into; either may be NULL (not wanted).  dinp_b, when not
  * NULL, receives the accumulated dinp in bf16: the next GEMMs' operand, without a pass of its
  * own.  xn, when not NULL, receives forward's output again (in xn_dt, bit for bit what
  * cuda_rmsnorm_forward wrote): the pass reads x anyway, so the model keeps x and rstd instead of
- * the output too. */
+ * the output too.  dout may be bf16 (dout_dt): the GEMM that makes it writes half the bytes
+ * and this pass reads half, and the sums here are float32 either way. */
 int cuda_rmsnorm_backward_xn(float *dinp,         /* (N, C) or NULL */
                              void *dinp_b,        /* (N, C) bf16 or NULL */
                              void *xn,            /* (N, C) of xn_dt, or NULL */
                              cuda_dtype xn_dt,
                              float *dweight,      /* (C) or NULL */
                              float *scratch,      /* cuda_colsum_scratch(N, C) floats */
-                             const float *dout,   /* (N, C) */
+                             const void *dout,    /* (N, C) of dout_dt */
+                             cuda_dtype dout_dt,
                              const float *inp,    /* (N, C) */
                              const float *weight, /* (C) */
                              const float *rstd,   /* (N) from forward */
@@ -335,8 +341,15 @@ int cuda_rmsnorm_backward_xn(float *dinp,         /* (N, C) or NULL */
         int npl = (int)((C + 255) / 256);
         unsigned nb = (unsigned)nchunks;
 #define RMS_BWD(K)                                                                             \
-    rmsnorm_backward_warp_kernel<K><<<nb, 256, shb, s>>>(dinp, b, xb, xf, part, dout, inp,     \
-                                                         weight, rstd, N, (int)C)
+    do {                                                                                       \
+        if (dout_dt == CUDA_BF16)                                                              \
+            rmsnorm_backward_warp_kernel<K><<<nb, 256, shb, s>>>(                              \
+                dinp, b, xb, xf, part, (const __nv_bfloat16 *)dout, inp, weight, rstd, N,      \
+                (int)C);                                                                       \
+        else                                                                                   \
+            rmsnorm_backward_warp_kernel<K><<<nb, 256, shb, s>>>(                              \
+                dinp, b, xb, xf, part, (const float *)dout, inp, weight, rstd, N, (int)C);     \
+    } while (0)
         switch (npl) {
         case 1: RMS_BWD(1); break;
         case 2: RMS_BWD(2); break;
@@ -358,13 +371,23 @@ int cuda_rmsnorm_backward_xn(float *dinp,         /* (N, C) or NULL */
             return rc;
     }
     if (dinp != NULL) {
-        rmsnorm_dinp_kernel<<<(unsigned)N, 256, 0, s>>>(dinp, (__nv_bfloat16 *)dinp_b, dout,
-                                                        inp, weight, rstd, C);
+        if (dout_dt == CUDA_BF16)
+            rmsnorm_dinp_kernel<<<(unsigned)N, 256, 0, s>>>(
+                dinp, (__nv_bfloat16 *)dinp_b, (const __nv_bfloat16 *)dout, inp, weight, rstd, C);
+        else
+            rmsnorm_dinp_kernel<<<(unsigned)N, 256, 0, s>>>(dinp, (__nv_bfloat16 *)dinp_b,
+                                                            (const float *)dout, inp, weight,
+                                                            rstd, C);
         CUDA_LAUNCHED("rmsnorm_dinp", err);
     }
     if (dweight != NULL) {
         dim3 grid((unsigned)((C + 31) / 32), (unsigned)nchunks);
-        rmsnorm_dw_partial_kernel<<<grid, dim3(32, 8), 0, s>>>(scratch, dout, inp, rstd, N, C);
+        if (dout_dt == CUDA_BF16)
+            rmsnorm_dw_partial_kernel<<<grid, dim3(32, 8), 0, s>>>(
+                scratch, (const __nv_bfloat16 *)dout, inp, rstd, N, C);
+        else
+            rmsnorm_dw_partial_kernel<<<grid, dim3(32, 8), 0, s>>>(scratch, (const float *)dout,
+                                                                   inp, rstd, N, C);
         CUDA_LAUNCHED("rmsnorm_dw_partial", err);
         return cuda_colsum_finish(dweight, scratch, nchunks, C, s, err);
     }

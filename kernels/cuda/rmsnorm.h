@@ -12,8 +12,9 @@ CUDA_EXTERN_C int cuda_rmsnorm_backward(float *dinp, void *dinp_b, float *dweigh
                                         const float *rstd, int64_t N, int64_t C, cudaStream_t s,
                                         primal_err *err);
 CUDA_EXTERN_C int cuda_rmsnorm_backward_xn(float *dinp, void *dinp_b, void *xn, cuda_dtype xn_dt,
-                                           float *dweight, float *scratch, const float *dout,
-                                           const float *inp, const float *weight,
+                                           float *dweight, float *scratch, const void *dout,
+                                           cuda_dtype dout_dt, const float *inp,
+                                           const float *weight,
                                            const float *rstd, int64_t N, int64_t C,
                                            cudaStream_t s, primal_err *err);
 CUDA_EXTERN_C int cuda_rmsnorm_apply(void *out, cuda_dtype dt, const float *rstd,

@@ -34,6 +34,21 @@ vtests)
   for v in $VARS; do echo "variant $v"; _build_cuda/alt/bin/cuda_test_$v 2>&1 | tail -2; done ;;
 run124) rm -rf /tmp/primal_runs; bench/gpu_train.sh run speed124m:run.logits=bf16 speed124m:run.logits=bf16,run.seed=0 >/dev/null 2>&1
   med /tmp/primal_runs/speed124m*; which nsys ncu cuobjdump ;;
+kjv4) rm -rf /tmp/primal_runs; bench/gpu_train.sh run kjv200:run.logits=bf16 kjv200:run.logits=bf16,run.seed=1 kjv200:run.logits=bf16,run.seed=2 kjv200:run.logits=bf16,run.seed=3 2>&1 | grep val_loss
+  for d in /tmp/primal_runs/kjv200*/; do python3 -c "
+import json,sys;rows=[json.loads(l) for l in open(sys.argv[1]+'log.jsonl')];print(sys.argv[1].split('/')[-2],[(r['step'],round(r['val_loss'],4)) for r in rows if 'val_loss' in r])" $d; done
+  tar -C /tmp/primal_runs -czf $OUT/kjv4.tgz . ;;
+step2)
+  export LD_LIBRARY_PATH=/tmp/primal_gpu/lib:/usr/local/cuda/lib64
+  for i in 1 2; do /tmp/primal_gpu/bin/gpu_step --logits bf16 --steps 10 | python3 -c "import json,sys;j=json.loads(sys.stdin.read());print('gpu_step',j['tokens_per_s'],j['loss'],j['model_bytes']['peak'])"; done ;;
+ab) rm -rf /tmp/primal_runs /tmp/ab; mkdir -p /tmp/ab
+  for r in 1 2 3; do for v in $ABV; do cp _gpu_carry/bundle$v.tar.xz _gpu_carry/bundle.tar.xz
+    bench/gpu_train.sh run speed124m:run.logits=bf16${ABSET:-} >/dev/null 2>&1; mv /tmp/primal_runs/speed124m-run.logits-bf16* /tmp/ab/ 2>/dev/null; for d in /tmp/ab/speed124m*; do [ -d "$d" ] && mv "$d" /tmp/ab/$v$r; done; rm -f /tmp/ab/*.txt; done; done
+  med /tmp/ab/*; tar -C /tmp/ab -czf $OUT/ab.tgz . ;;
+ncu_b) NCU_SETS="--set run.logits=bf16" bench/gpu_train.sh run ncu124m >/dev/null 2>&1; cp /tmp/primal_runs/ncu124m.json $OUT/ncu124m_b.json
+  python3 -c "
+import json;d=json.load(open('/tmp/primal_runs/ncu124m.json'));print(d['total_ms'])
+for x in d['kernels'][:30]: print('%7.3f %4d  %s'%(x['ms'],x['calls'],x['name'][:90]))" ;;
 tests) TESTS=1 GPU_SHAPES="target" TORCH=0 bench/gpu.sh run 2>&1 | tail -8 ;;
 nowait)
   export LD_LIBRARY_PATH=/tmp/primal_gpu/lib:/usr/local/cuda/lib64
