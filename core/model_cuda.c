@@ -747,6 +747,12 @@ int primal_cuda_upload_bytes(primal_cuda_model *cm, void *dev, const void *host,
     return PRIMAL_OK;
 }
 
+int primal_cuda_zero_bytes(primal_cuda_model *cm, void *dev, size_t n, primal_err *err)
+{
+    CUDA_TRY(cudaMemsetAsync(dev, 0, n, cm->stream), err);
+    return PRIMAL_OK;
+}
+
 int primal_cuda_adamw(primal_cuda_model *cm, const primal_cuda_adamw_tensor *list, int n,
                       const primal_cuda_adamw_hp *hp, primal_err *err)
 {

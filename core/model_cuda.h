@@ -157,6 +157,8 @@ int primal_cuda_download_bytes(primal_cuda_model *cm, void *host, const void *de
                                primal_err *err);
 int primal_cuda_upload_bytes(primal_cuda_model *cm, void *dev, const void *host, size_t n,
                              primal_err *err);
+/* Zeroes n bytes of device memory, queued on the model's stream (no wait). */
+int primal_cuda_zero_bytes(primal_cuda_model *cm, void *dev, size_t n, primal_err *err);
 
 /* AdamW over many float tensors (scales, norms, biases) in one kernel launch on the model's
  * stream.  w, g, m, v are device pointers; t is this tensor's step count including this step

@@ -1285,6 +1285,10 @@ static int one_step_cuda(trainer *t, double *loss_out, primal_step_stats *tot, p
     }
     primal_step_info si = {t->step, k, e->run.seed, mult, clip_scale};
     void *stream = primal_cuda_model_stream(t->cm);
+    if (async) /* ABI 1.4: the slots arrive zeroed */
+        rc = primal_cuda_zero_bytes(t->cm, t->dstats, (size_t)t->np * sizeof *t->dstats, err);
+    if (rc != PRIMAL_OK)
+        return rc;
     for (int i = 0; i < t->np; i++) {
         primal_cuda_param *cp = primal_cuda_model_param(t->cm, i);
         if (!t->ps[i].has_policy)

@@ -444,6 +444,7 @@ __global__ void tc_apply(uint8_t *index,                  /* (rows, row_stride) 
                          void *cool,                      /* (rows, cols) in/out, or NULL */
                          unsigned long long *flips,       /* (1) in/out */
                          unsigned long long *saturated,   /* (1) in/out */
+                         int64_t *weights_out,            /* (1) out, or NULL */
                          const uint8_t *fire,             /* (units) or NULL: decide here */
                          const unsigned long long *dynsum, /* (1) or NULL: fixed stride */
                          int64_t row_stride, int bits, int64_t rows, int64_t cols,
@@ -459,6 +460,8 @@ __global__ void tc_apply(uint8_t *index,                  /* (rows, row_stride) 
     }
     const int top = grid_size - 1;
     const int64_t bpr = (cols + block - 1) / block;
+    if (weights_out != NULL && blockIdx.x == 0 && threadIdx.x == 0)
+        *weights_out = rows * cols;
     unsigned long long nf = 0, ns = 0;
     /* no 64-bit division per element */
     for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -667,7 +670,13 @@ static int tcg_step_to(void *ctx, void *state, const primal_qtensor *t,
     cudaStream_t st = (cudaStream_t)stream;
     const int64_t rows = t->rows, cols = t->cols, B = c->block, bpr = (cols + B - 1) / B;
     tc_small *d = s->small;
-    CU_TRY(cudaMemsetAsync(d, 0, offsetof(tc_small, cut), st)); /* the counters */
+    /* step_async's slot arrives zeroed (ABI 1.4): tc_apply adds its counts straight into it,
+     * and the tensor's own counters need clearing only where something else counts */
+    unsigned long long *flips = dstats != NULL ? (unsigned long long *)&dstats->flips : &d->flips;
+    unsigned long long *sat =
+        dstats != NULL ? (unsigned long long *)&dstats->saturated : &d->saturated;
+    if (dstats == NULL || c->stride == STRIDE_DYNAMIC || s->capped)
+        CU_TRY(cudaMemsetAsync(d, 0, offsetof(tc_small, cut), st)); /* the counters */
     const unsigned long long *dynsum = NULL;
     if (c->stride == STRIDE_DYNAMIC) {
         tc_dynsum<<<grid_for(s->base.n), THREADS, 0, st>>>(&d->dynsum, (const uint8_t *)t->index,
@@ -700,12 +709,14 @@ static int tcg_step_to(void *ctx, void *state, const primal_qtensor *t,
     }
     const int vec = rows_vec8(cols, s->base.votes, NULL);
     (vec ? tc_apply<8> : tc_apply<2>)<<<rows_grid(rows), row_threads(cols, vec ? 8 : 2), 0, st>>>(
-        (uint8_t *)t->index, s->base.votes, s->base.cool, &d->flips, &d->saturated, s->fire,
+        (uint8_t *)t->index, s->base.votes, s->base.cool, flips, sat,
+        dstats != NULL ? &dstats->weights : NULL, s->fire,
         dynsum, t->row_stride, t->bits, rows, cols, t->grid_size,
         c->stride == STRIDE_DYNAMIC ? 1 : c->stride, c->threshold, c->decay, c->block,
         s->base.cool_bytes, c->cooldown);
     CU_TRY(cudaGetLastError());
-    CU_TRY(step_counts(&d->flips, &d->saturated, rows * cols, stats, dstats, st));
+    if (dstats == NULL)
+        CU_TRY(step_counts(&d->flips, &d->saturated, rows * cols, stats, NULL, st));
     return PRIMAL_OK;
 }
 

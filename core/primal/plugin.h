@@ -29,8 +29,9 @@ extern "C" {
 /* Major in the high 16 bits, minor in the low 16.  The core loads a plugin whose major equals its
  * own and whose minor is not newer. */
 #define PRIMAL_ABI_MAJOR 1
-#define PRIMAL_ABI_MINOR 3 /* 1: primal/datafiles.h; 2: vote all-reduce, tokenizer_separator;
-                            * 3: primal_policy_cuda_vt.step_async */
+#define PRIMAL_ABI_MINOR 4 /* 1: primal/datafiles.h; 2: vote all-reduce, tokenizer_separator;
+                            * 3: primal_policy_cuda_vt.step_async; 4: step_async's slot
+                            * arrives zeroed */
 #define PRIMAL_ABI_VERSION ((uint32_t)(PRIMAL_ABI_MAJOR << 16 | PRIMAL_ABI_MINOR))
 #define PRIMAL_PLUGIN_SYMBOL "primal_plugin_descriptor"
 

@@ -46,9 +46,11 @@ typedef struct primal_policy_cuda_vt {
     int (*state_upload)(void *ctx, const primal_qtensor *t, void *state, const void *buf,
                         size_t n, void *stream, primal_err *err);
     /* ABI 1.3, optional: step() without its synchronisation.  The counts go, by work queued on
-     * stream, into *dstats, a DEVICE primal_step_stats whose three fields the policy writes
-     * (not adds); the core reads every tensor's once all have stepped.  NULL: the core calls
-     * step(), and waits once per tensor. */
+     * stream, into *dstats, a DEVICE primal_step_stats; the core reads every tensor's once all
+     * have stepped.  Since ABI 1.4 the core zeroes every slot before the step, so the policy
+     * may write the three fields or add into them straight from its kernels (no counters of its
+     * own to clear and copy: two launches a tensor fewer).  NULL: the core calls step(), and
+     * waits once per tensor. */
     int (*step_async)(void *ctx, void *state, const primal_qtensor *t,
                       const primal_step_info *si, primal_step_stats *dstats, void *stream,
                       primal_err *err);
