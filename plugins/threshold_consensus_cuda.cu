@@ -484,9 +484,12 @@ __global__ void tc_apply(uint8_t *index,                  /* (rows, row_stride) 
                     const int64_t col = c0 + p + k, i = r * cols + col;
                     const int cd = cool_get(cool, cool_bytes, i);
                     const int v = b.v[p + k];
-                    idx[k] = index_load(row, bits, col);
                     const int f = fire != NULL ? fire[r * bpr + (int)col / block]
                                                : abs(v) >= threshold && cd == 0;
+                    /* apply_one reads the index only of a weight that fires, a few in a
+                     * thousand: the others' index bytes are not loaded at all */
+                    if (f && cd == 0)
+                        idx[k] = index_load(row, bits, col);
                     b.v[p + k] = apply_one(v, cd, f, &idx[k], &moved[k], cool, cool_bytes, i,
                                            stride, top, decay, cooldown, &nf, &ns);
                 }

@@ -49,6 +49,10 @@ ncu_b) NCU_SETS="--set run.logits=bf16" bench/gpu_train.sh run ncu124m >/dev/nul
   python3 -c "
 import json;d=json.load(open('/tmp/primal_runs/ncu124m.json'));print(d['total_ms'])
 for x in d['kernels'][:30]: print('%7.3f %4d  %s'%(x['ms'],x['calls'],x['name'][:90]))" ;;
+vs_torch) PYTHONUNBUFFERED=1 python3 bench/torch_baseline.py --steps 8 --variants dense_compile > $OUT/torch_compile.jsonl 2>$OUT/torch_compile.err; tail -c 600 $OUT/torch_compile.jsonl ;;
+clocks) nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,utilization.gpu --format=csv,noheader -lms 50 > $OUT/clocks.csv & P=$!
+  rm -rf /tmp/primal_runs; bench/gpu_train.sh run speed124m:run.logits=bf16 >/dev/null 2>&1; kill $P
+  med /tmp/primal_runs/speed124m-run.logits-bf16; awk -F, '{print $2, $4, $5}' $OUT/clocks.csv | sort | uniq -c | sort -rn | head -12 ;;
 tests) TESTS=1 GPU_SHAPES="target" TORCH=0 bench/gpu.sh run 2>&1 | tail -8 ;;
 nowait)
   export LD_LIBRARY_PATH=/tmp/primal_gpu/lib:/usr/local/cuda/lib64
