@@ -17,7 +17,8 @@
 # Environment for run: GPU_SHAPES (default: "small target"; also target_fp32, target_unfused,
 # target_recompute, target_recompute_mlp, target_mlpK (the first K blocks recompute the MLP),
 # target_noahead, target_t256, qwen15, qwen15_recompute,
-# qwen15_recompute_mlp), GPU_STEPS (10), TORCH (1: run the
+# qwen15_recompute_mlp; any of them with the suffix _lbf16 keeps the training logits in bf16,
+# e.g. target_mlp6_lbf16), GPU_STEPS (10), TORCH (1: run the
 # PyTorch baselines), TORCH_VARIANTS (dense_eager,dense_compile,indexed), TESTS (1).
 set -eu
 
@@ -106,6 +107,8 @@ run() {
     fi
     steps=${GPU_STEPS:-10}
     for shape in ${GPU_SHAPES:-small target}; do
+        lt=
+        case $shape in *_lbf16) lt="--logits bf16" shape=${shape%_lbf16} ;; esac
         case $shape in
         small) args="--dim 256 --layers 4 --heads 4 --ffn 688 --vocab 256 --seq 256 --batch 64" ;;
         target) args="" ;;
@@ -122,7 +125,7 @@ run() {
         *) args=$shape ;;
         esac
         set +e
-        "$pkg/bin/gpu_step" $args --steps "$steps" >>"$res" 2>"$out/gpu_step.err"
+        "$pkg/bin/gpu_step" $args $lt --steps "$steps" >>"$res" 2>"$out/gpu_step.err"
         rc=$?
         set -e
         [ $rc = 0 ] || echo "{\"gpu_step\": \"$shape\", \"rc\": $rc, \"error\": \"$(tail -c 300 "$out/gpu_step.err" | tr '"\n' "' ")\"}" >>"$res"
