@@ -53,6 +53,18 @@ vs_torch) PYTHONUNBUFFERED=1 python3 bench/torch_baseline.py --steps 8 --variant
 clocks) nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,utilization.gpu --format=csv,noheader -lms 50 > $OUT/clocks.csv & P=$!
   rm -rf /tmp/primal_runs; bench/gpu_train.sh run speed124m:run.logits=bf16 >/dev/null 2>&1; kill $P
   med /tmp/primal_runs/speed124m-run.logits-bf16; awk -F, '{print $2, $4, $5}' $OUT/clocks.csv | sort | uniq -c | sort -rn | head -12 ;;
+final1) TESTS=1 TORCH=0 GPU_SHAPES="target target_lbf16 target_mlp6_lbf16 target_recompute_mlp_lbf16 target_recompute_lbf16" bench/gpu.sh run > $OUT/gpu_sh.txt 2>&1; tail -2 $OUT/gpu_sh.txt | cut -c1-300
+  python3 -c "
+import json
+for l in open('$OUT/gpu_results.jsonl'):
+    j=json.loads(l)
+    if 'tokens_per_s' in j: print('gpu_step', j['logits'], j['recompute'], j['recompute_blocks'], j['tokens_per_s'], round(j['model_bytes']['peak']/2**30,2))"
+  bench/gpu_train.sh run speed124m:run.logits=bf16 speed124m speed124m:run.logits=bf16,run.recompute=mlp,run.recompute_blocks=6 speed124m:run.logits=bf16,run.recompute=mlp speed124m:run.logits=bf16,run.recompute=true speed124m:run.logits=bf16,flip.plugin=momentum_carry torch124m speed124m:run.logits=bf16,run.seed=0 > $OUT/train1.txt 2>&1
+  med /tmp/primal_runs/speed124m*; cat /tmp/primal_runs/torch124m.jsonl | cut -c1-260 ;;
+final2) NCU_SETS="--set run.logits=bf16" bench/gpu_train.sh run speed350m speed350m:run.logits=bf16 speed350m:run.logits=bf16,run.recompute=mlp speed350m:run.logits=bf16,run.recompute=true speed15b speed15b:run.recompute=true speed15b:run.logits=bf16 speed15b_frozen torch15b kjv200 ncu124m > $OUT/train2.txt 2>&1
+  med /tmp/primal_runs/speed350m* /tmp/primal_runs/speed15b*; cat /tmp/primal_runs/torch15b.jsonl | cut -c1-260; grep val_loss /tmp/primal_runs/kjv200/log.jsonl | tail -1; cp /tmp/primal_runs/ncu124m.json $OUT/ 2>/dev/null; python3 -c "
+import json;d=json.load(open('/tmp/primal_runs/ncu124m.json'));print('ncu total',d['total_ms'])" ;;
+vs2) for i in 1 2; do PYTHONUNBUFFERED=1 python3 bench/torch_baseline.py --steps 8 --variants dense_compile >> $OUT/torch_compile2.jsonl 2>>$OUT/torch_compile2.err; rm -rf /tmp/primal_runs; bench/gpu_train.sh run speed124m:run.logits=bf16 >/dev/null 2>&1; med /tmp/primal_runs/speed124m-run.logits-bf16; done; cut -c1-200 $OUT/torch_compile2.jsonl ;;
 tests) TESTS=1 GPU_SHAPES="target" TORCH=0 bench/gpu.sh run 2>&1 | tail -8 ;;
 nowait)
   export LD_LIBRARY_PATH=/tmp/primal_gpu/lib:/usr/local/cuda/lib64
