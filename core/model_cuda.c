@@ -174,6 +174,9 @@ struct primal_cuda_model {
     float *G_head;              /* (V, C) */
     void *W_head;               /* (V, C) dt */
     size_t G_head_bytes, W_head_bytes;
+    void *dlogits_x;   /* bf16 dlogits for a backward after an evaluation forward (float32
+                        * logits) in a model whose training logits are bf16: made then only */
+    size_t dlogits_x_bytes;
     int head_ready;             /* dln holds dL/dlnf and G_head the head's G */
     float head_scale;           /* the loss_scale they were formed with */
 
@@ -191,7 +194,8 @@ struct primal_cuda_model {
                                  * slabs, and the recomputed block outputs stay float32) */
     void *datty;                /* (N, qdim) dt */
     float *dqkv;                /* (N, qkvdim) dq | dk | dv: fp32 runs, or bias gradients */
-    void *dlogits_b;            /* (N, nv) bf16 in bf16 mode */
+    void *dlogits_b;            /* (N, nv) bf16 in bf16 mode with float32 training logits; with
+                                 * bf16 ones dL/dlogits goes over the logits (dlogits_of) */
     void *dqkvb;                /* (N, qkvdim) the same in bf16 (bf16 mode) */
     void *dyb;                  /* (N, C) bf16 copy of dres in bf16 mode (dres_copy) */
     float *colsum;              /* cuda_colsum_scratch(N, max(C, qdim, kvdim)) */
@@ -624,6 +628,7 @@ void primal_cuda_model_free(primal_cuda_model *cm)
     cudaFree(cm->ws);
     cudaFree(cm->G_head);
     cudaFree(cm->W_head);
+    cudaFree(cm->dlogits_x);
     if (cm->cb != NULL)
         cublasDestroy(cm->cb);
     if (cm->lt != NULL)
@@ -896,7 +901,8 @@ static size_t layout_ws(primal_cuda_model *cm, int B, int T, char *base)
     cm->dyb = NULL;
     cm->dqkvb = NULL;
     if (cm->dt == CUDA_BF16) {
-        cm->dlogits_b = carve(base, &off, N * (size_t)cm->nv * 2);
+        if (cm->logit_train != CUDA_BF16)
+            cm->dlogits_b = carve(base, &off, N * (size_t)cm->nv * 2);
         cm->dqkvb = carve(base, &off, N * (size_t)cm->qkvdim * 2);
         cm->dyb = carve(base, &off, N * C * 2);
     }
@@ -1256,13 +1262,31 @@ static int head_logits(primal_cuda_model *cm, int64_t v0, int64_t n, const void 
                       cm->c.dim, n, 0.0f, err);
 }
 
-/* ... and dL/dlogits of that slab: over the logits in fp32, into cm->dlogits_b in bf16 (whatever
- * the logits' type). */
+static int ensure(primal_cuda_model *cm, void **p, size_t *bytes, size_t need, const char *what,
+                  primal_err *err);
+
+/* Where dL/dlogits goes: over the logits where it has their type (the kernels read each logit
+ * before they write its gradient), else into the bf16 dlogits_b.  NULL where neither holds: a
+ * backward after an evaluation forward made float32 logits in a model laid out for bf16 ones. */
+static void *dlogits_of(const primal_cuda_model *cm)
+{
+    if (cm->dt == CUDA_F32 || cm->logit_t == CUDA_BF16)
+        return cm->logits;
+    return cm->dlogits_b;
+}
+
+/* ... and dL/dlogits of that slab, where dlogits_of says. */
 static int head_dlogits(primal_cuda_model *cm, int64_t v0, int64_t n, float d, const void **w,
                         void **dl, primal_err *err)
 {
     TRY(head_logits(cm, v0, n, w, err));
-    *dl = cm->dt == CUDA_F32 ? (void *)cm->logits : cm->dlogits_b;
+    *dl = dlogits_of(cm);
+    if (*dl == NULL) {
+        TRY(ensure(cm, &cm->dlogits_x, &cm->dlogits_x_bytes,
+                   (size_t)cm->B * (size_t)cm->T * (size_t)cm->nv * 2,
+                   "dlogits after an evaluation forward", err));
+        *dl = cm->dlogits_x;
+    }
     return cuda_crossentropy_backward(*dl, cm->dt, cm->logits, cm->logit_t, cm->lse_ce,
                                       cm->tok_tgt, cm->mask, d, v0, n, (int64_t)cm->B * cm->T,
                                       cm->stream, err);
@@ -1643,7 +1667,7 @@ static int head_ahead(primal_cuda_model *cm, int64_t nc, float d, int need_dlnf,
         TRY(cuda_dequant_rows(cm->W_head, cm->dt, &hp->q, 0, V, cm->stream, err));
         w = cm->W_head;
     }
-    void *dl = cm->dt == CUDA_F32 ? (void *)cm->logits : cm->dlogits_b;
+    void *dl = dlogits_of(cm); /* logit_t is logit_train here: never NULL */
     for (int64_t n0 = 0; n0 < N; n0 += nc) {
         int64_t n = N - n0 < nc ? N - n0 : nc;
         const void *x = elem(cm->lnf, n0 * C, cm->dt);

@@ -1563,7 +1563,8 @@ Test(cuda_model, bf16_random_prime13_model_is_within_bf16_tolerances, .init = pr
 
 /* Logits rounded to bfloat16 in training ([run] logits = bf16): the head-ahead pass (through
  * check_parity's forward_train) and the slab path (head_ahead off) stay within the bf16
- * tolerances of the CPU model, and they are not the float32 logits' run under another name. */
+ * tolerances of the CPU model, and they are not the float32 logits' run under another name;
+ * their gradient goes over them, so the workspace has no dlogits slab. */
 Test(cuda_model, bf16_logits_train_within_bf16_tolerances, .init = prime13_init)
 {
     need_gpu();
@@ -1576,6 +1577,7 @@ Test(cuda_model, bf16_logits_train_within_bf16_tolerances, .init = prime13_init)
     for (int i = 0; i < B * (T + 1); i++)
         tok[i] = (int32_t)(primal_rng_u64(31, 5, (uint64_t)i) % (uint64_t)rand_cfg.vocab);
     float loss_c, loss[2];
+    size_t ws[2];
     primal_model_zero_grad(m);
     cr_assert_eq(primal_model_forward(m, tok, NULL, B, T, &loss_c, NULL, &err), PRIMAL_OK, "%s",
                  err.msg);
@@ -1591,6 +1593,9 @@ Test(cuda_model, bf16_logits_train_within_bf16_tolerances, .init = prime13_init)
         keep_init(&kg, np);
         cr_assert_eq(primal_cuda_model_backward(cm, 1.0f, keep_gpu, &kg, &err), PRIMAL_OK, "%s",
                      err.msg);
+        primal_cuda_mem mem;
+        cr_assert_eq(primal_cuda_model_memory(cm, &mem, &err), PRIMAL_OK, "%s", err.msg);
+        ws[lb] = mem.workspace;
         double le = fabs(loss[lb] - loss_c) / fabs(loss_c);
         cr_assert_lt(le, tol.loss, "logits %s, slabs: loss %.7g, CPU %.7g", lb ? "bf16" : "fp32",
                      loss[lb], loss_c);
@@ -1607,6 +1612,9 @@ Test(cuda_model, bf16_logits_train_within_bf16_tolerances, .init = prime13_init)
     }
     cr_assert_neq(memcmp(&loss[0], &loss[1], sizeof(float)), 0,
                   "bf16 logits gave the float32 logits' loss bit for bit (%.9g)", loss[0]);
+    /* bf16 logits take their gradient in place: no separate dlogits slab in the workspace */
+    cr_assert_lt(ws[1], ws[0], "workspace %zu bytes with bf16 logits, %zu with float32", ws[1],
+                 ws[0]);
     primal_cuda_opts bad = {.precision = PRIMAL_CUDA_FP32, .logits_bf16 = 1};
     primal_cuda_model *cm = NULL;
     cr_assert_eq(primal_cuda_model_create(m, &bad, &cm, &err), PRIMAL_ECONFIG);

@@ -65,6 +65,14 @@ final2) NCU_SETS="--set run.logits=bf16" bench/gpu_train.sh run speed350m speed3
   med /tmp/primal_runs/speed350m* /tmp/primal_runs/speed15b*; cat /tmp/primal_runs/torch15b.jsonl | cut -c1-260; grep val_loss /tmp/primal_runs/kjv200/log.jsonl | tail -1; cp /tmp/primal_runs/ncu124m.json $OUT/ 2>/dev/null; python3 -c "
 import json;d=json.load(open('/tmp/primal_runs/ncu124m.json'));print('ncu total',d['total_ms'])" ;;
 vs2) for i in 1 2; do PYTHONUNBUFFERED=1 python3 bench/torch_baseline.py --steps 8 --variants dense_compile >> $OUT/torch_compile2.jsonl 2>>$OUT/torch_compile2.err; rm -rf /tmp/primal_runs; bench/gpu_train.sh run speed124m:run.logits=bf16 >/dev/null 2>&1; med /tmp/primal_runs/speed124m-run.logits-bf16; done; cut -c1-200 $OUT/torch_compile2.jsonl ;;
+mem) rm -rf /tmp/primal_runs; bench/gpu_train.sh run speed124m:run.logits=bf16 speed124m:run.logits=bf16,run.recompute=mlp,run.recompute_blocks=6 speed124m:run.logits=bf16,run.recompute=mlp,run.recompute_blocks=5 speed124m:run.logits=bf16,run.recompute=mlp,run.recompute_blocks=4 >/dev/null 2>&1
+  med /tmp/primal_runs/speed124m* ;;
+mem2) rm -rf /tmp/primal_runs; PYTHONUNBUFFERED=1 python3 bench/torch_baseline.py --steps 8 --variants dense_compile > $OUT/torch_compile3.jsonl 2>$OUT/torch_compile3.err
+  bench/gpu_train.sh run speed124m:run.logits=bf16 speed124m:run.logits=bf16,run.recompute=mlp,run.recompute_blocks=5 speed124m:run.logits=bf16,run.recompute=mlp,run.recompute_blocks=6 speed124m:run.logits=bf16,run.seed=0 speed124m:run.logits=bf16,run.recompute=mlp,run.recompute_blocks=5,run.seed=0 >/dev/null 2>&1
+  PYTHONUNBUFFERED=1 python3 bench/torch_baseline.py --steps 8 --variants dense_compile >> $OUT/torch_compile3.jsonl 2>>$OUT/torch_compile3.err
+  med /tmp/primal_runs/speed124m*; python3 -c "
+import json
+for l in open('$OUT/torch_compile3.jsonl'): j=json.loads(l); print('torch.compile', j['tokens_per_s'], j['peak_mem_bytes'])" ;;
 tests) TESTS=1 GPU_SHAPES="target" TORCH=0 bench/gpu.sh run 2>&1 | tail -8 ;;
 nowait)
   export LD_LIBRARY_PATH=/tmp/primal_gpu/lib:/usr/local/cuda/lib64
