@@ -17,8 +17,9 @@
 # Environment for run: GPU_SHAPES (default: "small target"; also target_fp32, target_unfused,
 # target_recompute, target_recompute_mlp, target_mlpK (the first K blocks recompute the MLP),
 # target_noahead, target_t256, qwen15, qwen15_recompute,
-# qwen15_recompute_mlp; any of them with the suffix _lbf16 keeps the training logits in bf16,
-# e.g. target_mlp6_lbf16), GPU_STEPS (10), TORCH (1: run the
+# qwen15_recompute_mlp; any of them with the suffix _res makes the residual after attention
+# again in backward, and then with _lbf16 keeps the training logits in bf16, e.g.
+# target_mlp2_res_lbf16), GPU_STEPS (10), TORCH (1: run the
 # PyTorch baselines), TORCH_VARIANTS (dense_eager,dense_compile,indexed), TESTS (1).
 set -eu
 
@@ -109,6 +110,7 @@ run() {
     for shape in ${GPU_SHAPES:-small target}; do
         lt=
         case $shape in *_lbf16) lt="--logits bf16" shape=${shape%_lbf16} ;; esac
+        case $shape in *_res) lt="$lt --recompute-residual 1" shape=${shape%_res} ;; esac
         case $shape in
         small) args="--dim 256 --layers 4 --heads 4 --ffn 688 --vocab 256 --seq 256 --batch 64" ;;
         target) args="" ;;

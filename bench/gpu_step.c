@@ -11,7 +11,8 @@
  * --recompute-blocks K (with 2: only the first K blocks recompute; 0: all) --head-ahead 0|1|-1
  * (0: auto; primal_cuda_opts.head_ahead, whether the training forward runs the LM head's
  * backward) --grads-inline 0|1 (0; 1: scale gradients in line, not on the gradient stream)
- * --logits fp32|bf16 (fp32; bf16: the training forward's logits rounded to bfloat16).
+ * --logits fp32|bf16 (fp32; bf16: the training forward's logits rounded to bfloat16)
+ * --recompute-residual 0|1 (0; 1: the blocks' residual after attention made again in backward).
  *
  * Output: {"gpu": .., "shape": {...}, "precision": .., "steps": .., "loss": ..,
  *   "tokens_per_s": .., "step_s": .., "forward_s": .., "backward_s": ..,
@@ -58,7 +59,7 @@ static void usage(const char *argv0)
             "[--seq N] [--batch N] [--grid prime13|dense] [--precision bf16|fp32] [--chunk N] "
             "[--steps N] [--warmup N] [--tied 0|1] [--attn fused|unfused] "
             "[--recompute 0|1|2] [--recompute-blocks K] [--head-ahead 0|1|-1] "
-            "[--grads-inline 0|1] [--logits fp32|bf16]\n",
+            "[--grads-inline 0|1] [--logits fp32|bf16] [--recompute-residual 0|1]\n",
             argv0);
     exit(2);
 }
@@ -76,7 +77,7 @@ int main(int argc, char **argv)
                               .rope_theta = 10000.0, .norm_eps = 1e-5, .tied = 0,
                               .qkv_bias = 0};
     int seq = 1024, batch = 32, steps = 10, warmup = 2, chunk = 8192, recompute = 0, ahead = 0;
-    int rblocks = 0, inl = 0, lbf16 = 0;
+    int rblocks = 0, inl = 0, lbf16 = 0, rres = 0;
     const char *grid = "prime13", *prec = "bf16", *attn = "fused";
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc)
@@ -99,6 +100,7 @@ int main(int argc, char **argv)
         else if (strcmp(k, "--tied") == 0) mc.tied = x;
         else if (strcmp(k, "--recompute") == 0) recompute = x;
         else if (strcmp(k, "--recompute-blocks") == 0) rblocks = x;
+        else if (strcmp(k, "--recompute-residual") == 0) rres = x;
         else if (strcmp(k, "--head-ahead") == 0) ahead = x;
         else if (strcmp(k, "--grads-inline") == 0) inl = x;
         else if (strcmp(k, "--grid") == 0 &&
@@ -148,6 +150,7 @@ int main(int argc, char **argv)
                           .device = 0, .chunk_rows = chunk, .attn_bytes = 0,
                           .attn_unfused = strcmp(attn, "unfused") == 0,
                           .recompute = recompute, .recompute_blocks = rblocks,
+                          .recompute_residual = rres,
                           .head_ahead = ahead, .grads_inline = inl, .logits_bf16 = lbf16};
     primal_cuda_model *cm;
     if (primal_cuda_model_create(m, &o, &cm, &err) != PRIMAL_OK)
@@ -183,14 +186,16 @@ int main(int argc, char **argv)
     printf("{\"gpu\": \"%s\", \"shape\": {\"dim\": %d, \"layers\": %d, \"heads\": %d, "
            "\"kv_heads\": %d, \"ffn\": %d, \"vocab\": %d, \"seq\": %d, \"batch\": %d, "
            "\"grid\": \"%s\", \"tied\": %d}, \"precision\": \"%s\", \"attn\": \"%s\", \"recompute\": %d, "
-           "\"recompute_blocks\": %d, \"head_ahead\": %d, \"grads_inline\": %d, "
+           "\"recompute_blocks\": %d, \"recompute_residual\": %d, \"head_ahead\": %d, "
+           "\"grads_inline\": %d, "
            "\"logits\": \"%s\", \"chunk\": %d, "
            "\"steps\": %d, \"loss\": %.4f, \"tokens_per_s\": %.1f, \"step_s\": %.4f, "
            "\"forward_s\": %.4f, \"backward_s\": %.4f, \"model_bytes\": {\"weights\": %zu, "
            "\"grads\": %zu, \"activations\": %zu, \"workspace\": %zu, \"peak\": %zu}, "
            "\"device_used_bytes\": %zu, \"device_total_bytes\": %zu}\n",
            gpu, mc.dim, mc.layers, mc.heads, mc.kv_heads, mc.ffn, mc.vocab, seq, batch, grid,
-           mc.tied, prec, attn, recompute, rblocks, ahead, inl, lbf16 ? "bf16" : "fp32", chunk,
+           mc.tied, prec, attn, recompute, rblocks, rres, ahead, inl, lbf16 ? "bf16" : "fp32",
+           chunk,
            steps, loss, (double)batch * seq / step, step, tf / steps,
            tb / steps, mem.weights, mem.grads, mem.activations, mem.workspace, mem.peak,
            mem.device_total - mem.device_free, mem.device_total);

@@ -29,6 +29,9 @@ const primal_key primal_run_keys[] = {
     {"recompute_blocks", PRIMAL_KEY_INT, "0",
      "with recompute = mlp: the first this many blocks make gate|up again, the others keep it "
      "(0: every block); trades memory for speed a block at a time", "[0,1024]"},
+    {"recompute_residual", PRIMAL_KEY_BOOL, "false",
+     "CUDA: each block's float32 residual after attention is made again in backward (one o_proj "
+     "GEMM a block) instead of kept: 4 bytes x tokens x dim a block", NULL},
     {"head_ahead", PRIMAL_KEY_ENUM, "auto",
      "CUDA: the training forward also runs the LM head's backward (logits made once, the head's "
      "whole G kept until backward): where it fits the logits budget (auto), always, or never "
@@ -172,6 +175,14 @@ static int resolve_run(primal_experiment *e, primal_err *err)
         return primal_cfg_errf(c, "recompute_blocks", err, PRIMAL_ECONFIG,
                                "%d blocks, but only recompute = mlp takes a count of blocks "
                                "(recompute = %s)", r->recompute_blocks, rec);
+    r->recompute_residual = primal_cfg_bool(c, "recompute_residual");
+    if (r->recompute_residual && r->device != PRIMAL_DEVICE_CUDA)
+        return primal_cfg_errf(c, "recompute_residual", err, PRIMAL_ECONFIG,
+                               "true needs device = cuda; the CPU engine recomputes whole blocks "
+                               "(recompute = true)");
+    if (r->recompute_residual && r->recompute == PRIMAL_RECOMPUTE_BLOCK)
+        return primal_cfg_errf(c, "recompute_residual", err, PRIMAL_ECONFIG,
+                               "true with recompute = true: whole blocks are made again anyway");
     r->reduce_votes = strcmp(primal_cfg_str(c, "reduce"), "votes") == 0;
     r->sample_tokens = (int)primal_cfg_int(c, "sample_tokens");
     r->sample_prompt = primal_cfg_str(c, "sample_prompt");

@@ -89,7 +89,7 @@ typedef struct block_acts {
     void *qh, *kh, *vh;       /* (B, H, T, hd), (B, KVH, T, hd) x2, dt: rotated, head-major */
     float *lse;               /* (B, H, T) attention logsumexp */
     void *atty;               /* (N, qdim) dt: attention output before o_proj */
-    float *h;                 /* (N, C) residual after attention */
+    float *h;                 /* (N, C) residual after attention; NULL under rec_residual */
     float *rstd2;             /* (N) */
     void *gu;                 /* (N, 2F) dt: gate | up side by side; backward overwrites it with
                                * dgate | dup.  NULL under PRIMAL_CUDA_RECOMPUTE_MLP */
@@ -112,6 +112,7 @@ struct primal_cuda_model {
     int recompute; /* PRIMAL_CUDA_KEEP_ALL, _RECOMPUTE_BLOCK (one block's activations are kept
                     * and rebuilt from x[l] in backward) or _RECOMPUTE_MLP */
     int rec_blocks; /* _RECOMPUTE_MLP: blocks [0, rec_blocks) make gate|up again */
+    int rec_residual; /* the blocks' h is made again in backward (block_acts.h NULL) */
     int acts_layer; /* the block whose activations the shared set holds (recompute) */
     int64_t nv;     /* vocabulary slab of the logits */
     int head_ahead; /* primal_cuda_opts.head_ahead */
@@ -160,6 +161,7 @@ struct primal_cuda_model {
     void *act;                 /* (N, F) dt: the SwiGLU product in forward, dL/d(act) and then
                                 * the product again in backward */
     void *gus;                 /* (N, 2F) dt: gate | up of the block at hand (RECOMPUTE_MLP) */
+    float *hs;                 /* (N, C): h of the block at hand (rec_residual) */
     void *lnf;                 /* (N, C) dt */
     float *rstdf;              /* (N) */
     float *logits;             /* (N, nv) one vocabulary slab; fp32 backward: its dlogits.
@@ -463,6 +465,12 @@ int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
     cm->rec_blocks = cm->recompute != PRIMAL_CUDA_RECOMPUTE_MLP ? 0
                      : o->recompute_blocks > 0                 ? o->recompute_blocks
                                                                : c->layers;
+    if (o->recompute_residual && o->recompute == PRIMAL_CUDA_RECOMPUTE_BLOCK) {
+        free(cm);
+        return primal_errf(err, PRIMAL_ECONFIG, "cuda model: recompute_residual with recompute 1 "
+                           "(blocks): whole blocks are made again anyway");
+    }
+    cm->rec_residual = o->recompute_residual != 0;
     cm->head_ahead = o->head_ahead;
     if (o->logits_bf16 && o->precision != PRIMAL_CUDA_BF16) {
         free(cm);
@@ -851,7 +859,7 @@ static size_t layout_acts(primal_cuda_model *cm, int B, int T, char *base)
         a->vh = carve(base, &off, N * (size_t)cm->kvdim * e);
         a->lse = carve(base, &off, N * (size_t)c->heads * f);
         a->atty = carve(base, &off, N * (size_t)cm->qdim * e);
-        a->h = carve(base, &off, N * C * f);
+        a->h = cm->rec_residual ? NULL : carve(base, &off, N * C * f);
         a->rstd2 = carve(base, &off, N * f);
         a->gu = l < cm->rec_blocks ? NULL : carve(base, &off, N * 2 * F * e);
     }
@@ -864,6 +872,7 @@ static size_t layout_acts(primal_cuda_model *cm, int B, int T, char *base)
     cm->ln = carve(base, &off, N * C * e);
     cm->act = carve(base, &off, N * F * e);
     cm->gus = cm->rec_blocks > 0 ? carve(base, &off, N * 2 * F * e) : NULL;
+    cm->hs = cm->rec_residual ? carve(base, &off, N * C * f) : NULL;
     cm->q = carve(base, &off, N * (size_t)cm->qdim * e);
     cm->k = carve(base, &off, N * (size_t)cm->kvdim * e);
     cm->v = carve(base, &off, N * (size_t)cm->kvdim * e);
@@ -1315,14 +1324,14 @@ static int block_forward(primal_cuda_model *cm, int l, const float *xin, float *
                        KVH, hd, s, err));
     TRY(cuda_attention_forward(a->atty, a->lse, a->qh, a->kh, a->vh, &cm->as, cm->cb, cm->dt, B,
                                T, H, KVH, hd, s, err));
-    TRY(linear_forward_res(cm, lp[L_O], a->h, xin, a->atty, N, err));
-    TRY(cuda_rmsnorm_forward(cm->ln, cm->dt, a->rstd2, a->h, P[lp[L_LN2]].vec, N, C, eps, s,
-                             err));
+    float *h = a->h != NULL ? a->h : cm->hs;
+    TRY(linear_forward_res(cm, lp[L_O], h, xin, a->atty, N, err));
+    TRY(cuda_rmsnorm_forward(cm->ln, cm->dt, a->rstd2, h, P[lp[L_LN2]].vec, N, C, eps, s, err));
     void *gu = a->gu != NULL ? a->gu : cm->gus;
     const int gup[2] = {lp[L_GATE], lp[L_UP]};
     TRY(stack_forward(cm, gup, 2, cm->stack_gu, gu, 2 * F, cm->ln, N, err));
     TRY(cuda_swiglu_forward(cm->act, cm->dt, gu, elem(gu, F, cm->dt), 2 * F, N, F, s, err));
-    TRY(linear_forward_res(cm, lp[L_DOWN], xout, a->h, cm->act, N, err));
+    TRY(linear_forward_res(cm, lp[L_DOWN], xout, h, cm->act, N, err));
     cm->acts_layer = l;
     return PRIMAL_OK;
 }
@@ -1523,6 +1532,12 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
         return PRIMAL_OK;
     block_acts *a = &cm->blk[l];
     const void *dyo = NULL;
+    /* h = xin + o(atty) again, by forward's very GEMM: the same bits */
+    const float *h = a->h;
+    if (h == NULL) {
+        TRY(linear_forward_res(cm, lp[L_O], cm->hs, xin, a->atty, N, err));
+        h = cm->hs;
+    }
 
     /* xout = h + down(act).  act is not kept: SwiGLU's backward makes it again in cm->act over
      * dL/d(act), after which gate|up hold dgate|dup (the stacked layout, so that dL/dln2 is one
@@ -1532,7 +1547,7 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
     int ln_ready = 0; /* whether cm->ln holds this half's norm output */
     if (gu == NULL) { /* RECOMPUTE_MLP: ln2, then gate|up from it */
         gu = cm->gus;
-        TRY(cuda_rmsnorm_apply(cm->ln, cm->dt, a->rstd2, a->h, P[lp[L_LN2]].vec, N, C, s, err));
+        TRY(cuda_rmsnorm_apply(cm->ln, cm->dt, a->rstd2, h, P[lp[L_LN2]].vec, N, C, s, err));
         TRY(stack_forward(cm, gup, 2, cm->stack_gu, gu, 2 * F, cm->ln, N, err));
         ln_ready = 1;
     }
@@ -1556,12 +1571,12 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
         TRY(stack_backward_inp(cm, gup, 2, cm->stack_gu, cm->dln, cm->dt, gu, 2 * F, N, err));
         TRY(cuda_rmsnorm_backward_xn(need_mid ? cm->dres : NULL, dres_copy(cm),
                                      w_gu && !ln_ready ? cm->ln : NULL, cm->dt,
-                                     P[lp[L_LN2]].dvec, cm->colsum, cm->dln, cm->dt, a->h,
+                                     P[lp[L_LN2]].dvec, cm->colsum, cm->dln, cm->dt, h,
                                      P[lp[L_LN2]].vec, a->rstd2, N, C, s, err));
         ln_ready = 1;
     }
     if (w_gu && !ln_ready)
-        TRY(cuda_rmsnorm_apply(cm->ln, cm->dt, a->rstd2, a->h, P[lp[L_LN2]].vec, N, C, s, err));
+        TRY(cuda_rmsnorm_apply(cm->ln, cm->dt, a->rstd2, h, P[lp[L_LN2]].vec, N, C, s, err));
     if (trains(cm, lp[L_GATE]))
         TRY(weight_grad(cm, lp[L_GATE], g, 2 * F, cm->ln, bc, err));
     if (trains(cm, lp[L_UP]))

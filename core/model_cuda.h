@@ -53,6 +53,10 @@ typedef struct primal_cuda_opts {
     int recompute;      /* PRIMAL_CUDA_KEEP_ALL, _RECOMPUTE_BLOCK or _RECOMPUTE_MLP */
     int recompute_blocks; /* _RECOMPUTE_MLP: blocks [0, this) make gate|up again, the others
                            * keep it; 0: every block */
+    int recompute_residual; /* 1: every block's mid residual h = x + o_proj(attention), float32
+                             * (N, dim), is made again in backward with the o_proj GEMM from
+                             * the kept input and attention output instead of kept; not with
+                             * _RECOMPUTE_BLOCK, which keeps no block's h anyway */
     int head_ahead;     /* primal_cuda_model_forward_train: 1 runs the LM head's backward in
                          * forward, -1 never, 0 (auto) when the head's whole G and W take at
                          * most logits_bytes */

@@ -940,6 +940,7 @@ static int setup(trainer *t, primal_err *err)
     if (e->run.device == PRIMAL_DEVICE_CUDA) {
         primal_cuda_opts co = {.precision = PRIMAL_CUDA_BF16, .recompute = e->run.recompute,
                                .recompute_blocks = e->run.recompute_blocks,
+                               .recompute_residual = e->run.recompute_residual,
                                .head_ahead = e->run.head_ahead,
                                .logits_bf16 = e->run.logits_bf16,
                                .grads_inline = !e->run.grad_stream};

@@ -1625,9 +1625,11 @@ Test(cuda_model, bf16_logits_train_within_bf16_tolerances, .init = prime13_init)
 }
 
 /* Recomputing whole blocks, or only the MLP's gate|up (of every block, or of the first only),
- * runs the very GEMMs and kernels of the first forward again, so loss, G and scale gradients
- * are the same bits; and each mode keeps less: the blocks mode one block's activations, the MLP
- * mode all but gate|up, the partial MLP mode more than that and less than keeping all.  Chunk
+ * or the residual after attention (alone and with the partial MLP mode), runs the very GEMMs
+ * and kernels of the first forward again, so loss, G and scale gradients are the same bits;
+ * and each mode keeps less: the blocks mode one block's activations, the MLP mode all but
+ * gate|up, the partial MLP mode more than that and less than keeping all, the residual mode
+ * all but the blocks' float32 h.  Chunk
  * 300 multiplies gate and up one GEMM each, 8192 as one stacked GEMM (2 x ffn rows fit): the
  * test checks that these paths are the ones that ran. */
 Test(cuda_model, recompute_changes_no_bit_of_the_loss_or_the_gradients, .init = prime13_init)
@@ -1640,29 +1642,34 @@ Test(cuda_model, recompute_changes_no_bit_of_the_loss_or_the_gradients, .init = 
     cr_assert_geq(c3.layers, 3, "the partial MLP mode needs a block that keeps gate|up");
     primal_model *m = random_model(&c3, 27, 0.02f);
     int B = 3, T = 37, np = primal_model_nparams(m);
-    static const char *const mode[4] = {"keep all", "recompute blocks", "recompute MLP",
-                                        "recompute the first two blocks' MLP"};
+    static const char *const mode[6] = {"keep all", "recompute blocks", "recompute MLP",
+                                        "recompute the first two blocks' MLP",
+                                        "recompute the residual",
+                                        "recompute the residual and two blocks' MLP"};
     int32_t *tok = malloc((size_t)B * (T + 1) * sizeof(int32_t));
     for (int i = 0; i < B * (T + 1); i++)
         tok[i] = (int32_t)(primal_rng_u64(28, 5, (uint64_t)i) % (uint64_t)rand_cfg.vocab);
     for (int prec = PRIMAL_CUDA_FP32; prec <= PRIMAL_CUDA_BF16; prec++)
         for (int chunk = 300; chunk <= 8192; chunk += 8192 - 300) {
-            primal_cuda_model *cm[4] = {
+            primal_cuda_model *cm[6] = {
                 gpu_model_o(m, OPTS(prec, chunk)),
                 gpu_model_o(m, OPTS(prec, chunk, .recompute = PRIMAL_CUDA_RECOMPUTE_BLOCK)),
                 gpu_model_o(m, OPTS(prec, chunk, .recompute = PRIMAL_CUDA_RECOMPUTE_MLP)),
                 gpu_model_o(m, OPTS(prec, chunk, .recompute = PRIMAL_CUDA_RECOMPUTE_MLP,
-                                    .recompute_blocks = 2))};
+                                    .recompute_blocks = 2)),
+                gpu_model_o(m, OPTS(prec, chunk, .recompute_residual = 1)),
+                gpu_model_o(m, OPTS(prec, chunk, .recompute = PRIMAL_CUDA_RECOMPUTE_MLP,
+                                    .recompute_blocks = 2, .recompute_residual = 1))};
             /* which GEMMs are stacked (rand_cfg: q|k|v 256 rows, gate|up 640) */
             int want = PRIMAL_CUDA_STACK_QKV | (chunk >= 640 ? PRIMAL_CUDA_STACK_GU : 0);
-            for (int j = 0; j < 4; j++)
+            for (int j = 0; j < 6; j++)
                 cr_assert_eq(primal_cuda_model_stacks(cm[j]), want,
                              "chunk %d %s: stacked GEMMs %d, expected %d", chunk, mode[j],
                              primal_cuda_model_stacks(cm[j]), want);
-            keep k[4];
-            float loss[4];
-            size_t acts[4];
-            for (int j = 0; j < 4; j++) {
+            keep k[6];
+            float loss[6];
+            size_t acts[6];
+            for (int j = 0; j < 6; j++) {
                 keep_init(&k[j], np);
                 cr_assert_eq(
                     primal_cuda_model_forward(cm[j], tok, NULL, B, T, &loss[j], NULL, &err),
@@ -1683,7 +1690,15 @@ Test(cuda_model, recompute_changes_no_bit_of_the_loss_or_the_gradients, .init = 
             cr_assert(acts[2] < acts[3] && acts[3] < acts[0],
                       "%s: %zu bytes, between MLP's %zu and keeping all's %zu", mode[3], acts[3],
                       acts[2], acts[0]);
-            for (int j = 1; j < 4; j++) {
+            /* all blocks' float32 h but one shared, with and without the partial MLP mode */
+            size_t hb = (size_t)B * T * c3.dim * 4;
+            cr_assert_geq(acts[0] - acts[4], (c3.layers - 1) * hb - 4096,
+                          "%s: %zu bytes of activations, keeping all %zu (h: %zu a block)",
+                          mode[4], acts[4], acts[0], hb);
+            cr_assert_geq(acts[3] - acts[5], (c3.layers - 1) * hb - 4096,
+                          "%s: %zu bytes of activations, without it %zu (h: %zu a block)",
+                          mode[5], acts[5], acts[3], hb);
+            for (int j = 1; j < 6; j++) {
                 const char *pn = prec ? "bf16" : "fp32";
                 cr_assert_eq(memcmp(&loss[0], &loss[j], sizeof(float)), 0,
                              "%s chunk %d %s: loss %.9g vs %.9g", pn, chunk, mode[j], loss[j],
@@ -1704,11 +1719,16 @@ Test(cuda_model, recompute_changes_no_bit_of_the_loss_or_the_gradients, .init = 
                     free(s0), free(s1);
                 }
             }
-            for (int j = 0; j < 4; j++) {
+            for (int j = 0; j < 6; j++) {
                 keep_free(&k[j]);
                 primal_cuda_model_free(cm[j]);
             }
         }
+    primal_cuda_opts bad = {.precision = PRIMAL_CUDA_BF16,
+                            .recompute = PRIMAL_CUDA_RECOMPUTE_BLOCK, .recompute_residual = 1};
+    primal_cuda_model *cmb = NULL;
+    cr_assert_eq(primal_cuda_model_create(m, &bad, &cmb, &err), PRIMAL_ECONFIG);
+    cr_assert_not_null(strstr(err.msg, "whole blocks are made again anyway"), "%s", err.msg);
     free(tok);
     primal_model_free(m);
 }

@@ -95,6 +95,14 @@ refuse cpu-grad-stream '^grad_stream = false' 'grad_stream: false needs device =
 sed 's/^threads = 1$/threads = 1\nlogits = bf16/' "$tmp/base.ini" >"$tmp/cpu-logits.ini"
 refuse cpu-logits '^logits = bf16' 'logits: bf16 needs device = cuda'
 
+# the residual recompute is the CUDA engine's, and means nothing beside whole blocks
+sed 's/^threads = 1$/threads = 1\nrecompute_residual = true/' "$tmp/base.ini" >"$tmp/cpu-residual.ini"
+refuse cpu-residual '^recompute_residual = true' 'recompute_residual: true needs device = cuda'
+sed 's/^threads = 1$/threads = 1\ndevice = cuda\nrecompute = true\nrecompute_residual = true/' \
+    "$tmp/base.ini" >"$tmp/residual-with-blocks.ini"
+refuse residual-with-blocks '^recompute_residual = true' \
+    'recompute_residual: true with recompute = true: whole blocks are made again anyway'
+
 # a count of blocks means something only to the MLP recompute
 sed 's/^threads = 1$/threads = 1\nrecompute = true\nrecompute_blocks = 3/' "$tmp/base.ini" \
     >"$tmp/blocks-without-mlp.ini"

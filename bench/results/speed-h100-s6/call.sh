@@ -73,6 +73,13 @@ mem2) rm -rf /tmp/primal_runs; PYTHONUNBUFFERED=1 python3 bench/torch_baseline.p
   med /tmp/primal_runs/speed124m*; python3 -c "
 import json
 for l in open('$OUT/torch_compile3.jsonl'): j=json.loads(l); print('torch.compile', j['tokens_per_s'], j['peak_mem_bytes'])" ;;
+res) rm -rf /tmp/primal_runs; PYTHONUNBUFFERED=1 python3 bench/torch_baseline.py --steps 8 --variants dense_compile > $OUT/torch_compile.jsonl 2>$OUT/torch_compile.err
+  bench/gpu_train.sh run speed124m:run.logits=bf16 speed124m:run.logits=bf16,run.recompute_residual=true speed124m:run.logits=bf16,run.recompute_residual=true,run.recompute=mlp,run.recompute_blocks=1 speed124m:run.logits=bf16,run.recompute_residual=true,run.recompute=mlp,run.recompute_blocks=2 speed124m:run.logits=bf16,run.recompute=mlp,run.recompute_blocks=5 > $OUT/train.txt 2>&1
+  PYTHONUNBUFFERED=1 python3 bench/torch_baseline.py --steps 8 --variants dense_compile >> $OUT/torch_compile.jsonl 2>>$OUT/torch_compile.err
+  med /tmp/primal_runs/speed124m*; python3 -c "
+import json
+for l in open('$OUT/torch_compile.jsonl'): j=json.loads(l); print('torch.compile', j['tokens_per_s'], j['peak_mem_bytes'])"
+  tar -C /tmp/primal_runs -czf $OUT/runs.tgz . ;;
 tests) TESTS=1 GPU_SHAPES="target" TORCH=0 bench/gpu.sh run 2>&1 | tail -8 ;;
 nowait)
   export LD_LIBRARY_PATH=/tmp/primal_gpu/lib:/usr/local/cuda/lib64
