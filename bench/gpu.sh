@@ -19,7 +19,8 @@
 # target_noahead, target_t256, qwen15, qwen15_recompute,
 # qwen15_recompute_mlp; any of them with the suffix _res makes the residual after attention
 # again in backward, and then with _lbf16 keeps the training logits in bf16, e.g.
-# target_mlp2_res_lbf16), GPU_STEPS (10), TORCH (1: run the
+# target_mlp2_res_lbf16; with _nbf16 before those, the blocks' norms read bf16 inputs, e.g.
+# target_nbf16_lbf16), GPU_STEPS (10), TORCH (1: run the
 # PyTorch baselines), TORCH_VARIANTS (dense_eager,dense_compile,indexed), TESTS (1).
 set -eu
 
@@ -111,6 +112,7 @@ run() {
         lt=
         case $shape in *_lbf16) lt="--logits bf16" shape=${shape%_lbf16} ;; esac
         case $shape in *_res) lt="$lt --recompute-residual 1" shape=${shape%_res} ;; esac
+        case $shape in *_nbf16) lt="$lt --norm-input bf16" shape=${shape%_nbf16} ;; esac
         case $shape in
         small) args="--dim 256 --layers 4 --heads 4 --ffn 688 --vocab 256 --seq 256 --batch 64" ;;
         target) args="" ;;

@@ -12,7 +12,9 @@
  * (0: auto; primal_cuda_opts.head_ahead, whether the training forward runs the LM head's
  * backward) --grads-inline 0|1 (0; 1: scale gradients in line, not on the gradient stream)
  * --logits fp32|bf16 (fp32; bf16: the training forward's logits rounded to bfloat16)
- * --recompute-residual 0|1 (0; 1: the blocks' residual after attention made again in backward).
+ * --recompute-residual 0|1 (0; 1: the blocks' residual after attention made again in backward)
+ * --norm-input fp32|bf16 (fp32; bf16: the blocks' norms read their input rounded to bfloat16,
+ * and backward keeps that copy, not the float32 residual stream).
  *
  * Output: {"gpu": .., "shape": {...}, "precision": .., "steps": .., "loss": ..,
  *   "tokens_per_s": .., "step_s": .., "forward_s": .., "backward_s": ..,
@@ -59,7 +61,7 @@ static void usage(const char *argv0)
             "[--seq N] [--batch N] [--grid prime13|dense] [--precision bf16|fp32] [--chunk N] "
             "[--steps N] [--warmup N] [--tied 0|1] [--attn fused|unfused] "
             "[--recompute 0|1|2] [--recompute-blocks K] [--head-ahead 0|1|-1] "
-            "[--grads-inline 0|1] [--logits fp32|bf16] [--recompute-residual 0|1]\n",
+            "[--grads-inline 0|1] [--logits fp32|bf16] [--recompute-residual 0|1] [--norm-input fp32|bf16]\n",
             argv0);
     exit(2);
 }
@@ -77,14 +79,15 @@ int main(int argc, char **argv)
                               .rope_theta = 10000.0, .norm_eps = 1e-5, .tied = 0,
                               .qkv_bias = 0};
     int seq = 1024, batch = 32, steps = 10, warmup = 2, chunk = 8192, recompute = 0, ahead = 0;
-    int rblocks = 0, inl = 0, lbf16 = 0, rres = 0;
+    int rblocks = 0, inl = 0, lbf16 = 0, rres = 0, nbf16 = 0;
     const char *grid = "prime13", *prec = "bf16", *attn = "fused";
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc)
             usage(argv[0]);
         const char *k = argv[i], *v = argv[++i];
         int numeric = strcmp(k, "--grid") != 0 && strcmp(k, "--attn") != 0 &&
-                      strcmp(k, "--precision") != 0 && strcmp(k, "--logits") != 0;
+                      strcmp(k, "--precision") != 0 && strcmp(k, "--logits") != 0 &&
+                      strcmp(k, "--norm-input") != 0;
         int x = numeric ? bench_int_arg("gpu_step", k, v) : 0;
         if (strcmp(k, "--dim") == 0) mc.dim = x;
         else if (strcmp(k, "--layers") == 0) mc.layers = x;
@@ -115,6 +118,9 @@ int main(int argc, char **argv)
         else if (strcmp(k, "--logits") == 0 &&
                  (strcmp(v, "bf16") == 0 || strcmp(v, "fp32") == 0))
             lbf16 = strcmp(v, "bf16") == 0;
+        else if (strcmp(k, "--norm-input") == 0 &&
+                 (strcmp(v, "bf16") == 0 || strcmp(v, "fp32") == 0))
+            nbf16 = strcmp(v, "bf16") == 0;
         else
             usage(argv[0]);
     }
@@ -150,7 +156,7 @@ int main(int argc, char **argv)
                           .device = 0, .chunk_rows = chunk, .attn_bytes = 0,
                           .attn_unfused = strcmp(attn, "unfused") == 0,
                           .recompute = recompute, .recompute_blocks = rblocks,
-                          .recompute_residual = rres,
+                          .recompute_residual = rres, .norm_bf16 = nbf16,
                           .head_ahead = ahead, .grads_inline = inl, .logits_bf16 = lbf16};
     primal_cuda_model *cm;
     if (primal_cuda_model_create(m, &o, &cm, &err) != PRIMAL_OK)
@@ -186,7 +192,8 @@ int main(int argc, char **argv)
     printf("{\"gpu\": \"%s\", \"shape\": {\"dim\": %d, \"layers\": %d, \"heads\": %d, "
            "\"kv_heads\": %d, \"ffn\": %d, \"vocab\": %d, \"seq\": %d, \"batch\": %d, "
            "\"grid\": \"%s\", \"tied\": %d}, \"precision\": \"%s\", \"attn\": \"%s\", \"recompute\": %d, "
-           "\"recompute_blocks\": %d, \"recompute_residual\": %d, \"head_ahead\": %d, "
+           "\"recompute_blocks\": %d, \"recompute_residual\": %d, \"norm_input\": \"%s\", "
+           "\"head_ahead\": %d, "
            "\"grads_inline\": %d, "
            "\"logits\": \"%s\", \"chunk\": %d, "
            "\"steps\": %d, \"loss\": %.4f, \"tokens_per_s\": %.1f, \"step_s\": %.4f, "
@@ -194,7 +201,7 @@ int main(int argc, char **argv)
            "\"grads\": %zu, \"activations\": %zu, \"workspace\": %zu, \"peak\": %zu}, "
            "\"device_used_bytes\": %zu, \"device_total_bytes\": %zu}\n",
            gpu, mc.dim, mc.layers, mc.heads, mc.kv_heads, mc.ffn, mc.vocab, seq, batch, grid,
-           mc.tied, prec, attn, recompute, rblocks, rres, ahead, inl, lbf16 ? "bf16" : "fp32",
+           mc.tied, prec, attn, recompute, rblocks, rres, nbf16 ? "bf16" : "fp32", ahead, inl, lbf16 ? "bf16" : "fp32",
            chunk,
            steps, loss, (double)batch * seq / step, step, tf / steps,
            tb / steps, mem.weights, mem.grads, mem.activations, mem.workspace, mem.peak,

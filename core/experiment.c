@@ -32,6 +32,11 @@ const primal_key primal_run_keys[] = {
     {"recompute_residual", PRIMAL_KEY_BOOL, "false",
      "CUDA: each block's float32 residual after attention is made again in backward (one o_proj "
      "GEMM a block) instead of kept: 4 bytes x tokens x dim a block", NULL},
+    {"norm_input", PRIMAL_KEY_ENUM, "fp32",
+     "CUDA: the blocks' RMSNorms read the float32 residual stream as it is, or rounded to "
+     "bfloat16 (forward and backward alike), so that backward keeps that half-size copy instead "
+     "of the float32 stream: 4 bytes x tokens x dim a block less; the stream itself is still "
+     "added in float32", "fp32|bf16"},
     {"head_ahead", PRIMAL_KEY_ENUM, "auto",
      "CUDA: the training forward also runs the LM head's backward (logits made once, the head's "
      "whole G kept until backward): where it fits the logits budget (auto), always, or never "
@@ -183,6 +188,16 @@ static int resolve_run(primal_experiment *e, primal_err *err)
     if (r->recompute_residual && r->recompute == PRIMAL_RECOMPUTE_BLOCK)
         return primal_cfg_errf(c, "recompute_residual", err, PRIMAL_ECONFIG,
                                "true with recompute = true: whole blocks are made again anyway");
+    r->norm_bf16 = strcmp(primal_cfg_str(c, "norm_input"), "bf16") == 0;
+    if (r->norm_bf16 && r->device != PRIMAL_DEVICE_CUDA)
+        return primal_cfg_errf(c, "norm_input", err, PRIMAL_ECONFIG,
+                               "bf16 needs device = cuda (the CPU engine computes in float32)");
+    if (r->norm_bf16 && (r->recompute == PRIMAL_RECOMPUTE_BLOCK || r->recompute_residual))
+        return primal_cfg_errf(c, "norm_input", err, PRIMAL_ECONFIG,
+                               "bf16 with %s: that rebuilds the blocks from the float32 residual "
+                               "stream, which bf16 norm inputs do not keep",
+                               r->recompute_residual ? "recompute_residual = true"
+                                                     : "recompute = true");
     r->reduce_votes = strcmp(primal_cfg_str(c, "reduce"), "votes") == 0;
     r->sample_tokens = (int)primal_cfg_int(c, "sample_tokens");
     r->sample_prompt = primal_cfg_str(c, "sample_prompt");

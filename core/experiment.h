@@ -28,6 +28,7 @@ typedef struct primal_run_cfg {
     int recompute; /* PRIMAL_RECOMPUTE_* */
     int recompute_blocks; /* MLP: blocks [0, this) recompute, the rest keep; 0: all */
     int recompute_residual; /* CUDA: blocks make their mid residual again in backward */
+    int norm_bf16;          /* CUDA: [run] norm_input = bf16 (primal_cuda_opts.norm_bf16) */
     int head_ahead;       /* primal_cuda_opts.head_ahead: 0 auto, 1 on, -1 off */
     int logits_bf16;      /* primal_cuda_opts.logits_bf16 */
     int grad_stream;      /* !primal_cuda_opts.grads_inline */

@@ -83,14 +83,18 @@ enum { MEM_WEIGHTS, MEM_GRADS, MEM_ACTS, MEM_WORK, MEM_OTHER, MEM_KINDS };
  * read (atty, gate|up) is kept in the compute dtype; the residual stream (x, h) stays float32,
  * as on the CPU.  Neither the SwiGLU product nor the norms' outputs are kept: backward makes
  * them again in passes that read their inputs anyway (cuda_swiglu_backward,
- * cuda_rmsnorm_backward_xn), bit for bit. */
+ * cuda_rmsnorm_backward_xn), bit for bit.  Under norm_bf16 the norms read their inputs rounded
+ * to bfloat16, forward and backward, and the block keeps those roundings (xk1, xk2) in place
+ * of x and h: the residual stream itself stays float32 but is not kept. */
 typedef struct block_acts {
     float *rstd1;             /* (N) */
     void *qh, *kh, *vh;       /* (B, H, T, hd), (B, KVH, T, hd) x2, dt: rotated, head-major */
     float *lse;               /* (B, H, T) attention logsumexp */
     void *atty;               /* (N, qdim) dt: attention output before o_proj */
-    float *h;                 /* (N, C) residual after attention; NULL under rec_residual */
+    float *h;                 /* (N, C) residual after attention; NULL under rec_residual and
+                               * norm_bf16 */
     float *rstd2;             /* (N) */
+    void *xk1, *xk2;          /* (N, C) bf16: x and h rounded, the norms' inputs (norm_bf16) */
     void *gu;                 /* (N, 2F) dt: gate | up side by side; backward overwrites it with
                                * dgate | dup.  NULL under PRIMAL_CUDA_RECOMPUTE_MLP */
 } block_acts;
@@ -113,6 +117,8 @@ struct primal_cuda_model {
                     * and rebuilt from x[l] in backward) or _RECOMPUTE_MLP */
     int rec_blocks; /* _RECOMPUTE_MLP: blocks [0, rec_blocks) make gate|up again */
     int rec_residual; /* the blocks' h is made again in backward (block_acts.h NULL) */
+    int norm_bf16;    /* primal_cuda_opts.norm_bf16: x[l] two buffers in turn, the blocks keep
+                       * xk1 and xk2 */
     int acts_layer; /* the block whose activations the shared set holds (recompute) */
     int64_t nv;     /* vocabulary slab of the logits */
     int head_ahead; /* primal_cuda_opts.head_ahead */
@@ -471,6 +477,16 @@ int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
                            "(blocks): whole blocks are made again anyway");
     }
     cm->rec_residual = o->recompute_residual != 0;
+    if (o->norm_bf16 && (o->precision != PRIMAL_CUDA_BF16 ||
+                         o->recompute == PRIMAL_CUDA_RECOMPUTE_BLOCK || o->recompute_residual)) {
+        int prec = o->precision, rec = o->recompute;
+        free(cm);
+        return primal_errf(err, PRIMAL_ECONFIG, "cuda model: norm inputs in bfloat16 need bf16 "
+                           "precision (not %d) and neither recompute 1 (blocks; not %d) nor "
+                           "recompute_residual: both make the blocks again from the float32 "
+                           "residual stream, which this mode does not keep", prec, rec);
+    }
+    cm->norm_bf16 = o->norm_bf16 != 0;
     cm->head_ahead = o->head_ahead;
     if (o->logits_bf16 && o->precision != PRIMAL_CUDA_BF16) {
         free(cm);
@@ -844,8 +860,8 @@ static size_t layout_acts(primal_cuda_model *cm, int B, int T, char *base)
     const primal_model_config *c = &cm->c;
     size_t N = (size_t)B * T, C = (size_t)c->dim, F = (size_t)c->ffn, V = (size_t)c->vocab;
     size_t e = cuda_dtype_size(cm->dt), off = 0, f = sizeof(float);
-    for (int l = 0; l <= c->layers; l++)
-        cm->x[l] = carve(base, &off, N * C * f);
+    for (int l = 0; l <= c->layers; l++) /* norm_bf16: block l reads one, writes the other */
+        cm->x[l] = cm->norm_bf16 && l >= 2 ? cm->x[l & 1] : carve(base, &off, N * C * f);
     int kept = cm->recompute == PRIMAL_CUDA_RECOMPUTE_BLOCK ? 1 : c->layers;
     for (int l = 0; l < c->layers; l++) {
         block_acts *a = &cm->blk[l];
@@ -859,8 +875,10 @@ static size_t layout_acts(primal_cuda_model *cm, int B, int T, char *base)
         a->vh = carve(base, &off, N * (size_t)cm->kvdim * e);
         a->lse = carve(base, &off, N * (size_t)c->heads * f);
         a->atty = carve(base, &off, N * (size_t)cm->qdim * e);
-        a->h = cm->rec_residual ? NULL : carve(base, &off, N * C * f);
+        a->h = cm->rec_residual || cm->norm_bf16 ? NULL : carve(base, &off, N * C * f);
         a->rstd2 = carve(base, &off, N * f);
+        a->xk1 = cm->norm_bf16 ? carve(base, &off, N * C * 2) : NULL;
+        a->xk2 = cm->norm_bf16 ? carve(base, &off, N * C * 2) : NULL;
         a->gu = l < cm->rec_blocks ? NULL : carve(base, &off, N * 2 * F * e);
     }
     cm->lnf = carve(base, &off, N * C * e);
@@ -1314,8 +1332,8 @@ static int block_forward(primal_cuda_model *cm, int l, const float *xin, float *
     cudaStream_t s = cm->stream;
     float eps = (float)c->norm_eps;
 
-    TRY(cuda_rmsnorm_forward(cm->ln, cm->dt, a->rstd1, xin, P[lp[L_LN1]].vec, N, C, eps, s,
-                             err));
+    TRY(cuda_rmsnorm_forward_keep(cm->ln, cm->dt, a->rstd1, a->xk1, xin, P[lp[L_LN1]].vec, N, C,
+                                  eps, s, err));
     TRY(linear_forward(cm, lp[L_Q], cm->q, cm->dt, cm->ln, N, err));
     TRY(linear_forward(cm, lp[L_K], cm->k, cm->dt, cm->ln, N, err));
     TRY(linear_forward(cm, lp[L_V], cm->v, cm->dt, cm->ln, N, err));
@@ -1324,9 +1342,11 @@ static int block_forward(primal_cuda_model *cm, int l, const float *xin, float *
                        KVH, hd, s, err));
     TRY(cuda_attention_forward(a->atty, a->lse, a->qh, a->kh, a->vh, &cm->as, cm->cb, cm->dt, B,
                                T, H, KVH, hd, s, err));
-    float *h = a->h != NULL ? a->h : cm->hs;
+    /* norm_bf16 keeps no h: it lives in xout, which the down GEMM then adds to in place */
+    float *h = a->h != NULL ? a->h : cm->norm_bf16 ? xout : cm->hs;
     TRY(linear_forward_res(cm, lp[L_O], h, xin, a->atty, N, err));
-    TRY(cuda_rmsnorm_forward(cm->ln, cm->dt, a->rstd2, h, P[lp[L_LN2]].vec, N, C, eps, s, err));
+    TRY(cuda_rmsnorm_forward_keep(cm->ln, cm->dt, a->rstd2, a->xk2, h, P[lp[L_LN2]].vec, N, C,
+                                  eps, s, err));
     void *gu = a->gu != NULL ? a->gu : cm->gus;
     const int gup[2] = {lp[L_GATE], lp[L_UP]};
     TRY(stack_forward(cm, gup, 2, cm->stack_gu, gu, 2 * F, cm->ln, N, err));
@@ -1532,9 +1552,12 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
         return PRIMAL_OK;
     block_acts *a = &cm->blk[l];
     const void *dyo = NULL;
-    /* h = xin + o(atty) again, by forward's very GEMM: the same bits */
-    const float *h = a->h;
-    if (h == NULL) {
+    /* the norms' inputs: x and h, or their bf16 roundings under norm_bf16 */
+    const void *x1 = a->xk1 != NULL ? a->xk1 : (const void *)xin, *h = a->h;
+    cuda_dtype xt = a->xk1 != NULL ? CUDA_BF16 : CUDA_F32;
+    if (a->xk2 != NULL) {
+        h = a->xk2;
+    } else if (h == NULL) { /* h = xin + o(atty) again, by forward's very GEMM: the same bits */
         TRY(linear_forward_res(cm, lp[L_O], cm->hs, xin, a->atty, N, err));
         h = cm->hs;
     }
@@ -1547,7 +1570,7 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
     int ln_ready = 0; /* whether cm->ln holds this half's norm output */
     if (gu == NULL) { /* RECOMPUTE_MLP: ln2, then gate|up from it */
         gu = cm->gus;
-        TRY(cuda_rmsnorm_apply(cm->ln, cm->dt, a->rstd2, h, P[lp[L_LN2]].vec, N, C, s, err));
+        TRY(cuda_rmsnorm_apply(cm->ln, cm->dt, a->rstd2, h, xt, P[lp[L_LN2]].vec, N, C, s, err));
         TRY(stack_forward(cm, gup, 2, cm->stack_gu, gu, 2 * F, cm->ln, N, err));
         ln_ready = 1;
     }
@@ -1571,12 +1594,12 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
         TRY(stack_backward_inp(cm, gup, 2, cm->stack_gu, cm->dln, cm->dt, gu, 2 * F, N, err));
         TRY(cuda_rmsnorm_backward_xn(need_mid ? cm->dres : NULL, dres_copy(cm),
                                      w_gu && !ln_ready ? cm->ln : NULL, cm->dt,
-                                     P[lp[L_LN2]].dvec, cm->colsum, cm->dln, cm->dt, h,
+                                     P[lp[L_LN2]].dvec, cm->colsum, cm->dln, cm->dt, h, xt,
                                      P[lp[L_LN2]].vec, a->rstd2, N, C, s, err));
         ln_ready = 1;
     }
     if (w_gu && !ln_ready)
-        TRY(cuda_rmsnorm_apply(cm->ln, cm->dt, a->rstd2, h, P[lp[L_LN2]].vec, N, C, s, err));
+        TRY(cuda_rmsnorm_apply(cm->ln, cm->dt, a->rstd2, h, xt, P[lp[L_LN2]].vec, N, C, s, err));
     if (trains(cm, lp[L_GATE]))
         TRY(weight_grad(cm, lp[L_GATE], g, 2 * F, cm->ln, bc, err));
     if (trains(cm, lp[L_UP]))
@@ -1621,10 +1644,10 @@ static int block_backward(primal_cuda_model *cm, int l, const float *xin, int ne
         TRY(stack_backward_inp(cm, pis, 3, cm->stack_qkv, cm->dln, cm->dt, dqkv, S, N, err));
         TRY(cuda_rmsnorm_backward_xn(need_dx ? cm->dres : NULL, dres_copy(cm),
                                      w_qkv ? cm->ln : NULL, cm->dt, P[lp[L_LN1]].dvec,
-                                     cm->colsum, cm->dln, cm->dt, xin, P[lp[L_LN1]].vec,
+                                     cm->colsum, cm->dln, cm->dt, x1, xt, P[lp[L_LN1]].vec,
                                      a->rstd1, N, C, s, err));
     } else if (w_qkv) {
-        TRY(cuda_rmsnorm_apply(cm->ln, cm->dt, a->rstd1, xin, P[lp[L_LN1]].vec, N, C, s, err));
+        TRY(cuda_rmsnorm_apply(cm->ln, cm->dt, a->rstd1, x1, xt, P[lp[L_LN1]].vec, N, C, s, err));
     }
     for (int j = 0; j < 3; j++)
         if (trains(cm, lp[qkv[j]]))

@@ -57,6 +57,11 @@ typedef struct primal_cuda_opts {
                              * (N, dim), is made again in backward with the o_proj GEMM from
                              * the kept input and attention output instead of kept; not with
                              * _RECOMPUTE_BLOCK, which keeps no block's h anyway */
+    int norm_bf16;      /* 1: the blocks' RMSNorms read their float32 inputs (x, h) rounded to
+                         * bfloat16, forward and backward, and backward keeps those roundings
+                         * instead of x and h: 4 bytes x tokens x dim a block less, the residual
+                         * stream still added in float32.  bf16 precision only; not with
+                         * _RECOMPUTE_BLOCK or recompute_residual, which rebuild from x */
     int head_ahead;     /* primal_cuda_model_forward_train: 1 runs the LM head's backward in
                          * forward, -1 never, 0 (auto) when the head's whole G and W take at
                          * most logits_bytes */

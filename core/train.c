@@ -941,6 +941,7 @@ static int setup(trainer *t, primal_err *err)
         primal_cuda_opts co = {.precision = PRIMAL_CUDA_BF16, .recompute = e->run.recompute,
                                .recompute_blocks = e->run.recompute_blocks,
                                .recompute_residual = e->run.recompute_residual,
+                               .norm_bf16 = e->run.norm_bf16,
                                .head_ahead = e->run.head_ahead,
                                .logits_bf16 = e->run.logits_bf16,
                                .grads_inline = !e->run.grad_stream};

@@ -397,6 +397,84 @@ Test(cuda_kernels, embedding_gathers_rows_and_scatters_gradients_by_chunk)
     check_embedding(50, 300, 3001, 1); /* three column tiles, the last one partial */
 }
 
+/* cuda_rmsnorm_forward_keep (the model's norm_bf16) is the norm of x rounded to bfloat16: its
+ * output and rstd are, bit for bit, cuda_rmsnorm_forward's of the rounded x, its copy is that
+ * rounding, and backward and rmsnorm_apply reading the bf16 copy give the bits they give from
+ * the rounded x in float32.  And it is not the unrounded norm. */
+static void rmsnorm_keep_is_the_rounded_inputs_norm(const float *x, const float *dX,
+                                                    const float *dW, const float *ddy,
+                                                    float *scr, int N, int C)
+{
+    size_t n = (size_t)N * C;
+    uint16_t *xb = malloc(n * 2), *kb = malloc(n * 2);
+    float *xr = malloc(n * 4);
+    for (size_t i = 0; i < n; i++) {
+        xb[i] = f_to_bf16(x[i]);
+        xr[i] = bf16_to_f(xb[i]);
+    }
+    float *dXr = dup_to_dev(xr, n * 4);
+    void *keep = dmalloc(n * 2);
+    float *r0 = dmalloc((size_t)N * 4), *r1 = dmalloc((size_t)N * 4);
+    for (int bf = 0; bf < 2; bf++) {
+        cuda_dtype dt = bf ? CUDA_BF16 : CUDA_F32;
+        size_t nb = n * (bf ? 2 : 4);
+        void *y0 = dmalloc(nb), *y1 = dmalloc(nb);
+        char *h0 = malloc(nb), *h1 = malloc(nb);
+        OK(cuda_rmsnorm_forward_keep(y0, dt, r0, keep, dX, dW, N, C, 1e-5f, 0, E));
+        OK(cuda_rmsnorm_forward(y1, dt, r1, dXr, dW, N, C, 1e-5f, 0, E));
+        to_host(h0, y0, nb), to_host(h1, y1, nb);
+        cr_assert_eq(memcmp(h0, h1, nb), 0, "rmsnorm (%d, %d) %s: forward_keep is not the norm "
+                     "of the rounded input", N, C, bf ? "bf16" : "fp32");
+        to_host(kb, keep, n * 2);
+        cr_assert_eq(memcmp(kb, xb, n * 2), 0, "rmsnorm (%d, %d): the kept copy is not x "
+                     "rounded to bf16", N, C);
+        float *hr0 = malloc((size_t)N * 4), *hr1 = malloc((size_t)N * 4);
+        to_host(hr0, r0, (size_t)N * 4), to_host(hr1, r1, (size_t)N * 4);
+        cr_assert_eq(memcmp(hr0, hr1, (size_t)N * 4), 0, "rmsnorm (%d, %d): rstd differs", N, C);
+        free(hr0), free(hr1);
+        if (!bf) { /* the unrounded input's norm is another one */
+            OK(cuda_rmsnorm_forward(y1, dt, r1, dX, dW, N, C, 1e-5f, 0, E));
+            to_host(h1, y1, nb);
+            cr_assert_neq(memcmp(h0, h1, nb), 0, "rmsnorm (%d, %d): rounding changed nothing",
+                          N, C);
+        }
+        /* backward (dinp, its bf16 copy, dweight, the output again) and apply, from the copy
+         * and from the rounded float32 x: the same bits */
+        float *dx[2], *dw[2];
+        void *dxb[2], *xn[2];
+        for (int k = 0; k < 2; k++) {
+            dx[k] = dmalloc(n * 4), dw[k] = dmalloc((size_t)C * 4);
+            dxb[k] = dmalloc(n * 2), xn[k] = dmalloc(nb);
+            CK(cudaMemset(dx[k], 0, n * 4));
+            CK(cudaMemset(dw[k], 0, (size_t)C * 4));
+            OK(cuda_rmsnorm_backward_xn(dx[k], dxb[k], xn[k], dt, dw[k], scr, ddy, CUDA_F32,
+                                        k ? (const void *)dXr : keep, k ? CUDA_F32 : CUDA_BF16,
+                                        dW, r0, N, C, 0, E));
+        }
+        static const char *const what[4] = {"dinp", "dinp's bf16 copy", "dweight", "output"};
+        for (int j = 0; j < 4; j++) {
+            void *a = j == 0 ? (void *)dx[0] : j == 1 ? dxb[0] : j == 2 ? (void *)dw[0] : xn[0];
+            void *b = j == 0 ? (void *)dx[1] : j == 1 ? dxb[1] : j == 2 ? (void *)dw[1] : xn[1];
+            size_t m = j == 0 ? n * 4 : j == 1 ? n * 2 : j == 2 ? (size_t)C * 4 : nb;
+            char *ha = malloc(m), *hb = malloc(m);
+            to_host(ha, a, m), to_host(hb, b, m);
+            cr_assert_eq(memcmp(ha, hb, m), 0, "rmsnorm (%d, %d) %s: backward's %s from the "
+                         "bf16 copy differs", N, C, bf ? "bf16" : "fp32", what[j]);
+            free(ha), free(hb);
+        }
+        OK(cuda_rmsnorm_apply(y1, dt, r0, keep, CUDA_BF16, dW, N, C, 0, E));
+        to_host(h1, y1, nb);
+        cr_assert_eq(memcmp(h0, h1, nb), 0, "rmsnorm (%d, %d) %s: apply from the copy is not "
+                     "forward_keep's output", N, C, bf ? "bf16" : "fp32");
+        for (int k = 0; k < 2; k++)
+            cudaFree(dx[k]), cudaFree(dw[k]), cudaFree(dxb[k]), cudaFree(xn[k]);
+        free(h0), free(h1);
+        cudaFree(y0), cudaFree(y1);
+    }
+    free(xb), free(kb), free(xr);
+    cudaFree(dXr), cudaFree(keep), cudaFree(r0), cudaFree(r1);
+}
+
 /* Rows of a multiple of 8 columns up to 2048 take the warp kernels (several row blocks, a
  * partial last one, 1 to 4 column steps a lane), others the block-per-row ones (100 columns;
  * 2600). */
@@ -472,7 +550,7 @@ Test(cuda_kernels, rmsnorm_forward_and_backward_match_the_reference)
             CK(cudaMemcpy(ddx, dx0, (size_t)N * C * 4, cudaMemcpyHostToDevice));
             CK(cudaMemcpy(ddw, dw0, (size_t)C * 4, cudaMemcpyHostToDevice));
             OK(cuda_rmsnorm_backward_xn(ddx, dxb2, NULL, CUDA_BF16, ddw, scr, ddyb, CUDA_BF16,
-                                        dX, dW, dR, N, C, 0, E));
+                                        dX, CUDA_F32, dW, dR, N, C, 0, E));
             to_host(got, ddx, (size_t)N * C * 4);
             close_d(got, dxr2, (int64_t)N * C, 1e-5, 1e-4, "rmsnorm dinp, bf16 dout");
             uint16_t *hx2 = malloc((size_t)N * C * 2);
@@ -504,8 +582,8 @@ Test(cuda_kernels, rmsnorm_forward_and_backward_match_the_reference)
             for (int how = 0; how < 3; how++) {
                 CK(cudaMemset(again, 0xff, nb));
                 OK(cuda_rmsnorm_backward_xn(how == 0 ? ddx : NULL, NULL, again, dt,
-                                            how < 2 ? ddw : NULL, scr, ddy, CUDA_F32, dX, dW,
-                                            dR, N, C, 0, E));
+                                            how < 2 ? ddw : NULL, scr, ddy, CUDA_F32, dX,
+                                            CUDA_F32, dW, dR, N, C, 0, E));
                 to_host(h1, again, nb);
                 cr_assert_eq(memcmp(h0, h1, nb), 0,
                              "rmsnorm (%d, %d) %s: backward's output again (way %d) differs "
@@ -514,6 +592,7 @@ Test(cuda_kernels, rmsnorm_forward_and_backward_match_the_reference)
             free(h0), free(h1);
             cudaFree(fw), cudaFree(again);
         }
+        rmsnorm_keep_is_the_rounded_inputs_norm(x, dX, dW, ddy, scr, N, C);
         free(x), free(w), free(dy), free(dx0), free(dw0), free(xd), free(wd), free(dyd);
         free(ref), free(dxr), free(dwr), free(got);
         cudaFree(dX), cudaFree(dW), cudaFree(dY), cudaFree(dR), cudaFree(ddy), cudaFree(ddx);
@@ -1729,6 +1808,81 @@ Test(cuda_model, recompute_changes_no_bit_of_the_loss_or_the_gradients, .init = 
     primal_cuda_model *cmb = NULL;
     cr_assert_eq(primal_cuda_model_create(m, &bad, &cmb, &err), PRIMAL_ECONFIG);
     cr_assert_not_null(strstr(err.msg, "whole blocks are made again anyway"), "%s", err.msg);
+    free(tok);
+    primal_model_free(m);
+}
+
+/* norm_bf16: the blocks' norms read x and h rounded to bfloat16 and backward keeps those
+ * roundings instead of the float32 stream.  Against the float32 CPU model it stays within the
+ * bf16 tolerances (keeping all, and with the MLP made again); it is a run of its own (not the
+ * float32 norms' loss bit for bit), with recompute = MLP on two blocks it changes no bit, it
+ * keeps 4 bytes x tokens x dim less a block but one (x and h go, two streams stay, two bf16
+ * copies come), and it refuses the modes that rebuild from the float32 stream. */
+Test(cuda_model, bf16_norm_inputs_keep_less_and_stay_within_bf16_tolerances,
+     .init = prime13_init)
+{
+    need_gpu();
+    primal_err err;
+    primal_model *m = random_model(&rand_cfg, 23, 0.02f);
+    parity_tol tol = BF16_TOL;
+    check_parity(m, OPTS(PRIMAL_CUDA_BF16, 300, .norm_bf16 = 1), 3, 37, NULL, tol, 2);
+    check_parity(m, OPTS(PRIMAL_CUDA_BF16, 0, .norm_bf16 = 1,
+                         .recompute = PRIMAL_CUDA_RECOMPUTE_MLP), 3, 37, NULL, tol, 2);
+    int B = 3, T = 37, np = primal_model_nparams(m);
+    int32_t *tok = malloc((size_t)B * (T + 1) * sizeof(int32_t));
+    for (int i = 0; i < B * (T + 1); i++)
+        tok[i] = (int32_t)(primal_rng_u64(29, 5, (uint64_t)i) % (uint64_t)rand_cfg.vocab);
+    for (int chunk = 300; chunk <= 8192; chunk += 8192 - 300) {
+        primal_cuda_model *cm[3] = {
+            gpu_model_o(m, OPTS(PRIMAL_CUDA_BF16, chunk)),
+            gpu_model_o(m, OPTS(PRIMAL_CUDA_BF16, chunk, .norm_bf16 = 1)),
+            gpu_model_o(m, OPTS(PRIMAL_CUDA_BF16, chunk, .norm_bf16 = 1,
+                                .recompute = PRIMAL_CUDA_RECOMPUTE_MLP, .recompute_blocks = 2))};
+        keep k[3];
+        float loss[3];
+        size_t acts[3];
+        for (int j = 0; j < 3; j++) {
+            keep_init(&k[j], np);
+            cr_assert_eq(primal_cuda_model_forward(cm[j], tok, NULL, B, T, &loss[j], NULL, &err),
+                         PRIMAL_OK, "%s", err.msg);
+            cr_assert_eq(primal_cuda_model_backward(cm[j], 1.0f, keep_gpu, &k[j], &err),
+                         PRIMAL_OK, "%s", err.msg);
+            primal_cuda_mem mem;
+            cr_assert_eq(primal_cuda_model_memory(cm[j], &mem, &err), PRIMAL_OK, "%s", err.msg);
+            acts[j] = mem.activations;
+        }
+        size_t xb = (size_t)B * T * rand_cfg.dim * 4;
+        cr_assert_geq(acts[0] - acts[1], (size_t)(rand_cfg.layers - 1) * xb - 4096,
+                      "chunk %d: %zu bytes of activations with bf16 norm inputs, %zu without "
+                      "(the stream: %zu a block)", chunk, acts[1], acts[0], xb);
+        cr_assert_neq(memcmp(&loss[0], &loss[1], sizeof(float)), 0,
+                      "chunk %d: bf16 norm inputs gave the float32 loss bit for bit (%.9g)",
+                      chunk, loss[0]);
+        cr_assert_eq(memcmp(&loss[1], &loss[2], sizeof(float)), 0,
+                     "chunk %d: recompute MLP changed the loss, %.9g vs %.9g", chunk, loss[2],
+                     loss[1]);
+        for (int i = 0; i < np; i++) {
+            primal_param *hp = primal_model_param(m, i);
+            if (!hp->is_matrix)
+                continue;
+            cr_assert_eq(memcmp(k[1].G[i], k[2].G[i], (size_t)hp->n * sizeof(float)), 0,
+                         "chunk %d: recompute MLP changed the G of %s", chunk, hp->name);
+        }
+        for (int j = 0; j < 3; j++) {
+            keep_free(&k[j]);
+            primal_cuda_model_free(cm[j]);
+        }
+    }
+    static const primal_cuda_opts bad[3] = {
+        {.precision = PRIMAL_CUDA_FP32, .norm_bf16 = 1},
+        {.precision = PRIMAL_CUDA_BF16, .norm_bf16 = 1, .recompute = PRIMAL_CUDA_RECOMPUTE_BLOCK},
+        {.precision = PRIMAL_CUDA_BF16, .norm_bf16 = 1, .recompute_residual = 1}};
+    for (int j = 0; j < 3; j++) {
+        primal_cuda_model *cmb = NULL;
+        cr_assert_eq(primal_cuda_model_create(m, &bad[j], &cmb, &err), PRIMAL_ECONFIG, "case %d",
+                     j);
+        cr_assert_not_null(strstr(err.msg, "norm inputs in bfloat16 need"), "%s", err.msg);
+    }
     free(tok);
     primal_model_free(m);
 }

@@ -102,6 +102,13 @@ sed 's/^threads = 1$/threads = 1\ndevice = cuda\nrecompute = true\nrecompute_res
     "$tmp/base.ini" >"$tmp/residual-with-blocks.ini"
 refuse residual-with-blocks '^recompute_residual = true' \
     'recompute_residual: true with recompute = true: whole blocks are made again anyway'
+# bf16 norm inputs are a CUDA mode, and keep no float32 stream to rebuild blocks from
+sed 's/^threads = 1$/threads = 1\nnorm_input = bf16/' "$tmp/base.ini" >"$tmp/cpu-normbf16.ini"
+refuse cpu-normbf16 '^norm_input = bf16' 'norm_input: bf16 needs device = cuda'
+sed 's/^threads = 1$/threads = 1\ndevice = cuda\nrecompute_residual = true\nnorm_input = bf16/' \
+    "$tmp/base.ini" >"$tmp/normbf16-with-residual.ini"
+refuse normbf16-with-residual '^norm_input = bf16' \
+    'norm_input: bf16 with recompute_residual = true: that rebuilds the blocks from the float32'
 
 # a count of blocks means something only to the MLP recompute
 sed 's/^threads = 1$/threads = 1\nrecompute = true\nrecompute_blocks = 3/' "$tmp/base.ini" \

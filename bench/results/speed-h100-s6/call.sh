@@ -80,6 +80,32 @@ res) rm -rf /tmp/primal_runs; PYTHONUNBUFFERED=1 python3 bench/torch_baseline.py
 import json
 for l in open('$OUT/torch_compile.jsonl'): j=json.loads(l); print('torch.compile', j['tokens_per_s'], j['peak_mem_bytes'])"
   tar -C /tmp/primal_runs -czf $OUT/runs.tgz . ;;
+gx) rm -rf /tmp/primal_runs /tmp/gx; mkdir -p /tmp/gx
+  for r in 1 2; do for v in base nosq noamax both; do
+    case $v in base) E= ;; nosq) E="PRIMAL_X_NOSQ=1" ;; noamax) E="PRIMAL_X_NOAMAX=1" ;; both) E="PRIMAL_X_NOSQ=1 PRIMAL_X_NOAMAX=1" ;; esac
+    env $E bench/gpu_train.sh run speed124m:run.logits=bf16 >/dev/null 2>&1; mv /tmp/primal_runs/speed124m-run.logits-bf16 /tmp/gx/$v$r; done; done
+  med /tmp/gx/*; tar -C /tmp/gx -czf $OUT/gx.tgz . ;;
+nb) TESTS=1 TORCH=0 GPU_SHAPES="target_lbf16 target_nbf16_lbf16" bench/gpu.sh run > $OUT/gpu_sh.txt 2>&1; tail -3 $OUT/gpu_sh.txt | cut -c1-200
+  python3 -c "
+import json
+for l in open('$OUT/gpu_results.jsonl'):
+    j=json.loads(l)
+    if 'tokens_per_s' in j: print('gpu_step', j['logits'], j.get('norm_input'), j['tokens_per_s'], j['loss'], round(j['model_bytes']['peak']/2**20,1))"
+  rm -rf /tmp/primal_runs; PYTHONUNBUFFERED=1 python3 bench/torch_baseline.py --steps 8 --variants dense_compile > $OUT/torch_compile.jsonl 2>$OUT/torch_compile.err
+  bench/gpu_train.sh run speed124m:run.logits=bf16 speed124m:run.logits=bf16,run.norm_input=bf16 speed124m:run.logits=bf16,run.recompute_residual=true speed124m:run.logits=bf16,run.norm_input=bf16,run.seed=0 speed124m:run.logits=bf16,run.seed=0 > $OUT/train.txt 2>&1
+  PYTHONUNBUFFERED=1 python3 bench/torch_baseline.py --steps 8 --variants dense_compile >> $OUT/torch_compile.jsonl 2>>$OUT/torch_compile.err
+  med /tmp/primal_runs/speed124m*; python3 -c "
+import json
+for l in open('$OUT/torch_compile.jsonl'): j=json.loads(l); print('torch.compile', j['tokens_per_s'], j['peak_mem_bytes'])"
+  tar -C /tmp/primal_runs -czf $OUT/runs.tgz . ;;
+kjvn) rm -rf /tmp/primal_runs; bench/gpu_train.sh run kjv200:run.logits=bf16,run.norm_input=bf16 kjv200:run.logits=bf16,run.norm_input=bf16,run.seed=1 kjv200:run.logits=bf16,run.norm_input=bf16,run.seed=2 kjv200:run.logits=bf16,run.norm_input=bf16,run.seed=3 kjv200:run.logits=bf16 kjv200:run.logits=bf16,run.seed=1 kjv124m:run.recompute=false kjv124m:run.recompute=false,run.norm_input=bf16 2>&1 | grep val_loss
+  for d in /tmp/primal_runs/kjv*/; do python3 -c "
+import json,sys;rows=[json.loads(l) for l in open(sys.argv[1]+'log.jsonl')];print(sys.argv[1].split('/')[-2],[(r['step'],round(r['val_loss'],4)) for r in rows if 'val_loss' in r])" $d; done
+  tar -C /tmp/primal_runs -czf $OUT/kjvn.tgz . ;;
+kjvm) rm -rf /tmp/primal_runs; bench/gpu_train.sh run kjv124m kjv124m:run.norm_input=fp32 kjv124m:run.seed=1 kjv124m:run.norm_input=fp32,run.seed=1 2>&1 | grep val_loss
+  for d in /tmp/primal_runs/kjv*/; do python3 -c "
+import json,sys;rows=[json.loads(l) for l in open(sys.argv[1]+'log.jsonl')];print(sys.argv[1].split('/')[-2],[(r['step'],round(r['val_loss'],4)) for r in rows if 'val_loss' in r], 'peak', max(r.get('peak_mem_bytes',0) for r in rows)/2**20)" $d; done
+  tail -3 /tmp/primal_runs/kjv124m.txt; tar -C /tmp/primal_runs -czf $OUT/kjvm.tgz . ;;
 tests) TESTS=1 GPU_SHAPES="target" TORCH=0 bench/gpu.sh run 2>&1 | tail -8 ;;
 nowait)
   export LD_LIBRARY_PATH=/tmp/primal_gpu/lib:/usr/local/cuda/lib64
