@@ -119,6 +119,7 @@ struct primal_cuda_model {
     int rec_residual; /* the blocks' h is made again in backward (block_acts.h NULL) */
     int norm_bf16;    /* primal_cuda_opts.norm_bf16: x[l] two buffers in turn, the blocks keep
                        * xk1 and xk2 */
+    int grad_sumsq;   /* primal_cuda_opts.grad_sumsq */
     int acts_layer; /* the block whose activations the shared set holds (recompute) */
     int64_t nv;     /* vocabulary slab of the logits */
     int head_ahead; /* primal_cuda_opts.head_ahead */
@@ -487,6 +488,7 @@ int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
                            "residual stream, which this mode does not keep", prec, rec);
     }
     cm->norm_bf16 = o->norm_bf16 != 0;
+    cm->grad_sumsq = o->grad_sumsq != 0;
     cm->head_ahead = o->head_ahead;
     if (o->logits_bf16 && o->precision != PRIMAL_CUDA_BF16) {
         free(cm);
@@ -1489,7 +1491,9 @@ static int consume(primal_cuda_model *cm, int pi, int64_t r0, int64_t nr, const 
         CUDA_TRY(cudaEventRecord(cm->g_ready, cm->stream), err);
         CUDA_TRY(cudaStreamWaitEvent(gs, cm->g_ready, 0), err);
     }
-    if (p->q.bits != 32)
+    if (cm->grad_sumsq) /* the clipping norm's Σ G² in the scale gradient's pass */
+        TRY(cuda_scale_grad_sumsq(p->dscale, cm->sq_part, G, &p->q, r0, nr, gs, err));
+    else if (p->q.bits != 32)
         TRY(cuda_scale_grad(p->dscale, G, &p->q, r0, nr, gs, err));
     if (bc->hook != NULL)
         TRY(bc->hook(bc->user, p, G, r0, nr, gs, err));

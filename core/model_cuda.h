@@ -62,6 +62,9 @@ typedef struct primal_cuda_opts {
                          * instead of x and h: 4 bytes x tokens x dim a block less, the residual
                          * stream still added in float32.  bf16 precision only; not with
                          * _RECOMPUTE_BLOCK or recompute_residual, which rebuild from x */
+    int grad_sumsq;     /* 1: backward adds every G it hands to the hook into the model's sum
+                         * of squares (primal_cuda_sumsq_read), in the scale gradient's pass
+                         * over G: the caller's hook then need not call primal_cuda_sumsq */
     int head_ahead;     /* primal_cuda_model_forward_train: 1 runs the LM head's backward in
                          * forward, -1 never, 0 (auto) when the head's whole G and W take at
                          * most logits_bytes */

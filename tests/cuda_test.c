@@ -332,6 +332,28 @@ Test(cuda_kernels, scale_gradient_is_the_row_sum_of_G_times_grid_values)
         float *got = malloc((size_t)R * sizeof(float));
         to_host(got, dds, (size_t)R * sizeof(float));
         close_d(got, ref, R, 1e-6, 1e-5, "dscale");
+        /* with the clipping norm's Σ G² in the same pass: the same dscale bits, and the sum
+         * (into the partial sums cuda_sumsq_finish adds up) to double rounding */
+        double *part = dmalloc((CUDA_SUMSQ_BLOCKS + 1) * sizeof(double)), sq = 0, want = 0;
+        CK(cudaMemset(part, 0, (CUDA_SUMSQ_BLOCKS + 1) * sizeof(double)));
+        CK(cudaMemcpy(dds, ds0, (size_t)R * sizeof(float), cudaMemcpyHostToDevice));
+        OK(cuda_scale_grad(dds, dG, &d, r0, nr, 0, E));
+        float *got1 = malloc((size_t)R * sizeof(float));
+        to_host(got1, dds, (size_t)R * sizeof(float));
+        CK(cudaMemcpy(dds, ds0, (size_t)R * sizeof(float), cudaMemcpyHostToDevice));
+        OK(cuda_scale_grad_sumsq(dds, part, dG, &d, r0, nr, 0, E));
+        OK(cuda_sumsq_finish(part + CUDA_SUMSQ_BLOCKS, part, 0, E));
+        to_host(got, dds, (size_t)R * sizeof(float));
+        to_host(&sq, part + CUDA_SUMSQ_BLOCKS, sizeof(double));
+        for (int64_t i = 0; i < nr * C; i++)
+            want += (double)G[i] * G[i];
+        cr_assert_eq(memcmp(got, got1, (size_t)R * sizeof(float)), 0,
+                     "%d-bit, %lld columns: scale_grad_sumsq's dscale differs from scale_grad's",
+                     bits[b % 3], (long long)C);
+        cr_assert(fabs(sq - want) <= 1e-12 * want, "%d-bit, %lld columns: sum of squares %.17g, "
+                  "expected %.17g", bits[b % 3], (long long)C, sq, want);
+        free(got1);
+        cudaFree(part);
         free(got);
         free(ref);
         free(G);
@@ -1882,6 +1904,44 @@ Test(cuda_model, bf16_norm_inputs_keep_less_and_stay_within_bf16_tolerances,
         cr_assert_eq(primal_cuda_model_create(m, &bad[j], &cmb, &err), PRIMAL_ECONFIG, "case %d",
                      j);
         cr_assert_not_null(strstr(err.msg, "norm inputs in bfloat16 need"), "%s", err.msg);
+    }
+    free(tok);
+    primal_model_free(m);
+}
+
+/* grad_sumsq: backward's scale-gradient pass also sums every G² it hands the hook, which is
+ * what the trainer's clipping norm needs of the matrices: the sum of the hooked G's squares. */
+Test(cuda_model, grad_sumsq_is_the_sum_of_squares_of_every_hooked_G, .init = prime13_init)
+{
+    need_gpu();
+    primal_err err;
+    primal_model *m = random_model(&rand_cfg, 24, 0.02f);
+    int B = 3, T = 37, np = primal_model_nparams(m);
+    int32_t *tok = malloc((size_t)B * (T + 1) * sizeof(int32_t));
+    for (int i = 0; i < B * (T + 1); i++)
+        tok[i] = (int32_t)(primal_rng_u64(30, 5, (uint64_t)i) % (uint64_t)rand_cfg.vocab);
+    for (int chunk = 300; chunk <= 8192; chunk += 8192 - 300) {
+        primal_cuda_model *cm = gpu_model_o(m, OPTS(PRIMAL_CUDA_BF16, chunk, .grad_sumsq = 1));
+        keep k;
+        keep_init(&k, np);
+        float loss;
+        cr_assert_eq(primal_cuda_model_forward_train(cm, tok, NULL, B, T, 1.0f, &loss, &err),
+                     PRIMAL_OK, "%s", err.msg);
+        cr_assert_eq(primal_cuda_model_backward(cm, 1.0f, keep_gpu, &k, &err), PRIMAL_OK, "%s",
+                     err.msg);
+        double sq = -1, want = 0;
+        cr_assert_eq(primal_cuda_sumsq_read(cm, &sq, 1, &err), PRIMAL_OK, "%s", err.msg);
+        for (int i = 0; i < np; i++) {
+            primal_param *hp = primal_model_param(m, i);
+            if (hp->is_matrix)
+                for (int64_t j = 0; j < hp->n; j++)
+                    want += (double)k.G[i][j] * k.G[i][j];
+        }
+        cr_assert_gt(want, 0.0);
+        cr_assert(fabs(sq - want) <= 1e-10 * want, "chunk %d: backward's sum of squares %.17g, "
+                  "the hooked G's %.17g", chunk, sq, want);
+        keep_free(&k);
+        primal_cuda_model_free(cm);
     }
     free(tok);
     primal_model_free(m);

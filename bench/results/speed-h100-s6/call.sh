@@ -106,6 +106,12 @@ kjvm) rm -rf /tmp/primal_runs; bench/gpu_train.sh run kjv124m kjv124m:run.norm_i
   for d in /tmp/primal_runs/kjv*/; do python3 -c "
 import json,sys;rows=[json.loads(l) for l in open(sys.argv[1]+'log.jsonl')];print(sys.argv[1].split('/')[-2],[(r['step'],round(r['val_loss'],4)) for r in rows if 'val_loss' in r], 'peak', max(r.get('peak_mem_bytes',0) for r in rows)/2**20)" $d; done
   tail -3 /tmp/primal_runs/kjv124m.txt; tar -C /tmp/primal_runs -czf $OUT/kjvm.tgz . ;;
+vs3) rm -rf /tmp/primal_runs /tmp/vs3; mkdir -p /tmp/vs3; for i in 1 2 3; do PYTHONUNBUFFERED=1 python3 bench/torch_baseline.py --steps 8 --variants dense_compile >> $OUT/torch_compile_vs3.jsonl 2>>$OUT/torch_compile_vs3.err
+  bench/gpu_train.sh run speed124m:run.logits=bf16,run.norm_input=bf16 >/dev/null 2>&1; mv /tmp/primal_runs/speed124m-run.logits-bf16_run.norm_input-bf16 /tmp/vs3/nbf16_$i; done
+  med /tmp/vs3/*; python3 -c "
+import json
+for l in open('$OUT/torch_compile_vs3.jsonl'): j=json.loads(l); print('torch.compile', j['tokens_per_s'], j['peak_mem_bytes'])"
+  tar -C /tmp/vs3 -czf $OUT/vs3.tgz . ;;
 tests) TESTS=1 GPU_SHAPES="target" TORCH=0 bench/gpu.sh run 2>&1 | tail -8 ;;
 nowait)
   export LD_LIBRARY_PATH=/tmp/primal_gpu/lib:/usr/local/cuda/lib64
