@@ -32,6 +32,15 @@ bundle)
     ls -l _gpu_carry/bundle.tar.xz
     ;;
 run)
+    # WHAT = SHAPE[:section.key=value,...]: shape, the run's name, and its --set options
+    settings() {
+        shape=${1%%:*}
+        extra=
+        case $1 in *:*) extra=${1#*:} ;; esac
+        name="$shape${extra:+-$(echo "$extra" | tr '=,' '-_')}"
+        sets=""
+        for kv in $(echo "$extra" | tr ',' ' '); do sets="$sets --set $kv"; done
+    }
     pkg=/tmp/primal_pkg
     rm -rf "$pkg" && mkdir -p "$pkg"
     tar -C "$pkg" -xJf "$top/_gpu_carry/bundle.tar.xz"
@@ -52,11 +61,7 @@ run)
         kjv200|kjv200:*|kjv124m|kjv124m:*)
             # kjv200: the 200-step GPU-vs-CPU check; kjv124m: examples/gpt2-124m-gpu.ini for
             # 300 steps (quality at the 124M shape); either [:section.key=value,...]
-            shape=${what%%:*}
-            extra=; case $what in *:*) extra=${what#*:} ;; esac
-            name="$shape${extra:+-$(echo "$extra" | tr '=,' '-_')}"
-            sets=""
-            for kv in $(echo "$extra" | tr ',' ' '); do sets="$sets --set $kv"; done
+            settings "$what"
             case $shape in
             kjv200) base="$top/examples/compare-cpu.ini --set run.device=cuda --set run.steps=200
                 --set run.eval_every=50" ;;
@@ -116,11 +121,7 @@ EOS
                 >"$out/torch15b.jsonl" 2>"$out/torch15b.err" || tail -n 3 "$out/torch15b.err" ;;
         speed124m*|speed350m*|speed15b:*|speed15b)
             # SHAPE[:section.key=value,...]: the shape's run with the settings changed
-            shape=${what%%:*}
-            extra=; case $what in *:*) extra=${what#*:} ;; esac
-            name="$shape${extra:+-$(echo "$extra" | tr '=,' '-_')}"
-            sets=""
-            for kv in $(echo "$extra" | tr ',' ' '); do sets="$sets --set $kv"; done
+            settings "$what"
             case $shape in
             speed124m) shp="--set model.dim=768 --set model.layers=12 --set model.heads=12
                 --set model.ffn=2048 --set model.vocab=50304 --set run.batch=32
