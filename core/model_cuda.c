@@ -119,7 +119,6 @@ struct primal_cuda_model {
     int rec_residual; /* the blocks' h is made again in backward (block_acts.h NULL) */
     int norm_bf16;    /* primal_cuda_opts.norm_bf16: x[l] two buffers in turn, the blocks keep
                        * xk1 and xk2 */
-    int grad_sumsq;   /* primal_cuda_opts.grad_sumsq */
     int acts_layer; /* the block whose activations the shared set holds (recompute) */
     int64_t nv;     /* vocabulary slab of the logits */
     int head_ahead; /* primal_cuda_opts.head_ahead */
@@ -488,7 +487,6 @@ int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
                            "residual stream, which this mode does not keep", prec, rec);
     }
     cm->norm_bf16 = o->norm_bf16 != 0;
-    cm->grad_sumsq = o->grad_sumsq != 0;
     cm->head_ahead = o->head_ahead;
     if (o->logits_bf16 && o->precision != PRIMAL_CUDA_BF16) {
         free(cm);
@@ -810,12 +808,6 @@ int primal_cuda_adamw(primal_cuda_model *cm, const primal_cuda_adamw_tensor *lis
     int rc = cuda_adamw(cm->adamw_dev, k, n, &h, cm->stream, err);
     free(k);
     return rc;
-}
-
-int primal_cuda_sumsq(primal_cuda_model *cm, const float *x, int64_t n, void *stream,
-                      primal_err *err)
-{
-    return cuda_sumsq(cm->sq_part, x, n, (cudaStream_t)stream, err);
 }
 
 /* One launch over the list of every trainable float gradient: they are small (a scale per
@@ -1491,10 +1483,8 @@ static int consume(primal_cuda_model *cm, int pi, int64_t r0, int64_t nr, const 
         CUDA_TRY(cudaEventRecord(cm->g_ready, cm->stream), err);
         CUDA_TRY(cudaStreamWaitEvent(gs, cm->g_ready, 0), err);
     }
-    if (cm->grad_sumsq) /* the clipping norm's Σ G² in the scale gradient's pass */
-        TRY(cuda_scale_grad_sumsq(p->dscale, cm->sq_part, G, &p->q, r0, nr, gs, err));
-    else if (p->q.bits != 32)
-        TRY(cuda_scale_grad(p->dscale, G, &p->q, r0, nr, gs, err));
+    /* the scale gradient, and Σ G² for the clipping norm in the same pass */
+    TRY(cuda_scale_grad(p->dscale, cm->sq_part, G, &p->q, r0, nr, gs, err));
     if (bc->hook != NULL)
         TRY(bc->hook(bc->user, p, G, r0, nr, gs, err));
     if (gs != cm->stream && slot >= 0)

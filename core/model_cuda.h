@@ -62,9 +62,6 @@ typedef struct primal_cuda_opts {
                          * instead of x and h: 4 bytes x tokens x dim a block less, the residual
                          * stream still added in float32.  bf16 precision only; not with
                          * _RECOMPUTE_BLOCK or recompute_residual, which rebuild from x */
-    int grad_sumsq;     /* 1: backward adds every G it hands to the hook into the model's sum
-                         * of squares (primal_cuda_sumsq_read), in the scale gradient's pass
-                         * over G: the caller's hook then need not call primal_cuda_sumsq */
     int head_ahead;     /* primal_cuda_model_forward_train: 1 runs the LM head's backward in
                          * forward, -1 never, 0 (auto) when the head's whole G and W take at
                          * most logits_bytes */
@@ -188,11 +185,10 @@ typedef struct primal_cuda_adamw_hp {
 int primal_cuda_adamw(primal_cuda_model *cm, const primal_cuda_adamw_tensor *list, int n,
                       const primal_cuda_adamw_hp *hp, primal_err *err);
 
-/* Gradient norm for clipping: sumsq adds Σ x² of a device array (a G tile, in the hook, on the
- * hook's stream) to the model's accumulator; float_grads adds every trainable dscale/dvec; read
- * waits, returns the sum and, with reset, zeroes it.  Deterministic (fixed-order reductions). */
-int primal_cuda_sumsq(primal_cuda_model *cm, const float *x, int64_t n, void *stream,
-                      primal_err *err);
+/* Gradient norm for clipping: backward adds Σ G² of every G it hands the hook to the model's
+ * accumulator (in the scale gradient's pass over G); float_grads adds every trainable
+ * dscale/dvec; read waits, returns the sum and, with reset, zeroes it.  Deterministic
+ * (fixed-order reductions). */
 int primal_cuda_sumsq_float_grads(primal_cuda_model *cm, primal_err *err);
 int primal_cuda_sumsq_read(primal_cuda_model *cm, double *out, int reset, primal_err *err);
 

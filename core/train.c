@@ -39,7 +39,6 @@ typedef struct pstate {
 
 typedef struct trainer {
     primal_experiment *e;
-    int fused_sumsq; /* CUDA: backward sums G² for clipping (primal_cuda_opts.grad_sumsq) */
     const primal_train_opts *o;
     primal_model *m;
     int np;
@@ -943,7 +942,6 @@ static int setup(trainer *t, primal_err *err)
                                .recompute_blocks = e->run.recompute_blocks,
                                .recompute_residual = e->run.recompute_residual,
                                .norm_bf16 = e->run.norm_bf16,
-                               .grad_sumsq = 1,
                                .head_ahead = e->run.head_ahead,
                                .logits_bf16 = e->run.logits_bf16,
                                .grads_inline = !e->run.grad_stream};
@@ -962,7 +960,6 @@ static int setup(trainer *t, primal_err *err)
             }
         }
         rc = primal_cuda_model_create(t->m, &co, (primal_cuda_model **)&t->cm, err);
-        t->fused_sumsq = co.grad_sumsq;
         if (rc != PRIMAL_OK)
             return rc;
     }
@@ -1186,10 +1183,8 @@ static int grad_hook_cuda(void *user, primal_cuda_param *p, const float *G, int6
     if (!s->has_policy)
         return PRIMAL_OK;
     const primal_policy_cuda_vt *cvt = t->pvt->cuda;
-    /* for clipping; backward adds it in the scale gradient's pass (grad_sumsq) */
-    int rc = t->fused_sumsq ? PRIMAL_OK
-                            : primal_cuda_sumsq(t->cm, G, nrows * p->q.cols, stream, err);
-    if (rc == PRIMAL_OK && cvt->observe != NULL) {
+    int rc = PRIMAL_OK; /* the clipping norm's Σ G² is backward's (primal_cuda_sumsq_read) */
+    if (cvt->observe != NULL) {
         if (r0 != 0 || nrows != p->q.rows)
             return primal_errf(err, PRIMAL_ERROR,
                                "%s: gradient of %s came in row chunks, which the trainer does "

@@ -328,7 +328,7 @@ Test(cuda_kernels, scale_gradient_is_the_row_sum_of_G_times_grid_values)
                 ref[r0 + r] += (double)G[r * C + c] * h.grid[primal_index_get(&h, r0 + r, c)];
         float *dG = dup_to_dev(G, (size_t)(nr * C) * sizeof(float));
         float *dds = dup_to_dev(ds0, (size_t)R * sizeof(float));
-        OK(cuda_scale_grad(dds, dG, &d, r0, nr, 0, E));
+        OK(cuda_scale_grad(dds, NULL, dG, &d, r0, nr, 0, E));
         float *got = malloc((size_t)R * sizeof(float));
         to_host(got, dds, (size_t)R * sizeof(float));
         close_d(got, ref, R, 1e-6, 1e-5, "dscale");
@@ -337,18 +337,18 @@ Test(cuda_kernels, scale_gradient_is_the_row_sum_of_G_times_grid_values)
         double *part = dmalloc((CUDA_SUMSQ_BLOCKS + 1) * sizeof(double)), sq = 0, want = 0;
         CK(cudaMemset(part, 0, (CUDA_SUMSQ_BLOCKS + 1) * sizeof(double)));
         CK(cudaMemcpy(dds, ds0, (size_t)R * sizeof(float), cudaMemcpyHostToDevice));
-        OK(cuda_scale_grad(dds, dG, &d, r0, nr, 0, E));
+        OK(cuda_scale_grad(dds, NULL, dG, &d, r0, nr, 0, E));
         float *got1 = malloc((size_t)R * sizeof(float));
         to_host(got1, dds, (size_t)R * sizeof(float));
         CK(cudaMemcpy(dds, ds0, (size_t)R * sizeof(float), cudaMemcpyHostToDevice));
-        OK(cuda_scale_grad_sumsq(dds, part, dG, &d, r0, nr, 0, E));
+        OK(cuda_scale_grad(dds, part, dG, &d, r0, nr, 0, E));
         OK(cuda_sumsq_finish(part + CUDA_SUMSQ_BLOCKS, part, 0, E));
         to_host(got, dds, (size_t)R * sizeof(float));
         to_host(&sq, part + CUDA_SUMSQ_BLOCKS, sizeof(double));
         for (int64_t i = 0; i < nr * C; i++)
             want += (double)G[i] * G[i];
         cr_assert_eq(memcmp(got, got1, (size_t)R * sizeof(float)), 0,
-                     "%d-bit, %lld columns: scale_grad_sumsq's dscale differs from scale_grad's",
+                     "%d-bit, %lld columns: dscale with the sum of squares differs from without",
                      bits[b % 3], (long long)C);
         cr_assert(fabs(sq - want) <= 1e-12 * want, "%d-bit, %lld columns: sum of squares %.17g, "
                   "expected %.17g", bits[b % 3], (long long)C, sq, want);
@@ -1909,9 +1909,9 @@ Test(cuda_model, bf16_norm_inputs_keep_less_and_stay_within_bf16_tolerances,
     primal_model_free(m);
 }
 
-/* grad_sumsq: backward's scale-gradient pass also sums every G² it hands the hook, which is
- * what the trainer's clipping norm needs of the matrices: the sum of the hooked G's squares. */
-Test(cuda_model, grad_sumsq_is_the_sum_of_squares_of_every_hooked_G, .init = prime13_init)
+/* Backward's scale-gradient pass also sums the squares of every G it hands the hook, which is
+ * what the trainer's clipping norm needs of the matrices. */
+Test(cuda_model, backward_sums_the_squares_of_every_hooked_G, .init = prime13_init)
 {
     need_gpu();
     primal_err err;
@@ -1921,7 +1921,7 @@ Test(cuda_model, grad_sumsq_is_the_sum_of_squares_of_every_hooked_G, .init = pri
     for (int i = 0; i < B * (T + 1); i++)
         tok[i] = (int32_t)(primal_rng_u64(30, 5, (uint64_t)i) % (uint64_t)rand_cfg.vocab);
     for (int chunk = 300; chunk <= 8192; chunk += 8192 - 300) {
-        primal_cuda_model *cm = gpu_model_o(m, OPTS(PRIMAL_CUDA_BF16, chunk, .grad_sumsq = 1));
+        primal_cuda_model *cm = gpu_model_o(m, OPTS(PRIMAL_CUDA_BF16, chunk));
         keep k;
         keep_init(&k, np);
         float loss;

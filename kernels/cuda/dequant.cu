@@ -141,36 +141,14 @@ __global__ void scale_grad_kernel(float *dscale,        /* (rows) rows [r0, r0+n
 }
 
 /* The same with one warp per row and eight columns a lane (cols % 8 == 0, G 16-byte
- * aligned): no block-wide reduction for rows of a few hundred columns. */
-__global__ void scale_grad_warp_kernel(float *dscale, const float *G, const uint8_t *index,
-                                       const float *grid, int bits, int64_t stride, int64_t r0,
-                                       int64_t nrows, int64_t cols)
-{
-    const int lane = threadIdx.x & 31;
-    const int64_t r = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (r >= nrows)
-        return;
-    const float *g = G + r * cols;
-    double acc = 0.0;
-    for (int64_t c = lane * 8; c < cols; c += 256) {
-        float v[8];
-        cuda_ld8(v, g + c);
-        for (int k = 0; k < 8; k++)
-            acc += (double)v[k] * grid[index_at(index, bits, stride, r0 + r, c + k)];
-    }
-    for (int o = 16; o > 0; o >>= 1)
-        acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (lane == 0)
-        dscale[r0 + r] += (float)acc;
-}
-
-/* scale_grad_warp_kernel's rows (the same sums in the same order, so the same dscale bits),
- * CUDA_SUMSQ_BLOCKS blocks striding over them, and the tile's Σ G² on the way: the clipping
- * norm without a pass of its own over G.  Block b adds its sum into partial[b], the slot
- * cuda_sumsq's block b fills, so the order is fixed and no atomics are needed. */
-__global__ void scale_grad_sumsq_kernel(float *dscale, double *partial, const float *G,
-                                        const uint8_t *index, const float *grid, int bits,
-                                        int64_t stride, int64_t r0, int64_t nrows, int64_t cols)
+ * aligned): no block-wide reduction for rows of a few hundred columns.  With partial, also the
+ * tile's Σ G² for the clipping norm, without a pass of its own over G: then the grid is
+ * CUDA_SUMSQ_BLOCKS blocks striding over the rows, and block b adds its sum into partial[b],
+ * the slot cuda_sumsq's block b fills, so the order is fixed and no atomics are needed.  Each
+ * row's sum is the same either way, so dscale's bits are too. */
+__global__ void scale_grad_warp_kernel(float *dscale, double *partial, const float *G,
+                                       const uint8_t *index, const float *grid, int bits,
+                                       int64_t stride, int64_t r0, int64_t nrows, int64_t cols)
 {
     __shared__ double sh[32];
     const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
@@ -184,7 +162,8 @@ __global__ void scale_grad_sumsq_kernel(float *dscale, double *partial, const fl
             cuda_ld8(v, g + c);
             for (int k = 0; k < 8; k++) {
                 acc += (double)v[k] * grid[index_at(index, bits, stride, r0 + r, c + k)];
-                sq += (double)v[k] * v[k];
+                if (partial != NULL)
+                    sq += (double)v[k] * v[k];
             }
         }
         for (int o = 16; o > 0; o >>= 1)
@@ -192,42 +171,30 @@ __global__ void scale_grad_sumsq_kernel(float *dscale, double *partial, const fl
         if (lane == 0)
             dscale[r0 + r] += (float)acc;
     }
+    if (partial == NULL)
+        return;
     sq = cuda_block_sum(sq, sh);
     if (threadIdx.x == 0)
         partial[blockIdx.x] += sq;
 }
 
-/* cuda_scale_grad, and Σ G² of the tile added into sq_part (cuda_sumsq's partial sums). */
-int cuda_scale_grad_sumsq(float *dscale,           /* (rows) device, accumulated into */
-                          double *sq_part,         /* (CUDA_SUMSQ_BLOCKS) device, += */
-                          const float *G,          /* (nrows, cols) device */
-                          const primal_qtensor *w, /* indexed, device pointers */
-                          int64_t r0, int64_t nrows, cudaStream_t s, primal_err *err)
-{
-    if (w->bits == 32 || nrows == 0)
-        return w->bits == 32 ? cuda_sumsq(sq_part, G, nrows * w->cols, s, err) : PRIMAL_OK;
-    if (w->cols % 8 != 0 || !cuda_aligned8(G)) {
-        int rc = cuda_scale_grad(dscale, G, w, r0, nrows, s, err);
-        return rc != PRIMAL_OK ? rc : cuda_sumsq(sq_part, G, nrows * w->cols, s, err);
-    }
-    scale_grad_sumsq_kernel<<<CUDA_SUMSQ_BLOCKS, 256, 0, s>>>(
-        dscale, sq_part, G, (const uint8_t *)w->index, w->grid, w->bits, w->row_stride, r0,
-        nrows, w->cols);
-    CUDA_LAUNCHED("scale_grad_sumsq", err);
-    return PRIMAL_OK;
-}
-
+/* sq_part, when not NULL, gets Σ G² of the tile added (cuda_sumsq's partial sums), for dense
+ * tensors (bits 32, no scale) too. */
 int cuda_scale_grad(float *dscale,           /* (rows) device, accumulated into */
+                    double *sq_part,         /* (CUDA_SUMSQ_BLOCKS) device, +=; or NULL */
                     const float *G,          /* (nrows, cols) device */
                     const primal_qtensor *w, /* indexed, device pointers */
                     int64_t r0, int64_t nrows, cudaStream_t s, primal_err *err)
 {
-    if (w->bits == 32 || nrows == 0)
+    if (nrows == 0)
         return PRIMAL_OK;
+    if (w->bits == 32)
+        return sq_part != NULL ? cuda_sumsq(sq_part, G, nrows * w->cols, s, err) : PRIMAL_OK;
     if (w->cols % 8 == 0 && cuda_aligned8(G)) {
-        scale_grad_warp_kernel<<<(unsigned)((nrows + 7) / 8), 256, 0, s>>>(
-            dscale, G, (const uint8_t *)w->index, w->grid, w->bits, w->row_stride, r0, nrows,
-            w->cols);
+        unsigned nb = sq_part != NULL ? CUDA_SUMSQ_BLOCKS : (unsigned)((nrows + 7) / 8);
+        scale_grad_warp_kernel<<<nb, 256, 0, s>>>(dscale, sq_part, G, (const uint8_t *)w->index,
+                                                  w->grid, w->bits, w->row_stride, r0, nrows,
+                                                  w->cols);
         CUDA_LAUNCHED("scale_grad", err);
         return PRIMAL_OK;
     }
@@ -236,5 +203,5 @@ int cuda_scale_grad(float *dscale,           /* (rows) device, accumulated into 
                                                       w->grid, w->bits, w->row_stride, r0,
                                                       w->cols);
     CUDA_LAUNCHED("scale_grad", err);
-    return PRIMAL_OK;
+    return sq_part != NULL ? cuda_sumsq(sq_part, G, nrows * w->cols, s, err) : PRIMAL_OK;
 }
