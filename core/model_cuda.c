@@ -477,14 +477,17 @@ int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
                            "(blocks): whole blocks are made again anyway");
     }
     cm->rec_residual = o->recompute_residual != 0;
-    if (o->norm_bf16 && (o->precision != PRIMAL_CUDA_BF16 ||
-                         o->recompute == PRIMAL_CUDA_RECOMPUTE_BLOCK || o->recompute_residual)) {
-        int prec = o->precision, rec = o->recompute;
+    const char *nb_bad = !o->norm_bf16                               ? NULL
+                         : o->precision != PRIMAL_CUDA_BF16            ? "float32 precision"
+                         : o->recompute == PRIMAL_CUDA_RECOMPUTE_BLOCK ? "recompute 1 (blocks)"
+                         : o->recompute_residual                       ? "recompute_residual"
+                                                                       : NULL;
+    if (nb_bad != NULL) {
         free(cm);
         return primal_errf(err, PRIMAL_ECONFIG, "cuda model: norm inputs in bfloat16 need bf16 "
-                           "precision (not %d) and neither recompute 1 (blocks; not %d) nor "
-                           "recompute_residual: both make the blocks again from the float32 "
-                           "residual stream, which this mode does not keep", prec, rec);
+                           "precision, and neither recompute 1 (blocks) nor recompute_residual, "
+                           "which make the blocks again from the float32 residual stream this "
+                           "mode does not keep; got %s", nb_bad);
     }
     cm->norm_bf16 = o->norm_bf16 != 0;
     cm->head_ahead = o->head_ahead;

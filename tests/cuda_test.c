@@ -1903,7 +1903,10 @@ Test(cuda_model, bf16_norm_inputs_keep_less_and_stay_within_bf16_tolerances,
         primal_cuda_model *cmb = NULL;
         cr_assert_eq(primal_cuda_model_create(m, &bad[j], &cmb, &err), PRIMAL_ECONFIG, "case %d",
                      j);
+        static const char *const got[3] = {"got float32 precision", "got recompute 1 (blocks)",
+                                           "got recompute_residual"};
         cr_assert_not_null(strstr(err.msg, "norm inputs in bfloat16 need"), "%s", err.msg);
+        cr_assert_not_null(strstr(err.msg, got[j]), "%s", err.msg);
     }
     free(tok);
     primal_model_free(m);
