@@ -20,7 +20,8 @@
 # qwen15_recompute_mlp; any of them with the suffix _res makes the residual after attention
 # again in backward, and then with _lbf16 keeps the training logits in bf16, e.g.
 # target_mlp2_res_lbf16; with _nbf16 before those, the blocks' norms read bf16 inputs, e.g.
-# target_nbf16_lbf16), GPU_STEPS (10), TORCH (1: run the
+# target_nbf16_lbf16; with _timed first of all, each GEMM shape's algorithm is timed, e.g.
+# target_nbf16_lbf16_timed), GPU_STEPS (10), TORCH (1: run the
 # PyTorch baselines), TORCH_VARIANTS (dense_eager,dense_compile,indexed), TESTS (1).
 set -eu
 
@@ -38,7 +39,7 @@ bundle() {
         "$cuda/bin/nvcc" $nvflags -Xcompiler -fPIC -I"$top/core" -c "$f" \
             -o "$build/obj/$(basename "$f" .cu).o"
     done
-    cpu="$top/core/error.c $top/core/model.c $top/core/model_cuda.c $top/kernels/cpu/*.c"
+    cpu="$top/core/error.c $top/core/model.c $top/core/model_cuda.c $top/kernels/cuda/*.c $top/kernels/cpu/*.c"
     libs="-L$cuda/lib64 -lcudart -lcublas -lcublasLt -lopenblas -lm -lstdc++"
     gcc $cflags -DPRIMAL_TEST_FIXTURES='"tests/fixtures"' $cpu "$top/core/safetensors.c" \
         "$top/tests/cuda_test.c" "$build"/obj/*.o -o "$build/pkg/bin/cuda_test" \
@@ -110,7 +111,8 @@ run() {
     steps=${GPU_STEPS:-10}
     for shape in ${GPU_SHAPES:-small target}; do
         lt=
-        case $shape in *_lbf16) lt="--logits bf16" shape=${shape%_lbf16} ;; esac
+        case $shape in *_timed) lt="--gemm timed" shape=${shape%_timed} ;; esac
+        case $shape in *_lbf16) lt="$lt --logits bf16" shape=${shape%_lbf16} ;; esac
         case $shape in *_res) lt="$lt --recompute-residual 1" shape=${shape%_res} ;; esac
         case $shape in *_nbf16) lt="$lt --norm-input bf16" shape=${shape%_nbf16} ;; esac
         case $shape in

@@ -14,7 +14,8 @@
  * --logits fp32|bf16 (fp32; bf16: the training forward's logits rounded to bfloat16)
  * --recompute-residual 0|1 (0; 1: the blocks' residual after attention made again in backward)
  * --norm-input fp32|bf16 (fp32; bf16: the blocks' norms read their input rounded to bfloat16,
- * and backward keeps that copy, not the float32 residual stream).
+ * and backward keeps that copy, not the float32 residual stream) --gemm heuristic|timed
+ * (heuristic; timed: each GEMM shape's algorithm timed on its first call, in the warm-up).
  *
  * Output: {"gpu": .., "shape": {...}, "precision": .., "steps": .., "loss": ..,
  *   "tokens_per_s": .., "step_s": .., "forward_s": .., "backward_s": ..,
@@ -61,7 +62,7 @@ static void usage(const char *argv0)
             "[--seq N] [--batch N] [--grid prime13|dense] [--precision bf16|fp32] [--chunk N] "
             "[--steps N] [--warmup N] [--tied 0|1] [--attn fused|unfused] "
             "[--recompute 0|1|2] [--recompute-blocks K] [--head-ahead 0|1|-1] "
-            "[--grads-inline 0|1] [--logits fp32|bf16] [--recompute-residual 0|1] [--norm-input fp32|bf16]\n",
+            "[--grads-inline 0|1] [--logits fp32|bf16] [--recompute-residual 0|1] [--norm-input fp32|bf16] [--gemm heuristic|timed]\n",
             argv0);
     exit(2);
 }
@@ -79,7 +80,7 @@ int main(int argc, char **argv)
                               .rope_theta = 10000.0, .norm_eps = 1e-5, .tied = 0,
                               .qkv_bias = 0};
     int seq = 1024, batch = 32, steps = 10, warmup = 2, chunk = 8192, recompute = 0, ahead = 0;
-    int rblocks = 0, inl = 0, lbf16 = 0, rres = 0, nbf16 = 0;
+    int rblocks = 0, inl = 0, lbf16 = 0, rres = 0, nbf16 = 0, timed = 0;
     const char *grid = "prime13", *prec = "bf16", *attn = "fused";
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc)
@@ -87,7 +88,7 @@ int main(int argc, char **argv)
         const char *k = argv[i], *v = argv[++i];
         int numeric = strcmp(k, "--grid") != 0 && strcmp(k, "--attn") != 0 &&
                       strcmp(k, "--precision") != 0 && strcmp(k, "--logits") != 0 &&
-                      strcmp(k, "--norm-input") != 0;
+                      strcmp(k, "--norm-input") != 0 && strcmp(k, "--gemm") != 0;
         int x = numeric ? bench_int_arg("gpu_step", k, v) : 0;
         if (strcmp(k, "--dim") == 0) mc.dim = x;
         else if (strcmp(k, "--layers") == 0) mc.layers = x;
@@ -121,6 +122,9 @@ int main(int argc, char **argv)
         else if (strcmp(k, "--norm-input") == 0 &&
                  (strcmp(v, "bf16") == 0 || strcmp(v, "fp32") == 0))
             nbf16 = strcmp(v, "bf16") == 0;
+        else if (strcmp(k, "--gemm") == 0 &&
+                 (strcmp(v, "heuristic") == 0 || strcmp(v, "timed") == 0))
+            timed = strcmp(v, "timed") == 0;
         else
             usage(argv[0]);
     }
@@ -157,7 +161,8 @@ int main(int argc, char **argv)
                           .attn_unfused = strcmp(attn, "unfused") == 0,
                           .recompute = recompute, .recompute_blocks = rblocks,
                           .recompute_residual = rres, .norm_bf16 = nbf16,
-                          .head_ahead = ahead, .grads_inline = inl, .logits_bf16 = lbf16};
+                          .head_ahead = ahead, .grads_inline = inl, .logits_bf16 = lbf16,
+                          .gemm_timed = timed};
     primal_cuda_model *cm;
     if (primal_cuda_model_create(m, &o, &cm, &err) != PRIMAL_OK)
         return fail(&err);
@@ -195,14 +200,14 @@ int main(int argc, char **argv)
            "\"recompute_blocks\": %d, \"recompute_residual\": %d, \"norm_input\": \"%s\", "
            "\"head_ahead\": %d, "
            "\"grads_inline\": %d, "
-           "\"logits\": \"%s\", \"chunk\": %d, "
+           "\"logits\": \"%s\", \"gemm\": \"%s\", \"chunk\": %d, "
            "\"steps\": %d, \"loss\": %.4f, \"tokens_per_s\": %.1f, \"step_s\": %.4f, "
            "\"forward_s\": %.4f, \"backward_s\": %.4f, \"model_bytes\": {\"weights\": %zu, "
            "\"grads\": %zu, \"activations\": %zu, \"workspace\": %zu, \"peak\": %zu}, "
            "\"device_used_bytes\": %zu, \"device_total_bytes\": %zu}\n",
            gpu, mc.dim, mc.layers, mc.heads, mc.kv_heads, mc.ffn, mc.vocab, seq, batch, grid,
            mc.tied, prec, attn, recompute, rblocks, rres, nbf16 ? "bf16" : "fp32", ahead, inl, lbf16 ? "bf16" : "fp32",
-           chunk,
+           timed ? "timed" : "heuristic", chunk,
            steps, loss, (double)batch * seq / step, step, tf / steps,
            tb / steps, mem.weights, mem.grads, mem.activations, mem.workspace, mem.peak,
            mem.device_total - mem.device_free, mem.device_total);

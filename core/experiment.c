@@ -45,6 +45,10 @@ const primal_key primal_run_keys[] = {
      "CUDA: the training forward's logits (the LM head's GEMM output) in float32, or rounded to "
      "bfloat16 as PyTorch's autocast does, so the cross-entropy reads half the bytes; "
      "evaluation keeps float32", "fp32|bf16"},
+    {"gemm", PRIMAL_KEY_ENUM, "heuristic",
+     "CUDA: each matrix-product shape's algorithm: cuBLAS's heuristic choice (the same bits run "
+     "to run), or the fastest of its candidates, timed on the shape's first call (faster; the "
+     "choice, and so the bits, may differ between runs)", "heuristic|timed"},
     {"grad_stream", PRIMAL_KEY_BOOL, "true",
      "CUDA: scale gradients and the policy's accumulate run on a second stream, beside the next "
      "matrices' GEMMs; false runs them in line (for comparisons: the same bits either way)",
@@ -171,6 +175,10 @@ static int resolve_run(primal_experiment *e, primal_err *err)
     if (r->logits_bf16 && r->device != PRIMAL_DEVICE_CUDA)
         return primal_cfg_errf(c, "logits", err, PRIMAL_ECONFIG,
                                "bf16 needs device = cuda (the CPU engine computes in float32)");
+    r->gemm_timed = strcmp(primal_cfg_str(c, "gemm"), "timed") == 0;
+    if (r->gemm_timed && r->device != PRIMAL_DEVICE_CUDA)
+        return primal_cfg_errf(c, "gemm", err, PRIMAL_ECONFIG,
+                               "timed needs device = cuda (the CPU engine's GEMMs are OpenBLAS's)");
     r->grad_stream = primal_cfg_bool(c, "grad_stream");
     if (!r->grad_stream && r->device != PRIMAL_DEVICE_CUDA)
         return primal_cfg_errf(c, "grad_stream", err, PRIMAL_ECONFIG,

@@ -32,6 +32,7 @@ typedef struct primal_run_cfg {
     int head_ahead;       /* primal_cuda_opts.head_ahead: 0 auto, 1 on, -1 off */
     int logits_bf16;      /* primal_cuda_opts.logits_bf16 */
     int grad_stream;      /* !primal_cuda_opts.grads_inline */
+    int gemm_timed;       /* [run] gemm = timed (primal_cuda_opts.gemm_timed) */
     int reduce_votes;
     int sample_tokens;
     const char *sample_prompt;

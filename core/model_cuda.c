@@ -50,6 +50,7 @@
 #include "../kernels/cuda/dequant.h"
 #include "../kernels/cuda/elementwise.h"
 #include "../kernels/cuda/embedding.h"
+#include "../kernels/cuda/gemm.h"
 #include "../kernels/cuda/rmsnorm.h"
 #include "../kernels/cuda/rope.h"
 #include "../kernels/cuda/swiglu.h"
@@ -135,6 +136,7 @@ struct primal_cuda_model {
     cublasHandle_t cb;
     cublasLtHandle_t lt;
     void *lt_ws;
+    cuda_gemm *gemm; /* a plan per GEMM shape (primal_cuda_opts.gemm_timed) */
     size_t mem[MEM_KINDS], peak;
 
     /* grids: one device copy per distinct host array */
@@ -553,6 +555,9 @@ int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
     }
     if (rc == PRIMAL_OK)
         rc = dev_alloc(cm, &cm->lt_ws, LT_WORKSPACE, MEM_WORK, "cuBLASLt workspace", err);
+    if (rc == PRIMAL_OK)
+        rc = cuda_gemm_create(&cm->gemm, o->gemm_timed ? CUDA_GEMM_TIMED : CUDA_GEMM_HEURISTIC,
+                              cm->cb, cm->lt, cm->lt_ws, LT_WORKSPACE, err);
     /* the parameter numbers model.c gives each block member, found by name */
     char name[128];
     for (int l = 0; l < c->layers && rc == PRIMAL_OK; l++)
@@ -658,6 +663,7 @@ void primal_cuda_model_free(primal_cuda_model *cm)
     cudaFree(cm->dlogits_x);
     if (cm->cb != NULL)
         cublasDestroy(cm->cb);
+    cuda_gemm_free(cm->gemm);
     if (cm->lt != NULL)
         cublasLtDestroy(cm->lt);
     dev_free(cm, cm->lt_ws, LT_WORKSPACE, MEM_WORK);
@@ -733,6 +739,13 @@ int primal_cuda_model_zero_grad(primal_cuda_model *cm, primal_err *err)
                      err);
     }
     return PRIMAL_OK;
+}
+
+void primal_cuda_model_gemm_stats(const primal_cuda_model *cm, primal_cuda_gemm_stats *out)
+{
+    cuda_gemm_stats st;
+    cuda_gemm_stats_get(cm->gemm, &st);
+    *out = (primal_cuda_gemm_stats){st.shapes, st.timed, st.heuristic_us, st.chosen_us};
 }
 
 int primal_cuda_model_memory(primal_cuda_model *cm, primal_cuda_mem *out, primal_err *err)
@@ -1071,13 +1084,10 @@ static int mm_forward(primal_cuda_model *cm, void *y, cuda_dtype yt, int64_t ldy
                       const void *w, int64_t N, int64_t C, int64_t nr, float beta,
                       primal_err *err)
 {
-    float one = 1.0f;
-    cudaDataType_t t = cu_type(cm->dt);
-    CUBLAS_TRY(cublasGemmEx(cm->cb, CUBLAS_OP_T, CUBLAS_OP_N, (int)nr, (int)N, (int)C, &one, w, t,
-                            (int)C, x, t, (int)C, &beta, y, cu_type(yt), (int)ldy,
-                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-               err);
-    return PRIMAL_OK;
+    cuda_gemm_op o = {.ta = 1, .m = nr, .n = N, .k = C, .ab = cm->dt, .cd = yt, .A = w,
+                      .lda = C, .B = x, .ldb = C, .C = y, .D = y, .ldc = ldy, .ldd = ldy,
+                      .beta = beta};
+    return cuda_gemm_run(cm->gemm, &o, cm->stream, err);
 }
 
 /* dx (N, C) of type xt = dy[:, r0:r0+nr] (dy already offset by r0, row stride ldy) ·
@@ -1086,82 +1096,32 @@ static int mm_backward_inp(primal_cuda_model *cm, void *dx, cuda_dtype xt, const
                            int64_t ldy, const void *w, int64_t N, int64_t C, int64_t nr,
                            float beta, primal_err *err)
 {
-    float one = 1.0f;
-    cudaDataType_t t = cu_type(cm->dt);
-    CUBLAS_TRY(cublasGemmEx(cm->cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)C, (int)N, (int)nr, &one, w, t,
-                            (int)C, dy, t, (int)ldy, &beta, dx, cu_type(xt), (int)C,
-                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-               err);
-    return PRIMAL_OK;
+    cuda_gemm_op o = {.m = C, .n = N, .k = nr, .ab = cm->dt, .cd = xt, .A = w, .lda = C,
+                      .B = dy, .ldb = ldy, .C = dx, .D = dx, .ldc = C, .ldd = C, .beta = beta};
+    return cuda_gemm_run(cm->gemm, &o, cm->stream, err);
 }
 
 /* G (nr, C) = dy[:, r0:r0+nr]ᵀ · x, dy already offset by r0, row stride ldy (+ beta·G) */
 static int mm_weight(primal_cuda_model *cm, float *G, const void *dy, int64_t ldy, const void *x,
                      int64_t N, int64_t C, int64_t nr, float beta, primal_err *err)
 {
-    float one = 1.0f;
-    cudaDataType_t t = cu_type(cm->dt);
-    CUBLAS_TRY(cublasGemmEx(cm->cb, CUBLAS_OP_N, CUBLAS_OP_T, (int)C, (int)nr, (int)N, &one, x, t,
-                            (int)C, dy, t, (int)ldy, &beta, G, CUDA_R_32F, (int)C,
-                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-               err);
-    return PRIMAL_OK;
+    cuda_gemm_op o = {.tb = 1, .m = C, .n = nr, .k = N, .ab = cm->dt, .cd = CUDA_F32, .A = x,
+                      .lda = C, .B = dy, .ldb = ldy, .C = G, .D = G, .ldc = C, .ldd = C,
+                      .beta = beta};
+    return cuda_gemm_run(cm->gemm, &o, cm->stream, err);
 }
 
 /* y[:, r0:r0+nr] = x (N, C) · W[r0:r0+nr]ᵀ + res[:, r0:r0+nr], y, res float32 (N, ldy), both
- * already offset by r0: the residual add in the GEMM's epilogue, which cublasGemmEx cannot do
- * (its C is its output). */
+ * already offset by r0: the residual add in the GEMM's epilogue (cuBLASLt: cublasGemmEx's C is
+ * its output).  res may be y. */
 static int mm_forward_res(primal_cuda_model *cm, float *y, const float *res, int64_t ldy,
                           const void *x, const void *w, int64_t N, int64_t C, int64_t nr,
                           primal_err *err)
 {
-    cudaDataType_t t = cu_type(cm->dt);
-    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    cublasLtMatmulDesc_t op = NULL;
-    cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
-    cublasLtMatmulPreference_t pref = NULL;
-    cublasLtMatmulHeuristicResult_t h;
-    int found = 0;
-    size_t wsb = LT_WORKSPACE;
-    float one = 1.0f;
-    cublasStatus_t st = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-    if (st == CUBLAS_STATUS_SUCCESS)
-        st = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
-    if (st == CUBLAS_STATUS_SUCCESS)
-        st = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
-    if (st == CUBLAS_STATUS_SUCCESS)
-        st = cublasLtMatrixLayoutCreate(&la, t, (uint64_t)C, (uint64_t)nr, C);
-    if (st == CUBLAS_STATUS_SUCCESS)
-        st = cublasLtMatrixLayoutCreate(&lb, t, (uint64_t)C, (uint64_t)N, C);
-    if (st == CUBLAS_STATUS_SUCCESS)
-        st = cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, (uint64_t)nr, (uint64_t)N, ldy);
-    if (st == CUBLAS_STATUS_SUCCESS)
-        st = cublasLtMatmulPreferenceCreate(&pref);
-    if (st == CUBLAS_STATUS_SUCCESS)
-        st = cublasLtMatmulPreferenceSetAttribute(
-            pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb);
-    if (st == CUBLAS_STATUS_SUCCESS)
-        st = cublasLtMatmulAlgoGetHeuristic(cm->lt, op, la, lb, lc, lc, pref, 1, &h, &found);
-    if (st == CUBLAS_STATUS_SUCCESS && found < 1)
-        st = CUBLAS_STATUS_NOT_SUPPORTED;
-    if (st == CUBLAS_STATUS_SUCCESS)
-        st = cublasLtMatmul(cm->lt, op, &one, w, la, x, lb, &one, res, lc, y, lc, &h.algo,
-                            cm->lt_ws, LT_WORKSPACE, cm->stream);
-    if (pref != NULL)
-        cublasLtMatmulPreferenceDestroy(pref);
-    if (lc != NULL)
-        cublasLtMatrixLayoutDestroy(lc);
-    if (lb != NULL)
-        cublasLtMatrixLayoutDestroy(lb);
-    if (la != NULL)
-        cublasLtMatrixLayoutDestroy(la);
-    if (op != NULL)
-        cublasLtMatmulDescDestroy(op);
-    if (st != CUBLAS_STATUS_SUCCESS)
-        return primal_errf(err, PRIMAL_EDEVICE, "cuda model: cuBLASLt residual GEMM (%lld x %lld"
-                           " x %lld): %s", (long long)nr, (long long)N, (long long)C,
-                           cublasGetStatusString(st));
-    return PRIMAL_OK;
+    cuda_gemm_op o = {.ta = 1, .m = nr, .n = N, .k = C, .ab = cm->dt, .cd = CUDA_F32, .A = w,
+                      .lda = C, .B = x, .ldb = C, .C = res, .D = y, .ldc = ldy, .ldd = ldy,
+                      .beta = 1.0f};
+    return cuda_gemm_run(cm->gemm, &o, cm->stream, err);
 }
 
 /* out (N, rows) float32 = x · Wᵀ + res (N, rows), W in row chunks; x already an operand. */

@@ -72,6 +72,9 @@ typedef struct primal_cuda_opts {
     int grads_inline;   /* 1: backward takes each G's scale gradient and calls the hook on the
                          * model's stream, in line (for comparisons); 0: on a second stream,
                          * the gradient stream, so they run beside the next matrices' GEMMs */
+    int gemm_timed;     /* 1: each GEMM shape's algorithm is the fastest of cuBLAS's candidates,
+                         * timed on its first call (which then synchronises the device); its
+                         * bits may differ from run to run.  0: cuBLAS's heuristic choice */
 } primal_cuda_opts;
 
 /* One parameter as the GPU holds it.  Pointers are device pointers. */
@@ -156,6 +159,14 @@ typedef struct primal_cuda_mem {
     size_t device_free, device_total;                      /* cudaMemGetInfo */
 } primal_cuda_mem;
 int primal_cuda_model_memory(primal_cuda_model *cm, primal_cuda_mem *out, primal_err *err);
+
+/* The GEMM plans so far: shapes met, how many were timed (gemm_timed), and over those the summed
+ * time of one call each with cuBLAS's heuristic choice and with the algorithm taken. */
+typedef struct primal_cuda_gemm_stats {
+    int shapes, timed;
+    double heuristic_us, chosen_us;
+} primal_cuda_gemm_stats;
+void primal_cuda_model_gemm_stats(const primal_cuda_model *cm, primal_cuda_gemm_stats *out);
 
 /* Zeroed device memory for the trainer (AdamW moments), counted under "other"; free with the
  * same byte count. */

@@ -72,6 +72,7 @@ typedef struct trainer {
     void *cm;
     primal_step_stats *dstats, *hstats; /* (np) the step's counts: device slots (step_async),
                                          * and their host copy */
+    int gemm_logged; /* the GEMM plans' event is in the log (after the first step) */
 } trainer;
 
 #ifdef PRIMAL_HAVE_CUDA
@@ -944,7 +945,8 @@ static int setup(trainer *t, primal_err *err)
                                .norm_bf16 = e->run.norm_bf16,
                                .head_ahead = e->run.head_ahead,
                                .logits_bf16 = e->run.logits_bf16,
-                               .grads_inline = !e->run.grad_stream};
+                               .grads_inline = !e->run.grad_stream,
+                               .gemm_timed = e->run.gemm_timed};
         int layers = primal_model_cfg(t->m)->layers;
         if (co.recompute_blocks > layers) /* the model may come from a checkpoint */
             return primal_cfg_errf(e->run_c, "recompute_blocks", err, PRIMAL_ECONFIG,
@@ -1100,6 +1102,26 @@ static void report_schedule(trainer *t, int seq_changed, int accum_changed, int 
                           "prev_grad_accum", old_accum);
     log_json(t, j);
     emit(t, (primal_event){.kind = PRIMAL_EV_SCHED, .step = t->step, .message = msg});
+}
+
+/* After the first step every GEMM shape has its plan: on a CUDA run, log how many there are and,
+ * with [run] gemm = timed, what the timing gained over cuBLAS's heuristic choices (one call of
+ * each shape, the clock's time of the first step). */
+static void log_gemm_plans(trainer *t)
+{
+#ifdef PRIMAL_HAVE_CUDA
+    if (!CUDA_RUN(t))
+        return;
+    primal_cuda_gemm_stats g;
+    primal_cuda_model_gemm_stats(t->cm, &g);
+    json_t *j = json_pack("{s:s,s:I,s:s,s:i,s:i,s:f,s:f}", "event", "gemm", "step",
+                          (json_int_t)t->step, "mode", t->e->run.gemm_timed ? "timed" : "heuristic",
+                          "shapes", g.shapes, "timed", g.timed, "heuristic_us", g.heuristic_us,
+                          "chosen_us", g.chosen_us);
+    log_json(t, j);
+#else
+    (void)t;
+#endif
 }
 
 /* After --resume from step s, drop the log lines of steps after s (written by the run that
@@ -1544,6 +1566,10 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
         int stopping = o->stop_flag != NULL && *o->stop_flag;
         if (t.nranks > 1 && (rc = primal_dist_max_int(t.dist, &stopping, err)) != PRIMAL_OK)
             break; /* a signal to any rank stops them all after the same step */
+        if (!t.gemm_logged) {
+            log_gemm_plans(&t);
+            t.gemm_logged = 1;
+        }
         if (t.step % e->run.log_every == 0 || last || stopping) {
             double now = now_s();
             double tps = (double)(t.tokens - window_tokens) / (now - window_t + 1e-9);

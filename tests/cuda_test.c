@@ -31,6 +31,7 @@
 #include "../kernels/cuda/dequant.h"
 #include "../kernels/cuda/elementwise.h"
 #include "../kernels/cuda/embedding.h"
+#include "../kernels/cuda/gemm.h"
 #include "../kernels/cuda/rmsnorm.h"
 #include "../kernels/cuda/rope.h"
 #include "../kernels/cuda/swiglu.h"
@@ -1156,6 +1157,112 @@ Test(cuda_kernels, attention_fused_bf16_is_within_bf16_rounding_of_the_reference
     check_attention(2, 130, 4, 2, 64, CUDA_BF16, 1, 1, 3, 2e-2, 2e-2); /* unstaged stores */
 }
 
+/* D = op(A)·op(B) + beta·C0 in double, column-major as cuda_gemm_op describes it */
+static double *gemm_ref(const cuda_gemm_op *o, const float *A, const float *B, const float *C0)
+{
+    double *D = calloc((size_t)(o->ldd * o->n), sizeof(double));
+    for (int64_t j = 0; j < o->n; j++)
+        for (int64_t i = 0; i < o->m; i++) {
+            double acc = 0.0;
+            for (int64_t l = 0; l < o->k; l++)
+                acc += (double)(o->ta ? A[l + i * o->lda] : A[i + l * o->lda]) *
+                       (o->tb ? B[j + l * o->ldb] : B[l + j * o->ldb]);
+            D[i + j * o->ldd] = acc + (o->beta != 0.0f ? o->beta * C0[i + j * o->ldc] : 0.0);
+        }
+    return D;
+}
+
+/* One product through the plans: the four kinds of call the model makes, each against a double
+ * reference.  In timed mode a plan's first call runs every candidate on the call's own operands,
+ * so a product that adds into its own output in place must not be timed: the test's in-place
+ * call would then have added A·B more than once. */
+Test(cuda_kernels, gemm_plans_match_a_double_reference_and_add_in_place_once)
+{
+    need_gpu();
+    cublasHandle_t cb;
+    cublasLtHandle_t lt;
+    cr_assert_eq(cublasCreate(&cb), CUBLAS_STATUS_SUCCESS);
+    cr_assert_eq(cublasLtCreate(&lt), CUBLAS_STATUS_SUCCESS);
+    size_t wsb = (size_t)4 << 20;
+    void *ws = dmalloc(wsb);
+    for (int mode = CUDA_GEMM_HEURISTIC; mode <= CUDA_GEMM_TIMED; mode++)
+        for (int dti = 0; dti < 2; dti++) {
+            cuda_dtype dt = dti ? CUDA_BF16 : CUDA_F32;
+            cuda_gemm *g = NULL;
+            OK(cuda_gemm_create(&g, mode, cb, lt, ws, wsb, E));
+            /* forward (Wᵀ, out dt), weight gradient (·ᵀ, float32) twice, the second adding
+             * into the first, residual forward (C apart from D), input gradient in place */
+            struct {
+                int ta, tb;
+                int64_t m, n, k, ldb;
+                int f32_out, calls, c_apart;
+                float beta;
+            } cs[4] = {{1, 0, 96, 200, 64, 64, 0, 1, 0, 0.0f},
+                       {0, 1, 64, 48, 300, 80, 1, 2, 0, 0.0f},
+                       {1, 0, 72, 160, 40, 40, 1, 1, 1, 1.0f},
+                       {0, 0, 80, 128, 96, 96, 1, 1, 0, 1.0f}};
+            for (int c = 0; c < 4; c++) {
+                cuda_gemm_op o = {.ta = cs[c].ta, .tb = cs[c].tb, .m = cs[c].m, .n = cs[c].n,
+                                  .k = cs[c].k, .ab = dt, .cd = cs[c].f32_out ? CUDA_F32 : dt,
+                                  .beta = cs[c].beta};
+                o.lda = o.ta ? o.k : o.m;
+                o.ldb = cs[c].ldb; /* wider than the matrix where 80: a slice of a wider one */
+                o.ldc = o.ldd = o.m;
+                int64_t na = o.lda * (o.ta ? o.m : o.k), nb = o.ldb * (o.tb ? o.k : o.n);
+                int64_t nd = o.ldd * o.n;
+                float *A = rnd(na, -1, 1, 300 + c, 0), *Bm = rnd(nb, -1, 1, 300 + c, 1);
+                float *C0 = rnd(nd, -1, 1, 300 + c, 2);
+                void *dA = dev_dt(A, na, dt), *dB = dev_dt(Bm, nb, dt);
+                void *dD = dev_dt(C0, nd, o.cd), *dC = NULL;
+                o.A = dA;
+                o.B = dB;
+                o.D = dD;
+                o.C = dD;
+                if (cs[c].c_apart) {
+                    dC = dev_dt(C0, nd, o.cd);
+                    CK(cudaMemset(dD, 0xff, (size_t)nd * cuda_dtype_size(o.cd)));
+                    o.C = dC;
+                }
+                double *ref = gemm_ref(&o, A, Bm, C0);
+                for (int r = 1; r < cs[c].calls; r++) { /* later calls add into the first */
+                    OK(cuda_gemm_run(g, &o, NULL, E));
+                    o.beta = 1.0f;
+                    for (int64_t i = 0; i < nd; i++)
+                        ref[i] *= 2.0;
+                }
+                OK(cuda_gemm_run(g, &o, NULL, E));
+                float *got = malloc((size_t)nd * sizeof(float));
+                host_dt(got, dD, nd, o.cd);
+                char what[96];
+                snprintf(what, sizeof what, "gemm %s %s case %d",
+                         mode ? "timed" : "heuristic", dti ? "bf16" : "fp32", c);
+                /* bf16: products of rounded inputs summed in float32, the output rounded */
+                close_d(got, ref, nd, dti ? 1e-3 : 1e-4, o.cd == CUDA_BF16 ? 8e-3 : 1e-5, what);
+                free(got);
+                free(ref);
+                free(A);
+                free(Bm);
+                free(C0);
+                cudaFree(dA);
+                cudaFree(dB);
+                cudaFree(dD);
+                cudaFree(dC);
+            }
+            cuda_gemm_stats st;
+            cuda_gemm_stats_get(g, &st);
+            cr_expect_eq(st.shapes, 4, "%d shapes, 4 expected", st.shapes);
+            /* only the in-place accumulation goes untimed */
+            cr_expect_eq(st.timed, mode == CUDA_GEMM_TIMED ? 3 : 0, "%d timed", st.timed);
+            if (mode == CUDA_GEMM_TIMED)
+                cr_expect(st.chosen_us > 0 && st.chosen_us <= st.heuristic_us,
+                          "chosen %.1f us, heuristic %.1f us", st.chosen_us, st.heuristic_us);
+            cuda_gemm_free(g);
+        }
+    cudaFree(ws);
+    cublasLtDestroy(lt);
+    cublasDestroy(cb);
+}
+
 Test(cuda_kernels, bias_gradient_sum_of_squares_and_adamw_match_hand_formulas)
 {
     need_gpu();
@@ -1645,6 +1752,8 @@ Test(cuda_model, fp32_random_prime13_model_matches_the_cpu_model, .init = prime1
     check_parity(m, OPTS(PRIMAL_CUDA_FP32, 0), 3, 37, NULL, tol, 1);
     check_parity(m, OPTS(PRIMAL_CUDA_FP32, 0, .recompute = PRIMAL_CUDA_RECOMPUTE_MLP), 3, 37,
                  NULL, tol, 1);
+    /* GEMM algorithms timed: whichever wins, the products stay float32 */
+    check_parity(m, OPTS(PRIMAL_CUDA_FP32, 300, .gemm_timed = 1), 3, 37, NULL, tol, 1);
     primal_model_free(m);
 }
 
@@ -1659,6 +1768,8 @@ Test(cuda_model, bf16_random_prime13_model_is_within_bf16_tolerances, .init = pr
     check_parity(m, OPTS(PRIMAL_CUDA_BF16, 0), 3, 37, NULL, tol, 2); /* gate/up stacked */
     check_parity(m, OPTS(PRIMAL_CUDA_BF16, 300, .recompute = PRIMAL_CUDA_RECOMPUTE_MLP), 3, 37,
                  NULL, tol, 2);
+    check_parity(m, OPTS(PRIMAL_CUDA_BF16, 0, .gemm_timed = 1, .norm_bf16 = 1), 3, 37, NULL,
+                 tol, 2);
     primal_model_free(m);
 }
 

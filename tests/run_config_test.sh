@@ -103,6 +103,10 @@ sed 's/^threads = 1$/threads = 1\ndevice = cuda\nrecompute = true\nrecompute_res
 refuse residual-with-blocks '^recompute_residual = true' \
     'recompute_residual: true with recompute = true: whole blocks are made again anyway'
 # bf16 norm inputs are a CUDA mode, and keep no float32 stream to rebuild blocks from
+sed 's/^threads = 1$/threads = 1\ngemm = timed/' "$tmp/base.ini" >"$tmp/cpu-gemm-timed.ini"
+refuse cpu-gemm-timed '^gemm = timed' 'gemm: timed needs device = cuda'
+sed 's/^threads = 1$/threads = 1\ngemm = fastest/' "$tmp/base.ini" >"$tmp/gemm-unknown.ini"
+refuse gemm-unknown '^gemm = fastest' 'gemm: expected one of heuristic|timed'
 sed 's/^threads = 1$/threads = 1\nnorm_input = bf16/' "$tmp/base.ini" >"$tmp/cpu-normbf16.ini"
 refuse cpu-normbf16 '^norm_input = bf16' 'norm_input: bf16 needs device = cuda'
 sed 's/^threads = 1$/threads = 1\ndevice = cuda\nrecompute_residual = true\nnorm_input = bf16/' \
