@@ -949,8 +949,46 @@ static void check_rope(cuda_dtype dt, int bias, int hd)
     float *dbq = dup_to_dev(bq, (size_t)H * hd * 4), *dbk = dup_to_dev(bk, (size_t)KVH * hd * 4);
     float *dbv = dup_to_dev(bv, (size_t)KVH * hd * 4);
     void *qh = dmalloc((size_t)nq * e), *kh = dmalloc((size_t)nk * e), *vh = dmalloc((size_t)nk * e);
-    OK(cuda_rope_pack(qh, kh, vh, dt, dq, dk, dv, bias ? dbq : NULL, bias ? dbk : NULL,
-                      bias ? dbv : NULL, dcs, dsn, B, T, H, KVH, hd, 0, E));
+    OK(cuda_rope_pack(qh, kh, vh, dt, dq, dk, dv, (int64_t)H * hd, (int64_t)KVH * hd,
+                      bias ? dbq : NULL, bias ? dbk : NULL, bias ? dbv : NULL, dcs, dsn, B, T, H,
+                      KVH, hd, 0, E));
+    {
+        /* q | k | v side by side in one (B·T, S) matrix, as the model's stacked GEMM writes
+         * them: the same bytes out */
+        int64_t S = (int64_t)(H + 2 * KVH) * hd, NT = (int64_t)B * T, wq = (int64_t)H * hd;
+        int64_t wk = (int64_t)KVH * hd;
+        char *all = malloc((size_t)(NT * S) * e), *hq = malloc((size_t)nq * e);
+        char *hk = malloc((size_t)nk * e), *hv = malloc((size_t)nk * e);
+        to_host(hq, dq, (size_t)nq * e);
+        to_host(hk, dk, (size_t)nk * e);
+        to_host(hv, dv, (size_t)nk * e);
+        for (int64_t r = 0; r < NT; r++) {
+            memcpy(all + (size_t)(r * S) * e, hq + (size_t)(r * wq) * e, (size_t)wq * e);
+            memcpy(all + (size_t)(r * S + wq) * e, hk + (size_t)(r * wk) * e, (size_t)wk * e);
+            memcpy(all + (size_t)(r * S + wq + wk) * e, hv + (size_t)(r * wk) * e,
+                   (size_t)wk * e);
+        }
+        char *dall = dup_to_dev(all, (size_t)(NT * S) * e);
+        void *sq = dmalloc((size_t)nq * e), *sk = dmalloc((size_t)nk * e);
+        void *sv = dmalloc((size_t)nk * e);
+        OK(cuda_rope_pack(sq, sk, sv, dt, dall, dall + (size_t)wq * e,
+                          dall + (size_t)(wq + wk) * e, S, S, bias ? dbq : NULL,
+                          bias ? dbk : NULL, bias ? dbv : NULL, dcs, dsn, B, T, H, KVH, hd, 0,
+                          E));
+        void *pairs[3][2] = {{qh, sq}, {kh, sk}, {vh, sv}};
+        for (int j = 0; j < 3; j++) {
+            size_t nb = (size_t)(j ? nk : nq) * e;
+            char *a = malloc(nb), *b2 = malloc(nb);
+            to_host(a, pairs[j][0], nb);
+            to_host(b2, pairs[j][1], nb);
+            cr_expect(memcmp(a, b2, nb) == 0, "rope pack of %c from the stacked matrix differs",
+                      "qkv"[j]);
+            free(a);
+            free(b2);
+        }
+        free(all), free(hq), free(hk), free(hv);
+        cudaFree(dall), cudaFree(sq), cudaFree(sk), cudaFree(sv);
+    }
     double atol = 1e-6, rtol = dt == CUDA_F32 ? 1e-5 : 1.0 / 256;
     float *hm = malloc((size_t)nq * 4), *got = malloc((size_t)nq * 4);
     char what[64];
@@ -1057,8 +1095,8 @@ static void check_attention(int B, int T, int H, int KVH, int hd, cuda_dtype dt,
     float *dsn = dup_to_dev(zeros, (size_t)T * hd / 2 * 4);
     size_t e = cuda_dtype_size(dt);
     void *qh = dmalloc((size_t)nq * e), *kh = dmalloc((size_t)nk * e), *vh = dmalloc((size_t)nk * e);
-    OK(cuda_rope_pack(qh, kh, vh, dt, dq, dk, dv, NULL, NULL, NULL, dcs, dsn, B, T, H, KVH, hd, 0,
-                      E));
+    OK(cuda_rope_pack(qh, kh, vh, dt, dq, dk, dv, (int64_t)H * hd, (int64_t)KVH * hd, NULL,
+                      NULL, NULL, dcs, dsn, B, T, H, KVH, hd, 0, E));
     cuda_attn_scratch sc;
     size_t sb = cuda_attn_layout(&sc, NULL, dt, Bc, T, H, KVH, hd, fused);
     void *sbase = dmalloc(sb);

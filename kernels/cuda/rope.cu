@@ -48,15 +48,15 @@ template <typename T, int W>
 __global__ void rope_pack_kernel(T *qh,             /* (B, H, T, hd) */
                                  T *kh,             /* (B, KVH, T, hd) */
                                  T *vh,             /* (B, KVH, T, hd) */
-                                 const T *q,        /* (B, T, H, hd) */
-                                 const T *k,        /* (B, T, KVH, hd) */
-                                 const T *v,        /* (B, T, KVH, hd) */
+                                 const T *q,        /* (B·T rows of ldq, H·hd) */
+                                 const T *k,        /* (B·T rows of ldkv, KVH·hd) */
+                                 const T *v,        /* (B·T rows of ldkv, KVH·hd) */
                                  const float *bq,   /* (H·hd) or NULL */
                                  const float *bk,   /* (KVH·hd) or NULL */
                                  const float *bv,   /* (KVH·hd) or NULL */
                                  const float *cosv, /* (>= T, hd/2) */
                                  const float *sinv, /* (>= T, hd/2) */
-                                 int Tn, int H, int KVH, int hd)
+                                 int64_t ldq, int64_t ldkv, int Tn, int H, int KVH, int hd)
 {
     int h2 = hd / 2, nq = h2 / W, NH = H + 2 * KVH, b = (int)(blockIdx.x / Tn);
     int t = (int)(blockIdx.x % Tn);
@@ -67,17 +67,17 @@ __global__ void rope_pack_kernel(T *qh,             /* (B, H, T, hd) */
         T *dst;
         int rotate = 1;
         if (hh < H) {
-            src = q + (((int64_t)b * Tn + t) * H + hh) * hd;
+            src = q + ((int64_t)b * Tn + t) * ldq + (int64_t)hh * hd;
             dst = qh + (((int64_t)b * H + hh) * Tn + t) * hd;
             bias = bq != NULL ? bq + hh * hd : NULL;
         } else if (hh < H + KVH) {
             int h = hh - H;
-            src = k + (((int64_t)b * Tn + t) * KVH + h) * hd;
+            src = k + ((int64_t)b * Tn + t) * ldkv + (int64_t)h * hd;
             dst = kh + (((int64_t)b * KVH + h) * Tn + t) * hd;
             bias = bk != NULL ? bk + h * hd : NULL;
         } else {
             int h = hh - H - KVH;
-            src = v + (((int64_t)b * Tn + t) * KVH + h) * hd;
+            src = v + ((int64_t)b * Tn + t) * ldkv + (int64_t)h * hd;
             dst = vh + (((int64_t)b * KVH + h) * Tn + t) * hd;
             bias = bv != NULL ? bv + h * hd : NULL;
             rotate = 0;
@@ -112,6 +112,8 @@ __global__ void rope_pack_kernel(T *qh,             /* (B, H, T, hd) */
 int cuda_rope_pack(void *qh, void *kh, void *vh, /* head-major, of dt */
                    cuda_dtype dt,
                    const void *q, const void *k, const void *v,       /* token-major, of dt */
+                   int64_t ldq, int64_t ldkv, /* their row strides: H·hd and KVH·hd apart, or
+                                               * the q|k|v width of one matrix holding all */
                    const float *bq, const float *bk, const float *bv, /* biases, or NULL */
                    const float *cosv, const float *sinv,              /* (>= T, hd/2) */
                    int B, int T, int H, int KVH, int hd, cudaStream_t s, primal_err *err)
@@ -120,7 +122,7 @@ int cuda_rope_pack(void *qh, void *kh, void *vh, /* head-major, of dt */
         return PRIMAL_OK;
     unsigned nb = (unsigned)((int64_t)B * T);
     /* 16-byte accesses where every row start allows them (hd a multiple of 16) */
-    int w8 = hd % 16 == 0 && cuda_aligned8(qh) && cuda_aligned8(kh) && cuda_aligned8(vh) &&
+    int w8 = hd % 16 == 0 && ldq % 8 == 0 && ldkv % 8 == 0 && cuda_aligned8(qh) && cuda_aligned8(kh) && cuda_aligned8(vh) &&
              cuda_aligned8(q) && cuda_aligned8(k) && cuda_aligned8(v) && cuda_aligned8(cosv) &&
              cuda_aligned8(sinv) && (bq == NULL || cuda_aligned8(bq)) &&
              (bk == NULL || cuda_aligned8(bk)) && (bv == NULL || cuda_aligned8(bv));
@@ -128,7 +130,7 @@ int cuda_rope_pack(void *qh, void *kh, void *vh, /* head-major, of dt */
 #define ROPE_PACK(TY, W)                                                                       \
     rope_pack_kernel<TY, W><<<nb, nt, 0, s>>>((TY *)qh, (TY *)kh, (TY *)vh, (const TY *)q,      \
                                               (const TY *)k, (const TY *)v, bq, bk, bv, cosv,   \
-                                              sinv, T, H, KVH, hd)
+                                              sinv, ldq, ldkv, T, H, KVH, hd)
     if (dt == CUDA_BF16 && w8)
         ROPE_PACK(__nv_bfloat16, 8);
     else if (dt == CUDA_BF16)

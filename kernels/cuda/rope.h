@@ -6,7 +6,8 @@
 #include "cuda_common.h"
 
 CUDA_EXTERN_C int cuda_rope_pack(void *qh, void *kh, void *vh, cuda_dtype dt, const void *q,
-                                 const void *k, const void *v, const float *bq, const float *bk,
+                                 const void *k, const void *v, int64_t ldq, int64_t ldkv,
+                                 const float *bq, const float *bk,
                                  const float *bv, const float *cosv, const float *sinv, int B,
                                  int T, int H, int KVH, int hd, cudaStream_t s, primal_err *err);
 CUDA_EXTERN_C int cuda_rope_unpack_grad(float *dq, float *dk, float *dv, void *dqb, void *dkb,
