@@ -151,6 +151,12 @@ struct primal_cuda_model {
     size_t wbuf_bytes, G_bytes, G2_bytes;
     int g_last;      /* the slot the last weight gradient went to */
     double *sq_part, *sq_acc; /* (CUDA_SUMSQ_BLOCKS), (1) */
+    /* max |G| of each tile handed to the hook, from the scale gradient's pass: two float-bit
+     * slots taken in turn (cuda_scale_grad), amax[amax_i] the next; tile_amax: the current
+     * tile's, NULL outside a hook call or where the pass did not find it */
+    unsigned int *amax;
+    int amax_i;
+    const float *tile_amax;
     cuda_sumsq_item *sq_list; /* (2 np) the float gradients' list, allocated on first use */
     float *loss_dev;          /* (1) */
     cuda_adamw_tensor *adamw_dev;
@@ -619,8 +625,13 @@ int primal_cuda_model_create(primal_model *cpu, const primal_cuda_opts *o,
         cm->sq_acc = cm->sq_part + CUDA_SUMSQ_BLOCKS;
         rc = dev_alloc(cm, (void **)&cm->loss_dev, sizeof(float), MEM_WORK, "loss", err);
     }
+    if (rc == PRIMAL_OK)
+        rc = dev_alloc(cm, (void **)&cm->amax, 2 * sizeof(unsigned int), MEM_WORK,
+                       "max |G| slots", err);
     size_t sq_bytes = (CUDA_SUMSQ_BLOCKS + 1) * sizeof(double);
-    if (rc == PRIMAL_OK && cudaMemsetAsync(cm->sq_part, 0, sq_bytes, cm->stream) != cudaSuccess)
+    if (rc == PRIMAL_OK && (cudaMemsetAsync(cm->sq_part, 0, sq_bytes, cm->stream) != cudaSuccess ||
+                            cudaMemsetAsync(cm->amax, 0, 2 * sizeof(unsigned int),
+                                            cm->stream) != cudaSuccess))
         rc = primal_errf(err, PRIMAL_EDEVICE, "cuda model: cudaMemsetAsync failed");
     if (rc == PRIMAL_OK && cudaStreamSynchronize(cm->stream) != cudaSuccess)
         rc = primal_errf(err, PRIMAL_EDEVICE, "cuda model: %s",
@@ -654,6 +665,7 @@ void primal_cuda_model_free(primal_cuda_model *cm)
     cudaFree(cm->G);
     cudaFree(cm->G2);
     cudaFree(cm->sq_part);
+    dev_free(cm, cm->amax, 2 * sizeof(unsigned int), MEM_WORK);
     cudaFree(cm->loss_dev);
     cudaFree(cm->adamw_dev);
     cudaFree(cm->sq_list);
@@ -741,6 +753,11 @@ int primal_cuda_model_zero_grad(primal_cuda_model *cm, primal_err *err)
                      err);
     }
     return PRIMAL_OK;
+}
+
+const float *primal_cuda_grad_absmax(const primal_cuda_model *cm)
+{
+    return cm->tile_amax;
 }
 
 void primal_cuda_model_gemm_stats(const primal_cuda_model *cm, primal_cuda_gemm_stats *out)
@@ -1449,10 +1466,19 @@ static int consume(primal_cuda_model *cm, int pi, int64_t r0, int64_t nr, const 
         CUDA_TRY(cudaEventRecord(cm->g_ready, cm->stream), err);
         CUDA_TRY(cudaStreamWaitEvent(gs, cm->g_ready, 0), err);
     }
-    /* the scale gradient, and Σ G² for the clipping norm in the same pass */
-    TRY(cuda_scale_grad(p->dscale, cm->sq_part, G, &p->q, r0, nr, gs, err));
-    if (bc->hook != NULL)
-        TRY(bc->hook(bc->user, p, G, r0, nr, gs, err));
+    /* the scale gradient, and in the same pass Σ G² for the clipping norm and the tile's
+     * max |G| for the policy (primal_accum_info.g_absmax) */
+    unsigned int *am = cm->amax + cm->amax_i;
+    int done = 0;
+    TRY(cuda_scale_grad(p->dscale, cm->sq_part, am, cm->amax + (cm->amax_i ^ 1), &done, G, &p->q,
+                        r0, nr, gs, err));
+    if (done)
+        cm->amax_i ^= 1; /* the kernel zeroed the other slot for the next tile */
+    cm->tile_amax = done ? (const float *)am : NULL;
+    int rc = bc->hook != NULL ? bc->hook(bc->user, p, G, r0, nr, gs, err) : PRIMAL_OK;
+    cm->tile_amax = NULL;
+    if (rc != PRIMAL_OK)
+        return rc;
     if (gs != cm->stream && slot >= 0)
         CUDA_TRY(cudaEventRecord(cm->g_free[slot], gs), err);
     return PRIMAL_OK;

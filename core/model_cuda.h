@@ -101,6 +101,13 @@ typedef int (*primal_cuda_grad_hook)(void *user, primal_cuda_param *p, const flo
 
 typedef struct primal_cuda_model primal_cuda_model;
 
+/* Inside a hook call: a DEVICE pointer to max |G| over the tile (NaN skipped), found by the
+ * scale gradient's pass over it, which work queued on the hook's stream before the call writes;
+ * NULL outside a hook call and for tiles that pass does not cover (dense matrices, rows of a
+ * width not a multiple of 8). */
+const float *primal_cuda_grad_absmax(const primal_cuda_model *cm);
+
+
 /* Number of CUDA devices (0 without a device or driver) and, if name is not NULL, the first
  * device's name.  Never fails. */
 int primal_cuda_device_count(char *name, size_t n);

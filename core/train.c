@@ -1206,6 +1206,7 @@ static int grad_hook_cuda(void *user, primal_cuda_param *p, const float *G, int6
         return PRIMAL_OK;
     const primal_policy_cuda_vt *cvt = t->pvt->cuda;
     int rc = PRIMAL_OK; /* the clipping norm's Σ G² is backward's (primal_cuda_sumsq_read) */
+    t->ai.g_absmax = primal_cuda_grad_absmax(t->cm); /* found in the same pass */
     if (cvt->observe != NULL) {
         if (r0 != 0 || nrows != p->q.rows)
             return primal_errf(err, PRIMAL_ERROR,
@@ -1216,6 +1217,7 @@ static int grad_hook_cuda(void *user, primal_cuda_param *p, const float *G, int6
     }
     if (rc == PRIMAL_OK)
         rc = cvt->accumulate(t->pctx, s->policy, &p->q, G, r0, nrows, &t->ai, stream, err);
+    t->ai.g_absmax = NULL;
     if (rc != PRIMAL_OK)
         return primal_err_prefix(err, "%s on the GPU, %s", t->e->policy->desc->name,
                                  p->host->name);

@@ -603,6 +603,16 @@ static int check_rows(const primal_qtensor *t, int64_t r0, int64_t nrows, primal
     return PRIMAL_OK;
 }
 
+/* The core's max |G| (ABI 1.5) where it covers the whole tensor, which is what observe finds
+ * over all chunks: as float bits, as tc_vote reads them; NULL where the policy must find it. */
+static const unsigned int *core_gmax(const primal_qtensor *t, int64_t r0, int64_t nrows,
+                                     const primal_accum_info *ai)
+{
+    if (ai->g_absmax == NULL || r0 != 0 || nrows != t->rows)
+        return NULL;
+    return (const unsigned int *)ai->g_absmax;
+}
+
 static int tcg_observe(void *ctx, void *state, const primal_qtensor *t, const float *G,
                        int64_t r0, int64_t nrows, const primal_accum_info *ai, void *stream,
                        primal_err *err)
@@ -613,6 +623,8 @@ static int tcg_observe(void *ctx, void *state, const primal_qtensor *t, const fl
     int rc = check_rows(t, r0, nrows, err);
     if (rc != PRIMAL_OK)
         return rc;
+    if (core_gmax(t, r0, nrows, ai) != NULL)
+        return PRIMAL_OK; /* accumulate takes the core's */
     if (r0 == 0 || !s->base.gmax_valid || s->base.gmax_step != ai->step ||
         s->base.gmax_micro != ai->micro) {
         CU_TRY(cudaMemsetAsync(&s->small->gmax, 0, sizeof(unsigned int), st));
@@ -642,9 +654,11 @@ static int tcg_accumulate(void *ctx, void *state, const primal_qtensor *t, const
     const int64_t n = nrows * t->cols;
     if (n == 0)
         return PRIMAL_OK;
-    const unsigned int *gmax = &s->small->gmax;
-    if (!(s->base.gmax_valid && s->base.gmax_step == ai->step &&
-          s->base.gmax_micro == ai->micro)) {
+    const unsigned int *gmax = core_gmax(t, r0, nrows, ai);
+    if (gmax == NULL)
+        gmax = &s->small->gmax;
+    if (gmax == &s->small->gmax && !(s->base.gmax_valid && s->base.gmax_step == ai->step &&
+                                     s->base.gmax_micro == ai->micro)) {
         CU_TRY(cudaMemsetAsync(&s->small->gmax_chunk, 0, sizeof(unsigned int), st));
         tc_absmax<<<grid_for(n), THREADS, 0, st>>>(&s->small->gmax_chunk, G, n,
                                                    n % 4 == 0 && ((uintptr_t)G & 15) == 0);

@@ -329,7 +329,7 @@ Test(cuda_kernels, scale_gradient_is_the_row_sum_of_G_times_grid_values)
                 ref[r0 + r] += (double)G[r * C + c] * h.grid[primal_index_get(&h, r0 + r, c)];
         float *dG = dup_to_dev(G, (size_t)(nr * C) * sizeof(float));
         float *dds = dup_to_dev(ds0, (size_t)R * sizeof(float));
-        OK(cuda_scale_grad(dds, NULL, dG, &d, r0, nr, 0, E));
+        OK(cuda_scale_grad(dds, NULL, NULL, NULL, NULL, dG, &d, r0, nr, 0, E));
         float *got = malloc((size_t)R * sizeof(float));
         to_host(got, dds, (size_t)R * sizeof(float));
         close_d(got, ref, R, 1e-6, 1e-5, "dscale");
@@ -338,11 +338,39 @@ Test(cuda_kernels, scale_gradient_is_the_row_sum_of_G_times_grid_values)
         double *part = dmalloc((CUDA_SUMSQ_BLOCKS + 1) * sizeof(double)), sq = 0, want = 0;
         CK(cudaMemset(part, 0, (CUDA_SUMSQ_BLOCKS + 1) * sizeof(double)));
         CK(cudaMemcpy(dds, ds0, (size_t)R * sizeof(float), cudaMemcpyHostToDevice));
-        OK(cuda_scale_grad(dds, NULL, dG, &d, r0, nr, 0, E));
+        OK(cuda_scale_grad(dds, NULL, NULL, NULL, NULL, dG, &d, r0, nr, 0, E));
         float *got1 = malloc((size_t)R * sizeof(float));
         to_host(got1, dds, (size_t)R * sizeof(float));
         CK(cudaMemcpy(dds, ds0, (size_t)R * sizeof(float), cudaMemcpyHostToDevice));
-        OK(cuda_scale_grad(dds, part, dG, &d, r0, nr, 0, E));
+        /* and max |G| (a NaN among G, which it skips) into one of two slots, zeroing the
+         * other, which the test fills with garbage first */
+        unsigned int *am = dmalloc(2 * sizeof(unsigned int)), amh[2];
+        CK(cudaMemset(am, 0, sizeof(unsigned int)));
+        float gmax = 0.0f, nan = NAN;
+        int64_t inan = (nr * C) / 3;
+        for (int64_t i = 0; i < nr * C; i++)
+            if (i != inan && fabsf(G[i]) > gmax)
+                gmax = fabsf(G[i]);
+        float g_keep = G[inan];
+        CK(cudaMemcpy(dG + inan, &nan, sizeof(float), cudaMemcpyHostToDevice));
+        int done = -1;
+        OK(cuda_scale_grad(dds, part, am, am + 1, &done, dG, &d, r0, nr, 0, E));
+        to_host(amh, am, sizeof amh);
+        CK(cudaMemcpy(dG + inan, &g_keep, sizeof(float), cudaMemcpyHostToDevice));
+        int warp_path = C % 8 == 0;
+        cr_assert_eq(done, warp_path, "%lld columns: amax_done %d", (long long)C, done);
+        if (warp_path) {
+            float m;
+            memcpy(&m, &amh[0], sizeof m);
+            cr_assert_eq(m, gmax, "%d-bit, %lld columns: max |G| %.9g, expected %.9g",
+                         bits[b % 3], (long long)C, m, gmax);
+            cr_assert_eq(amh[1], 0u, "the other slot was not zeroed");
+        }
+        cudaFree(am);
+        /* the NaN: dscale and the sum of squares again, from the restored G */
+        CK(cudaMemset(part, 0, (CUDA_SUMSQ_BLOCKS + 1) * sizeof(double)));
+        CK(cudaMemcpy(dds, ds0, (size_t)R * sizeof(float), cudaMemcpyHostToDevice));
+        OK(cuda_scale_grad(dds, part, NULL, NULL, NULL, dG, &d, r0, nr, 0, E));
         OK(cuda_sumsq_finish(part + CUDA_SUMSQ_BLOCKS, part, 0, E));
         to_host(got, dds, (size_t)R * sizeof(float));
         to_host(&sq, part + CUDA_SUMSQ_BLOCKS, sizeof(double));
@@ -2061,8 +2089,42 @@ Test(cuda_model, bf16_norm_inputs_keep_less_and_stay_within_bf16_tolerances,
     primal_model_free(m);
 }
 
+/* A hook that checks primal_cuda_grad_absmax against the tile it is handed. */
+typedef struct absmax_check {
+    primal_cuda_model *cm;
+    int tiles, found, wrong;
+    char first_wrong[200];
+} absmax_check;
+
+static int absmax_hook(void *user, primal_cuda_param *p, const float *G, int64_t r0,
+                       int64_t nrows, void *stream, primal_err *err)
+{
+    (void)r0;
+    (void)err;
+    absmax_check *a = user;
+    const float *am = primal_cuda_grad_absmax(a->cm);
+    int64_t n = nrows * p->q.cols;
+    float *h = malloc((size_t)n * sizeof(float)), got = -1.0f, want = 0.0f;
+    cudaMemcpyAsync(h, G, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost, (cudaStream_t)stream);
+    if (am != NULL)
+        cudaMemcpyAsync(&got, am, sizeof got, cudaMemcpyDeviceToHost, (cudaStream_t)stream);
+    cudaStreamSynchronize((cudaStream_t)stream);
+    for (int64_t i = 0; i < n; i++)
+        want = fmaxf(want, fabsf(h[i]));
+    a->tiles++;
+    /* the pass that finds it covers rows of a multiple of 8 columns */
+    if (am == NULL && p->q.cols % 8 == 0 && a->wrong++ == 0)
+        snprintf(a->first_wrong, sizeof a->first_wrong, "%s: no max |G|", p->host->name);
+    if (am != NULL && (a->found++, got != want) && a->wrong++ == 0)
+        snprintf(a->first_wrong, sizeof a->first_wrong, "%s: max |G| %.9g, the tile's %.9g",
+                 p->host->name, got, want);
+    free(h);
+    return PRIMAL_OK;
+}
+
 /* Backward's scale-gradient pass also sums the squares of every G it hands the hook, which is
- * what the trainer's clipping norm needs of the matrices. */
+ * what the trainer's clipping norm needs of the matrices, and finds each tile's max |G|, which
+ * the trainer hands the policy (primal_accum_info.g_absmax). */
 Test(cuda_model, backward_sums_the_squares_of_every_hooked_G, .init = prime13_init)
 {
     need_gpu();
@@ -2092,6 +2154,15 @@ Test(cuda_model, backward_sums_the_squares_of_every_hooked_G, .init = prime13_in
         cr_assert_gt(want, 0.0);
         cr_assert(fabs(sq - want) <= 1e-10 * want, "chunk %d: backward's sum of squares %.17g, "
                   "the hooked G's %.17g", chunk, sq, want);
+        absmax_check ac = {.cm = cm};
+        cr_assert_eq(primal_cuda_model_forward_train(cm, tok, NULL, B, T, 1.0f, &loss, &err),
+                     PRIMAL_OK, "%s", err.msg);
+        cr_assert_eq(primal_cuda_model_backward(cm, 1.0f, absmax_hook, &ac, &err), PRIMAL_OK,
+                     "%s", err.msg);
+        cr_assert_eq(ac.wrong, 0, "chunk %d: %d of %d tiles wrong, first %s", chunk, ac.wrong,
+                     ac.tiles, ac.first_wrong);
+        cr_assert_gt(ac.found, 0, "chunk %d: no tile had its max |G|", chunk);
+        cr_assert_null(primal_cuda_grad_absmax(cm), "a max |G| outside a hook call");
         keep_free(&k);
         primal_cuda_model_free(cm);
     }

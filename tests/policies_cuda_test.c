@@ -206,9 +206,11 @@ static void twin_free(twin *w)
 }
 
 /* One micro-batch, as the core calls it: observe on every chunk (when asked and the policy has
- * it), then accumulate on every chunk.  chunk = rows per call (the last one shorter). */
-static void twin_feed(twin *w, const float *G, int64_t step, int micro, int n_micro,
-                      int64_t chunk, int observe, double lr_mult)
+ * it), then accumulate on every chunk.  chunk = rows per call (the last one shorter).  With
+ * amax_times > 0, the GPU calls get, as a CUDA core hands them (ABI 1.5), max |G| of their tile
+ * in device memory, times amax_times (1: the truth; anything else, to see that it is read). */
+static void twin_feed_m(twin *w, const float *G, int64_t step, int micro, int n_micro,
+                        int64_t chunk, int observe, double lr_mult, float amax_times)
 {
     policy_fx *f = w->f;
     const primal_policy_cuda_vt *cu = f->vt->cuda;
@@ -217,6 +219,18 @@ static void twin_feed(twin *w, const float *G, int64_t step, int micro, int n_mi
                             cudaMemcpyHostToDevice, w->st));
     primal_accum_info ai = {.step = step, .micro = micro, .n_micro = n_micro, .seed = 42,
                             .lr = 1e-3 * lr_mult, .lr_mult = lr_mult};
+    primal_accum_info gai = ai;
+    float *dmax = NULL;
+    if (amax_times > 0) {
+        cr_assert_eq(chunk, rows, "the core's max |G| is tested on whole tensors");
+        float m = 0.0f;
+        for (int64_t i = 0; i < rows * cols; i++)
+            m = fmaxf(m, fabsf(G[i]));
+        m *= amax_times;
+        CUDA_OK(cudaMalloc((void **)&dmax, sizeof(float)));
+        CUDA_OK(cudaMemcpy(dmax, &m, sizeof m, cudaMemcpyHostToDevice));
+        gai.g_absmax = dmax;
+    }
     for (int pass = observe ? 0 : 1; pass < 2; pass++)
         for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
             int64_t n = rows - r0 < chunk ? rows - r0 : chunk;
@@ -225,16 +239,26 @@ static void twin_feed(twin *w, const float *G, int64_t step, int micro, int n_mi
             if (pass == 0 && f->vt->observe != NULL) {
                 cr_assert_eq(f->vt->observe(f->ctx, w->hs, &w->h, hg, r0, n, &ai, &f->err),
                              PRIMAL_OK, "%s", f->err.msg);
-                cr_assert_eq(cu->observe(f->ctx, w->ds, &w->d, dg, r0, n, &ai, w->st, &f->err),
+                cr_assert_eq(cu->observe(f->ctx, w->ds, &w->d, dg, r0, n, &gai, w->st, &f->err),
                              PRIMAL_OK, "%s", f->err.msg);
             } else if (pass == 1) {
                 cr_assert_eq(f->vt->accumulate(f->ctx, w->hs, &w->h, hg, r0, n, &ai, &f->err),
                              PRIMAL_OK, "%s", f->err.msg);
-                cr_assert_eq(cu->accumulate(f->ctx, w->ds, &w->d, dg, r0, n, &ai, w->st,
+                cr_assert_eq(cu->accumulate(f->ctx, w->ds, &w->d, dg, r0, n, &gai, w->st,
                                             &f->err),
                              PRIMAL_OK, "%s", f->err.msg);
             }
         }
+    if (dmax != NULL) {
+        CUDA_OK(cudaStreamSynchronize(w->st));
+        cudaFree(dmax);
+    }
+}
+
+static void twin_feed(twin *w, const float *G, int64_t step, int micro, int n_micro,
+                      int64_t chunk, int observe, double lr_mult)
+{
+    twin_feed_m(w, G, step, micro, n_micro, chunk, observe, lr_mult, 0.0f);
 }
 
 /* The GPU state as bytes (malloc'ed, *n bytes), sized by the CPU's state_bytes. */
@@ -466,6 +490,48 @@ Test(threshold_consensus_cuda, matches_the_cpu_dynamic_stride_on_a_65k_grid)
     need_gpu(&f);
     const run_spec rs = {48, 500, g65k, 65536, 6, 2, 16, 1, GRAD_REAL, 0};
     cr_expect_gt(run_twin(&f, &rs, 900, "threshold_consensus stride=dynamic"), 0);
+    pfx_close(&f);
+}
+
+/* ABI 1.5: given the core's max |G| of a whole tensor, threshold_consensus votes with it (the
+ * same votes as the CPU's, which finds it itself), and does read it: a wrong one changes the
+ * votes. */
+Test(threshold_consensus_cuda, votes_with_the_cores_max_abs_G_when_given)
+{
+    grids();
+    policy_fx f;
+    pfx_open(&f, "threshold_consensus", NULL);
+    need_gpu(&f);
+    static const int64_t shp[2][2] = {{130, 96}, {40, 200}};
+    for (int k = 0; k < 2; k++)
+        for (int observe = 0; observe < 2; observe++) {
+            rng r = {1500 + (uint64_t)k};
+            int64_t rows = shp[k][0], cols = shp[k][1];
+            float *G = malloc((size_t)(rows * cols) * sizeof *G);
+            twin w;
+            twin_make(&w, &f, rows, cols, prime13, 13, &r);
+            char what[96];
+            snprintf(what, sizeof what, "core max |G|, [%lld,%lld]%s", (long long)rows,
+                     (long long)cols, observe ? "" : ", no observe");
+            for (int s = 0; s < 4; s++) {
+                for (int m = 0; m < 2; m++) {
+                    gradient(G, rows, cols, GRAD_REAL, &r);
+                    twin_feed_m(&w, G, s, m, 2, rows, observe, 1.0, 1.0f);
+                }
+                twin_step(&w, s, 2, what, 1.0, 1.0);
+            }
+            /* twice the maximum halves every vote: the GPU state leaves the CPU's */
+            gradient(G, rows, cols, GRAD_REAL, &r);
+            twin_feed_m(&w, G, 4, 0, 1, rows, observe, 1.0, 2.0f);
+            size_t nc, ng;
+            uint8_t *cpu = state_dump(&f, &w.h, w.hs, &nc), *gpu = gpu_dump(&w, &ng);
+            cr_assert_eq(nc, ng);
+            cr_expect(memcmp(cpu, gpu, nc) != 0, "%s: a doubled max |G| changed no vote", what);
+            free(cpu);
+            free(gpu);
+            free(G);
+            twin_free(&w);
+        }
     pfx_close(&f);
 }
 

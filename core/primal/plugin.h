@@ -29,9 +29,9 @@ extern "C" {
 /* Major in the high 16 bits, minor in the low 16.  The core loads a plugin whose major equals its
  * own and whose minor is not newer. */
 #define PRIMAL_ABI_MAJOR 1
-#define PRIMAL_ABI_MINOR 4 /* 1: primal/datafiles.h; 2: vote all-reduce, tokenizer_separator;
+#define PRIMAL_ABI_MINOR 5 /* 1: primal/datafiles.h; 2: vote all-reduce, tokenizer_separator;
                             * 3: primal_policy_cuda_vt.step_async; 4: step_async's slot
-                            * arrives zeroed */
+                            * arrives zeroed; 5: primal_accum_info.g_absmax */
 #define PRIMAL_ABI_VERSION ((uint32_t)(PRIMAL_ABI_MAJOR << 16 | PRIMAL_ABI_MINOR))
 #define PRIMAL_PLUGIN_SYMBOL "primal_plugin_descriptor"
 
@@ -190,6 +190,11 @@ typedef struct primal_accum_info {
     double lr;     /* the policy's own lr already multiplied by the [optim] warmup/decay factor and
                     * the schedulers' multiplier; policies without an lr ignore it */
     double lr_mult; /* that multiplier alone (for policies whose lr is a key of their own) */
+    /* ABI 1.5: max |G| over this call's tile (NaN skipped), which the core found in its own pass
+     * over G, so that a policy normalising by it need not read G once more; NULL where the core
+     * has none (the CPU engine, and tiles its pass does not cover).  On a CUDA run it is a
+     * DEVICE pointer, written by work queued on the call's stream before the call. */
+    const float *g_absmax;
 } primal_accum_info;
 
 /* Per optimizer step. */

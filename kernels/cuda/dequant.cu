@@ -146,13 +146,16 @@ __global__ void scale_grad_kernel(float *dscale,        /* (rows) rows [r0, r0+n
  * CUDA_SUMSQ_BLOCKS blocks striding over the rows, and block b adds its sum into partial[b],
  * the slot cuda_sumsq's block b fills, so the order is fixed and no atomics are needed.  Each
  * row's sum is the same either way, so dscale's bits are too. */
-__global__ void scale_grad_warp_kernel(float *dscale, double *partial, const float *G,
+__global__ void scale_grad_warp_kernel(float *dscale, double *partial, unsigned int *amax,
+                                       unsigned int *amax_zero, const float *G,
                                        const uint8_t *index, const float *grid, int bits,
                                        int64_t stride, int64_t r0, int64_t nrows, int64_t cols)
 {
     __shared__ double sh[32];
+    __shared__ float shm[32];
     const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     double sq = 0.0;
+    float m = 0.0f;
     for (int64_t r = (int64_t)blockIdx.x * nw + (threadIdx.x >> 5); r < nrows;
          r += (int64_t)gridDim.x * nw) {
         const float *g = G + r * cols;
@@ -164,12 +167,22 @@ __global__ void scale_grad_warp_kernel(float *dscale, double *partial, const flo
                 acc += (double)v[k] * grid[index_at(index, bits, stride, r0 + r, c + k)];
                 if (partial != NULL)
                     sq += (double)v[k] * v[k];
+                if (amax != NULL)
+                    m = fmaxf(m, fabsf(v[k])); /* fmaxf skips a NaN */
             }
         }
         for (int o = 16; o > 0; o >>= 1)
             acc += __shfl_xor_sync(0xffffffffu, acc, o);
         if (lane == 0)
             dscale[r0 + r] += (float)acc;
+    }
+    if (amax != NULL) {
+        m = cuda_block_max(m, shm);
+        /* non-negative floats order as their bits do; the maximum is the same in any order */
+        if (threadIdx.x == 0 && m > 0.0f)
+            atomicMax(amax, __float_as_uint(m));
+        if (blockIdx.x == 0 && threadIdx.x == 0)
+            *amax_zero = 0u;
     }
     if (partial == NULL)
         return;
@@ -179,23 +192,34 @@ __global__ void scale_grad_warp_kernel(float *dscale, double *partial, const flo
 }
 
 /* sq_part, when not NULL, gets Σ G² of the tile added (cuda_sumsq's partial sums), for dense
- * tensors (bits 32, no scale) too. */
+ * tensors (bits 32, no scale) too.  amax, when not NULL, gets max |G| of the tile (NaN
+ * skipped) as float bits, where the pass is the one-warp-a-row kernel's (*amax_done then 1):
+ * *amax must be 0 on entry, and the kernel zeroes *amax_zero, so that a caller taking two slots
+ * in turn on one stream always finds its next one zeroed, with no launch to clear it (the slot
+ * zeroed is the one the call before filled, whose readers the stream has run by then). */
 int cuda_scale_grad(float *dscale,           /* (rows) device, accumulated into */
                     double *sq_part,         /* (CUDA_SUMSQ_BLOCKS) device, +=; or NULL */
+                    unsigned int *amax,      /* (1) device, 0 on entry; or NULL */
+                    unsigned int *amax_zero, /* (1) device, zeroed where amax is filled */
+                    int *amax_done,          /* host: whether amax was filled; or NULL */
                     const float *G,          /* (nrows, cols) device */
                     const primal_qtensor *w, /* indexed, device pointers */
                     int64_t r0, int64_t nrows, cudaStream_t s, primal_err *err)
 {
+    if (amax_done != NULL)
+        *amax_done = 0;
     if (nrows == 0)
         return PRIMAL_OK;
     if (w->bits == 32)
         return sq_part != NULL ? cuda_sumsq(sq_part, G, nrows * w->cols, s, err) : PRIMAL_OK;
     if (w->cols % 8 == 0 && cuda_aligned8(G)) {
         unsigned nb = sq_part != NULL ? CUDA_SUMSQ_BLOCKS : (unsigned)((nrows + 7) / 8);
-        scale_grad_warp_kernel<<<nb, 256, 0, s>>>(dscale, sq_part, G, (const uint8_t *)w->index,
-                                                  w->grid, w->bits, w->row_stride, r0, nrows,
-                                                  w->cols);
+        scale_grad_warp_kernel<<<nb, 256, 0, s>>>(dscale, sq_part, amax, amax_zero, G,
+                                                  (const uint8_t *)w->index, w->grid, w->bits,
+                                                  w->row_stride, r0, nrows, w->cols);
         CUDA_LAUNCHED("scale_grad", err);
+        if (amax_done != NULL)
+            *amax_done = amax != NULL;
         return PRIMAL_OK;
     }
     /* one block per row: the grid's x dimension holds 2^31 - 1 */
