@@ -1074,11 +1074,6 @@ static int grow_ws(primal_cuda_model *cm, primal_err *err)
 /* ------------------------------------------------------------------------------------------ */
 /* GEMMs (row-major thinking, column-major cuBLAS)                                            */
 
-static cudaDataType_t cu_type(cuda_dtype dt)
-{
-    return dt == CUDA_BF16 ? CUDA_R_16BF : CUDA_R_32F;
-}
-
 static const void *elem(const void *p, int64_t i, cuda_dtype dt)
 {
     return (const char *)p + (size_t)i * cuda_dtype_size(dt);
