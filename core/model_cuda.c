@@ -19,8 +19,10 @@
  * cross-entropy over vocabulary slabs under logits_bytes (online logsumexp), and backward
  * computes each slab again; or, in forward_train where head_ahead allows, over token rows across
  * the whole vocabulary, forming dlogits, dL/dlnf and the head's whole G (kept until backward)
- * at once, so that the logits are computed once.  Backward multiplies the q|k|v (gate|up)
- * input gradients as one stacked GEMM where the stacked W fits the weight workspace.
+ * at once, so that the logits are computed once.  q|k|v (and gate|up) are one stacked GEMM
+ * where the stacked W fits the weight workspace: in forward, for the input gradient, and (q|k|v)
+ * for the weight gradient, whose members' rows then go to the hook one after the other.  Every
+ * GEMM goes through a plan of kernels/cuda/gemm.c (primal_cuda_opts.gemm_timed).
  * With RECOMPUTE_BLOCK, the arena keeps the residual stream x[0..layers] and one block's
  * activations, which backward rebuilds block by block from x[l] (one extra block forward each).
  * With RECOMPUTE_MLP, every block keeps all but gate|up, the largest item, which backward makes
@@ -30,8 +32,8 @@
  * for stage, including which stages run for a partly frozen model, the order of hook calls (LM
  * head, blocks from the top, embedding last) and the tied embedding's single G (head +
  * lookups).  Reductions are deterministic; the embedding's scatter uses
- * positions sorted on the host.  No keys: primal_cuda_opts carries precision, device,
- * chunk_rows, attn_bytes, attn_unfused, logits_bytes, recompute and head_ahead. */
+ * positions sorted on the host.  No keys: primal_cuda_opts carries the options (precision,
+ * device, chunk_rows, the recompute modes, head_ahead, gemm_timed, ...). */
 #include "model_cuda.h"
 
 #include <math.h>
