@@ -769,6 +769,17 @@ void primal_cuda_model_gemm_stats(const primal_cuda_model *cm, primal_cuda_gemm_
     *out = (primal_cuda_gemm_stats){st.shapes, st.timed, st.heuristic_us, st.chosen_us};
 }
 
+size_t primal_cuda_model_gemm_export(const primal_cuda_model *cm, void *buf, size_t cap)
+{
+    return cuda_gemm_export(cm->gemm, buf, cap);
+}
+
+int primal_cuda_model_gemm_import(primal_cuda_model *cm, const void *buf, size_t n, int *taken,
+                                  primal_err *err)
+{
+    return cuda_gemm_import(cm->gemm, buf, n, taken, err);
+}
+
 int primal_cuda_model_memory(primal_cuda_model *cm, primal_cuda_mem *out, primal_err *err)
 {
     memset(out, 0, sizeof *out);

@@ -174,6 +174,11 @@ typedef struct primal_cuda_gemm_stats {
     double heuristic_us, chosen_us;
 } primal_cuda_gemm_stats;
 void primal_cuda_model_gemm_stats(const primal_cuda_model *cm, primal_cuda_gemm_stats *out);
+/* The plans as bytes for a checkpoint (returns the size; writes them where cap allows), and
+ * back: *taken plans, 0 when they were made on another GPU or cuBLASLt version. */
+size_t primal_cuda_model_gemm_export(const primal_cuda_model *cm, void *buf, size_t cap);
+int primal_cuda_model_gemm_import(primal_cuda_model *cm, const void *buf, size_t n, int *taken,
+                                  primal_err *err);
 
 /* Zeroed device memory for the trainer (AdamW moments), counted under "other"; free with the
  * same byte count. */

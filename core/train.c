@@ -529,7 +529,7 @@ static int moments_copy(trainer *t, int i, float *host, int to_host, primal_err 
 static int save_ckpt(trainer *t, primal_err *err)
 {
     int np = t->np;
-    int cap = 2 * np + 4, nb = 0;
+    int cap = 2 * np + 5, nb = 0;
 #ifdef PRIMAL_HAVE_CUDA
     if (CUDA_RUN(t)) {
         int drc = primal_cuda_model_download(t->cm, t->m, err);
@@ -561,6 +561,20 @@ static int save_ckpt(trainer *t, primal_err *err)
         blobs[nb++] = (primal_ckpt_blob){"trainable", t->prev_trainable, (size_t)np};
         blobs[nb++] = (primal_ckpt_blob){"loader", all, slot * (size_t)t->nranks};
     }
+#ifdef PRIMAL_HAVE_CUDA
+    /* [run] gemm = timed: the algorithms taken, so that a resumed run takes them again (and
+     * computes the same bits) instead of timing afresh */
+    if (rc == PRIMAL_OK && CUDA_RUN(t) && t->e->run.gemm_timed) {
+        size_t n = primal_cuda_model_gemm_export(t->cm, NULL, 0);
+        bufs[nb] = malloc(n);
+        if (bufs[nb] == NULL)
+            rc = primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+        else
+            blobs[nb] = (primal_ckpt_blob){"gemm", bufs[nb],
+                                           primal_cuda_model_gemm_export(t->cm, bufs[nb], n)};
+        nb++;
+    }
+#endif
     for (int i = 0; i < np && rc == PRIMAL_OK; i++) {
         primal_param *p = primal_model_param(t->m, i);
         pstate *s = &t->ps[i];
@@ -691,6 +705,16 @@ static int resume(trainer *t, int *found, primal_err *err)
 #ifdef PRIMAL_HAVE_CUDA
     if (rc == PRIMAL_OK && CUDA_RUN(t))
         rc = primal_cuda_model_upload(t->cm, t->m, err);
+    if (rc == PRIMAL_OK && CUDA_RUN(t) && t->e->run.gemm_timed &&
+        primal_ckpt_get_blob(c, "gemm", &data, &len) == PRIMAL_OK) {
+        int taken = 0;
+        rc = primal_cuda_model_gemm_import(t->cm, data, len, &taken, err);
+        if (rc != PRIMAL_OK)
+            rc = primal_err_prefix(err, "%s: state.gemm", primal_ckpt_path(c));
+        else if (taken == 0)
+            warn(t, "the checkpoint's GEMM plans come from another GPU or cuBLAS version: "
+                    "timing them again, so this run's bits may differ from the first's");
+    }
 #endif
     if (rc != PRIMAL_OK)
         goto out;

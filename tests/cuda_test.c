@@ -1329,6 +1329,77 @@ Test(cuda_kernels, gemm_plans_match_a_double_reference_and_add_in_place_once)
     cublasDestroy(cb);
 }
 
+/* A timed plan set, exported (as a checkpoint keeps it) and imported into a fresh one: the
+ * same algorithms, so the same bytes out and nothing timed again; bytes that are not an export
+ * are refused, and an export from another GPU is taken as nothing. */
+Test(cuda_kernels, gemm_plans_exported_and_imported_multiply_the_same_bytes)
+{
+    need_gpu();
+    cublasHandle_t cb;
+    cublasLtHandle_t lt;
+    cr_assert_eq(cublasCreate(&cb), CUBLAS_STATUS_SUCCESS);
+    cr_assert_eq(cublasLtCreate(&lt), CUBLAS_STATUS_SUCCESS);
+    size_t wsb = (size_t)4 << 20;
+    void *ws = dmalloc(wsb);
+    int64_t m = 256, n = 512, k = 384;
+    float *A = rnd(m * k, -1, 1, 320, 0), *Bm = rnd(k * n, -1, 1, 320, 1);
+    void *dA = dev_dt(A, m * k, CUDA_BF16), *dB = dev_dt(Bm, k * n, CUDA_BF16);
+    float *D[2];
+    cuda_gemm *g[2] = {NULL, NULL};
+    void *blob = NULL;
+    size_t nblob = 0;
+    for (int j = 0; j < 2; j++) {
+        OK(cuda_gemm_create(&g[j], CUDA_GEMM_TIMED, cb, lt, ws, wsb, E));
+        if (j == 1) {
+            int taken = -1;
+            OK(cuda_gemm_import(g[1], blob, nblob, &taken, E));
+            cr_assert_eq(taken, 2, "%d plans taken of 2", taken);
+        }
+        D[j] = dmalloc((size_t)(m * n) * sizeof(float));
+        /* a forward-like product into bf16 and a weight-gradient-like one into float32 */
+        cuda_gemm_op o1 = {.ta = 1, .m = m, .n = n, .k = k, .ab = CUDA_BF16, .cd = CUDA_BF16,
+                           .A = dA, .lda = k, .B = dB, .ldb = k, .D = D[j], .ldd = m};
+        cuda_gemm_op o2 = {.tb = 1, .m = m, .n = n, .k = k, .ab = CUDA_BF16, .cd = CUDA_F32,
+                           .A = dA, .lda = m, .B = dB, .ldb = n, .D = D[j], .ldd = m};
+        OK(cuda_gemm_run(g[j], &o1, NULL, E));
+        OK(cuda_gemm_run(g[j], &o2, NULL, E)); /* over the first's output: the last one counts */
+        cuda_gemm_stats st;
+        cuda_gemm_stats_get(g[j], &st);
+        cr_assert_eq(st.shapes, 2);
+        cr_assert_eq(st.timed, j == 0 ? 2 : 0, "set %d: %d shapes timed", j, st.timed);
+        if (j == 0) {
+            nblob = cuda_gemm_export(g[0], NULL, 0);
+            blob = malloc(nblob);
+            cr_assert_eq(cuda_gemm_export(g[0], blob, nblob), nblob);
+        }
+    }
+    size_t nd = (size_t)(m * n) * sizeof(float);
+    char *h0 = malloc(nd), *h1 = malloc(nd);
+    to_host(h0, D[0], nd);
+    to_host(h1, D[1], nd);
+    cr_expect(memcmp(h0, h1, nd) == 0, "the imported plans multiplied other bytes");
+    primal_err err;
+    int taken = -1;
+    cr_expect_eq(cuda_gemm_import(g[1], blob, nblob - 1, &taken, &err), PRIMAL_EIO);
+    ((char *)blob)[0] ^= 1; /* the magic */
+    cr_expect_eq(cuda_gemm_import(g[1], blob, nblob, &taken, &err), PRIMAL_EIO);
+    ((char *)blob)[0] ^= 1;
+    ((char *)blob)[24] ^= 1; /* the device name (after magic, version, count, lt_version) */
+    cuda_gemm *g2 = NULL;
+    OK(cuda_gemm_create(&g2, CUDA_GEMM_TIMED, cb, lt, ws, wsb, E));
+    cr_expect_eq(cuda_gemm_import(g2, blob, nblob, &taken, &err), PRIMAL_OK, "%s", err.msg);
+    cr_expect_eq(taken, 0, "plans of another GPU: %d taken", taken);
+    cuda_gemm_free(g2);
+    for (int j = 0; j < 2; j++) {
+        cuda_gemm_free(g[j]);
+        cudaFree(D[j]);
+    }
+    free(h0), free(h1), free(blob), free(A), free(Bm);
+    cudaFree(dA), cudaFree(dB), cudaFree(ws);
+    cublasLtDestroy(lt);
+    cublasDestroy(cb);
+}
+
 Test(cuda_kernels, bias_gradient_sum_of_squares_and_adamw_match_hand_formulas)
 {
     need_gpu();

@@ -16,6 +16,7 @@
  * choice untimed. */
 #include "gemm.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -310,5 +311,118 @@ int cuda_gemm_run(cuda_gemm *g, const cuda_gemm_op *o, cudaStream_t s, primal_er
         return primal_errf(err, PRIMAL_EDEVICE, "cuda gemm: %lld x %lld x %lld (%s%s): %s",
                            (long long)o->m, (long long)o->n, (long long)o->k, o->ta ? "T" : "N",
                            o->tb ? "T" : "N", cublasGetStatusString(st));
+    return PRIMAL_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Export and import                                                                          */
+
+#define EXPORT_MAGIC "primgemm"
+#define EXPORT_VERSION 1u
+
+typedef struct export_head {
+    char magic[8];
+    uint32_t version, count;
+    uint64_t lt_version;
+    char device[256]; /* cudaDeviceProp.name */
+} export_head;
+
+typedef struct export_rec {
+    int32_t ta, tb, c_is_d, ab, cd, ex;
+    uint32_t align, pad;
+    int64_t m, n, k, lda, ldb, ldc, ldd;
+    cublasLtMatmulAlgo_t algo;
+} export_rec;
+
+static void head_fill(export_head *h, const cuda_gemm *g)
+{
+    memset(h, 0, sizeof *h);
+    memcpy(h->magic, EXPORT_MAGIC, sizeof h->magic);
+    h->version = EXPORT_VERSION;
+    h->count = (uint32_t)g->n;
+    h->lt_version = (uint64_t)cublasLtGetVersion();
+    int dev = 0;
+    struct cudaDeviceProp prop;
+    if (cudaGetDevice(&dev) == cudaSuccess && cudaGetDeviceProperties(&prop, dev) == cudaSuccess)
+        snprintf(h->device, sizeof h->device, "%s", prop.name);
+}
+
+size_t cuda_gemm_export(const cuda_gemm *g, void *buf, size_t cap)
+{
+    size_t need = sizeof(export_head) + (size_t)g->n * sizeof(export_rec);
+    if (buf == NULL || cap < need)
+        return need;
+    export_head h;
+    head_fill(&h, g);
+    memcpy(buf, &h, sizeof h);
+    for (int i = 0; i < g->n; i++) {
+        const plan *p = &g->p[i];
+        export_rec r;
+        memset(&r, 0, sizeof r);
+        r = (export_rec){p->ta, p->tb, p->c_is_d, (int32_t)p->ab, (int32_t)p->cd, p->ex,
+                         p->align, 0, p->m, p->n, p->k, p->lda, p->ldb, p->ldc, p->ldd, p->algo};
+        memcpy((char *)buf + sizeof h + (size_t)i * sizeof r, &r, sizeof r);
+    }
+    return need;
+}
+
+int cuda_gemm_import(cuda_gemm *g, const void *buf, size_t n, int *taken, primal_err *err)
+{
+    *taken = 0;
+    export_head h, mine;
+    if (n < sizeof h)
+        return primal_errf(err, PRIMAL_EIO, "GEMM plans: %zu bytes, shorter than their header",
+                           n);
+    memcpy(&h, buf, sizeof h);
+    if (memcmp(h.magic, EXPORT_MAGIC, sizeof h.magic) != 0 || h.version != EXPORT_VERSION ||
+        n != sizeof h + (size_t)h.count * sizeof(export_rec))
+        return primal_errf(err, PRIMAL_EIO, "GEMM plans: not an export of version %u (%zu bytes)",
+                           EXPORT_VERSION, n);
+    head_fill(&mine, g);
+    if (h.lt_version != mine.lt_version || strncmp(h.device, mine.device, sizeof h.device) != 0)
+        return PRIMAL_OK;
+    for (uint32_t i = 0; i < h.count; i++) {
+        export_rec r;
+        memcpy(&r, (const char *)buf + sizeof h + (size_t)i * sizeof r, sizeof r);
+        if ((r.ab != CUDA_F32 && r.ab != CUDA_BF16) || (r.cd != CUDA_F32 && r.cd != CUDA_BF16) ||
+            r.m < 1 || r.n < 1 || r.k < 1)
+            return primal_errf(err, PRIMAL_EIO, "GEMM plans: record %u is not a GEMM", i);
+        cuda_gemm_op o = {.ta = r.ta != 0, .tb = r.tb != 0, .m = r.m, .n = r.n, .k = r.k,
+                          .ab = (cuda_dtype)r.ab, .cd = (cuda_dtype)r.cd, .lda = r.lda,
+                          .ldb = r.ldb, .ldc = r.ldc, .ldd = r.ldd};
+        int cd_ = r.c_is_d != 0;
+        int known = 0;
+        for (int j = 0; j < g->n && !known; j++)
+            known = same_shape(&g->p[j], &o, cd_, r.align);
+        if (known)
+            continue;
+        if (g->n == g->cap) {
+            int cap = g->cap ? 2 * g->cap : 32;
+            plan *np = realloc(g->p, (size_t)cap * sizeof *np);
+            if (np == NULL)
+                return primal_errf(err, PRIMAL_ENOMEM, "cuda gemm: out of memory");
+            g->p = np;
+            g->cap = cap;
+        }
+        plan *p = &g->p[g->n];
+        memset(p, 0, sizeof *p);
+        p->ta = o.ta, p->tb = o.tb, p->c_is_d = cd_, p->m = o.m, p->n = o.n, p->k = o.k;
+        p->lda = o.lda, p->ldb = o.ldb, p->ldc = o.ldc, p->ldd = o.ldd, p->ab = o.ab;
+        p->cd = o.cd, p->align = r.align;
+        cublasLtMatmulHeuristicResult_t h1;
+        int found = 0;
+        cublasStatus_t st = lt_plan(g, p, &o, &h1, 1, &found);
+        p->ex = r.ex != 0 && cd_;
+        p->algo = r.algo;
+        if (st == CUBLAS_STATUS_SUCCESS && !p->ex)
+            st = cublasLtMatmulAlgoCheck(g->lt, p->op, p->la, p->lb, p->lc, p->ld, &p->algo, &h1);
+        if (st != CUBLAS_STATUS_SUCCESS) {
+            plan_free(p);
+            continue;
+        }
+        g->n++;
+        g->st.shapes++;
+        (*taken)++;
+    }
     return PRIMAL_OK;
 }

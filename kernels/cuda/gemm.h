@@ -48,4 +48,14 @@ CUDA_EXTERN_C int cuda_gemm_run(cuda_gemm *g, const cuda_gemm_op *op, cudaStream
                                 primal_err *err);
 CUDA_EXTERN_C void cuda_gemm_stats_get(const cuda_gemm *g, cuda_gemm_stats *st);
 
+/* The plans as bytes, for a checkpoint, so that a resumed run multiplies with the algorithms the
+ * first one timed: returns the size, and writes them when cap allows.  Native byte order, tagged
+ * with the GPU's name and cuBLASLt's version. */
+CUDA_EXTERN_C size_t cuda_gemm_export(const cuda_gemm *g, void *buf, size_t cap);
+/* Takes the plans of an export: *taken of them (0 when they came from another GPU or cuBLASLt
+ * version, which then times its own); a cuBLASLt algorithm that no longer checks out is
+ * skipped.  PRIMAL_EIO for bytes that are not an export. */
+CUDA_EXTERN_C int cuda_gemm_import(cuda_gemm *g, const void *buf, size_t n, int *taken,
+                                   primal_err *err);
+
 #endif

@@ -170,6 +170,21 @@ import json,sys;rows=[json.loads(l) for l in open(sys.argv[1]+'log.jsonl')];prin
   rm -rf /tmp/primal_runs; bench/gpu_train.sh run speed15b:run.recompute=true speed15b:run.recompute=true,run.gemm=timed speed350m:run.logits=bf16 speed350m:run.logits=bf16,run.gemm=timed > $OUT/sizes.txt 2>&1
   med /tmp/primal_runs/speed15b* /tmp/primal_runs/speed350m*; grep -h '"gemm"' /tmp/primal_runs/speed*/log.jsonl
   tar -C /tmp/primal_runs -czf $OUT/sizes.tgz . ;;
+resume) pkg=/tmp/primal_pkg; rm -rf $pkg; mkdir -p $pkg; tar -C $pkg -xJf _gpu_carry/bundle.tar.xz
+  export LD_LIBRARY_PATH=$pkg/root/usr/local/lib:$pkg/deps:/usr/local/cuda/lib64; export PRIMAL_PLUGIN_PATH=$pkg/root/usr/local/lib/primal
+  run=$pkg/root/usr/local/bin/primal-run
+  S="--set model.dim=768 --set model.layers=12 --set model.heads=12 --set model.ffn=2048 --set model.vocab=50304 --set run.batch=32 --set run.seq_len=1024 --set flip.plugin=threshold_consensus --set run.steps=8 --set run.log_every=1 --set run.eval_every=0 --set run.sample_tokens=0 --set data.val_fraction=0 --set run.logits=bf16 --set run.norm_input=bf16 --set run.ckpt_every=4"
+  for mode in heuristic timed; do
+    rm -rf /tmp/rs; mkdir -p /tmp/rs; a=/tmp/rs/a; x=/tmp/rs/x
+    $run examples/anchor.ini --set run.out=$x $S --set run.gemm=$mode > /tmp/rs/full.txt 2>&1 || tail -3 /tmp/rs/full.txt
+    cp -r $x $a; rm $x/ckpt-00000008.safetensors
+    $run examples/anchor.ini --set run.out=$x $S --set run.gemm=$mode --resume > /tmp/rs/res.txt 2>&1 || tail -3 /tmp/rs/res.txt
+    grep -iE "resumed|warn" /tmp/rs/res.txt | head -3
+    cmp $a/ckpt-00000008.safetensors $x/ckpt-00000008.safetensors && echo "$mode: ckpt-8 of the resumed run identical" || echo "$mode: ckpt-8 DIFFERS"
+    grep -h '"gemm"' $a/log.jsonl $x/log.jsonl; tail -1 $x/log.jsonl | cut -c1-120
+    mkdir -p $OUT/resume_$mode; cp $a/log.jsonl $OUT/resume_$mode/full_log.jsonl; cp $x/log.jsonl $OUT/resume_$mode/resumed_log.jsonl; cp /tmp/rs/res.txt $OUT/resume_$mode/
+  done ;;
+t5) TESTS=1 TORCH=0 GPU_SHAPES="small" bench/gpu.sh run > $OUT/gpu_sh.txt 2>&1; grep -h Synthesis $OUT/cuda_test.log $OUT/policies_cuda_test.log; grep -E "^\[FAIL|\[----\] .*(tests|cuda)" $OUT/cuda_test.log $OUT/policies_cuda_test.log | head ;;
 tests) TESTS=1 GPU_SHAPES="target" TORCH=0 bench/gpu.sh run 2>&1 | tail -8 ;;
 nowait)
   export LD_LIBRARY_PATH=/tmp/primal_gpu/lib:/usr/local/cuda/lib64
