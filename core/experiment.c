@@ -48,7 +48,8 @@ const primal_key primal_run_keys[] = {
     {"gemm", PRIMAL_KEY_ENUM, "heuristic",
      "CUDA: each matrix-product shape's algorithm: cuBLAS's heuristic choice (the same bits run "
      "to run), or the fastest of its candidates, timed on the shape's first call (faster; the "
-     "choice, and so the bits, may differ between runs)", "heuristic|timed"},
+     "choice, and so the bits, may differ between runs; checkpoints keep it for --resume)",
+     "heuristic|timed"},
     {"grad_stream", PRIMAL_KEY_BOOL, "true",
      "CUDA: scale gradients and the policy's accumulate run on a second stream, beside the next "
      "matrices' GEMMs; false runs them in line (for comparisons: the same bits either way)",
