@@ -168,7 +168,7 @@ static double time_one(cuda_gemm *g, const plan *p, const cublasLtMatmulAlgo_t *
     return 1e3 * ms / TIMED_RUNS;
 }
 
-/* The cuBLASLt side of a new plan: descriptors, and up to `want` heuristic results. */
+/* The cuBLASLt side of a new plan: descriptors, and up to `want` heuristic results (none for 0). */
 static cublasStatus_t lt_plan(cuda_gemm *g, plan *p, const cuda_gemm_op *o,
                               cublasLtMatmulHeuristicResult_t *h, int want, int *found)
 {
@@ -206,7 +206,7 @@ static cublasStatus_t lt_plan(cuda_gemm *g, plan *p, const cuda_gemm_op *o,
         st = cublasLtMatmulPreferenceSetAttribute(pref, amin[i], &bytes, sizeof bytes);
     }
     *found = 0;
-    if (st == CUBLAS_STATUS_SUCCESS)
+    if (st == CUBLAS_STATUS_SUCCESS && want > 0)
         st = cublasLtMatmulAlgoGetHeuristic(g->lt, p->op, p->la, p->lb, p->lc, p->ld, pref, want,
                                             h, found);
     if (pref != NULL)
@@ -214,8 +214,18 @@ static cublasStatus_t lt_plan(cuda_gemm *g, plan *p, const cuda_gemm_op *o,
     return st;
 }
 
-static int new_plan(cuda_gemm *g, const cuda_gemm_op *o, int cd_, unsigned al, cudaStream_t s,
-                    plan **out, primal_err *err)
+/* The plan of o's shape, or NULL. */
+static plan *find_plan(cuda_gemm *g, const cuda_gemm_op *o, int cd_, unsigned al)
+{
+    for (int i = 0; i < g->n; i++)
+        if (same_shape(&g->p[i], o, cd_, al))
+            return &g->p[i];
+    return NULL;
+}
+
+/* A zeroed plan of o's shape at g->p[g->n], which the caller counts once it is complete. */
+static int plan_slot(cuda_gemm *g, const cuda_gemm_op *o, int cd_, unsigned al, plan **out,
+                     primal_err *err)
 {
     if (g->n == g->cap) {
         int cap = g->cap ? 2 * g->cap : 32;
@@ -226,20 +236,20 @@ static int new_plan(cuda_gemm *g, const cuda_gemm_op *o, int cd_, unsigned al, c
         g->cap = cap;
     }
     plan *p = &g->p[g->n];
-    memset(p, 0, sizeof *p);
-    p->ta = o->ta;
-    p->tb = o->tb;
-    p->c_is_d = cd_;
-    p->m = o->m;
-    p->n = o->n;
-    p->k = o->k;
-    p->lda = o->lda;
-    p->ldb = o->ldb;
-    p->ldc = cd_ ? o->ldd : o->ldc;
-    p->ldd = o->ldd;
-    p->ab = o->ab;
-    p->cd = o->cd;
-    p->align = al;
+    *p = (plan){.ta = o->ta, .tb = o->tb, .c_is_d = cd_, .m = o->m, .n = o->n, .k = o->k,
+                .lda = o->lda, .ldb = o->ldb, .ldc = cd_ ? o->ldd : o->ldc, .ldd = o->ldd,
+                .ab = o->ab, .cd = o->cd, .align = al};
+    *out = p;
+    return PRIMAL_OK;
+}
+
+static int new_plan(cuda_gemm *g, const cuda_gemm_op *o, int cd_, unsigned al, cudaStream_t s,
+                    plan **out, primal_err *err)
+{
+    plan *p;
+    int rc = plan_slot(g, o, cd_, al, &p, err);
+    if (rc != PRIMAL_OK)
+        return rc;
     cublasLtMatmulHeuristicResult_t h[CANDIDATES];
     int found = 0;
     int want = g->mode == CUDA_GEMM_TIMED ? CANDIDATES : 1;
@@ -297,10 +307,7 @@ int cuda_gemm_run(cuda_gemm *g, const cuda_gemm_op *o, cudaStream_t s, primal_er
 {
     int cd_ = c_is_d(o);
     unsigned al = aligns(o, cd_);
-    plan *p = NULL;
-    for (int i = 0; i < g->n && p == NULL; i++)
-        if (same_shape(&g->p[i], o, cd_, al))
-            p = &g->p[i];
+    plan *p = find_plan(g, o, cd_, al);
     if (p == NULL) {
         int rc = new_plan(g, o, cd_, al, s, &p, err);
         if (rc != PRIMAL_OK)
@@ -357,9 +364,7 @@ size_t cuda_gemm_export(const cuda_gemm *g, void *buf, size_t cap)
     memcpy(buf, &h, sizeof h);
     for (int i = 0; i < g->n; i++) {
         const plan *p = &g->p[i];
-        export_rec r;
-        memset(&r, 0, sizeof r);
-        r = (export_rec){p->ta, p->tb, p->c_is_d, (int32_t)p->ab, (int32_t)p->cd, p->ex,
+        export_rec r = {p->ta, p->tb, p->c_is_d, (int32_t)p->ab, (int32_t)p->cd, p->ex,
                          p->align, 0, p->m, p->n, p->k, p->lda, p->ldb, p->ldc, p->ldd, p->algo};
         memcpy((char *)buf + sizeof h + (size_t)i * sizeof r, &r, sizeof r);
     }
@@ -391,27 +396,15 @@ int cuda_gemm_import(cuda_gemm *g, const void *buf, size_t n, int *taken, primal
                           .ab = (cuda_dtype)r.ab, .cd = (cuda_dtype)r.cd, .lda = r.lda,
                           .ldb = r.ldb, .ldc = r.ldc, .ldd = r.ldd};
         int cd_ = r.c_is_d != 0;
-        int known = 0;
-        for (int j = 0; j < g->n && !known; j++)
-            known = same_shape(&g->p[j], &o, cd_, r.align);
-        if (known)
+        if (find_plan(g, &o, cd_, r.align) != NULL)
             continue;
-        if (g->n == g->cap) {
-            int cap = g->cap ? 2 * g->cap : 32;
-            plan *np = realloc(g->p, (size_t)cap * sizeof *np);
-            if (np == NULL)
-                return primal_errf(err, PRIMAL_ENOMEM, "cuda gemm: out of memory");
-            g->p = np;
-            g->cap = cap;
-        }
-        plan *p = &g->p[g->n];
-        memset(p, 0, sizeof *p);
-        p->ta = o.ta, p->tb = o.tb, p->c_is_d = cd_, p->m = o.m, p->n = o.n, p->k = o.k;
-        p->lda = o.lda, p->ldb = o.ldb, p->ldc = o.ldc, p->ldd = o.ldd, p->ab = o.ab;
-        p->cd = o.cd, p->align = r.align;
+        plan *p;
+        int rc = plan_slot(g, &o, cd_, r.align, &p, err);
+        if (rc != PRIMAL_OK)
+            return rc;
         cublasLtMatmulHeuristicResult_t h1;
         int found = 0;
-        cublasStatus_t st = lt_plan(g, p, &o, &h1, 1, &found);
+        cublasStatus_t st = lt_plan(g, p, &o, &h1, 0, &found); /* descriptors only */
         p->ex = r.ex != 0 && cd_;
         p->algo = r.algo;
         if (st == CUBLAS_STATUS_SUCCESS && !p->ex)
