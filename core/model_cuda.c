@@ -1524,9 +1524,12 @@ static int stack_weight_grad(primal_cuda_model *cm, const int *pis, int n, const
     int slot;
     TRY(grad_slot(cm, rows * cols, &G, &slot, err));
     TRY(mm_weight(cm, G, dy, ldy, x, N, cols, rows, 0.0f, err));
-    for (int j = 0, r0 = 0; j < n; r0 += (int)cm->p[pis[j]].q.rows, j++)
-        TRY(consume(cm, pis[j], 0, cm->p[pis[j]].q.rows, G + (int64_t)r0 * cols, slot, bc,
-                    err));
+    int64_t r0 = 0;
+    for (int j = 0; j < n; j++) {
+        int64_t nr = cm->p[pis[j]].q.rows;
+        TRY(consume(cm, pis[j], 0, nr, G + r0 * cols, slot, bc, err));
+        r0 += nr;
+    }
     return PRIMAL_OK;
 }
 
