@@ -1,6 +1,7 @@
 #!/bin/sh
 # Training runs on a GPU machine of the device tool (docs/RESULTS.md, docs/BENCHMARKS.md).
-#   bench/gpu_train.sh bundle      here: `make install` into _gpu/ and pack it, with the shared
+#   bench/gpu_train.sh bundle      here: `make install` (in $BUILD, default the top folder: an
+#                                  out-of-tree build folder also works) into _gpu/ and pack it, with the shared
 #                                  libraries beyond glibc/CUDA, as _gpu_carry/bundle.tar.xz
 #   bench/gpu_train.sh run WHAT... there (carry _gpu_carry and data): unpack, then for each
 #                                  WHAT: kjv200 (the 200-step GPU-vs-CPU check), kjv124m (the
@@ -20,7 +21,7 @@ case $mode in
 bundle)
     cd "$top"
     rm -rf _gpu _gpu_carry
-    make install DESTDIR="$top/_gpu/root" >/dev/null
+    make -C "${BUILD:-$top}" install DESTDIR="$top/_gpu/root" >/dev/null
     mkdir -p _gpu/deps _gpu_carry
     for b in _gpu/root/usr/local/bin/primal-run _gpu/root/usr/local/lib/libprimal.so \
         _gpu/root/usr/local/lib/primal/*.so; do

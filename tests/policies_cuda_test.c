@@ -31,6 +31,7 @@ TestSuite(stochastic_zscore_cuda, .fini = teardown);
 TestSuite(momentum_carry_cuda, .fini = teardown);
 TestSuite(adamw_cuda, .fini = teardown);
 TestSuite(latent_adamw_cuda, .fini = teardown);
+TestSuite(adam_carry_cuda, .fini = teardown);
 TestSuite(policies_cuda, .fini = teardown);
 
 #define CUDA_OK(call)                                                                          \
@@ -633,6 +634,28 @@ Test(latent_adamw_cuda, matches_the_cpu_while_the_scales_move_and_on_coarse_grad
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* adam_carry                                                                                 */
+
+Test(adam_carry_cuda, matches_the_cpu_with_the_default_keys)
+{
+    static const char *const kv[] = {"lr=0.02", NULL};
+    cr_expect_gt(run_shapes_r("adam_carry", kv, 5, 1, GRAD_REAL, 1, 1, 910), 0);
+}
+
+Test(adam_carry_cuda, matches_the_cpu_per_row_with_weight_decay_and_micro_batches)
+{
+    static const char *const kv[] = {"lr=0.05", "second_moment=row", "weight_decay=0.1",
+                                     "block=32", NULL};
+    cr_expect_gt(run_shapes("adam_carry", kv, 4, 3, GRAD_REAL, 1, 920), 0);
+}
+
+Test(adam_carry_cuda, matches_the_cpu_with_wide_blocks_and_coarse_gradients)
+{
+    static const char *const kv[] = {"lr=0.1", "block=256", "beta2=0.999", NULL};
+    cr_expect_gt(run_shapes("adam_carry", kv, 4, 2, GRAD_COARSE, 1, 930), 0);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* All five                                                                                  */
 
 /* Train a few steps on both, then swap: the GPU continues from the CPU's saved state and the CPU
@@ -690,14 +713,17 @@ Test(policies_cuda, a_checkpoint_moves_between_cpu_and_gpu_and_training_goes_on_
     swap_states("momentum_carry", mc);
     swap_states("adamw", NULL);
     swap_states("latent_adamw", NULL);
+    static const char *const ac[] = {"lr=0.05", NULL};
+    swap_states("adam_carry", ac);
 }
 
 Test(policies_cuda, refuses_a_state_of_the_wrong_size_and_rows_outside_the_tensor)
 {
     static const char *const names[] = {"threshold_consensus", "stochastic_zscore",
-                                        "momentum_carry", "adamw", "latent_adamw"};
+                                        "momentum_carry", "adamw", "latent_adamw",
+                                        "adam_carry"};
     grids();
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < 6; i++) {
         policy_fx f;
         pfx_open(&f, names[i], NULL);
         need_gpu(&f);
