@@ -10,16 +10,34 @@
  *                                   or unset; these three keys are read by
  *                                   primal_data_split_new (primal/datafiles.h)
  *   width         INT    "16"       bits per id: 16 or 32
+ *   shuffle       BOOL   "true"     train: visit the row slots in a new random order each
+ *                                   epoch; false: in file order
  *
- * The files are taken as one array of ids (they are expected to hold their own document
- * separators).  Train: row n of the single-rank sequence is the window of seq_len + 1 ids at a
- * position drawn from the counter-based RNG with counter n, so the position is just n and a
- * seq_len change needs nothing special; the split never ends.  Val: sequential windows
- * overlapping by one id (every id predicted once), finite; the last partial row is padded with
- * mask 0, as are the rows of the last batch the split cannot fill.  The mask is otherwise all
- * ones.  Every id copied into a batch is checked against the tokenizer's vocabulary; a bad one is
- * an error naming the file and its byte offset (checked on copy, not by a scan at open, so that
- * opening a large corpus costs nothing).
+ * The files are taken as one array of n ids (they are expected to hold their own document
+ * separators).
+ *
+ * Train: the split is divided into (n - 1) / seq_len row slots of seq_len + 1 ids, slot k
+ * starting at id k * seq_len (slots overlap by one id, as rows of a stream do, so every id is
+ * predicted once).  Each epoch visits every slot of the whole split exactly once, in the order
+ * of a keyed bijection of [0, slots): a 4-round Feistel network over the 4^h >= slots values,
+ * its round keys drawn from the counter-based RNG by (seed, epoch), walked until it lands below
+ * slots (cycle walking; fewer than 4 rounds of walking on average).  So the rows of a batch
+ * come from all over the corpus, in O(1) memory whatever its size, and the position is just the
+ * epoch, the slots of it already drawn and the seq_len they were cut for.  A seq_len change
+ * keeps the epoch and the fraction of it already drawn: p of s slots becomes ceil(p * s' / s)
+ * of the s' slots of the new length (so an epoch with a change visits about, not exactly, every
+ * id once).  The split never ends: after the last slot the next epoch starts with a new order.
+ * shuffle = false visits the slots in file order (slot k as the k-th row of the epoch).
+ *
+ * Val: sequential windows overlapping by one id (every id predicted once), finite; the last
+ * partial row is padded with mask 0, as are the rows of the last batch the split cannot fill.
+ * The mask is otherwise all ones.  Every id copied into a batch is checked against the
+ * tokenizer's vocabulary; a bad one is an error naming the file and its byte offset (checked on
+ * copy, not by a scan at open, so that opening a large corpus costs nothing).
+ *
+ * State (save/restore): 8-byte little-endian words, in the order of the F_ enum below.  A
+ * restore treats them as untrusted: each is range-checked, and a bad one is PRIMAL_EIO naming
+ * the loader and the field.
  *
  * Ranks: a batch takes rows * nranks consecutive rows of the single-rank sequence and rank r
  * keeps the r-th block of rows of them, so that rank r gets the micro-batches a single rank
@@ -37,7 +55,9 @@
 #include <primal/plugin.h>
 
 #define RNG_TAG 0xDA7Au  /* loaders' tensor-id slot in primal_rng_stream: no model tensor */
-#define STATE_MAGIC 0x316b7470u /* "ptk1" */
+#define STATE_MAGIC 0x326b7470u     /* "ptk2" */
+#define STATE_MAGIC_OLD 0x316b7470u /* "ptk1": random windows drawn with replacement */
+#define MAX_EPOCH UINT32_MAX        /* keeps the epoch below primal_rng_stream's step bits */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Small helpers (each loader is one file, so these recur in text.c and sft_jsonl.c)          */
@@ -56,6 +76,27 @@ static uint64_t get64(const uint8_t *p)
     return v;
 }
 
+/* A keyed bijection of [0, n), n <= 2^62: a 4-round Feistel network over the 4^h >= n values
+ * (h bits a half), its round functions drawn from (seed, stream), walked until it lands below
+ * n.  4^h < 4n, so a walk takes fewer than 4 rounds on average. */
+static uint64_t permute(uint64_t i, uint64_t n, uint64_t seed, uint64_t stream)
+{
+    int h = 1;
+    while (h < 31 && (UINT64_C(1) << (2 * h)) < n)
+        h++;
+    uint64_t mask = (UINT64_C(1) << h) - 1, x = i;
+    do {
+        uint64_t l = x >> h, r = x & mask;
+        for (uint64_t k = 0; k < 4; k++) {
+            uint64_t t = l ^ (primal_rng_u64(seed, stream, r << 2 | k) & mask);
+            l = r;
+            r = t;
+        }
+        x = l << h | r;
+    } while (x >= n);
+    return x;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Ids                                                                                        */
 
@@ -67,15 +108,16 @@ typedef struct tseg {
 
 typedef struct tokens_ctx {
     int32_t vocab, pad;
-    int split, rank, nranks, width;
+    int split, rank, nranks, width, shuffle;
     uint64_t seed;
     primal_data_split *data; /* the split's files and byte ranges */
     const uint8_t **maps; /* (data->nfiles) mapped files; NULL when empty */
     tseg *segs;           /* (nsegs) data->segs in ids */
     int nsegs;
     int64_t n;          /* ids in the split */
-    uint64_t counter;   /* train: rows drawn */
-    int64_t pos;        /* val: where the next row starts */
+    uint64_t epoch;     /* train: the epoch */
+    int plen;           /* train: the seq_len pos counts slots of (0: none drawn yet) */
+    int64_t pos;        /* train: slots of the epoch drawn; val: where the next row starts */
     int ended;
 } tokens_ctx;
 
@@ -170,6 +212,7 @@ static int tokens_open(const primal_config *cfg, const primal_loader_info *info,
     c->rank = info->rank;
     c->nranks = info->nranks;
     c->width = width;
+    c->shuffle = info->split == PRIMAL_SPLIT_TRAIN && primal_cfg_bool(cfg, "shuffle");
     c->vocab = primal_tokenizer_vocab(info->tok);
     c->pad = primal_tokenizer_eot(info->tok);
     if (c->pad < 0)
@@ -214,13 +257,28 @@ static int tokens_next(void *ctx, primal_batch *b, primal_err *err)
             return primal_errf(err, PRIMAL_ECONFIG, "%s: the train split holds %lld ids, fewer "
                                "than seq_len + 1 = %zu", c->data->files[c->segs[0].file].path,
                                (long long)c->n, W);
-        uint64_t stream = primal_rng_stream(RNG_TAG, 0, 3);
+        int64_t slots = (c->n - 1) / L;
+        if (c->plen != L) { /* seq_len changed: keep the fraction of the epoch already drawn */
+            if (c->plen > 0 && c->pos > 0) {
+                double q = (double)c->pos * (double)slots / (double)((c->n - 1) / c->plen);
+                int64_t p = (int64_t)q;
+                c->pos = (double)p < q ? p + 1 : p;
+                if (c->pos > slots)
+                    c->pos = slots;
+            }
+            c->plen = L;
+        }
         for (int j = 0; j < total; j++) {
-            uint64_t row = c->counter++;
+            if (c->pos == slots) {
+                c->epoch++;
+                c->pos = 0;
+            }
+            uint64_t k = (uint64_t)c->pos++;
             if (j / b->rows != c->rank)
                 continue;
-            int64_t at = (int64_t)(primal_rng_u64(c->seed, stream, row) %
-                                   (uint64_t)(c->n - L));
+            if (c->shuffle)
+                k = permute(k, (uint64_t)slots, c->seed, primal_rng_stream(RNG_TAG, c->epoch, 6));
+            int64_t at = (int64_t)k * L;
             rc = copy_ids(c, b->tokens + (size_t)(j - c->rank * b->rows) * W, at, (int64_t)W, err);
             if (rc != PRIMAL_OK)
                 return rc;
@@ -260,13 +318,15 @@ static int tokens_rewind(void *ctx, primal_err *err)
 {
     (void)err;
     tokens_ctx *c = ctx;
-    c->counter = 0;
+    c->epoch = 0;
+    c->plen = 0;
     c->pos = 0;
     c->ended = 0;
     return PRIMAL_OK;
 }
 
-enum { F_MAGIC, F_SPLIT, F_N, F_WIDTH, F_VOCAB, F_COUNTER, F_POS, F_ENDED, F_COUNT };
+enum { F_MAGIC, F_SPLIT, F_N, F_WIDTH, F_VOCAB, F_SHUF, F_EPOCH, F_PLEN, F_POS, F_ENDED,
+       F_COUNT };
 
 static int tokens_save(void *ctx, void *buf, size_t cap, size_t *n, primal_err *err)
 {
@@ -277,12 +337,23 @@ static int tokens_save(void *ctx, void *buf, size_t cap, size_t *n, primal_err *
     uint64_t v[F_COUNT] = {
         [F_MAGIC] = STATE_MAGIC, [F_SPLIT] = (uint64_t)c->split, [F_N] = (uint64_t)c->n,
         [F_WIDTH] = (uint64_t)c->width, [F_VOCAB] = (uint64_t)c->vocab,
-        [F_COUNTER] = c->counter, [F_POS] = (uint64_t)c->pos, [F_ENDED] = (uint64_t)c->ended,
+        [F_SHUF] = (uint64_t)c->shuffle, [F_EPOCH] = c->epoch, [F_PLEN] = (uint64_t)c->plen,
+        [F_POS] = (uint64_t)c->pos, [F_ENDED] = (uint64_t)c->ended,
     };
     for (int i = 0; i < F_COUNT; i++)
         put64((uint8_t *)buf + 8 * i, v[i]);
     *n = F_COUNT * 8;
     return PRIMAL_OK;
+}
+
+/* A saved word outside [lo, hi] (as unsigned: a negative value is huge) is refused. */
+static int check_field(const char *what, uint64_t v, uint64_t lo, uint64_t hi, primal_err *err)
+{
+    if (v >= lo && v <= hi)
+        return PRIMAL_OK;
+    return primal_errf(err, PRIMAL_EIO, "tokens loader: saved state: %s is %lld, outside "
+                       "[%llu, %llu]", what, (long long)v, (unsigned long long)lo,
+                       (unsigned long long)hi);
 }
 
 static int tokens_restore(void *ctx, const void *buf, size_t n, primal_err *err)
@@ -294,17 +365,36 @@ static int tokens_restore(void *ctx, const void *buf, size_t n, primal_err *err)
                            "expected %d", n, F_COUNT * 8);
     for (int i = 0; i < F_COUNT; i++)
         v[i] = get64((const uint8_t *)buf + 8 * i);
+    if (v[F_MAGIC] == STATE_MAGIC_OLD)
+        return primal_errf(err, PRIMAL_ECONFIG, "tokens loader: the state was saved by an "
+                           "earlier version, which drew random windows; this one visits row "
+                           "slots in a per-epoch order, so the position cannot be carried over");
     if (v[F_MAGIC] != STATE_MAGIC || v[F_SPLIT] != (uint64_t)c->split)
         return primal_errf(err, PRIMAL_ECONFIG, "tokens loader: saved state is not a tokens "
                            "loader's for this split");
     if (v[F_N] != (uint64_t)c->n || v[F_WIDTH] != (uint64_t)c->width ||
-        v[F_VOCAB] != (uint64_t)c->vocab || v[F_POS] > (uint64_t)c->n)
+        v[F_VOCAB] != (uint64_t)c->vocab || v[F_SHUF] != (uint64_t)c->shuffle)
         return primal_errf(err, PRIMAL_ECONFIG, "%s: the data or [data] keys changed since the "
-                           "state was saved (%llu ids of %llu bits, vocab %llu then; %lld, %d, "
-                           "%d now)", c->data->files[0].path, (unsigned long long)v[F_N],
-                           (unsigned long long)v[F_WIDTH], (unsigned long long)v[F_VOCAB],
-                           (long long)c->n, c->width, c->vocab);
-    c->counter = v[F_COUNTER];
+                           "state was saved (%llu ids of %llu bits, vocab %llu, shuffle %llu "
+                           "then; %lld, %d, %d, %d now)", c->data->files[0].path,
+                           (unsigned long long)v[F_N], (unsigned long long)v[F_WIDTH],
+                           (unsigned long long)v[F_VOCAB], (unsigned long long)v[F_SHUF],
+                           (long long)c->n, c->width, c->vocab, c->shuffle);
+    int train = c->split == PRIMAL_SPLIT_TRAIN, rc;
+    /* train: pos counts slots of plen (none before the first row); val: ids */
+    uint64_t plen_max = train ? (uint64_t)(c->n > 1 ? c->n - 1 : 0) : 0;
+    if (plen_max > INT32_MAX - 1)
+        plen_max = INT32_MAX - 1;
+    if ((rc = check_field("epoch", v[F_EPOCH], 0, train ? MAX_EPOCH : 0, err)) != PRIMAL_OK ||
+        (rc = check_field("seq_len", v[F_PLEN], 0, plen_max, err)) != PRIMAL_OK)
+        return rc;
+    uint64_t pos_max = !train ? (uint64_t)c->n
+                       : v[F_PLEN] > 0 ? (uint64_t)(c->n - 1) / v[F_PLEN] : 0;
+    if ((rc = check_field("position", v[F_POS], 0, pos_max, err)) != PRIMAL_OK ||
+        (rc = check_field("ended", v[F_ENDED], 0, train ? 0 : 1, err)) != PRIMAL_OK)
+        return rc;
+    c->epoch = v[F_EPOCH];
+    c->plen = (int)v[F_PLEN];
     c->pos = (int64_t)v[F_POS];
     c->ended = (int)v[F_ENDED];
     return PRIMAL_OK;
@@ -316,6 +406,8 @@ static const primal_key tokens_keys[] = {
      "validation", "[0,0.5)"},
     {"val_path", PRIMAL_KEY_STRING, "", "separate validation files (val_fraction then 0)", NULL},
     {"width", PRIMAL_KEY_INT, "16", "bits per little-endian id: 16 or 32", "[16,32]"},
+    {"shuffle", PRIMAL_KEY_BOOL, "true", "train: every seq_len + 1-id slot of the split once "
+     "an epoch, in a new random order each epoch; false: in file order", NULL},
     {0},
 };
 
@@ -336,7 +428,7 @@ PRIMAL_EXPORT const primal_plugin *primal_plugin_descriptor(void)
         .size = sizeof d,
         .kind = PRIMAL_KIND_LOADER,
         .name = "tokens",
-        .description = "pre-tokenised uint16/uint32 id files, mmapped, random train windows",
+        .description = "pre-tokenised uint16/uint32 id files, mmapped, slots in a random order",
         .keys = tokens_keys,
         .vtable = &tokens_vt,
     };

@@ -210,7 +210,10 @@ Test(loaders, declare_path_val_fraction_and_val_path_with_their_defaults)
         const primal_loader_vt *vt = p->vtable;
         cr_assert(vt->open && vt->close && vt->next && vt->rewind && vt->save && vt->restore);
     }
-    cr_assert_str_eq(key(plugin("text"), "shuffle_rows")->def, "1024");
+    cr_assert_str_eq(key(plugin("text"), "shuffle_rows")->def, "1");
+    cr_assert_str_eq(key(plugin("text"), "chunk_bytes")->def, "65536");
+    cr_assert_str_eq(key(plugin("text"), "window_chunks")->def, "128");
+    cr_assert_str_eq(key(plugin("tokens"), "shuffle")->def, "true");
     cr_assert_str_eq(key(plugin("text"), "doc_sep")->def, "");
     cr_assert_str_eq(key(plugin("tokens"), "width")->def, "16");
     cr_assert_str_eq(key(plugin("sft_jsonl"), "on_error")->def, "stop");
@@ -509,37 +512,38 @@ Test(text, refuses_a_train_split_shorter_than_a_row)
     lclose(&l);
 }
 
-/* The shuffled rows of the first window are the sequential rows in another order. */
-Test(text, shuffles_rows_within_a_window_deterministically_per_seed)
+/* genesis.txt is one chunk (11132 bytes + eot < 64 KiB), so one window: an epoch's 695 shuffled
+ * rows of 16 are the 695 sequential rows in another order, the same for the same seed. */
+Test(text, shuffles_the_rows_of_an_epoch_deterministically_per_seed)
 {
-    const char *shuf[] = {"path=" D "genesis.txt", "val_fraction=0", "shuffle_rows=64", NULL};
+    const char *shuf[] = {"path=" D "genesis.txt", "val_fraction=0", NULL};
     const char *seq[] = {"path=" D "genesis.txt", "val_fraction=0", "shuffle_rows=0", NULL};
+    enum { ROWS = 695, B = 5 };
     ldr a, b, c, s;
     lopen_ok(&a, "text", TRAIN, 7, shuf);
     lopen_ok(&b, "text", TRAIN, 7, shuf);
     lopen_ok(&c, "text", TRAIN, 8, shuf);
     lopen_ok(&s, "text", TRAIN, 7, seq);
-    static batch ba[8], bb, bc, bs[8];
+    static batch ba[ROWS / B], bb, bc, bs[ROWS / B];
     int differs = 0, moved = 0;
-    for (int k = 0; k < 8; k++) {
-        next_ok(&a, &ba[k], 8, 16);
-        next_ok(&b, &bb, 8, 16);
-        next_ok(&c, &bc, 8, 16);
-        next_ok(&s, &bs[k], 8, 16);
+    for (int k = 0; k < ROWS / B; k++) {
+        next_ok(&a, &ba[k], B, 16);
+        next_ok(&b, &bb, B, 16);
+        next_ok(&c, &bc, B, 16);
+        next_ok(&s, &bs[k], B, 16);
         cr_assert(same_batch(&ba[k], &bb), "seed 7 twice: batch %d differs", k);
         differs |= !same_batch(&ba[k], &bc);
         moved |= !same_batch(&ba[k], &bs[k]);
     }
     cr_assert(differs, "seeds 7 and 8 gave the same batches");
-    cr_assert(moved, "shuffle_rows=64 gave the sequential order");
-    /* a permutation of the same 64 rows */
-    int used[64] = {0};
-    for (int i = 0; i < 64; i++) {
+    cr_assert(moved, "the default gave the sequential order");
+    static int used[ROWS];
+    for (int i = 0; i < ROWS; i++) {
         int found = 0;
-        for (int j = 0; j < 64 && !found; j++)
-            if (!used[j] && same_row(&ba[i / 8], i % 8, &bs[j / 8], j % 8))
+        for (int j = 0; j < ROWS && !found; j++)
+            if (!used[j] && same_row(&ba[i / B], i % B, &bs[j / B], j % B))
                 used[j] = found = 1;
-        cr_assert(found, "shuffled row %d is not one of the window's rows", i);
+        cr_assert(found, "shuffled row %d is not one of the epoch's rows", i);
     }
     lclose(&a);
     lclose(&b);
@@ -549,8 +553,9 @@ Test(text, shuffles_rows_within_a_window_deterministically_per_seed)
 
 /* Save after k batches; a fresh loader restored there, and the same loader rewound there (as
  * the prefetch queue does on a seq_len change), give the following batches.  lines.txt's train
- * split is 49 tokens: 12 rows of 4 per epoch, in windows of 5, 5 and 2, so the save points
- * cover mid-window, window ends and epoch ends. */
+ * split is 49 tokens: 12 rows of 4 per epoch in one window, so the save points cover the
+ * window's middle and the epochs' ends (windows of many chunks: see
+ * resumes_mid_window_and_across_windows_bit_identically). */
 Test(text, restores_the_exact_position)
 {
     const char *kv[] = {"path=" D "lines.txt", "val_fraction=0.2", "shuffle_rows=5", NULL};
@@ -725,10 +730,298 @@ Test(text, tokenises_with_a_bpe_tokenizer_and_its_eot)
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* text: the order over a whole corpus                                                        */
+
+/* A corpus whose every line says where it is: document d (0..4095) is the 100 lines "dddd.ll"
+ * (ll = 00..99) joined by "\n", and documents are joined by doc_sep "\n\n", 3,280,894 bytes.
+ * With the bytes tokenizer its stream is every line followed by '\n' (documents end with the
+ * eot '\n'): 4096 * 800 tokens, line (d, l) at 8 * (100 d + l).  A row of 65 tokens holds at
+ * least 7 whole lines, so it tells where it came from. */
+enum { NDOC = 4096, NLINE = 100, NTOK = NDOC * NLINE * 8 };
+
+static const char *corpus_kv(void)
+{
+    static char kv[300];
+    char *text = malloc((size_t)NTOK + 2 * NDOC + 16);
+    cr_assert_not_null(text);
+    size_t n = 0;
+    for (int d = 0; d < NDOC; d++)
+        for (int l = 0; l < NLINE; l++)
+            n += (size_t)sprintf(text + n, "%04d.%02d%s", d, l,
+                                 l < NLINE - 1 ? "\n" : d < NDOC - 1 ? "\n\n" : "");
+    char path[256];
+    snprintf(path, sizeof path, "%s/corpus.txt", tmpdir);
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f);
+    cr_assert_eq(fwrite(text, 1, n, f), n);
+    fclose(f);
+    free(text);
+    snprintf(kv, sizeof kv, "path=%s", path);
+    return kv;
+}
+
+/* The stream's token at position p. */
+static int corpus_token(int64_t p)
+{
+    int64_t line = p / 8;
+    char s[9];
+    snprintf(s, sizeof s, "%04d.%02d\n", (int)(line / NLINE), (int)(line % NLINE));
+    return s[p % 8];
+}
+
+/* The lines wholly inside row i (between two '\n' of it), as 100 d + l, into out; checks that
+ * each is a well-formed line.  Returns their number. */
+static int row_lines(const batch *bt, int i, int *out)
+{
+    const int32_t *t = row(bt, i);
+    int L = bt->b.seq_len, k = 0, n = 0;
+    while (k <= L && t[k] != '\n')
+        k++;
+    for (int e = k + 1; e <= L; e++) {
+        if (t[e] != '\n')
+            continue;
+        char s[16];
+        cr_assert_eq(e - k - 1, 7, "row %d: a line of %d bytes", i, e - k - 1);
+        for (int j = 0; j < 7; j++)
+            s[j] = (char)t[k + 1 + j];
+        s[7] = '\0';
+        int d, l;
+        cr_assert(sscanf(s, "%4d.%2d", &d, &l) == 2 && s[4] == '.' && d < NDOC && l < NLINE,
+                  "row %d: line \"%s\"", i, s);
+        out[n++] = d * NLINE + l;
+        k = e;
+    }
+    return n;
+}
+
+/* The first batches of a fresh loader take their rows from every tenth of the corpus with the
+ * default keys; the sequential order (as windows of neighbouring rows did) does not. */
+Test(text, draws_the_first_batches_from_every_tenth_of_the_corpus, .init = make_tmpdir,
+     .fini = remove_tmpdir)
+{
+    const char *path = corpus_kv();
+    const char *shuf[] = {path, "val_fraction=0", "doc_sep=\\n\\n", NULL};
+    const char *seq[] = {path, "val_fraction=0", "doc_sep=\\n\\n", "shuffle_rows=0", NULL};
+    for (int mode = 0; mode < 2; mode++) {
+        ldr l, o;
+        batch bt, bo;
+        int tenth[10] = {0}, lines[64], differs = 0;
+        lopen_ok(&l, "text", TRAIN, 1, mode == 0 ? shuf : seq);
+        lopen_ok(&o, "text", TRAIN, 2, mode == 0 ? shuf : seq);
+        for (int k = 0; k < 8; k++) {
+            next_ok(&l, &bt, 16, 64);
+            next_ok(&o, &bo, 16, 64);
+            differs |= !same_batch(&bt, &bo);
+            for (int i = 0; i < 16; i++) {
+                int n = row_lines(&bt, i, lines);
+                cr_assert_geq(n, 7);
+                tenth[lines[0] / NLINE * 10 / NDOC] = 1;
+            }
+        }
+        int hit = 0;
+        for (int t = 0; t < 10; t++)
+            hit += tenth[t];
+        if (mode == 0) {
+            cr_assert_eq(hit, 10, "the first 128 rows come from %d tenths of the corpus", hit);
+            cr_assert(differs, "seeds 1 and 2 gave the same batches");
+        } else {
+            cr_assert_eq(hit, 1, "sequential: %d tenths", hit);
+        }
+        lclose(&l);
+        lclose(&o);
+    }
+}
+
+/* With 201 chunks of 16 KiB in windows of 8, an epoch (51,200 rows of 64 tokens but for the
+ * tokens after each window's last row) takes no row twice and sees every document, and its
+ * first half (about 13 windows) already has rows from every tenth of the corpus: the windows
+ * take their chunks from all over it, not in file order. */
+Test(text, sees_every_document_once_an_epoch, .init = make_tmpdir, .fini = remove_tmpdir)
+{
+    const char *kv[] = {corpus_kv(), "val_fraction=0", "doc_sep=\\n\\n", "chunk_bytes=16384",
+                        "window_chunks=8", NULL};
+    ldr l;
+    batch bt;
+    lopen_ok(&l, "text", TRAIN, 3, kv);
+    static unsigned char first[NDOC * NLINE], doc[NDOC];
+    int lines[64], rows = NTOK / 64 - 100; /* fewer than the epoch's rows */
+    int tenth[10] = {0}, hit = 0;
+    for (int r = 0; r < rows; r += 16) {
+        next_ok(&l, &bt, 16, 64);
+        for (int i = 0; i < 16 && r + i < rows; i++) {
+            int n = row_lines(&bt, i, lines);
+            cr_assert_geq(n, 7);
+            cr_assert_eq(first[lines[0]]++, 0, "row %d: a row starting at line %d.%d came "
+                         "twice", r + i, lines[0] / NLINE, lines[0] % NLINE);
+            for (int j = 0; j < n; j++)
+                doc[lines[j] / NLINE] = 1;
+            if (r + i < rows / 2)
+                tenth[lines[0] / NLINE * 10 / NDOC] = 1;
+        }
+    }
+    for (int t = 0; t < 10; t++)
+        hit += tenth[t];
+    cr_assert_eq(hit, 10, "the first half of the epoch comes from %d tenths", hit);
+    for (int d = 0; d < NDOC; d++)
+        cr_assert(doc[d], "document %d not seen in the epoch", d);
+    lclose(&l);
+}
+
+/* shuffle_rows = 0 gives the stream in file order, then starts over. */
+Test(text, keeps_the_file_order_with_shuffle_rows_0, .init = make_tmpdir,
+     .fini = remove_tmpdir)
+{
+    const char *kv[] = {corpus_kv(), "val_fraction=0", "doc_sep=\\n\\n", "shuffle_rows=0",
+                        NULL};
+    ldr l;
+    batch bt;
+    lopen_ok(&l, "text", TRAIN, 3, kv);
+    int64_t rows = (NTOK - 1) / 250;
+    for (int64_t r = 0; r <= rows; r += 16) {
+        next_ok(&l, &bt, 16, 250);
+        for (int i = 0; i < 16; i++) {
+            int64_t at = r + i < rows ? (r + i) * 250 : (r + i - rows) * 250; /* epoch 2 */
+            for (int k = 0; k <= 250; k++)
+                cr_assert_eq(row(&bt, i)[k], corpus_token(at + k), "row %lld token %d",
+                             (long long)(r + i), k);
+        }
+    }
+    lclose(&l);
+}
+
+/* Windows of 2 chunks of 16 KiB hold about 512 rows of 64, 32 batches of 16: saving after each
+ * of 100 batches covers the middles and the ends of three windows.  A loader rewound there
+ * after going elsewhere (every save) and a fresh loader restored there (every fifth) give the
+ * next 40 batches; so does one that changes seq_len after the restore, as the uninterrupted
+ * one does. */
+Test(text, resumes_mid_window_and_across_windows_bit_identically, .init = make_tmpdir,
+     .fini = remove_tmpdir)
+{
+    const char *kv[] = {corpus_kv(), "val_fraction=0", "doc_sep=\\n\\n", "chunk_bytes=16384",
+                        "window_chunks=2", NULL};
+    enum { K = 100, AHEAD = 40 };
+    static batch want[K + AHEAD];
+    static uint8_t st[K][PRIMAL_LOADER_STATE_MAX];
+    size_t sn[K];
+    ldr a, b, r;
+    batch x;
+    primal_err err;
+    lopen_ok(&a, "text", TRAIN, 4, kv);
+    for (int k = 0; k < K + AHEAD; k++) {
+        if (k < K)
+            cr_assert_eq(a.vt->save(a.ctx, st[k], sizeof st[k], &sn[k], &err), PRIMAL_OK);
+        next_ok(&a, &want[k], 16, 64);
+    }
+    lopen_ok(&r, "text", TRAIN, 4, kv);
+    for (int k = 0; k < K; k++) {
+        next_ok(&r, &x, 3, 64); /* somewhere else first */
+        cr_assert_eq(r.vt->restore(r.ctx, st[k], sn[k], &err), PRIMAL_OK, "%s", err.msg);
+        for (int i = 0; i < AHEAD; i++) {
+            next_ok(&r, &x, 16, 64);
+            cr_assert(same_batch(&x, &want[k + i]), "rewound after %d: batch %d differs", k,
+                      i);
+        }
+        if (k % 5 != 0)
+            continue;
+        lopen_ok(&b, "text", TRAIN, 4, kv);
+        cr_assert_eq(b.vt->restore(b.ctx, st[k], sn[k], &err), PRIMAL_OK, "%s", err.msg);
+        for (int i = 0; i < AHEAD; i++) {
+            next_ok(&b, &x, 16, 64);
+            cr_assert(same_batch(&x, &want[k + i]), "restored after %d: batch %d differs", k,
+                      i);
+        }
+        lclose(&b);
+    }
+    lclose(&a);
+    /* a seq_len change after a restore drops the rest of the window, as without the restore */
+    for (int k = 5; k < K; k += 30) {
+        batch y;
+        lopen_ok(&a, "text", TRAIN, 4, kv);
+        lopen_ok(&b, "text", TRAIN, 4, kv);
+        for (int i = 0; i < k; i++)
+            next_ok(&a, &x, 16, 64);
+        cr_assert_eq(b.vt->restore(b.ctx, st[k], sn[k], &err), PRIMAL_OK, "%s", err.msg);
+        for (int i = 0; i < 20; i++) {
+            next_ok(&a, &x, 16, 40);
+            next_ok(&b, &y, 16, 40);
+            cr_assert(same_batch(&x, &y), "seq_len 40 after %d: batch %d differs", k, i);
+        }
+        lclose(&a);
+        lclose(&b);
+    }
+    lclose(&r);
+}
+
+/* Every 8-byte word of a saved state (text.c's F_ enum: 7 words that name the data and keys,
+ * then the position) set to a value no field can take is refused: the first 7 as another
+ * loader's or other data's (PRIMAL_ECONFIG), the position's as PRIMAL_EIO naming the loader;
+ * the refused restores leave the loader as it was. */
+static void refuse_edited_states(const char *name, int split, const char *const *kv, int L,
+                                 int header_words, int word, const char *field)
+{
+    ldr a, b;
+    batch x, y;
+    primal_err err;
+    lopen_ok(&a, name, split, 6, kv);
+    lopen_ok(&b, name, split, 6, kv);
+    next_ok(&a, &x, 2, L);
+    uint8_t st[PRIMAL_LOADER_STATE_MAX], ed[PRIMAL_LOADER_STATE_MAX];
+    size_t n;
+    cr_assert_eq(a.vt->save(a.ctx, st, sizeof st, &n, &err), PRIMAL_OK);
+    cr_assert_eq(n % 8, 0);
+    const uint64_t bad[2] = {UINT64_C(1) << 62, UINT64_C(1) << 63};
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "%s loader: saved state: ", name);
+    for (size_t w = 0; w < n / 8; w++)
+        for (int v = 0; v < 2; v++) {
+            memcpy(ed, st, n);
+            for (int i = 0; i < 8; i++)
+                ed[8 * w + (size_t)i] = (uint8_t)(bad[v] >> (8 * i));
+            int rc = b.vt->restore(b.ctx, ed, n, &err);
+            if ((int)w < header_words) {
+                cr_assert_eq(rc, PRIMAL_ECONFIG, "%s split %d: word %zu = %llx: %d", name, split,
+                             w, (unsigned long long)bad[v], rc);
+            } else {
+                cr_assert_eq(rc, PRIMAL_EIO, "%s split %d: word %zu = %llx: %d %s", name, split,
+                             w, (unsigned long long)bad[v], rc, err.msg);
+                cr_assert(strstr(err.msg, prefix) != NULL, "%s", err.msg);
+            }
+        }
+    if (word >= 0) { /* the named field at -1 */
+        memcpy(ed, st, n);
+        memset(ed + 8 * word, 0xFF, 8);
+        cr_assert_eq(b.vt->restore(b.ctx, ed, n, &err), PRIMAL_EIO, "%s word %d = -1", name,
+                     word);
+        cr_assert(strstr(err.msg, prefix) && strstr(err.msg, field) && strstr(err.msg, "-1"),
+                  "%s", err.msg);
+    }
+    cr_assert_eq(b.vt->restore(b.ctx, st, n, &err), PRIMAL_OK, "%s", err.msg);
+    for (int i = 0; i < 2; i++) {
+        next_ok(&a, &x, 2, L);
+        next_ok(&b, &y, 2, L);
+        cr_assert(same_batch(&x, &y), "%s split %d: batch %d after the refusals", name, split, i);
+    }
+    lclose(&a);
+    lclose(&b);
+}
+
+Test(text, refuses_a_restored_state_with_a_field_out_of_range)
+{
+    const char *shuf[] = {"path=" D "genesis.txt", "val_fraction=0.2", "chunk_bytes=1024",
+                          "window_chunks=2", NULL};
+    const char *seq[] = {"path=" D "genesis.txt", "val_fraction=0.2", "chunk_bytes=1024",
+                         "shuffle_rows=0", NULL};
+    refuse_edited_states("text", TRAIN, shuf, 16, 7, 12, "rows used"); /* F_WUSED = -1 */
+    refuse_edited_states("text", TRAIN, seq, 16, 7, 13, "chunk");      /* F_CHUNKNO = -1 */
+    refuse_edited_states("text", VAL, seq, 16, 7, 14, "token");        /* F_TPOS = -1 */
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* tokens                                                                                     */
 
-/* ids16.bin holds 0..99: a window starting at s is s, s+1, ..., s+L. */
-Test(tokens, draws_whole_windows_deterministically_per_seed)
+/* ids16.bin holds 0..99: with seq_len 9 its 11 slots start at 0, 9, ..., 90 (slot s is
+ * 9s, ..., 9s + 9); each epoch of 11 rows visits every slot once, in a new order. */
+Test(tokens, draws_whole_slots_deterministically_per_seed)
 {
     const char *kv[] = {"path=" D "ids16.bin", "val_fraction=0", NULL};
     ldr a, b, c;
@@ -736,7 +1029,7 @@ Test(tokens, draws_whole_windows_deterministically_per_seed)
     lopen_ok(&a, "tokens", TRAIN, 1, kv);
     lopen_ok(&b, "tokens", TRAIN, 1, kv);
     lopen_ok(&c, "tokens", TRAIN, 2, kv);
-    int differs = 0, starts[100] = {0};
+    int differs = 0, order[15][11], neworder = 0;
     for (int k = 0; k < 20; k++) {
         next_ok(&a, &x, 8, 9);
         next_ok(&b, &y, 8, 9);
@@ -745,18 +1038,24 @@ Test(tokens, draws_whole_windows_deterministically_per_seed)
         differs |= !same_batch(&x, &z);
         for (int i = 0; i < 8; i++) {
             const int32_t *t = row(&x, i);
-            cr_assert(t[0] >= 0 && t[0] <= 90, "window start %d", t[0]);
-            starts[t[0]] = 1;
+            cr_assert(t[0] >= 0 && t[0] <= 90 && t[0] % 9 == 0, "slot start %d", t[0]);
             for (int j = 0; j <= 9; j++)
                 cr_assert_eq(t[j], t[0] + j);
             assert_mask_all(&x, i, 1);
+            int r = 8 * k + i;
+            if (r < 15 * 11)
+                order[r / 11][r % 11] = t[0] / 9;
         }
     }
     cr_assert(differs);
-    int distinct = 0;
-    for (int i = 0; i < 100; i++)
-        distinct += starts[i];
-    cr_assert_gt(distinct, 40, "160 draws hit only %d of 91 starts", distinct);
+    for (int e = 0; e < 14; e++) {
+        int seen[11] = {0};
+        for (int i = 0; i < 11; i++)
+            cr_assert_eq(seen[order[e][i]]++, 0, "epoch %d visits slot %d twice", e,
+                         order[e][i]);
+        neworder |= memcmp(order[e], order[0], sizeof order[0]) != 0;
+    }
+    cr_assert(neworder, "every epoch has the first one's order");
     lclose(&a);
     lclose(&b);
     lclose(&c);
@@ -880,6 +1179,132 @@ Test(tokens, gives_each_rank_its_share_of_the_rows)
     const char *kv[] = {"path=" D "ids16.bin", "val_fraction=0.4", NULL};
     check_ranks("tokens", TRAIN, kv, 7, 5);
     check_ranks("tokens", VAL, kv, 3, 100);
+}
+
+/* ids.bin: the 40001 ids 0..40000 (16 bits; the Qwen vocabulary): 2500 slots of seq_len 16,
+ * slot s holding ids 16 s .. 16 s + 16. */
+static const char *ids_kv(void)
+{
+    static char kv[300];
+    char path[256];
+    snprintf(path, sizeof path, "%s/ids.bin", tmpdir);
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f);
+    for (int i = 0; i <= 40000; i++) {
+        uint8_t le[2] = {(uint8_t)i, (uint8_t)(i >> 8)};
+        cr_assert_eq(fwrite(le, 1, 2, f), 2);
+    }
+    fclose(f);
+    snprintf(kv, sizeof kv, "path=%s", path);
+    return kv;
+}
+
+static int slot_of(const batch *bt, int i)
+{
+    const int32_t *t = row(bt, i);
+    cr_assert_eq(t[0] % 16, 0, "row %d starts at id %d", i, t[0]);
+    for (int j = 0; j <= 16; j++)
+        cr_assert_eq(t[j], t[0] + j);
+    return t[0] / 16;
+}
+
+Test(tokens, visits_every_slot_once_an_epoch_in_a_new_order, .init = make_tmpdir,
+     .fini = remove_tmpdir)
+{
+    const char *kv[] = {ids_kv(), "val_fraction=0", NULL};
+    ldr l;
+    batch bt;
+    primal_err err;
+    cr_assert_eq(lopen(&l, "tokens", QWEN, TRAIN, 0, 0, 1, kv, &err), PRIMAL_OK, "%s", err.msg);
+    static int order[2][2500];
+    for (int e = 0; e < 2; e++) {
+        int seen[2500] = {0};
+        for (int r = 0; r < 2500; r += 4) {
+            next_ok(&l, &bt, 4, 16);
+            for (int i = 0; i < 4; i++) {
+                int s = slot_of(&bt, i);
+                cr_assert_eq(seen[s]++, 0, "epoch %d: slot %d twice", e, s);
+                order[e][r + i] = s;
+            }
+        }
+    }
+    cr_assert(memcmp(order[0], order[1], sizeof order[0]) != 0, "epoch 2 repeats epoch 1");
+    lclose(&l);
+}
+
+/* The first 128 rows' slots cover every tenth of the file, and differ between two seeds;
+ * shuffle = false gives slots 0, 1, 2, ... */
+Test(tokens, draws_the_first_batches_from_every_tenth_of_the_file, .init = make_tmpdir,
+     .fini = remove_tmpdir)
+{
+    const char *path = ids_kv();
+    const char *shuf[] = {path, "val_fraction=0", NULL};
+    const char *seq[] = {path, "val_fraction=0", "shuffle=false", NULL};
+    ldr a, b, s;
+    batch x, y, z;
+    primal_err err;
+    cr_assert_eq(lopen(&a, "tokens", QWEN, TRAIN, 1, 0, 1, shuf, &err), PRIMAL_OK, "%s",
+                 err.msg);
+    cr_assert_eq(lopen(&b, "tokens", QWEN, TRAIN, 2, 0, 1, shuf, &err), PRIMAL_OK, "%s",
+                 err.msg);
+    cr_assert_eq(lopen(&s, "tokens", QWEN, TRAIN, 1, 0, 1, seq, &err), PRIMAL_OK, "%s",
+                 err.msg);
+    int tenth[10] = {0}, differs = 0, hit = 0;
+    for (int k = 0; k < 8; k++) {
+        next_ok(&a, &x, 16, 16);
+        next_ok(&b, &y, 16, 16);
+        next_ok(&s, &z, 16, 16);
+        differs |= !same_batch(&x, &y);
+        for (int i = 0; i < 16; i++) {
+            tenth[slot_of(&x, i) / 250] = 1;
+            cr_assert_eq(slot_of(&z, i), 16 * k + i);
+        }
+    }
+    for (int t = 0; t < 10; t++)
+        hit += tenth[t];
+    cr_assert_eq(hit, 10, "the first 128 rows come from %d tenths of the file", hit);
+    cr_assert(differs, "seeds 1 and 2 gave the same batches");
+    lclose(&a);
+    lclose(&b);
+    lclose(&s);
+}
+
+/* Saves mid-epoch and next to the end of an epoch (625 batches of 4), restored into a fresh
+ * loader, continue bit-identically, also through a seq_len change. */
+Test(tokens, resumes_mid_epoch_and_across_epochs_bit_identically, .init = make_tmpdir,
+     .fini = remove_tmpdir)
+{
+    const char *kv[] = {ids_kv(), "val_fraction=0", NULL};
+    const int at[] = {0, 1, 300, 623, 624, 625, 626};
+    for (size_t p = 0; p < sizeof at / sizeof *at; p++) {
+        ldr a, b;
+        batch x, y;
+        primal_err err;
+        cr_assert_eq(lopen(&a, "tokens", QWEN, TRAIN, 5, 0, 1, kv, &err), PRIMAL_OK);
+        cr_assert_eq(lopen(&b, "tokens", QWEN, TRAIN, 5, 0, 1, kv, &err), PRIMAL_OK);
+        for (int k = 0; k < at[p]; k++)
+            next_ok(&a, &x, 4, 16);
+        uint8_t st[PRIMAL_LOADER_STATE_MAX];
+        size_t n;
+        cr_assert_eq(a.vt->save(a.ctx, st, sizeof st, &n, &err), PRIMAL_OK);
+        cr_assert_eq(b.vt->restore(b.ctx, st, n, &err), PRIMAL_OK, "%s", err.msg);
+        for (int k = 0; k < 6; k++) {
+            int L = k < 3 ? 16 : 24;
+            next_ok(&a, &x, 4, L);
+            next_ok(&b, &y, 4, L);
+            cr_assert(same_batch(&x, &y), "saved after %d: batch %d differs", at[p], k);
+        }
+        lclose(&a);
+        lclose(&b);
+    }
+}
+
+/* tokens.c's F_ enum: 6 words name the data and keys, then epoch, seq_len, position, ended. */
+Test(tokens, refuses_a_restored_state_with_a_field_out_of_range)
+{
+    const char *kv[] = {"path=" D "ids16.bin", "val_fraction=0.3", NULL};
+    refuse_edited_states("tokens", TRAIN, kv, 4, 6, 8, "position"); /* F_POS = -1 */
+    refuse_edited_states("tokens", VAL, kv, 4, 6, 8, "position");
 }
 
 /* ------------------------------------------------------------------------------------------ */
