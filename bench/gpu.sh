@@ -47,7 +47,7 @@ bundle() {
     gcc $cflags $cpu "$top/bench/gpu_step.c" "$build"/obj/*.o -o "$build/pkg/bin/gpu_step" $libs
     # the policy plugins, whose GPU halves tests/policies_cuda_test holds to their CPU halves
     mkdir -p "$build/pkg/plugins"
-    for p in threshold_consensus stochastic_zscore momentum_carry adamw latent_adamw; do
+    for p in threshold_consensus stochastic_zscore momentum_carry adam_carry adamw latent_adamw; do
         # as cuda.am compiles them: no C++ exceptions, so no C++ runtime to load
         "$cuda/bin/nvcc" $nvflags -Xcompiler -fPIC,-fno-exceptions,-fno-threadsafe-statics \
             -I"$top/core" -I"$top/plugins" \
