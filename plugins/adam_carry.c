@@ -32,15 +32,20 @@
  *
  * One step, with k micro-batches (the core divides each G by k, so the step's gradient is their
  * sum):
- *   accumulate (micro j): m = (j == 0 ? beta1 : 1) m + (1 - beta1) g, re-quantised per block
- *     (s = max|m|/127, m = clamp(floor(m/s + U), -127, 127) s); racc[r] += sum_c g^2 and
- *     cacc[c] += sum_r g^2 (in the fixed tree AC_TB / AC_RPB of adam_carry.h).
+ *   accumulate (micro j): gn = g / (sqrt(vhat / (1 - b2^(t-1))) + eps), clamped to
+ *     +-1/sqrt(1 - b2), with vhat = vr[r] vc[c] / mean(vr) (factored; Adafactor's rank-one
+ *     estimate) or vr[r] (row) as the previous step left them; at a tensor's first step, when no
+ *     second moment exists yet, gn = sign(g), Adam's own first step.  m = (j == 0 ? beta1 : 1) m
+ *     + (1 - beta1) gn, re-quantised per block (s = max|m|/127, m = clamp(floor(m/s + U), -127,
+ *     127) s), so the 8 bits hold a normalised quantity of range ~1 whatever the column's
+ *     gradient scale.  racc[r] += sum_c g^2 and cacc[c] += sum_r g^2 (in the fixed tree AC_TB /
+ *     AC_RPB of adam_carry.h).
  *   step: vr = b2 vr + (1 - b2) k racc / cols, vc = b2 vc + (1 - b2) k cacc / rows (k sum G_j^2
- *     equals the step gradient's square for identical micro-batches); vhat = vr vc / mean(vr)
- *     (factored) or vr; u = -lr/|scale| (m / (1 - b1^t)) / (sqrt(vhat / (1 - b2^t)) + eps) -
- *     lr wd position; the new position splits into the nearest index and a residual rounded
- *     stochastically (adam_carry.h, ac_move).  lr is the key times the [optim] schedule's
- *     multiplier (ai/si->lr_mult).  Gradient clipping is not applied (as momentum_carry).
+ *     equals the step gradient's square for identical micro-batches), 1/mean(vr) kept; the
+ *     position moves by u = -lr/max(|scale|, 1e-12) m / (1 - b1^t) - lr wd position, and splits
+ *     again into the nearest index and a residual rounded stochastically (adam_carry.h,
+ *     ac_move).  lr is the key times the [optim] schedule's multiplier (lr_mult).  Gradient
+ *     clipping is not applied (as momentum_carry): the normalisation bounds each move.
  * Random draws: U = primal_rng_u01(seed, primal_rng_stream(tensor id, step, P), counter), P =
  * AC_RNG_MOMENTUM with counter j rows cols + r cols + c, P = AC_RNG_RESIDUAL with r cols + c.
  * Step stats: flips = indices moved; saturated = positions held at an end of the grid. */
