@@ -13,6 +13,7 @@
  * writer's data and header checksums.
  * F32 tensors are written first, then U16, then U8, so that in a file of ours every tensor
  * starts at a multiple of its element size. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -389,8 +390,21 @@ static int check_grids(primal_ckpt *c, const char *path, primal_err *err)
         memcpy(g->values, t->data, t->nbytes); /* the mapping need not be aligned */
         g->name = k;
         g->size = (int)t->shape[0];
+        c->ng++; /* closed with c from here on */
+        /* The hash is unkeyed, so it proves nothing about who wrote the values: a re-signed
+         * NaN or unsorted table would reach the matrix products and the flip policies. */
+        for (int i = 0; i < g->size; i++) {
+            if (!isfinite(g->values[i]))
+                return primal_errf(err, PRIMAL_EIO, "%s: %s: value %d is %g, not finite", path,
+                                   tname, i, (double)g->values[i]);
+            if (i > 0 && !(g->values[i] > g->values[i - 1]))
+                return primal_errf(err, PRIMAL_EIO,
+                                   "%s: %s: values %d and %d (%.9g, %.9g) are not ascending "
+                                   "and distinct",
+                                   path, tname, i - 1, i, (double)g->values[i - 1],
+                                   (double)g->values[i]);
+        }
         g->ref = (primal_grid_ref){ g->name, g->values, g->size };
-        c->ng++;
     }
     json_object_foreach(c->grids_map, k, v) {
         if (!json_is_string(v) || json_object_get(c->grid_sha, json_string_value(v)) == NULL)
@@ -410,6 +424,8 @@ static int check_grids(primal_ckpt *c, const char *path, primal_err *err)
     }
     return PRIMAL_OK;
 }
+
+static int check_params(primal_ckpt *c, primal_err *err);
 
 int primal_ckpt_open(const char *path, primal_ckpt **out, primal_err *err)
 {
@@ -443,7 +459,7 @@ int primal_ckpt_open(const char *path, primal_ckpt **out, primal_err *err)
     if ((rc = parse_model(path, c->st, &c->mc, err)) != PRIMAL_OK ||
         (rc = meta_json(path, c->st, "primal.grids", &c->grids_map, err)) != PRIMAL_OK ||
         (rc = meta_json(path, c->st, "primal.grid_sha256", &c->grid_sha, err)) != PRIMAL_OK ||
-        (rc = check_grids(c, path, err)) != PRIMAL_OK)
+        (rc = check_grids(c, path, err)) != PRIMAL_OK || (rc = check_params(c, err)) != PRIMAL_OK)
         goto fail;
     for (int i = 0; i < primal_st_count(c->st); i++) {
         const primal_st_tensor *t = primal_st_at(c->st, i);
@@ -545,7 +561,7 @@ static int same_config(const char *path, const primal_model_config *a,
     return PRIMAL_OK;
 }
 
-/* The tensor name, checked against dtype and shape; marks it used. */
+/* The tensor name, checked against dtype and shape; marks it used (used may be NULL). */
 static int want(const primal_ckpt *c, unsigned char *used, const char *name, primal_dtype dt,
                 int ndim, int64_t d0, int64_t d1, const primal_st_tensor **out, primal_err *err)
 {
@@ -570,7 +586,8 @@ static int want(const primal_ckpt *c, unsigned char *used, const char *name, pri
         return primal_errf(err, PRIMAL_EIO, "%s: tensor %s: %s %s, expected %s %s", path, name,
                            primal_dtype_name(t->dtype), got_s, primal_dtype_name(dt), want_s);
     }
-    used[t - primal_st_at(c->st, 0)] = 1;
+    if (used != NULL)
+        used[t - primal_st_at(c->st, 0)] = 1;
     *out = t;
     return PRIMAL_OK;
 }
@@ -659,4 +676,118 @@ int primal_ckpt_load_model(const primal_ckpt *c, primal_model *m, primal_err *er
         rc = load_pass(c, m, used, 1, err);
     free(used);
     return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* What open checks in the tensors                                                            */
+
+/* Bits per index over a grid of n values, as primal_model_create chooses them. */
+static int grid_bits(int n)
+{
+    return n <= 16 ? 4 : n <= 256 ? 8 : 16;
+}
+
+/* Every float of an F32 tensor of (rows, cols) (cols 0: a list) is finite. */
+static int check_finite(const char *path, const primal_st_tensor *t, int64_t cols,
+                        primal_err *err)
+{
+    const unsigned char *d = t->data;
+    for (int64_t i = 0; i < t->numel; i++) {
+        float v;
+        memcpy(&v, d + 4 * i, 4); /* a foreign file need not be aligned */
+        if (isfinite(v))
+            continue;
+        if (cols > 0)
+            return primal_errf(err, PRIMAL_EIO, "%s: %s: value at [%lld][%lld] is %g, not finite",
+                               path, t->name, (long long)(i / cols), (long long)(i % cols),
+                               (double)v);
+        return primal_errf(err, PRIMAL_EIO, "%s: %s: value at [%lld] is %g, not finite", path,
+                           t->name, (long long)i, (double)v);
+    }
+    return PRIMAL_OK;
+}
+
+/* Every index of t ((rows, cols) packed by bits, in the format's layout) is below size. */
+static int check_indices(const char *path, const primal_st_tensor *t, int bits, int64_t rows,
+                         int64_t cols, const cgrid *g, primal_err *err)
+{
+    if (g->size == 1 << bits)
+        return PRIMAL_OK; /* every value the width holds is an entry */
+    const unsigned char *d = t->data;
+    int64_t rb = index_row_bytes(bits, cols);
+    for (int64_t r = 0; r < rows; r++) {
+        const unsigned char *row = d + r * rb;
+        for (int64_t col = 0; col < cols; col++) {
+            uint32_t v;
+            if (bits == 4) {
+                v = (row[col / 2] >> (4 * (col & 1))) & 0xFu;
+            } else if (bits == 8) {
+                v = row[col];
+            } else {
+                uint16_t h;
+                memcpy(&h, row + 2 * col, 2);
+                v = h;
+            }
+            if (v >= (uint32_t)g->size)
+                return primal_errf(err, PRIMAL_EIO,
+                                   "%s: %s: index %u at [%lld][%lld] is outside the %d-entry "
+                                   "grid %s",
+                                   path, t->name, v, (long long)r, (long long)col, g->size,
+                                   g->name);
+        }
+    }
+    return PRIMAL_OK;
+}
+
+/* One parameter of the checkpoint's own config (primal_model_layout): present with the dtype and
+ * shape that config and its grid give, every float finite, every index inside its grid. */
+static int check_param(void *user, const primal_param_desc *d, primal_err *err)
+{
+    const primal_ckpt *c = user;
+    const char *path = primal_ckpt_path(c);
+    const primal_st_tensor *t, *ts;
+    char name[160];
+    int rc;
+    if (!d->is_matrix) {
+        if ((rc = want(c, NULL, d->name, PRIMAL_F32, 1, d->rows, 0, &t, err)) != PRIMAL_OK)
+            return rc;
+        return check_finite(path, t, 0, err);
+    }
+    const char *gn = primal_ckpt_grid_name(c, d->name);
+    if (gn == NULL) {
+        if ((rc = want(c, NULL, d->name, PRIMAL_F32, 2, d->rows, d->cols, &t, err)) !=
+            PRIMAL_OK)
+            return rc;
+        return check_finite(path, t, d->cols, err);
+    }
+    const cgrid *g = find_grid(c, gn); /* check_grids found every grid primal.grids names */
+    int bits = grid_bits(g->size);
+    snprintf(name, sizeof name, "index.%s", d->name);
+    if ((rc = want(c, NULL, name, bits == 16 ? PRIMAL_U16 : PRIMAL_U8, 2, d->rows,
+                   bits == 16 ? d->cols : index_row_bytes(bits, d->cols), &t, err)) !=
+        PRIMAL_OK)
+        return rc;
+    snprintf(name, sizeof name, "scale.%s", d->name);
+    if ((rc = want(c, NULL, name, PRIMAL_F32, 1, d->rows, 0, &ts, err)) != PRIMAL_OK)
+        return rc;
+    if ((rc = check_finite(path, ts, 0, err)) != PRIMAL_OK)
+        return rc;
+    return check_indices(path, t, bits, d->rows, d->cols, g, err);
+}
+
+/* The tensors against primal.model, before anyone allocates a model of that config: its sizes
+ * within the limits of primal_model_check_config, and every parameter present as check_param
+ * wants it.  Every tensor lies inside the file, so a config whose sizes the file cannot hold is
+ * refused here. */
+static int check_params(primal_ckpt *c, primal_err *err)
+{
+    const char *path = primal_ckpt_path(c);
+    int rc = primal_model_check_config(&c->mc, err);
+    if (rc != PRIMAL_OK) {
+        primal_err_prefix(err, "%s: __metadata__ primal.model", path);
+        if (err != NULL)
+            err->code = PRIMAL_EIO; /* a bad file, like every refusal of open */
+        return PRIMAL_EIO;
+    }
+    return primal_model_layout(&c->mc, check_param, c, err);
 }

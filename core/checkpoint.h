@@ -6,8 +6,10 @@
  * norms, biases, dense matrices), each distinct grid once, the model config, the resolved
  * experiment INI text, and caller-named blobs of training state (policy state, AdamW moments,
  * loader position, RNG/step).  Saving is atomic (write, fsync, rename); opening verifies the
- * format version, the data and header checksums and every grid's hash, so a corrupt, truncated
- * or tampered file is refused with its path before anything is loaded. */
+ * format version, the data and header checksums and every grid's hash, so a corrupt or
+ * truncated file is refused with its path before anything is loaded, and checks the tensors
+ * against the config (shapes, indices inside their grids, finite floats), so a file that was
+ * tampered with and signed again cannot make a reader allocate or index out of bounds. */
 #ifndef PRIMAL_CHECKPOINT_H
 #define PRIMAL_CHECKPOINT_H
 
@@ -34,7 +36,13 @@ int primal_ckpt_save(const char *path, primal_model *m, const char *config_ini,
                      const primal_ckpt_blob *blobs, int nblobs, primal_err *err);
 
 /* Open and verify: format version, data and header checksums, grid hashes, model config, and
- * that every state.* tensor is a U8 list.  PRIMAL_EIO with the path for anything wrong. */
+ * that every state.* tensor is a U8 list.  The checksums have no key, so a file edited and
+ * signed again passes them: the tensors themselves are then checked against the config before
+ * anyone allocates a model of it, namely the config's sizes within primal_model_check_config's
+ * limits, every parameter present with the dtype and shape that the config and its grid give,
+ * every index below its grid's size, every float parameter and grid value finite (grid values
+ * ascending too).  PRIMAL_EIO with the path (and the tensor and place, where one is at fault)
+ * for anything wrong.  Every way of loading a checkpoint goes through here. */
 int primal_ckpt_open(const char *path, primal_ckpt **out, primal_err *err);
 void primal_ckpt_close(primal_ckpt *c);
 const char *primal_ckpt_path(const primal_ckpt *c);

@@ -202,7 +202,7 @@ static int add_vector(primal_model *m, int layer, int64_t n, int kind, const cha
     return grad_alloc(p, err);
 }
 
-static int check_config(const primal_model_config *c, primal_err *err)
+int primal_model_check_config(const primal_model_config *c, primal_err *err)
 {
     if (c->arch != PRIMAL_ARCH_LLAMA && c->arch != PRIMAL_ARCH_QWEN2)
         return primal_errf(err, PRIMAL_ECONFIG, "model: arch %d is neither llama nor qwen2",
@@ -213,6 +213,17 @@ static int check_config(const primal_model_config *c, primal_err *err)
                            "model: vocab %d, dim %d, layers %d, heads %d, kv_heads %d, ffn %d: "
                            "each must be at least 1",
                            c->vocab, c->dim, c->layers, c->heads, c->kv_heads, c->ffn);
+    /* The ranges of the INI's [model] keys (core/experiment.c): a checkpoint or config.json
+     * naming more is refused before anything is allocated. */
+    if (c->vocab > PRIMAL_MODEL_MAX_VOCAB || c->dim > PRIMAL_MODEL_MAX_DIM ||
+        c->layers > PRIMAL_MODEL_MAX_LAYERS || c->heads > PRIMAL_MODEL_MAX_HEADS ||
+        c->kv_heads > PRIMAL_MODEL_MAX_HEADS || c->ffn > PRIMAL_MODEL_MAX_FFN)
+        return primal_errf(err, PRIMAL_ECONFIG,
+                           "model: vocab %d, dim %d, layers %d, heads %d, kv_heads %d, ffn %d: "
+                           "the limits are %d, %d, %d, %d, %d, %d",
+                           c->vocab, c->dim, c->layers, c->heads, c->kv_heads, c->ffn,
+                           PRIMAL_MODEL_MAX_VOCAB, PRIMAL_MODEL_MAX_DIM, PRIMAL_MODEL_MAX_LAYERS,
+                           PRIMAL_MODEL_MAX_HEADS, PRIMAL_MODEL_MAX_HEADS, PRIMAL_MODEL_MAX_FFN);
     if (c->dim % c->heads != 0 || (c->dim / c->heads) % 2 != 0)
         return primal_errf(err, PRIMAL_ECONFIG,
                            "model: dim %d / heads %d must give an even head size", c->dim,
@@ -221,18 +232,124 @@ static int check_config(const primal_model_config *c, primal_err *err)
         return primal_errf(err, PRIMAL_ECONFIG,
                            "model: heads %d is not a multiple of kv_heads %d", c->heads,
                            c->kv_heads);
-    if (!(c->rope_theta > 0.0) || !(c->norm_eps > 0.0))
+    if (!(c->rope_theta > 0.0) || !(c->norm_eps > 0.0) || !isfinite(c->rope_theta) ||
+        !isfinite(c->norm_eps))
         return primal_errf(err, PRIMAL_ECONFIG,
-                           "model: rope_theta %g and norm_eps %g must be positive", c->rope_theta,
-                           c->norm_eps);
+                           "model: rope_theta %g and norm_eps %g must be positive and finite",
+                           c->rope_theta, c->norm_eps);
     return PRIMAL_OK;
+}
+
+/* One parameter of a config's layout, with what primal_model_create needs besides the public
+ * description: the parameter's slot in its block (L_*, or -1 outside the blocks) and KIND_*. */
+typedef struct layout_item {
+    primal_param_desc d;
+    int slot, kind;
+} layout_item;
+
+typedef int (*layout_fn)(void *user, const layout_item *it, primal_err *err);
+
+/* Every parameter of a model of config mc (checked), in primal_model_param order: the embedding,
+ * each block's in Hugging Face named_parameters() order (biases only with qkv_bias), the final
+ * norm, and the LM head unless tied.  The one place that knows the model's shapes. */
+static int walk_layout(const primal_model_config *mc, layout_fn fn, void *user, primal_err *err)
+{
+    static const char *const names[L_N] = {
+        [L_Q] = "self_attn.q_proj.weight", [L_BQ] = "self_attn.q_proj.bias",
+        [L_K] = "self_attn.k_proj.weight", [L_BK] = "self_attn.k_proj.bias",
+        [L_V] = "self_attn.v_proj.weight", [L_BV] = "self_attn.v_proj.bias",
+        [L_O] = "self_attn.o_proj.weight", [L_GATE] = "mlp.gate_proj.weight",
+        [L_UP] = "mlp.up_proj.weight",     [L_DOWN] = "mlp.down_proj.weight",
+        [L_LN1] = "input_layernorm.weight", [L_LN2] = "post_attention_layernorm.weight",
+    };
+    int64_t C = mc->dim, F = mc->ffn, qdim = C, kvdim = (int64_t)mc->kv_heads * (C / mc->heads);
+    const int64_t rows[L_N] = {
+        [L_Q] = qdim, [L_BQ] = qdim, [L_K] = kvdim, [L_BK] = kvdim, [L_V] = kvdim,
+        [L_BV] = kvdim, [L_O] = C, [L_GATE] = F, [L_UP] = F, [L_DOWN] = C, [L_LN1] = C,
+        [L_LN2] = C,
+    };
+    const int64_t cols[L_N] = {
+        [L_Q] = C, [L_K] = C, [L_V] = C, [L_O] = qdim, [L_GATE] = C, [L_UP] = C, [L_DOWN] = F,
+    };
+    char name[96];
+    layout_item it = { { name, PRIMAL_LAYER_EMBED, 1, mc->vocab, C }, -1, KIND_MATRIX };
+    snprintf(name, sizeof name, "model.embed_tokens.weight");
+    int rc = fn(user, &it, err);
+    for (int l = 0; l < mc->layers && rc == PRIMAL_OK; l++)
+        for (int j = 0; j < L_N && rc == PRIMAL_OK; j++) {
+            int is_bias = j == L_BQ || j == L_BK || j == L_BV;
+            if (is_bias && !mc->qkv_bias)
+                continue;
+            int is_norm = j == L_LN1 || j == L_LN2;
+            snprintf(name, sizeof name, "model.layers.%d.%s", l, names[j]);
+            it = (layout_item){ { name, l, !is_bias && !is_norm, rows[j], cols[j] },
+                                j,
+                                is_norm ? KIND_NORM : is_bias ? KIND_BIAS : KIND_MATRIX };
+            rc = fn(user, &it, err);
+        }
+    if (rc == PRIMAL_OK) {
+        snprintf(name, sizeof name, "model.norm.weight");
+        it = (layout_item){ { name, PRIMAL_LAYER_FINAL_NORM, 0, C, 0 }, -1, KIND_NORM };
+        rc = fn(user, &it, err);
+    }
+    if (rc == PRIMAL_OK && !mc->tied) {
+        snprintf(name, sizeof name, "lm_head.weight");
+        it = (layout_item){ { name, PRIMAL_LAYER_HEAD, 1, mc->vocab, C }, -1, KIND_MATRIX };
+        rc = fn(user, &it, err);
+    }
+    return rc;
+}
+
+typedef struct public_walk {
+    primal_param_fn fn;
+    void *user;
+} public_walk;
+
+static int public_item(void *user, const layout_item *it, primal_err *err)
+{
+    const public_walk *w = user;
+    return w->fn(w->user, &it->d, err);
+}
+
+int primal_model_layout(const primal_model_config *mc, primal_param_fn fn, void *user,
+                        primal_err *err)
+{
+    int rc = primal_model_check_config(mc, err);
+    if (rc != PRIMAL_OK)
+        return rc;
+    public_walk w = { fn, user };
+    return walk_layout(mc, public_item, &w, err);
+}
+
+typedef struct create_ctx {
+    primal_model *m;
+    primal_grid_for grid_for;
+    void *user;
+} create_ctx;
+
+static int create_item(void *user, const layout_item *it, primal_err *err)
+{
+    const create_ctx *cc = user;
+    primal_model *m = cc->m;
+    const primal_param_desc *d = &it->d;
+    if (d->layer >= 0)
+        m->lp[d->layer][it->slot] = m->np;
+    else if (d->layer == PRIMAL_LAYER_EMBED)
+        m->embed = m->np;
+    else if (d->layer == PRIMAL_LAYER_FINAL_NORM)
+        m->fnorm = m->np;
+    else
+        m->head = m->np;
+    if (d->is_matrix)
+        return add_matrix(m, cc->grid_for, cc->user, d->layer, d->rows, d->cols, d->name, err);
+    return add_vector(m, d->layer, d->rows, it->kind, d->name, err);
 }
 
 int primal_model_create(const primal_model_config *mc, primal_grid_for grid_for, void *user,
                         primal_model **out, primal_err *err)
 {
     *out = NULL;
-    int rc = check_config(mc, err);
+    int rc = primal_model_check_config(mc, err);
     if (rc != PRIMAL_OK)
         return rc;
     primal_model *m = calloc(1, sizeof *m);
@@ -258,56 +375,13 @@ int primal_model_create(const primal_model_config *mc, primal_grid_for grid_for,
         primal_model_free(m);
         return primal_errf(err, PRIMAL_ENOMEM, "model: out of memory");
     }
-
-    char name[96];
-    m->embed = m->np;
-    rc = add_matrix(m, grid_for, user, PRIMAL_LAYER_EMBED, mc->vocab, C,
-                    "model.embed_tokens.weight", err);
-    static const char *const mats[L_N] = {
-        [L_Q] = "self_attn.q_proj.weight", [L_BQ] = "self_attn.q_proj.bias",
-        [L_K] = "self_attn.k_proj.weight", [L_BK] = "self_attn.k_proj.bias",
-        [L_V] = "self_attn.v_proj.weight", [L_BV] = "self_attn.v_proj.bias",
-        [L_O] = "self_attn.o_proj.weight", [L_GATE] = "mlp.gate_proj.weight",
-        [L_UP] = "mlp.up_proj.weight",     [L_DOWN] = "mlp.down_proj.weight",
-        [L_LN1] = "input_layernorm.weight", [L_LN2] = "post_attention_layernorm.weight",
-    };
-    for (int l = 0; l < L && rc == PRIMAL_OK; l++) {
-        const int64_t rows[L_N] = {
-            [L_Q] = m->qdim, [L_BQ] = m->qdim, [L_K] = m->kvdim, [L_BK] = m->kvdim,
-            [L_V] = m->kvdim, [L_BV] = m->kvdim, [L_O] = C, [L_GATE] = mc->ffn,
-            [L_UP] = mc->ffn, [L_DOWN] = C, [L_LN1] = C, [L_LN2] = C,
-        };
-        const int64_t cols[L_N] = {
-            [L_Q] = C, [L_K] = C, [L_V] = C, [L_O] = m->qdim, [L_GATE] = C, [L_UP] = C,
-            [L_DOWN] = mc->ffn,
-        };
-        for (int j = 0; j < L_N && rc == PRIMAL_OK; j++) {
-            snprintf(name, sizeof name, "model.layers.%d.%s", l, mats[j]);
-            int is_bias = j == L_BQ || j == L_BK || j == L_BV;
+    for (int l = 0; l < L; l++)
+        for (int j = 0; j < L_N; j++)
             m->lp[l][j] = -1;
-            if (is_bias && !m->c.qkv_bias)
-                continue;
-            m->lp[l][j] = m->np;
-            if (j == L_LN1 || j == L_LN2)
-                rc = add_vector(m, l, rows[j], KIND_NORM, name, err);
-            else if (is_bias)
-                rc = add_vector(m, l, rows[j], KIND_BIAS, name, err);
-            else
-                rc = add_matrix(m, grid_for, user, l, rows[j], cols[j], name, err);
-        }
-    }
-    if (rc == PRIMAL_OK) {
-        m->fnorm = m->np;
-        rc = add_vector(m, PRIMAL_LAYER_FINAL_NORM, C, KIND_NORM, "model.norm.weight", err);
-    }
-    if (rc == PRIMAL_OK) {
+    create_ctx cc = { m, grid_for, user };
+    rc = walk_layout(&m->c, create_item, &cc, err);
+    if (rc == PRIMAL_OK && m->c.tied)
         m->head = m->embed;
-        if (!m->c.tied) {
-            m->head = m->np;
-            rc = add_matrix(m, grid_for, user, PRIMAL_LAYER_HEAD, mc->vocab, C, "lm_head.weight",
-                            err);
-        }
-    }
     if (rc != PRIMAL_OK) {
         primal_model_free(m);
         return rc;

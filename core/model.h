@@ -70,6 +70,37 @@ typedef struct primal_grid_ref {
 /* How each matrix is stored.  grid_for may return NULL for "dense" (float32 storage). */
 typedef const primal_grid_ref *(*primal_grid_for)(void *user, const char *tensor_name);
 
+/* The largest sizes a model may have: the ranges of the INI's [model] keys (core/experiment.c).
+ * A checkpoint or a Hugging Face config.json naming more is refused before any allocation. */
+#define PRIMAL_MODEL_MAX_VOCAB 16777216
+#define PRIMAL_MODEL_MAX_DIM 65536
+#define PRIMAL_MODEL_MAX_LAYERS 1024
+#define PRIMAL_MODEL_MAX_HEADS 1024
+#define PRIMAL_MODEL_MAX_FFN 1048576
+
+/* Check a config without allocating anything: arch, every size at least 1 and at most its
+ * PRIMAL_MODEL_MAX_*, an even head size, heads a multiple of kv_heads, rope_theta and norm_eps
+ * positive and finite.  PRIMAL_ECONFIG with the values. */
+int primal_model_check_config(const primal_model_config *mc, primal_err *err);
+
+/* One parameter of a model's layout. */
+typedef struct primal_param_desc {
+    const char *name; /* Hugging Face name; valid during the call only */
+    int layer;        /* block number, or PRIMAL_LAYER_* */
+    int is_matrix;
+    int64_t rows;     /* a vector's length */
+    int64_t cols;     /* 0 for a vector */
+} primal_param_desc;
+
+typedef int (*primal_param_fn)(void *user, const primal_param_desc *d, primal_err *err);
+
+/* Call fn once for every parameter a model of config mc has, in primal_model_param order,
+ * without allocating anything, so that a file's tensors can be checked against a config before
+ * a model is built from it.  Stops at fn's first non-PRIMAL_OK return and passes it up;
+ * PRIMAL_ECONFIG when mc fails primal_model_check_config. */
+int primal_model_layout(const primal_model_config *mc, primal_param_fn fn, void *user,
+                        primal_err *err);
+
 /* Allocate a model with every parameter present and zeroed (indices 0, scales 1, norms 1). */
 int primal_model_create(const primal_model_config *mc, primal_grid_for grid_for, void *user,
                         primal_model **out, primal_err *err);

@@ -328,8 +328,11 @@ int primal_st_open(const char *path, primal_st **out, primal_err *err)
         goto fail;
     }
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        rc = primal_errf(err, PRIMAL_EIO, "%s: not a regular file", path);
+    int got = fstat(fd, &sb) == 0;
+    if (!got || !S_ISREG(sb.st_mode)) {
+        rc = primal_errf(err, PRIMAL_EIO, "%s: %s", path,
+                         got && S_ISDIR(sb.st_mode) ? "is a directory, not a safetensors file"
+                                                    : "not a regular file");
         close(fd);
         goto fail;
     }

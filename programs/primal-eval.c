@@ -9,10 +9,12 @@
  *   primal-eval CKPT --text FILE [--tokenizer bytes|tokenizer.json] [--seq-len N] [--batch N]
  *       prints the mean loss (nats per token) and the perplexity of FILE.
  * Common: --threads N (0: OpenMP's default). */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <primal/safetensors.h>
 #include <primal/tokenizer.h>
@@ -29,7 +31,20 @@ static void usage(FILE *f)
           f);
 }
 
-static int read_ids(const char *path, int32_t **ids, int *B, int *T, primal_err *err)
+/* A path given for a file that names a directory: said so, since reading it would fail with a
+ * bare "read error" or a JSON parse error.  what is the file expected, e.g. "a text file". */
+static int refuse_dir(const char *path, const char *what, primal_err *err)
+{
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+        return primal_errf(err, PRIMAL_EIO, "%s: is a directory, not %s", path, what);
+    return PRIMAL_OK;
+}
+
+/* input_ids of path, each in [0, vocab): a bad id is refused here with the file and its
+ * position, before the model sees it. */
+static int read_ids(const char *path, int vocab, int32_t **ids, int *B, int *T,
+                    primal_err *err)
 {
     primal_st *st;
     int rc = primal_st_open(path, &st, err);
@@ -59,10 +74,14 @@ static int read_ids(const char *path, int32_t **ids, int *B, int *T, primal_err 
         } else {
             memcpy(&v, (const char *)t->data + 8 * i, 8);
         }
-        if (v < 0 || v > 0x7FFFFFFF) {
+        if (v < 0 || v >= vocab) {
             free(*ids);
-            rc = primal_errf(err, PRIMAL_EIO, "%s: input_ids[%lld] = %lld is not a token id",
-                             path, (long long)i, (long long)v);
+            *ids = NULL;
+            rc = primal_errf(err, PRIMAL_EIO,
+                             "%s: input_ids[%lld][%lld] = %lld is outside the model's "
+                             "vocabulary [0, %d)",
+                             path, (long long)(i / *T), (long long)(i % *T), (long long)v,
+                             vocab);
             goto out;
         }
         (*ids)[i] = (int32_t)v;
@@ -76,10 +95,10 @@ static int eval_tokens(primal_model *m, const char *in, const char *out, int gra
                        primal_err *err)
 {
     int32_t *ids = NULL;
-    int B = 0, T = 0, rc = read_ids(in, &ids, &B, &T, err);
+    int V = primal_model_cfg(m)->vocab, np = primal_model_nparams(m);
+    int B = 0, T = 0, rc = read_ids(in, V, &ids, &B, &T, err);
     if (rc != PRIMAL_OK)
         return rc;
-    int V = primal_model_cfg(m)->vocab, np = primal_model_nparams(m);
     float *logits = malloc((size_t)B * (size_t)T * (size_t)V * sizeof *logits), loss = 0.0f;
     float **grad = calloc((size_t)np, sizeof *grad), **gscale = calloc((size_t)np, sizeof *gscale);
     char **names = calloc(2 * (size_t)np, sizeof *names);
@@ -151,9 +170,15 @@ out:
 static int eval_text(primal_model *m, const char *path, const char *tokspec, int seq_len,
                      int batch, primal_err *err)
 {
+    int rc = refuse_dir(path, "a text file", err);
+    if (rc != PRIMAL_OK)
+        return rc;
+    if (strcmp(tokspec, "bytes") != 0 &&
+        (rc = refuse_dir(tokspec, "a tokenizer.json", err)) != PRIMAL_OK)
+        return rc;
     FILE *f = fopen(path, "rb");
     if (f == NULL)
-        return primal_errf(err, PRIMAL_EIO, "%s: cannot open", path);
+        return primal_errf(err, PRIMAL_EIO, "%s: cannot open: %s", path, strerror(errno));
     char *text = NULL;
     size_t len = 0, cap = 0, k;
     char buf[65536];
@@ -179,12 +204,14 @@ static int eval_text(primal_model *m, const char *path, const char *tokspec, int
     }
     primal_tokenizer *tok;
     primal_ids ids = { 0 };
-    int rc = primal_tokenizer_open(tokspec, &tok, err);
+    rc = primal_tokenizer_open(tokspec, &tok, err);
     if (rc != PRIMAL_OK) {
         free(text);
         return rc;
     }
     rc = primal_tokenizer_encode(tok, text, len, &ids, err);
+    if (rc != PRIMAL_OK)
+        primal_err_prefix(err, "%s", path); /* the tokenizer knows no file name */
     free(text);
     int32_t tv = primal_tokenizer_vocab(tok);
     primal_tokenizer_close(tok);

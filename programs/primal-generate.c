@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <primal/primal.h>
 
@@ -196,6 +197,13 @@ int main(int argc, char **argv)
         if (ctx <= 0)
             ctx = 256;
     }
+    struct stat sb;
+    if (rc == PRIMAL_OK && strcmp(tokspec, "bytes") != 0 && stat(tokspec, &sb) == 0 &&
+        S_ISDIR(sb.st_mode))
+        rc = primal_errf(&err, PRIMAL_EIO, "%s: is a directory, not a tokenizer.json%s",
+                         tokspec, from_ckpt ? " (the checkpoint's [data] tokenizer; pass "
+                                              "--tokenizer to use another)"
+                                            : "");
     if (rc == PRIMAL_OK && (rc = primal_tokenizer_open(tokspec, &tok, &err)) != PRIMAL_OK)
         primal_err_prefix(&err, "%s", from_ckpt ? "the checkpoint's [data] tokenizer (pass "
                                                   "--tokenizer to use another)"

@@ -17,6 +17,7 @@
 #include <primal/safetensors.h>
 
 #include "checkpoint.h"
+#include "hfimport.h"
 #include "model.h"
 
 /* hashlib.sha256(struct.pack('<13f', -1, -1/2, -1/3, -1/5, -1/7, -1/11, 0, 1/11, ...)) */
@@ -544,7 +545,7 @@ Test(checkpoint, load_refuses_a_tensor_that_is_not_a_parameter)
     primal_model_free(b);
 }
 
-Test(checkpoint, load_refuses_a_checkpoint_missing_a_parameter)
+Test(checkpoint, open_refuses_a_checkpoint_missing_a_parameter)
 {
     primal_model *a = make_model(1);
     const char *src = tpath("m.safetensors"), *dst = tpath("missing.safetensors");
@@ -565,17 +566,8 @@ Test(checkpoint, load_refuses_a_checkpoint_missing_a_parameter)
         primal_stw_meta(w, keys[i], primal_st_meta(st, keys[i]), &err);
     cr_assert_eq(primal_stw_commit(w, &err), PRIMAL_OK, "%s", err.msg);
     primal_st_close(st);
-
-    primal_ckpt *c;
-    cr_assert_eq(primal_ckpt_open(dst, &c, &err), PRIMAL_OK, "%s", err.msg);
-    primal_model *b = make_model(2);
-    cr_assert_eq(primal_ckpt_load_model(c, b, &err), PRIMAL_EIO);
-    cr_assert(strstr(err.msg, "tensor scale.model.layers.1.self_attn.q_proj.weight: missing") !=
-                  NULL,
-              "%s", err.msg);
-    primal_ckpt_close(c);
+    expect_open_refused(dst, "tensor scale.model.layers.1.self_attn.q_proj.weight: missing");
     primal_model_free(a);
-    primal_model_free(b);
 }
 
 Test(checkpoint, a_tied_model_round_trips_without_an_lm_head)
@@ -604,4 +596,371 @@ Test(checkpoint, a_tied_model_round_trips_without_an_lm_head)
     primal_ckpt_close(c);
     primal_model_free(a);
     primal_model_free(b);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Forged files.  The checksums have no key, so whoever edits a checkpoint can sign it again;
+ * these helpers do what such a person would: edit bytes, then recompute both SHA-256 fields as
+ * the writer does (docs/FORMAT.md, "What the writer produces"). */
+
+static unsigned char *slurp(const char *path, size_t *n)
+{
+    *n = file_size(path);
+    unsigned char *buf = malloc(*n + 1);
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f);
+    cr_assert_eq(fread(buf, 1, *n, f), *n);
+    fclose(f);
+    return buf;
+}
+
+static void spit(const char *path, const unsigned char *buf, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f);
+    cr_assert_eq(fwrite(buf, 1, n, f), n);
+    cr_assert_eq(fclose(f), 0);
+}
+
+static uint64_t header_len(const unsigned char *buf)
+{
+    uint64_t n;
+    memcpy(&n, buf, 8);
+    return n;
+}
+
+/* The 64 hex digits after "KEY":" in the header. */
+static unsigned char *hex_field(unsigned char *buf, const char *key)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":\"", key);
+    unsigned char *at = memmem(buf + 8, header_len(buf), pat, strlen(pat));
+    cr_assert_not_null(at, "no %s in the header", key);
+    return at + strlen(pat);
+}
+
+/* Sign buf (a whole file of n bytes) again: the data section's SHA-256, then the SHA-256 of the
+ * length and header bytes taken with primal.header_sha256's digits all '0'. */
+static void resign(unsigned char *buf, size_t n)
+{
+    uint64_t hl = header_len(buf);
+    char hex[65];
+    primal_sha256_hex(buf + 8 + hl, n - 8 - hl, hex);
+    memcpy(hex_field(buf, "primal.data_sha256"), hex, 64);
+    unsigned char *h = hex_field(buf, "primal.header_sha256");
+    memset(h, '0', 64);
+    primal_sha256_hex(buf, 8 + hl, hex);
+    memcpy(h, hex, 64);
+}
+
+/* Where tensor name's data begins in the file (its data_offsets begin, past the header). */
+static size_t tensor_at(const unsigned char *buf, const char *name)
+{
+    char pat[256];
+    snprintf(pat, sizeof pat, "\"%s\":{", name);
+    uint64_t hl = header_len(buf);
+    char *hdr = malloc(hl + 1);
+    memcpy(hdr, buf + 8, hl);
+    hdr[hl] = '\0';
+    char *at = strstr(hdr, pat);
+    cr_assert_not_null(at, "no tensor %s", name);
+    char *off = strstr(at, "\"data_offsets\":[");
+    cr_assert_not_null(off);
+    size_t begin = (size_t)strtoull(off + strlen("\"data_offsets\":["), NULL, 10);
+    free(hdr);
+    return 8 + hl + begin;
+}
+
+/* Copy src to dst with len bytes at byte off of tensor name's data replaced by bytes, signed
+ * again. */
+static void forge_tensor(const char *src, const char *dst, const char *name, size_t off,
+                         const void *bytes, size_t len)
+{
+    size_t n;
+    unsigned char *buf = slurp(src, &n);
+    memcpy(buf + tensor_at(buf, name) + off, bytes, len);
+    resign(buf, n);
+    spit(dst, buf, n);
+    free(buf);
+}
+
+/* Copy src to dst with the first from in the header replaced by to (the header re-padded to a
+ * multiple of 8 and its length rewritten), signed again. */
+static void forge_header(const char *src, const char *dst, const char *from, const char *to)
+{
+    size_t n;
+    unsigned char *buf = slurp(src, &n);
+    uint64_t hl = header_len(buf);
+    while (hl > 0 && buf[8 + hl - 1] == ' ')
+        hl--;
+    unsigned char *at = memmem(buf + 8, hl, from, strlen(from));
+    cr_assert_not_null(at, "no %s in the header", from);
+    size_t pre = (size_t)(at - buf), fl = strlen(from), tl = strlen(to);
+    uint64_t nhl = hl - fl + tl, data = 8 + header_len(buf);
+    while (nhl % 8 != 0)
+        nhl++;
+    size_t nn = 8 + nhl + (n - data);
+    unsigned char *out = malloc(nn);
+    memcpy(out, &nhl, 8);
+    memcpy(out + 8, buf + 8, pre - 8);
+    memcpy(out + pre, to, tl);
+    memcpy(out + pre + tl, at + fl, (size_t)(8 + hl - (pre + fl)));
+    memset(out + 8 + hl - fl + tl, ' ', (size_t)(nhl - (hl - fl + tl)));
+    memcpy(out + 8 + nhl, buf + data, n - data);
+    resign(out, nn);
+    spit(dst, out, nn);
+    free(out);
+    free(buf);
+}
+
+/* The forged file is a valid container whose checksums verify: only the checkpoint's own checks
+ * can refuse it. */
+static void assert_signed(const char *path)
+{
+    primal_st *st;
+    primal_err err = { 0 };
+    cr_assert_eq(primal_st_open(path, &st, &err), PRIMAL_OK, "%s", err.msg);
+    cr_assert_eq(primal_st_verify(st, &err), PRIMAL_OK, "%s", err.msg);
+    primal_st_close(st);
+}
+
+Test(checkpoint, the_resign_helper_makes_files_that_verify_and_load)
+{
+    primal_model *a = make_model(1), *b = make_model(2);
+    const char *src = tpath("rs.safetensors"), *dst = tpath("rs2.safetensors");
+    save(src, a);
+    /* Index 12 (the top of prime13) at [0][0] of a 4-bit matrix: a legal edit. */
+    static const unsigned char c12 = 0xCC;
+    forge_tensor(src, dst, "index.model.layers.0.mlp.up_proj.weight", 0, &c12, 1);
+    assert_signed(dst);
+    forge_header(dst, dst, "steps = 10", "steps = 100000");
+    assert_signed(dst);
+    primal_ckpt *c;
+    primal_err err = { 0 };
+    cr_assert_eq(primal_ckpt_open(dst, &c, &err), PRIMAL_OK, "%s", err.msg);
+    cr_assert_str_eq(primal_ckpt_config_ini(c), "[run]\nsteps = 100000\n");
+    cr_assert_eq(primal_ckpt_load_model(c, b, &err), PRIMAL_OK, "%s", err.msg);
+    primal_param *up = primal_model_find(b, "model.layers.0.mlp.up_proj.weight");
+    cr_assert_eq(primal_index_get(&up->q, 0, 0), 12);
+    cr_assert_eq(primal_index_get(&up->q, 0, 1), 12);
+    primal_ckpt_close(c);
+    primal_model_free(a);
+    primal_model_free(b);
+}
+
+Test(checkpoint, an_index_past_its_grid_is_refused_on_open_with_file_tensor_and_position)
+{
+    primal_model *a = make_model(1);
+    const char *src = tpath("ix.safetensors"), *dst = tpath("ix-forged.safetensors");
+    save(src, a);
+    /* 4-bit over prime13 (13 values): 15 in the high nibble of row 3's byte 3 is [3][7].
+     * up_proj is (23, 16): 8 bytes a row. */
+    unsigned char b;
+    size_t n;
+    unsigned char *buf = slurp(src, &n);
+    b = buf[tensor_at(buf, "index.model.layers.0.mlp.up_proj.weight") + 3 * 8 + 3];
+    free(buf);
+    b = (unsigned char)((b & 0x0F) | 0xF0);
+    forge_tensor(src, dst, "index.model.layers.0.mlp.up_proj.weight", 3 * 8 + 3, &b, 1);
+    assert_signed(dst);
+    expect_open_refused(dst, "index.model.layers.0.mlp.up_proj.weight: index 15 at [3][7] is "
+                             "outside the 13-entry grid prime13");
+    /* 13, the first value past the grid, in a low nibble: [0][0]. */
+    b = 0x0D;
+    forge_tensor(src, dst, "index.model.layers.0.mlp.up_proj.weight", 0, &b, 1);
+    expect_open_refused(dst, "index 13 at [0][0] is outside the 13-entry grid");
+    /* 8-bit over 100 values: 100 at [2][5] of o_proj (16, 16). */
+    b = 100;
+    forge_tensor(src, dst, "index.model.layers.0.self_attn.o_proj.weight", 2 * 16 + 5, &b, 1);
+    expect_open_refused(dst, "index.model.layers.0.self_attn.o_proj.weight: index 100 at [2][5] "
+                             "is outside the 100-entry grid u100");
+    /* 16-bit over 300 values: 65535 at [31][15] of lm_head (32, 16), the last element. */
+    static const uint16_t big = 65535;
+    forge_tensor(src, dst, "index.lm_head.weight", (31 * 16 + 15) * 2, &big, 2);
+    expect_open_refused(dst, "index.lm_head.weight: index 65535 at [31][15] is outside the "
+                             "300-entry grid u300");
+    primal_model_free(a);
+}
+
+Test(checkpoint, the_padding_nibble_of_an_odd_row_is_not_an_index)
+{
+    /* down_proj of layer 0 has 23 columns: the high nibble of each row's byte 11 is padding,
+     * which the format leaves free (docs/FORMAT.md), so 15 there is no index at all. */
+    primal_model *a = make_model(1), *b = make_model(2);
+    const char *src = tpath("pad.safetensors"), *dst = tpath("pad-forged.safetensors");
+    save(src, a);
+    size_t n;
+    unsigned char *buf = slurp(src, &n);
+    unsigned char v = buf[tensor_at(buf, "index.model.layers.0.mlp.down_proj.weight") + 11];
+    free(buf);
+    v = (unsigned char)((v & 0x0F) | 0xF0);
+    forge_tensor(src, dst, "index.model.layers.0.mlp.down_proj.weight", 11, &v, 1);
+    primal_ckpt *c;
+    primal_err err = { 0 };
+    cr_assert_eq(primal_ckpt_open(dst, &c, &err), PRIMAL_OK, "%s", err.msg);
+    cr_assert_eq(primal_ckpt_load_model(c, b, &err), PRIMAL_OK, "%s", err.msg);
+    primal_ckpt_close(c);
+    primal_model_free(a);
+    primal_model_free(b);
+}
+
+Test(checkpoint, a_forged_model_config_is_refused_on_open_before_any_allocation)
+{
+    primal_model *a = make_model(1);
+    const char *src = tpath("cf.safetensors"), *dst = tpath("cf-forged.safetensors");
+    save(src, a);
+    /* primal.model is JSON inside a JSON string: its quotes are escaped in the header.
+     * Past the [model] limits: refused from the config alone. */
+    forge_header(src, dst, "\\\"vocab\\\":32", "\\\"vocab\\\":2147483647");
+    assert_signed(dst);
+    expect_open_refused(dst, "__metadata__ primal.model: model: vocab 2147483647");
+    forge_header(src, dst, "\\\"layers\\\":2", "\\\"layers\\\":2000000");
+    expect_open_refused(dst, "layers 2000000");
+    /* Within the limits, but more than the file holds: the first tensor that disagrees. */
+    forge_header(src, dst, "\\\"vocab\\\":32", "\\\"vocab\\\":16000000");
+    expect_open_refused(dst, "tensor index.model.embed_tokens.weight: U8 [32,8], expected U8 "
+                             "[16000000,8]");
+    forge_header(src, dst, "\\\"ffn\\\":23", "\\\"ffn\\\":1048576");
+    expect_open_refused(dst, "tensor index.model.layers.0.mlp.gate_proj.weight: U8 [23,8], "
+                             "expected U8 [1048576,8]");
+    forge_header(src, dst, "\\\"layers\\\":2", "\\\"layers\\\":3");
+    expect_open_refused(dst, "tensor model.layers.2.self_attn.q_proj.weight: missing");
+    primal_model_free(a);
+}
+
+Test(checkpoint, a_non_finite_float_parameter_is_refused_on_open_naming_the_tensor)
+{
+    primal_model *a = make_model(1);
+    const char *src = tpath("nf.safetensors"), *dst = tpath("nf-forged.safetensors");
+    save(src, a);
+    const float nan = __builtin_nanf(""), inf = __builtin_inff();
+    forge_tensor(src, dst, "model.norm.weight", 5 * 4, &nan, 4);
+    assert_signed(dst);
+    expect_open_refused(dst, "model.norm.weight: value at [5] is nan, not finite");
+    forge_tensor(src, dst, "model.layers.1.self_attn.k_proj.bias", 0, &inf, 4);
+    expect_open_refused(dst, "model.layers.1.self_attn.k_proj.bias: value at [0] is inf");
+    forge_tensor(src, dst, "scale.model.layers.0.mlp.up_proj.weight", 22 * 4, &inf, 4);
+    expect_open_refused(dst, "scale.model.layers.0.mlp.up_proj.weight: value at [22] is inf");
+    /* the dense matrix (16, 23): [2][3] */
+    forge_tensor(src, dst, "model.layers.1.mlp.down_proj.weight", (2 * 23 + 3) * 4, &nan, 4);
+    expect_open_refused(dst, "model.layers.1.mlp.down_proj.weight: value at [2][3] is nan");
+    primal_model_free(a);
+}
+
+Test(checkpoint, a_grid_with_a_nan_or_out_of_order_values_is_refused_on_open)
+{
+    primal_model *a = make_model(1);
+    const char *src = tpath("gv.safetensors"), *dst = tpath("gv-forged.safetensors");
+    save(src, a);
+    float bad[100];
+    memcpy(bad, u100, sizeof bad);
+    bad[7] = __builtin_nanf("");
+    char hex[65], old[65];
+    primal_sha256_hex(u100, sizeof u100, old);
+    primal_sha256_hex(bad, sizeof bad, hex);
+    /* the values and their hash in primal.grid_sha256, both replaced */
+    forge_tensor(src, dst, "grid.u100", 0, bad, sizeof bad);
+    forge_header(dst, dst, old, hex);
+    assert_signed(dst);
+    expect_open_refused(dst, "grid.u100: value 7 is nan, not finite");
+    memcpy(bad, u100, sizeof bad);
+    bad[7] = bad[6];
+    primal_sha256_hex(bad, sizeof bad, hex);
+    forge_tensor(src, dst, "grid.u100", 0, bad, sizeof bad);
+    forge_header(dst, dst, old, hex);
+    expect_open_refused(dst, "grid.u100: values 6 and 7");
+    primal_model_free(a);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Hugging Face directories: a copy of the tiny Qwen2 fixture with one edit. */
+
+#define HF_TINY PRIMAL_TEST_FIXTURES "/hf-qwen2-tiny"
+
+/* tmpdir/hf holding the fixture's config.json (with from replaced by to when from is not NULL)
+ * and model.safetensors; the caller edits and removes them (hf_remove). */
+static const char *hf_copy(const char *from, const char *to)
+{
+    const char *dir = tpath("hf");
+    static char d[512];
+    snprintf(d, sizeof d, "%s", dir);
+    cr_assert_eq(mkdir(d, 0700), 0);
+    char p[600];
+    size_t n;
+    unsigned char *buf = slurp(HF_TINY "/model.safetensors", &n);
+    snprintf(p, sizeof p, "%s/model.safetensors", d);
+    spit(p, buf, n);
+    free(buf);
+    buf = slurp(HF_TINY "/config.json", &n);
+    buf[n] = '\0';
+    snprintf(p, sizeof p, "%s/config.json", d);
+    FILE *f = fopen(p, "w");
+    char *at = from != NULL ? strstr((char *)buf, from) : NULL;
+    if (from != NULL)
+        cr_assert_not_null(at, "no %s in config.json", from);
+    if (at != NULL)
+        fprintf(f, "%.*s%s%s", (int)(at - (char *)buf), buf, to, at + strlen(from));
+    else
+        fputs((char *)buf, f);
+    fclose(f);
+    free(buf);
+    return d;
+}
+
+static void hf_remove(const char *d)
+{
+    char p[600];
+    snprintf(p, sizeof p, "%s/model.safetensors", d);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/config.json", d);
+    unlink(p);
+    rmdir(d);
+}
+
+static void expect_hf_refused(const char *d, const char *fragment)
+{
+    primal_model *m = (primal_model *)0x1;
+    primal_err err = { 0 };
+    int rc = primal_hf_load_model(d, all13, NULL, &m, &err);
+    cr_assert_neq(rc, PRIMAL_OK, "loaded");
+    cr_assert_null(m);
+    cr_assert(strstr(err.msg, fragment) != NULL, "message lacks \"%s\": %s", fragment, err.msg);
+}
+
+Test(checkpoint, a_hugging_face_nan_or_inf_is_refused_naming_the_file_and_tensor)
+{
+    const char *d = hf_copy(NULL, NULL);
+    char p[600], want[800];
+    snprintf(p, sizeof p, "%s/model.safetensors", d);
+    const float nan = __builtin_nanf(""), inf = __builtin_inff();
+    size_t n;
+    unsigned char *buf = slurp(p, &n), *orig = malloc(n);
+    memcpy(orig, buf, n);
+    /* a matrix, snapped onto the grid: up_proj (176, 64), [1][2] */
+    memcpy(buf + tensor_at(buf, "model.layers.0.mlp.up_proj.weight") + (64 + 2) * 4, &nan, 4);
+    spit(p, buf, n);
+    snprintf(want, sizeof want, "%s: tensor model.layers.0.mlp.up_proj.weight: value at [1][2] "
+                                "is nan, not finite", p);
+    expect_hf_refused(d, want);
+    /* a vector, copied as it is: model.norm.weight [3] */
+    memcpy(buf, orig, n);
+    memcpy(buf + tensor_at(buf, "model.norm.weight") + 3 * 4, &inf, 4);
+    spit(p, buf, n);
+    snprintf(want, sizeof want, "%s: tensor model.norm.weight: value at [3] is inf, not finite",
+             p);
+    expect_hf_refused(d, want);
+    free(buf);
+    free(orig);
+    hf_remove(d);
+}
+
+Test(checkpoint, a_hugging_face_config_larger_than_its_weights_is_refused_before_allocating)
+{
+    const char *d = hf_copy("\"vocab_size\": 512", "\"vocab_size\": 16000000");
+    expect_hf_refused(d, "model.safetensors: tensor model.embed_tokens.weight: shape [512, 64], "
+                         "config.json gives [16000000, 64]");
+    hf_remove(d);
+    d = hf_copy("\"vocab_size\": 512", "\"vocab_size\": 2000000000");
+    expect_hf_refused(d, "/config.json: model: vocab 2000000000");
+    hf_remove(d);
 }

@@ -5,13 +5,18 @@
 #   - primal-sweep runs the cartesian product of the values given, one run directory each,
 #     records a failed variant and goes on, and writes results.csv from the runs' log.jsonl;
 #     --dry-run prints the primal-run commands;
-#   - plot-runs draws a PNG (when gnuplot is installed).
+#   - plot-runs draws a PNG (when gnuplot is installed);
+#   - forged checkpoints (issue 25): the checksums have no key, so a file edited and signed again
+#     (resign below) verifies; primal-generate, primal-eval, [model] init and --resume still
+#     refuse an index past its grid, a config its tensors do not have and a NaN, naming the file
+#     and tensor; and primal-eval's messages name the file (bad token ids, invalid UTF-8, a
+#     directory where a file belongs).
 # shellcheck source-path=SCRIPTDIR source=run_lib.sh
 . "$(dirname "$0")/run_lib.sh"
 
 SWEEP=$src/scripts/primal-sweep
 PLOT=$src/scripts/plot-runs
-need_programs "$RUN" "$GEN"
+need_programs "$RUN" "$GEN" "$EVAL"
 write_base "$tmp/base.ini"
 
 # ---------------------------------------------------------------------------------------------
@@ -53,6 +58,165 @@ check "--tokens many: status 2 (got $rc)" test "$rc" -eq 2
 "$GEN" "$ck" --prompt x --tokenizer "$tmp/missing.json" >/dev/null 2>"$tmp/err"
 rc=$?
 check "a missing tokenizer file: status 1 (got $rc)" test "$rc" -eq 1
+
+# ---------------------------------------------------------------------------------------------
+# Forged checkpoints (issue 25).  resign does what anyone who edits a checkpoint can do: write
+# the SHA-256 of the data section into primal.data_sha256, then the SHA-256 of the length and
+# header bytes, taken with primal.header_sha256's 64 digits all 0, into primal.header_sha256
+# (docs/FORMAT.md, "What the writer produces").
+
+LC_ALL=C # byte lengths and byte offsets
+export LC_ALL
+
+hdr_len() { od -An -v -tu8 -N8 "$1" | tr -d ' '; }
+
+put_hex() { # file, key, 64 hex digits: written after "key":" in the header
+    _at=$(head -c "$((8 + $(hdr_len "$1")))" "$1" | grep -abo -F "\"$2\":\"" | head -n 1 |
+        cut -d: -f1)
+    printf '%s' "$3" | dd of="$1" bs=1 seek="$((_at + ${#2} + 4))" conv=notrunc 2>/dev/null
+}
+
+resign() { # file
+    _n=$(hdr_len "$1")
+    put_hex "$1" primal.data_sha256 "$(tail -c +"$((_n + 9))" "$1" | sha256sum | cut -c1-64)"
+    put_hex "$1" primal.header_sha256 "$(printf '%064d' 0)"
+    put_hex "$1" primal.header_sha256 "$(head -c "$((_n + 8))" "$1" | sha256sum | cut -c1-64)"
+}
+
+tensor_at() { # file, tensor: the file offset of its first byte
+    _b=$(st_header "$1" | grep -o "\"$2\":{[^}]*}" | sed 's/.*"data_offsets":\[\([0-9]*\),.*/\1/')
+    echo $((8 + $(hdr_len "$1") + _b))
+}
+
+peek() { od -An -tu1 -j "$2" -N1 "$1" | tr -d ' '; } # file, offset: one byte
+
+poke() { # file, offset, byte values...: written there
+    _f=$1
+    _at=$2
+    shift 2
+    # shellcheck disable=SC2059 # the format is the octal escape of one byte
+    for _v in "$@"; do printf "\\$(printf '%03o' "$_v")"; done |
+        dd of="$_f" bs=1 seek="$_at" conv=notrunc 2>/dev/null
+}
+
+edit_header() { # file, sed expression: the header edited and padded again to a multiple of 8
+    _n=$(hdr_len "$1")
+    _h=$(st_header "$1" | sed -e 's/ *$//' -e "$2")
+    while [ $((${#_h} % 8)) -ne 0 ]; do _h="$_h "; done
+    { le_bytes "${#_h}" 8 && printf '%s' "$_h" && tail -c +"$((_n + 9))" "$1"; } >"$1.new" &&
+        mv "$1.new" "$1"
+}
+
+# expect_refusal WHAT FRAGMENT COMMAND...: status 1 and FRAGMENT in what it printed.
+expect_refusal() {
+    _what=$1
+    _frag=$2
+    shift 2
+    "$@" >"$tmp/out" 2>&1
+    _rc=$?
+    if [ "$_rc" -eq 1 ] && grep -qF -- "$_frag" "$tmp/out"; then
+        pass "$_what"
+    else
+        fail "$_what (status $_rc, wanted 1 and: $_frag)" "$tmp/out"
+    fi
+}
+
+text=$fixtures/data/genesis.txt
+fg=$tmp/forged
+mkdir -p "$fg"
+if [ -f "$ck" ]; then
+    cp "$ck" "$fg/same.safetensors"
+    resign "$fg/same.safetensors"
+    check "resign alone leaves the checkpoint byte for byte as it was" \
+        cmp -s "$ck" "$fg/same.safetensors"
+
+    # 1. An index past the grid: 15 in [3][7] of a 4-bit prime13 matrix (13 values).  up_proj is
+    # (ffn 64, dim 32): 16 bytes a row, column 7 in the high nibble of byte 3.
+    up=index.model.layers.0.mlp.up_proj.weight
+    ix=$fg/index.safetensors
+    cp "$ck" "$ix"
+    at=$(($(tensor_at "$ix" "$up") + 3 * 16 + 3))
+    poke "$ix" "$at" $(( ($(peek "$ix" "$at") & 15) | 240 ))
+    resign "$ix"
+    msg="$ix: $up: index 15 at [3][7] is outside the 13-entry grid prime13"
+    expect_refusal "primal-generate refuses an index past the grid, naming file, tensor and place" \
+        "$msg" "$GEN" "$ix" --prompt "In the" --tokens 4
+    expect_refusal "so does primal-eval" "$msg" "$EVAL" "$ix" --text "$text" --seq-len 32
+    expect_refusal "so does [model] init" "$msg" \
+        "$RUN" "$tmp/base.ini" --set "run.out=$fg/init" --set "model.init=$ix" --set run.steps=1
+    # --resume passes over a newest checkpoint that does not verify, saying why, and resumes
+    # from the one before
+    if "$RUN" "$tmp/base.ini" --set "run.out=$fg/res" >"$tmp/out" 2>&1; then
+        r8=$fg/res/ckpt-00000008.safetensors
+        at=$(($(tensor_at "$r8" "$up") + 3 * 16 + 3))
+        poke "$r8" "$at" $(( ($(peek "$r8" "$at") & 15) | 240 ))
+        resign "$r8"
+        "$RUN" "$tmp/base.ini" --set "run.out=$fg/res" --resume >"$tmp/out" 2>&1
+        rc=$?
+        check "--resume skips the forged checkpoint, naming what is wrong (status $rc)" \
+            sh -c "test $rc -eq 0 && grep -qF '$r8: $up: index 15 at [3][7]' '$tmp/out' &&
+                   grep -q 'resumed from .*ckpt-00000004' '$tmp/out'"
+    else
+        fail "8 steps to resume" "$tmp/out"
+    fi
+
+    # 2. A config the tensors do not have: vocab 2147483647 (past the [model] limits) and 65536
+    # (within them, but embed_tokens is 256 rows).  Refused on open, before any allocation.
+    cf=$fg/config.safetensors
+    cp "$ck" "$cf"
+    edit_header "$cf" 's/\\"vocab\\":256,/\\"vocab\\":2147483647,/'
+    resign "$cf"
+    expect_refusal "primal-eval refuses vocab 2147483647 in a re-signed header" \
+        "$cf: __metadata__ primal.model: model: vocab 2147483647" \
+        "$EVAL" "$cf" --text "$text"
+    cp "$ck" "$cf"
+    edit_header "$cf" 's/\\"vocab\\":256,/\\"vocab\\":65536,/'
+    resign "$cf"
+    expect_refusal "and vocab 65536 that the tensors do not have" \
+        "$cf: tensor index.model.embed_tokens.weight: U8 [256,16], expected U8 [65536,16]" \
+        "$EVAL" "$cf" --text "$text"
+
+    # 3. NaN in a float parameter (model.norm.weight[0] = 0x7fc00000)
+    nf=$fg/nan.safetensors
+    cp "$ck" "$nf"
+    poke "$nf" "$(tensor_at "$nf" model.norm.weight)" 0 0 192 127
+    resign "$nf"
+    expect_refusal "primal-eval refuses a NaN norm weight instead of printing loss nan" \
+        "$nf: model.norm.weight: value at [0] is nan, not finite" "$EVAL" "$nf" --text "$text"
+    expect_refusal "so does primal-generate" "$nf: model.norm.weight: value at [0] is nan" \
+        "$GEN" "$nf" --prompt x --tokens 2
+
+    # 4. primal-eval's messages name the file.  Token ids 65 66 300 67: 300 is past 256.
+    ids=$tmp/ids300.safetensors
+    h='{"input_ids":{"dtype":"I32","shape":[1,4],"data_offsets":[0,16]}}'
+    while [ $((${#h} % 8)) -ne 0 ]; do h="$h "; done
+    {
+        le_bytes "${#h}" 8
+        printf '%s' "$h"
+        for v in 65 66 300 67; do le_bytes "$v" 4; done
+    } >"$ids"
+    expect_refusal "a token id past the vocabulary: the file and its position" \
+        "$ids: input_ids[0][2] = 300 is outside the model's vocabulary [0, 256)" \
+        "$EVAL" "$ck" --tokens "$ids" -o "$tmp/o.safetensors"
+    printf 'In the\377 beginning' >"$tmp/bad.txt"
+    expect_refusal "invalid UTF-8 in --text: the file" \
+        "$tmp/bad.txt: tokenizer bytes: invalid UTF-8 at byte offset 6" \
+        "$EVAL" "$ck" --text "$tmp/bad.txt"
+    expect_refusal "a directory as --text" "$fg: is a directory, not a text file" \
+        "$EVAL" "$ck" --text "$fg"
+    expect_refusal "a directory as primal-eval's --tokenizer" \
+        "$fg: is a directory, not a tokenizer.json" \
+        "$EVAL" "$ck" --text "$text" --tokenizer "$fg"
+    expect_refusal "a directory as primal-generate's --tokenizer" \
+        "$fg: is a directory, not a tokenizer.json" \
+        "$GEN" "$ck" --prompt x --tokenizer "$fg"
+    expect_refusal "a directory as the checkpoint (primal-eval)" \
+        "$fg: is a directory, not a safetensors file" "$EVAL" "$fg" --text "$text"
+    expect_refusal "a directory as the checkpoint (primal-generate)" \
+        "$fg: is a directory, not a safetensors file" "$GEN" "$fg" --prompt x
+else
+    fail "a checkpoint to forge"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # primal-sweep: 2 policies x 2 learning rates, one of the policies unknown.
