@@ -16,6 +16,7 @@ const primal_key primal_run_keys[] = {
     {"seed", PRIMAL_KEY_INT, "0", "seed of every random draw of the run", "[0,inf)"},
     {"ckpt_every", PRIMAL_KEY_INT, "0", "steps between checkpoints (0: only the final one)",
      "[0,inf)"},
+    {"keep_checkpoints", PRIMAL_KEY_INT, "0", "checkpoints kept, the newest (0: all)", "[0,inf)"},
     {"eval_every", PRIMAL_KEY_INT, "100", "steps between evaluations (0: only at the end)",
      "[0,inf)"},
     {"eval_batches", PRIMAL_KEY_INT, "0", "validation batches per evaluation (0: all)",
@@ -115,12 +116,22 @@ static int bind_core(primal_ini *ini, const char *section, const primal_key *key
     return primal_config_bind(ini, section, keys, "the core", ignore, out, err);
 }
 
+/* A plugin value with a '/' is the path of a .so: relative to the experiment file's directory
+ * when the file gave it (line > 0), as every other path in the file, and to the current
+ * directory when --set did (line 0).  Set before each load. */
+static int plugin_paths_from(primal_experiment *e, int line, primal_err *err)
+{
+    return primal_search_relative_to(&e->search, line > 0 ? primal_ini_path(e->ini) : NULL, err);
+}
+
 /* The keys of a plugin section, minus "plugin"; the loaded plugin declares the rest. */
 static int load_plugin_section(primal_experiment *e, const char *section, const char *name,
                                int line, primal_kind kind, const char *const *ignore,
                                primal_loaded **pl, primal_config **cfg, primal_err *err)
 {
-    int rc = primal_plugin_load(&e->search, name, kind, pl, err);
+    int rc = plugin_paths_from(e, line, err);
+    if (rc == PRIMAL_OK)
+        rc = primal_plugin_load(&e->search, name, kind, pl, err);
     if (rc != PRIMAL_OK) {
         if (line > 0)
             return primal_err_prefix(err, "%s:%d: [%s] plugin", primal_ini_path(e->ini), line,
@@ -283,7 +294,11 @@ static int resolve_optim(primal_experiment *e, primal_err *err)
 
 static int load_grids(primal_experiment *e, primal_err *err)
 {
-    int rc = primal_grid_from_ini(&e->search, e->ini, "grid", &e->grid, err);
+    int grid_line = 0;
+    primal_ini_get(e->ini, "grid", "plugin", &grid_line);
+    int rc = plugin_paths_from(e, grid_line, err);
+    if (rc == PRIMAL_OK)
+        rc = primal_grid_from_ini(&e->search, e->ini, "grid", &e->grid, err);
     if (rc != PRIMAL_OK)
         return rc;
     e->grid_ref = (primal_grid_ref){e->grid->name, e->grid->values, e->grid->size};
@@ -300,18 +315,25 @@ static int load_grids(primal_experiment *e, primal_err *err)
         o->pattern = strdup(name + 5);
         if (o->pattern == NULL)
             return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
-        /* an override without a plugin key inherits [grid]'s plugin */
-        if (primal_ini_get(e->ini, name, "plugin", NULL) == NULL) {
+        /* an override without a plugin key inherits [grid]'s plugin (and, for a path, where
+         * [grid]'s value came from) */
+        int line = 0;
+        if (primal_ini_get(e->ini, name, "plugin", &line) == NULL) {
             char set[600];
             const char *base = primal_ini_get(e->ini, "grid", "plugin", NULL);
             snprintf(set, sizeof set, "%s.plugin=%s", name, base ? base : "prime13");
             rc = primal_ini_set(e->ini, set, err);
-            if (rc != PRIMAL_OK)
-                return rc;
+            line = grid_line;
         }
-        rc = primal_grid_from_ini(&e->search, e->ini, name, &o->grid, err);
-        if (rc != PRIMAL_OK)
+        if (rc == PRIMAL_OK)
+            rc = plugin_paths_from(e, line, err);
+        if (rc == PRIMAL_OK)
+            rc = primal_grid_from_ini(&e->search, e->ini, name, &o->grid, err);
+        if (rc != PRIMAL_OK) {
+            free(o->pattern); /* not yet counted in n_overrides, which experiment_free frees */
+            o->pattern = NULL;
             return rc;
+        }
         e->override_refs[e->n_overrides] =
             (primal_grid_ref){o->grid->name, o->grid->values, o->grid->size};
         e->n_overrides++;
@@ -363,7 +385,10 @@ static int load_schedulers(primal_experiment *e, primal_err *err)
         if (dot)
             *dot = '\0';
         int k = e->n_scheds;
-        rc = primal_plugin_load(&e->search, name, PRIMAL_KIND_SCHEDULER, &e->scheds[k], err);
+        rc = plugin_paths_from(e, line, err);
+        if (rc == PRIMAL_OK)
+            rc = primal_plugin_load(&e->search, name, PRIMAL_KIND_SCHEDULER, &e->scheds[k],
+                                    err);
         if (rc != PRIMAL_OK) {
             rc = line > 0 ? primal_err_prefix(err, "%s:%d: [scheduler] plugins",
                                               primal_ini_path(e->ini), line)

@@ -12,6 +12,9 @@
 #ifndef PRIMAL_BUILD_PLUGIN_DIRS
 #define PRIMAL_BUILD_PLUGIN_DIRS ""
 #endif
+#ifndef PRIMAL_BUILD_TREE
+#define PRIMAL_BUILD_TREE ""
+#endif
 #ifndef PRIMAL_PKGLIBDIR
 #define PRIMAL_PKGLIBDIR "/usr/local/lib/primal"
 #endif
@@ -54,15 +57,49 @@ static int add_list(primal_search *s, const char *list)
     return 0;
 }
 
+/* The build tree's plugin directories are searched only by the build tree's own libprimal:
+ * core/.libs/libprimal.so (libtool's uninstalled library, which the uninstalled programs and the
+ * tests load), or, linked statically, a program built in the build tree.  The file holding this
+ * code is found with dladdr and compared, symbolic links resolved, with those directories; an
+ * installed libprimal lies elsewhere, and a build tree that no longer exists matches nothing. */
+int primal_search_in_build_tree(void)
+{
+    static const char anchor = 0; /* an object inside libprimal's own file */
+    static const char *const dirs[] = {"/core/.libs", "",       "/.libs",      "/tests",
+                                       "/tests/.libs", "/bench", "/bench/.libs"};
+    if (PRIMAL_BUILD_TREE[0] == '\0')
+        return 0;
+    Dl_info info;
+    const char *file = "/proc/self/exe"; /* the main program's name may be a bare argv[0] */
+    if (dladdr(&anchor, &info) != 0 && info.dli_fname != NULL &&
+        strchr(info.dli_fname, '/') != NULL)
+        file = info.dli_fname;
+    char *obj = realpath(file, NULL);
+    char *tree = realpath(PRIMAL_BUILD_TREE, NULL);
+    int yes = 0;
+    if (obj != NULL && tree != NULL && strrchr(obj, '/') != NULL) {
+        *strrchr(obj, '/') = '\0'; /* the directory holding it */
+        size_t n = strlen(tree);
+        if (strncmp(obj, tree, n) == 0)
+            for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++)
+                yes |= strcmp(obj + n, dirs[i]) == 0;
+    }
+    free(obj);
+    free(tree);
+    return yes;
+}
+
 int primal_search_init(primal_search *s, const char *const *extra, primal_err *err)
 {
     s->dirs = NULL;
     s->n = 0;
+    s->base = NULL;
     int bad = 0;
     for (; extra && *extra; extra++)
         bad |= add_dir(s, *extra, strlen(*extra));
     bad |= add_list(s, getenv("PRIMAL_PLUGIN_PATH"));
-    bad |= add_list(s, PRIMAL_BUILD_PLUGIN_DIRS);
+    if (primal_search_in_build_tree())
+        bad |= add_list(s, PRIMAL_BUILD_PLUGIN_DIRS);
     bad |= add_list(s, PRIMAL_PKGLIBDIR);
     if (bad) {
         primal_search_free(s);
@@ -76,8 +113,24 @@ void primal_search_free(primal_search *s)
     for (int i = 0; i < s->n; i++)
         free(s->dirs[i]);
     free(s->dirs);
+    free(s->base);
     s->dirs = NULL;
     s->n = 0;
+    s->base = NULL;
+}
+
+int primal_search_relative_to(primal_search *s, const char *file, primal_err *err)
+{
+    free(s->base);
+    s->base = NULL;
+    if (file == NULL)
+        return PRIMAL_OK;
+    const char *slash = strrchr(file, '/');
+    s->base = slash == NULL ? strdup(".")
+                            : strndup(file, slash == file ? 1 : (size_t)(slash - file));
+    if (s->base == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    return PRIMAL_OK;
 }
 
 static int check_keys(const primal_plugin *d, const char *path, primal_err *err)
@@ -224,16 +277,44 @@ static int open_file(const char *path, primal_kind want, const char *want_name,
     return PRIMAL_OK;
 }
 
+/* A path: nothing is opened unless it names an existing regular file NAME.so.  A relative path
+ * resolves against s->base (the experiment file's directory), else the current directory. */
+static int load_path(const primal_search *s, const char *value, primal_kind want,
+                     primal_loaded **out, primal_err *err)
+{
+    size_t len = strlen(value);
+    if (len < 4 || strcmp(value + len - 3, ".so") != 0 || value[len - 4] == '/')
+        return primal_errf(err, PRIMAL_ECONFIG, "'%s': a plugin path must name a .so file",
+                           value);
+    char path[4096];
+    const char *rel = value;
+    int w;
+    if (rel[0] != '/' && s->base != NULL) {
+        while (rel[0] == '.' && rel[1] == '/') { /* base/./x.so is base/x.so */
+            rel += 2;
+            while (*rel == '/')
+                rel++;
+        }
+        w = snprintf(path, sizeof path, "%s/%s", s->base, rel);
+    } else {
+        w = snprintf(path, sizeof path, "%s", value);
+    }
+    if (w < 0 || (size_t)w >= sizeof path)
+        return primal_errf(err, PRIMAL_ECONFIG, "'%s': path too long", value);
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return primal_errf(err, PRIMAL_ECONFIG, "%s: no such file", path);
+    if (!S_ISREG(st.st_mode))
+        return primal_errf(err, PRIMAL_ECONFIG, "%s: not a regular file", path);
+    return open_file(path, want, NULL, out, err);
+}
+
 int primal_plugin_load(const primal_search *s, const char *name_or_path, primal_kind want,
                        primal_loaded **out, primal_err *err)
 {
     *out = NULL;
-    if (strchr(name_or_path, '/') != NULL) {
-        struct stat st;
-        if (stat(name_or_path, &st) != 0)
-            return primal_errf(err, PRIMAL_ECONFIG, "%s: no such file", name_or_path);
-        return open_file(name_or_path, want, NULL, out, err);
-    }
+    if (strchr(name_or_path, '/') != NULL)
+        return load_path(s, name_or_path, want, out, err);
     for (const char *c = name_or_path; *c; c++)
         if (!(*c == '_' || *c == '-' || (*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'z') ||
               (*c >= 'A' && *c <= 'Z')))

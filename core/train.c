@@ -1,12 +1,16 @@
 /* train.c: the training loop (train.h). */
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,7 +56,14 @@ typedef struct trainer {
     const primal_loader_vt *lvt;
     int have_val;
     char dir[4096];
-    FILE *log;
+    char made[4096]; /* the topmost directory of dir this run created ("" if none): removed again
+                      * when the run fails before its first step */
+    char log_path[4200];
+    int log_fd;        /* log.jsonl, or -1 (other ranks) */
+    off_t log_bytes;   /* its length up to the last whole line */
+    double t_start;    /* now_s() when primal_train began */
+    double time_off;   /* time_s of the last line a resumed run keeps */
+    int64_t keep_ckpts; /* [run] keep_checkpoints */
     /* the schedulers' view */
     primal_sched_view view;
     const char **names;
@@ -60,6 +71,7 @@ typedef struct trainer {
     uint8_t *trainable, *prev_trainable;
     /* per step */
     double gsq;    /* sum of squared matrix gradients this step (for clipping) */
+    double gnorm;  /* the step's gradient norm before clipping (valid when !bad_step) */
     int bad_step;  /* a non-finite loss or gradient was seen this step */
     primal_accum_info ai;
     int64_t step, tokens, nan_skips;
@@ -123,20 +135,28 @@ void primal_run_dir(const primal_experiment *e, char *buf, size_t n)
     snprintf(buf, n, "runs/%s", name);
 }
 
-static int mkdir_p(const char *path, primal_err *err)
+/* Create path and its missing parents; made (n bytes) gets the topmost directory created, or
+ * "" when path existed. */
+static int mkdir_p(const char *path, char *made, size_t n, primal_err *err)
 {
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
+    made[0] = '\0';
+    for (char *p = tmp + 1;; p++) {
+        if (*p != '/' && *p != '\0')
             continue;
+        char c = *p;
         *p = '\0';
-        if (mkdir(tmp, 0777) != 0 && errno != EEXIST)
+        if (mkdir(tmp, 0777) == 0) {
+            if (made[0] == '\0')
+                snprintf(made, n, "%s", tmp);
+        } else if (errno != EEXIST) {
             return primal_errf(err, PRIMAL_EIO, "%s: cannot create: %s", tmp, strerror(errno));
-        *p = '/';
+        }
+        *p = c;
+        if (c == '\0')
+            break;
     }
-    if (mkdir(tmp, 0777) != 0 && errno != EEXIST)
-        return primal_errf(err, PRIMAL_EIO, "%s: cannot create: %s", tmp, strerror(errno));
     return PRIMAL_OK;
 }
 
@@ -155,6 +175,338 @@ static int write_file_atomic(const char *path, const char *text, primal_err *err
         return primal_errf(err, PRIMAL_EIO, "%s: cannot write: %s", path, strerror(errno));
     }
     return PRIMAL_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The run directory                                                                          */
+
+static int truncate_log(const char *path, int64_t s, double *time_s, primal_err *err);
+
+/* ckpt-NNNNNNNN.safetensors: 1, with the step in *step (may be NULL) */
+static int ckpt_name(const char *name, int64_t *step)
+{
+    if (strncmp(name, "ckpt-", 5) != 0 || !isdigit((unsigned char)name[5]))
+        return 0;
+    char *end;
+    long long v = strtoll(name + 5, &end, 10);
+    if (strcmp(end, ".safetensors") != 0)
+        return 0;
+    if (step != NULL)
+        *step = v;
+    return 1;
+}
+
+/* The files of a run directory that a run writes, and so owns */
+static int run_file(const char *name)
+{
+    return ckpt_name(name, NULL) || strcmp(name, "log.jsonl") == 0 ||
+           strcmp(name, "config.ini") == 0 || strcmp(name, "sample.txt") == 0;
+}
+
+/* NAME.tmp.PID of a run file (what an atomic write leaves when its process dies): the PID,
+ * else 0 */
+static long run_tmp_pid(const char *name)
+{
+    const char *p = strstr(name, ".tmp.");
+    char base[256];
+    if (p == NULL || (size_t)(p - name) >= sizeof base || p[5] == '\0')
+        return 0;
+    memcpy(base, name, (size_t)(p - name));
+    base[p - name] = '\0';
+    for (const char *q = p + 5; *q; q++)
+        if (!isdigit((unsigned char)*q))
+            return 0;
+    long pid = strtol(p + 5, NULL, 10);
+    return run_file(base) && pid > 0 ? pid : 0;
+}
+
+typedef struct dir_scan {
+    int ckpts, has_log, has_config;
+} dir_scan;
+
+/* What of a run's files the run directory holds (nothing if it does not exist). */
+static int scan_dir(const char *dir, dir_scan *sc, primal_err *err)
+{
+    memset(sc, 0, sizeof *sc);
+    DIR *d = opendir(dir);
+    if (d == NULL) {
+        if (errno == ENOENT)
+            return PRIMAL_OK;
+        return primal_errf(err, PRIMAL_EIO, "%s: cannot read the run directory: %s", dir,
+                           strerror(errno));
+    }
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        sc->ckpts += ckpt_name(de->d_name, NULL);
+        sc->has_log |= strcmp(de->d_name, "log.jsonl") == 0;
+        sc->has_config |= strcmp(de->d_name, "config.ini") == 0;
+    }
+    closedir(d);
+    return PRIMAL_OK;
+}
+
+/* Remove the run files of dir (all: --overwrite), or only the temporary files whose process is
+ * gone; warn about each temporary file removed. */
+static int remove_run_files(trainer *t, int all, primal_err *err)
+{
+    DIR *d = opendir(t->dir);
+    if (d == NULL)
+        return errno == ENOENT ? PRIMAL_OK
+                               : primal_errf(err, PRIMAL_EIO, "%s: cannot read: %s", t->dir,
+                                             strerror(errno));
+    int rc = PRIMAL_OK;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL && rc == PRIMAL_OK) {
+        long pid = run_tmp_pid(de->d_name);
+        int stale = pid > 0 && pid != (long)getpid() && kill((pid_t)pid, 0) != 0 &&
+                    errno == ESRCH;
+        if (!(all && (run_file(de->d_name) || pid > 0)) && !stale)
+            continue;
+        char path[4400];
+        snprintf(path, sizeof path, "%s/%s", t->dir, de->d_name);
+        if (unlink(path) != 0 && errno != ENOENT) {
+            rc = primal_errf(err, PRIMAL_EIO, "%s: cannot remove: %s", path, strerror(errno));
+        } else if (stale && !all) {
+            char msg[4500];
+            snprintf(msg, sizeof msg, "removed %s, left by a run (pid %ld) that was killed",
+                     path, pid);
+            warn(t, msg);
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+/* After a failure before the first step: remove what the run created (the files it wrote, then
+ * the directories up to the topmost one it made). */
+static void unmake_dir(trainer *t)
+{
+    if (t->made[0] == '\0' || t->rank != 0)
+        return;
+    static const char *const files[] = {"config.ini", "log.jsonl", "sample.txt"};
+    char path[4400];
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", t->dir, files[i]);
+        unlink(path);
+    }
+    snprintf(path, sizeof path, "%s", t->dir);
+    for (;;) {
+        size_t n = strlen(path);
+        while (n > 1 && path[n - 1] == '/')
+            path[--n] = '\0';
+        if (rmdir(path) != 0 || strcmp(path, t->made) == 0)
+            break;
+        char *slash = strrchr(path, '/');
+        if (slash == NULL || slash == path)
+            break;
+        *slash = '\0';
+    }
+    t->made[0] = '\0';
+}
+
+/* [run] keys that may change between the runs of one run directory: how long, how often, where
+ * and how fast it trains, not what it computes from which data.  --resume compares every other
+ * line of config.ini with the experiment's resolved configuration. */
+static const char *const resume_free_keys[] = {
+    "out", "steps", "ckpt_every", "keep_checkpoints", "eval_every", "eval_batches",
+    "log_every", "device", "threads", "recompute", "recompute_blocks", "recompute_residual",
+    "norm_input", "head_ahead", "logits", "gemm", "grad_stream", "sample_tokens",
+    "sample_prompt", NULL};
+
+/* The next line of a resolved configuration that --resume compares, as "[section] key = value"
+ * in line; 0 at the end.  sect holds the current section between calls. */
+static int next_compared(const char **p, char *sect, size_t ns, char *line, size_t nl)
+{
+    while (**p != '\0') {
+        const char *s = *p, *e = strchr(s, '\n');
+        int len = (int)(e != NULL ? e - s : (ptrdiff_t)strlen(s));
+        *p = e != NULL ? e + 1 : s + len;
+        while (len > 0 && (s[len - 1] == '\r' || s[len - 1] == ' '))
+            len--;
+        if (len == 0)
+            continue;
+        if (s[0] == '[') {
+            snprintf(sect, ns, "%.*s", len, s);
+            continue;
+        }
+        if (strcmp(sect, "[run]") == 0) {
+            int skip = 0;
+            for (int i = 0; resume_free_keys[i] != NULL && !skip; i++) {
+                size_t kl = strlen(resume_free_keys[i]);
+                skip = strncmp(s, resume_free_keys[i], kl) == 0 &&
+                       (s[kl] == ' ' || s[kl] == '=');
+            }
+            if (skip)
+                continue;
+        }
+        snprintf(line, nl, "%s %.*s", sect, len, s);
+        return 1;
+    }
+    return 0;
+}
+
+/* --resume: the run directory's config.ini against the experiment's resolved configuration. */
+static int compare_config(trainer *t, primal_err *err)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/config.ini", t->dir);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return primal_errf(err, PRIMAL_EIO, "%s: cannot read: %s", path, strerror(errno));
+    char *old = NULL;
+    size_t oldn = 0;
+    FILE *mem = open_memstream(&old, &oldn);
+    char buf[4096];
+    size_t n;
+    while (mem != NULL && (n = fread(buf, 1, sizeof buf, f)) > 0)
+        fwrite(buf, 1, n, mem);
+    int bad = ferror(f);
+    fclose(f);
+    if (mem == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    fclose(mem);
+    char *now = primal_experiment_resolved(t->e);
+    int rc = PRIMAL_OK;
+    if (bad)
+        rc = primal_errf(err, PRIMAL_EIO, "%s: cannot read", path);
+    else if (now == NULL || old == NULL)
+        rc = primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    const char *po = old, *pn = now;
+    char so[512] = "", sn[512] = "", lo[8192], ln[8192];
+    while (rc == PRIMAL_OK) {
+        int ho = next_compared(&po, so, sizeof so, lo, sizeof lo);
+        int hn = next_compared(&pn, sn, sizeof sn, ln, sizeof ln);
+        if (!ho && !hn)
+            break;
+        if (ho && hn && strcmp(lo, ln) == 0)
+            continue;
+        rc = primal_errf(err, PRIMAL_ECONFIG,
+                         "%s: the run in this directory has %s%s%s where the experiment has "
+                         "%s%s%s; resume it all the same with --resume-anyway, or start afresh "
+                         "there with --overwrite",
+                         path, ho ? "\"" : "", ho ? lo : "nothing", ho ? "\"" : "",
+                         hn ? "\"" : "", hn ? ln : "nothing", hn ? "\"" : "");
+    }
+    free(old);
+    free(now);
+    return rc;
+}
+
+/* Before anything is read or written: may this run use its run directory?  One run owns it: a
+ * new run is refused where another left checkpoints or a log (unless --overwrite), and --resume
+ * where config.ini says another experiment ran (unless --resume-anyway). */
+static int check_dir(trainer *t, primal_err *err)
+{
+    const primal_train_opts *o = t->o;
+    if (o->resume && o->overwrite)
+        return primal_errf(err, PRIMAL_ECONFIG,
+                           "--resume continues the run in %s, --overwrite deletes it: not both",
+                           t->dir);
+    dir_scan sc;
+    int rc = scan_dir(t->dir, &sc, err);
+    if (rc != PRIMAL_OK)
+        return rc;
+    if (!o->resume && !o->overwrite && (sc.ckpts > 0 || sc.has_log)) {
+        char what[128];
+        snprintf(what, sizeof what, "%s%s%d checkpoint%s", sc.has_log ? "log.jsonl" : "",
+                 sc.has_log ? " and " : "", sc.ckpts, sc.ckpts == 1 ? "" : "s");
+        if (sc.ckpts == 0) /* only the log */
+            snprintf(what, sizeof what, "log.jsonl");
+        return primal_errf(err, PRIMAL_ERROR,
+                           "%s: holds another run (%s); continue it with --resume, replace it "
+                           "with --overwrite (which deletes its checkpoints, log.jsonl, "
+                           "config.ini and sample.txt), or set [run] out to another directory",
+                           t->dir, what);
+    }
+    if (o->resume && !o->resume_anyway && sc.has_config)
+        return compare_config(t, err);
+    return PRIMAL_OK;
+}
+
+/* Once set-up (and --resume's restore) has succeeded: make the run directory this run's.  The
+ * old run's files go (--overwrite), the directory is created, temporary files of killed runs
+ * and a stale sample.txt are removed, log.jsonl is cut back to the resumed step and opened, and
+ * config.ini is written. */
+static int take_dir(trainer *t, primal_err *err)
+{
+    int rc = PRIMAL_OK;
+    if (t->o->overwrite)
+        rc = remove_run_files(t, 1, err);
+    if (rc == PRIMAL_OK)
+        rc = mkdir_p(t->dir, t->made, sizeof t->made, err);
+    if (rc == PRIMAL_OK)
+        rc = remove_run_files(t, 0, err);
+    if (rc != PRIMAL_OK)
+        return rc;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/sample.txt", t->dir);
+    if (unlink(path) != 0 && errno != ENOENT)
+        return primal_errf(err, PRIMAL_EIO, "%s: cannot remove: %s", path, strerror(errno));
+    snprintf(t->log_path, sizeof t->log_path, "%s/log.jsonl", t->dir);
+    if (t->step > 0)
+        rc = truncate_log(t->log_path, t->step, &t->time_off, err);
+    if (rc != PRIMAL_OK)
+        return rc;
+    t->log_fd = open(t->log_path,
+                     O_WRONLY | O_CREAT | O_CLOEXEC | (t->step > 0 ? O_APPEND : O_TRUNC), 0666);
+    struct stat st;
+    if (t->log_fd < 0 || fstat(t->log_fd, &st) != 0)
+        return primal_errf(err, PRIMAL_EIO, "%s: cannot write: %s", t->log_path,
+                           strerror(errno));
+    t->log_bytes = S_ISREG(st.st_mode) ? st.st_size : 0;
+    char *ini = primal_experiment_resolved(t->e);
+    if (ini == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    snprintf(path, sizeof path, "%s/config.ini", t->dir);
+    rc = write_file_atomic(path, ini, err);
+    free(ini);
+    return rc;
+}
+
+/* [run] keep_checkpoints = N > 0: after a checkpoint was written, delete all but the N newest
+ * of those up to this step (newer ones, from a run that went on past the checkpoint a resume
+ * took, are left to be overwritten). */
+static int cmp_i64_desc(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x < y) - (x > y);
+}
+
+static void prune_ckpts(trainer *t)
+{
+    if (t->keep_ckpts <= 0 || t->rank != 0)
+        return;
+    DIR *d = opendir(t->dir);
+    if (d == NULL)
+        return;
+    int64_t *steps = NULL, s;
+    size_t n = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (!ckpt_name(de->d_name, &s) || s > t->step)
+            continue;
+        if (n == cap) {
+            int64_t *ns = realloc(steps, (cap = cap ? 2 * cap : 64) * sizeof *steps);
+            if (ns == NULL)
+                break;
+            steps = ns;
+        }
+        steps[n++] = s;
+    }
+    closedir(d);
+    if (steps != NULL)
+        qsort(steps, n, sizeof *steps, cmp_i64_desc);
+    for (size_t i = (size_t)t->keep_ckpts; i < n; i++) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/ckpt-%08lld.safetensors", t->dir, (long long)steps[i]);
+        if (unlink(path) != 0 && errno != ENOENT) {
+            char msg[4400];
+            snprintf(msg, sizeof msg, "[run] keep_checkpoints: cannot remove %s: %s", path,
+                     strerror(errno));
+            warn(t, msg);
+        }
+    }
+    free(steps);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -630,8 +982,10 @@ static int save_ckpt(trainer *t, primal_err *err)
     free(bufs);
     free(mine);
     free(all);
-    if (rc == PRIMAL_OK)
+    if (rc == PRIMAL_OK) {
         emit(t, (primal_event){.kind = PRIMAL_EV_CKPT, .step = t->step, .message = path});
+        prune_ckpts(t);
+    }
     return rc;
 }
 
@@ -652,8 +1006,7 @@ static int resume(trainer *t, int *found, primal_err *err)
     int n = 0;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
-        if (strncmp(de->d_name, "ckpt-", 5) != 0 ||
-            strstr(de->d_name, ".safetensors") == NULL || strstr(de->d_name, ".tmp") != NULL)
+        if (!ckpt_name(de->d_name, NULL))
             continue;
         char **nn = realloc(names, (size_t)(n + 1) * sizeof *names);
         if (nn == NULL)
@@ -875,8 +1228,9 @@ static void trainer_free(trainer *t)
     free(t->trainable);
     free(t->prev_trainable);
     free(t->gbuf);
-    if (t->log != NULL)
-        fclose(t->log);
+    if (t->log_fd >= 0)
+        close(t->log_fd);
+    t->log_fd = -1;
 }
 
 static int setup(trainer *t, primal_err *err)
@@ -921,11 +1275,7 @@ static int setup(trainer *t, primal_err *err)
             return primal_cfg_errf(e->run_c, "reduce", err, PRIMAL_ECONFIG,
                                    "votes: the vote all-reduce runs on the CPU only");
     }
-    primal_run_dir(e, t->dir, sizeof t->dir);
-    int rc = t->rank == 0 ? mkdir_p(t->dir, err) : PRIMAL_OK;
-    if (rc != PRIMAL_OK)
-        return rc;
-    rc = primal_tokenizer_open(e->tokenizer, &t->tok_train, err);
+    int rc = primal_tokenizer_open(e->tokenizer, &t->tok_train, err);
     if (rc == PRIMAL_OK)
         rc = primal_tokenizer_open(e->tokenizer, &t->tok_val, err);
     if (rc == PRIMAL_OK)
@@ -1043,11 +1393,6 @@ static int setup(trainer *t, primal_err *err)
     if (ini == NULL)
         return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
     rc = primal_dist_check_same(t->dist, "resolved configuration", ini, strlen(ini), err);
-    if (rc == PRIMAL_OK && t->rank == 0) {
-        char path[4200];
-        snprintf(path, sizeof path, "%s/config.ini", t->dir);
-        rc = write_file_atomic(path, ini, err);
-    }
     free(ini);
     return rc;
 }
@@ -1085,23 +1430,43 @@ static int check_weights(trainer *t, primal_err *err)
 /* ------------------------------------------------------------------------------------------ */
 /* The loop                                                                                   */
 
-static void log_json(trainer *t, json_t *obj)
+/* One line of log.jsonl (rank 0).  A failed write (a full disk) is cut back to the last whole
+ * line and stops the run. */
+static int log_json(trainer *t, json_t *obj, primal_err *err)
 {
-    if (t->log == NULL) {
+    if (t->log_fd < 0) {
         json_decref(obj);
-        return;
+        return PRIMAL_OK;
     }
-    char *s = json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(8));
-    if (s != NULL) {
-        fprintf(t->log, "%s\n", s);
-        fflush(t->log);
-        free(s);
-    }
+    char *s = obj != NULL ? json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(8)) : NULL;
     json_decref(obj);
+    if (s == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "%s: a log line: out of memory", t->log_path);
+    size_t n = strlen(s);
+    s[n++] = '\n'; /* over the terminating NUL: the line is written by length */
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(t->log_fd, s + done, n - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            int e = w < 0 ? errno : ENOSPC;
+            free(s);
+            if (ftruncate(t->log_fd, t->log_bytes) != 0) {
+                /* not a regular file (/dev/full): nothing to cut back */
+            }
+            return primal_errf(err, PRIMAL_EIO, "%s: cannot write: %s; training stops at step %lld",
+                               t->log_path, strerror(e), (long long)t->step);
+        }
+        done += (size_t)w;
+    }
+    free(s);
+    t->log_bytes += (off_t)n;
+    return PRIMAL_OK;
 }
 
-static void report_schedule(trainer *t, int seq_changed, int accum_changed, int old_seq,
-                            int old_accum)
+static int report_schedule(trainer *t, int seq_changed, int accum_changed, int old_seq,
+                           int old_accum, primal_err *err)
 {
     int64_t on = 0, off = 0;
     for (int i = 0; i < t->np; i++) {
@@ -1109,7 +1474,7 @@ static void report_schedule(trainer *t, int seq_changed, int accum_changed, int 
         off += !t->trainable[i] && t->prev_trainable[i];
     }
     if (on == 0 && off == 0 && !seq_changed && !accum_changed)
-        return;
+        return PRIMAL_OK;
     int64_t ntrain = 0;
     for (int i = 0; i < t->np; i++)
         ntrain += t->trainable[i];
@@ -1124,34 +1489,39 @@ static void report_schedule(trainer *t, int seq_changed, int accum_changed, int 
                           (json_int_t)on, "frozen", (json_int_t)off, "seq_len", t->view.seq_len,
                           "grad_accum", t->view.grad_accum, "prev_seq_len", old_seq,
                           "prev_grad_accum", old_accum);
-    log_json(t, j);
+    int rc = log_json(t, j, err);
     emit(t, (primal_event){.kind = PRIMAL_EV_SCHED, .step = t->step, .message = msg});
+    return rc;
 }
 
 /* After the first step every GEMM shape has its plan: on a CUDA run, log how many there are and,
  * with [run] gemm = timed, what the timing gained over cuBLAS's heuristic choices (one call of
  * each shape, the clock's time of the first step). */
-static void log_gemm_plans(trainer *t)
+static int log_gemm_plans(trainer *t, primal_err *err)
 {
 #ifdef PRIMAL_HAVE_CUDA
     if (!CUDA_RUN(t))
-        return;
+        return PRIMAL_OK;
     primal_cuda_gemm_stats g;
     primal_cuda_model_gemm_stats(t->cm, &g);
     json_t *j = json_pack("{s:s,s:I,s:s,s:i,s:i,s:f,s:f}", "event", "gemm", "step",
                           (json_int_t)t->step, "mode", t->e->run.gemm_timed ? "timed" : "heuristic",
                           "shapes", g.shapes, "timed", g.timed, "heuristic_us", g.heuristic_us,
                           "chosen_us", g.chosen_us);
-    log_json(t, j);
+    return log_json(t, j, err);
 #else
     (void)t;
+    (void)err;
+    return PRIMAL_OK;
 #endif
 }
 
 /* After --resume from step s, drop the log lines of steps after s (written by the run that
- * went on past its last checkpoint), so that log.jsonl reads as one uninterrupted run. */
-static int truncate_log(const char *path, int64_t s, primal_err *err)
+ * went on past its last checkpoint), so that log.jsonl reads as one uninterrupted run; *time_s
+ * gets the largest time_s of the lines kept (0 if none), where the resumed run's clock goes on. */
+static int truncate_log(const char *path, int64_t s, double *time_s, primal_err *err)
 {
+    *time_s = 0;
     FILE *in = fopen(path, "r");
     if (in == NULL)
         return PRIMAL_OK; /* nothing logged yet */
@@ -1164,8 +1534,12 @@ static int truncate_log(const char *path, int64_t s, primal_err *err)
     while (out != NULL && (n = getline(&line, &cap, in)) > 0) {
         json_t *j = json_loads(line, 0, NULL);
         json_t *step = j ? json_object_get(j, "step") : NULL;
-        if (step == NULL || !json_is_integer(step) || json_integer_value(step) <= s)
+        if (step == NULL || !json_is_integer(step) || json_integer_value(step) <= s) {
             fwrite(line, 1, (size_t)n, out);
+            json_t *ts = step != NULL ? json_object_get(j, "time_s") : NULL;
+            if (ts != NULL && json_is_number(ts) && json_number_value(ts) > *time_s)
+                *time_s = json_number_value(ts);
+        }
         json_decref(j);
     }
     free(line);
@@ -1291,6 +1665,7 @@ static int one_step_cuda(trainer *t, double *loss_out, primal_step_stats *tot, p
     if (t->bad_step)
         return PRIMAL_OK;
     double clip_scale = 1.0, gnorm = sqrt(gsq);
+    t->gnorm = gnorm;
     if (e->optim.clip > 0 && gnorm > e->optim.clip)
         clip_scale = e->optim.clip / gnorm;
     /* AdamW over every trainable float tensor in one launch */
@@ -1434,6 +1809,7 @@ static int one_step(trainer *t, double *loss_out, primal_step_stats *tot, primal
     if (t->bad_step)
         return PRIMAL_OK;
     double clip_scale = 1.0, gnorm = sqrt(gsq);
+    t->gnorm = gnorm;
     if (e->optim.clip > 0 && gnorm > e->optim.clip)
         clip_scale = e->optim.clip / gnorm;
     adamw(t, e->optim.lr * mult, clip_scale);
@@ -1484,6 +1860,22 @@ static int sample(trainer *t, primal_err *err)
     primal_gen_opts go = {.n_tokens = e->run.sample_tokens, .temperature = 0.8f, .top_k = 40,
                           .seed = e->run.seed, .max_ctx = e->run.seq_len};
     int rc = primal_generate(t->m, t->tok_gen, e->run.sample_prompt, &go, &text, err);
+    if (rc == PRIMAL_OK && t->rank == 0) { /* also in the run directory, with a final newline */
+        size_t n = strlen(text);
+        char *file = malloc(n + 2);
+        char path[4200];
+        snprintf(path, sizeof path, "%s/sample.txt", t->dir);
+        if (file == NULL) {
+            rc = primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+        } else {
+            memcpy(file, text, n);
+            if (n == 0 || text[n - 1] != '\n')
+                file[n++] = '\n';
+            file[n] = '\0';
+            rc = write_file_atomic(path, file, err);
+            free(file);
+        }
+    }
     if (rc == PRIMAL_OK)
         emit(t, (primal_event){.kind = PRIMAL_EV_SAMPLE, .step = t->step, .message = text});
     free(text);
@@ -1492,8 +1884,14 @@ static int sample(trainer *t, primal_err *err)
 
 int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *err)
 {
-    trainer t = {.e = e, .o = o};
-    int rc = setup(&t, err);
+    trainer t = {.e = e, .o = o, .log_fd = -1, .t_start = now_s()};
+    t.rank = primal_dist_rank(o->dist);
+    t.keep_ckpts = primal_cfg_int(e->run_c, "keep_checkpoints");
+    primal_run_dir(e, t.dir, sizeof t.dir);
+    /* nothing is written until set-up and --resume's restore have succeeded */
+    int rc = t.rank == 0 ? check_dir(&t, err) : PRIMAL_OK;
+    if (rc == PRIMAL_OK)
+        rc = setup(&t, err);
     if (rc == PRIMAL_OK && o->resume) {
         int found = 0;
         rc = resume(&t, &found, err);
@@ -1502,19 +1900,8 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
     }
     if (rc == PRIMAL_OK)
         rc = check_weights(&t, err);
-    if (rc == PRIMAL_OK && t.rank == 0) {
-        char path[4200];
-        snprintf(path, sizeof path, "%s/log.jsonl", t.dir);
-        if (t.step > 0)
-            rc = truncate_log(path, t.step, err);
-        t.log = rc == PRIMAL_OK ? fopen(path, t.step > 0 ? "a" : "w") : NULL;
-        if (t.log == NULL)
-            rc = primal_errf(err, PRIMAL_EIO, "%s: cannot write: %s", path, strerror(errno));
-    }
-    if (rc != PRIMAL_OK) {
-        trainer_free(&t);
-        return rc;
-    }
+    if (rc == PRIMAL_OK && t.rank == 0)
+        rc = take_dir(&t, err);
     /* the schedule of the step before the first one to run: after --resume that is the one
      * the checkpoint was written under, so the first step reports only real changes; on a
      * fresh run it is step 0's, to report state bytes for what trains at the start */
@@ -1541,13 +1928,19 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
                               (json_int_t)nw, "policy", e->policy->desc->name, "grid",
                               e->grid->name, "state_bytes_per_weight", st_b,
                               "index_bytes_per_weight", idx_b, "step", (json_int_t)t.step);
-        log_json(&t, j);
-        emit(&t, (primal_event){.kind = PRIMAL_EV_START, .step = t.step,
-                                .total_steps = e->run.steps, .message = msg});
+        rc = log_json(&t, j, err);
+        if (rc == PRIMAL_OK)
+            emit(&t, (primal_event){.kind = PRIMAL_EV_START, .step = t.step,
+                                    .total_steps = e->run.steps, .message = msg});
+    }
+    if (rc != PRIMAL_OK) { /* failed at start: leave no run directory this run created */
+        trainer_free(&t);
+        unmake_dir(&t);
+        return rc;
     }
     double t0 = now_s(), window_t = t0;
     int64_t window_tokens = t.tokens, consecutive_bad = 0, start_step = t.step;
-    double loss_window = 0;
+    double loss_window = 0, gnorm_window = 0;
     int nloss = 0;
     primal_step_stats win = {0, 0, 0};
     while (rc == PRIMAL_OK && t.step < e->run.steps) {
@@ -1555,9 +1948,11 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
         rc = run_schedulers(&t, t.step, err);
         if (rc != PRIMAL_OK)
             break;
-        report_schedule(&t, t.step > 0 && old_seq != t.view.seq_len,
-                        t.step > 0 && old_accum != t.view.grad_accum, old_seq, old_accum);
-        rc = apply_trainable(&t, err);
+        rc = report_schedule(&t, t.step > 0 && old_seq != t.view.seq_len,
+                             t.step > 0 && old_accum != t.view.grad_accum, old_seq, old_accum,
+                             err);
+        if (rc == PRIMAL_OK)
+            rc = apply_trainable(&t, err);
         if (rc != PRIMAL_OK)
             break;
         double loss = 0;
@@ -1582,6 +1977,7 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
         } else {
             consecutive_bad = 0;
             loss_window += loss;
+            gnorm_window += t.gnorm;
             nloss++;
             win.flips += st.flips;
             win.saturated += st.saturated;
@@ -1593,8 +1989,9 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
         if (t.nranks > 1 && (rc = primal_dist_max_int(t.dist, &stopping, err)) != PRIMAL_OK)
             break; /* a signal to any rank stops them all after the same step */
         if (!t.gemm_logged) {
-            log_gemm_plans(&t);
             t.gemm_logged = 1;
+            if ((rc = log_gemm_plans(&t, err)) != PRIMAL_OK)
+                break;
         }
         if (t.step % e->run.log_every == 0 || last || stopping) {
             double now = now_s();
@@ -1617,19 +2014,27 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
                 .peak_mem_bytes = peak_mem(&t),
                 .eta_s = steps_per_s > 0 ? (double)(e->run.steps - t.step) / steps_per_s : 0,
             };
+            /* grad_norm: the mean, over the line's steps, of the norm before clipping (-1, as
+             * loss, when none of them was finite); time_s: since the run began, resumes
+             * included */
+            double gn = nloss ? gnorm_window / nloss : -1.0;
             json_t *j = json_pack(
-                "{s:I,s:f,s:f,s:f,s:I,s:f,s:I,s:f,s:I,s:I,s:I}", "step", (json_int_t)ev.step,
-                "loss", isfinite(ev.loss) ? ev.loss : -1.0, "lr", ev.lr, "tokens_per_s", tps,
-                "flips", (json_int_t)ev.flips, "flip_frac", ev.flip_frac, "saturated",
+                "{s:I,s:f,s:f,s:f,s:f,s:I,s:f,s:I,s:f,s:I,s:I,s:I,s:f}", "step",
+                (json_int_t)ev.step, "loss", isfinite(ev.loss) ? ev.loss : -1.0, "grad_norm",
+                isfinite(gn) ? gn : -1.0, "lr", ev.lr, "tokens_per_s", tps, "flips",
+                (json_int_t)ev.flips, "flip_frac", ev.flip_frac, "saturated",
                 (json_int_t)ev.saturated, "saturated_frac",
                 win.weights ? (double)win.saturated / (double)win.weights : 0.0, "trainable",
                 (json_int_t)ntrain, "peak_mem_bytes", (json_int_t)ev.peak_mem_bytes,
-                "nan_skips", (json_int_t)t.nan_skips);
-            log_json(&t, j);
+                "nan_skips", (json_int_t)t.nan_skips, "time_s",
+                t.time_off + (now - t.t_start));
+            if ((rc = log_json(&t, j, err)) != PRIMAL_OK)
+                break;
             emit(&t, ev);
             window_t = now;
             window_tokens = t.tokens;
             loss_window = 0;
+            gnorm_window = 0;
             nloss = 0;
             win = (primal_step_stats){0, 0, 0};
         }
@@ -1639,7 +2044,8 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
             if (rc != PRIMAL_OK)
                 break;
             json_t *j = json_pack("{s:I,s:f}", "step", (json_int_t)t.step, "val_loss", vl);
-            log_json(&t, j);
+            if ((rc = log_json(&t, j, err)) != PRIMAL_OK)
+                break;
             emit(&t, (primal_event){.kind = PRIMAL_EV_EVAL, .step = t.step,
                                     .total_steps = e->run.steps, .val_loss = vl});
         }
@@ -1658,6 +2064,9 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
         rc = save_ckpt(&t, err); /* zero steps asked: still leave a checkpoint */
     if (rc == PRIMAL_OK)
         rc = sample(&t, err);
+    if (rc == PRIMAL_OK && t.log_fd >= 0 && close(t.log_fd) != 0)
+        rc = primal_errf(err, PRIMAL_EIO, "%s: cannot write: %s", t.log_path, strerror(errno));
+    t.log_fd = -1;
     if (rc == PRIMAL_OK)
         emit(&t, (primal_event){.kind = PRIMAL_EV_DONE, .step = t.step,
                                 .peak_mem_bytes = peak_mem(&t)});

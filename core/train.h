@@ -5,8 +5,11 @@
  * each micro-batch, forward and backward, with every trainable matrix's gradient handed to the
  * flip policy's observe/accumulate as backward produces it; then AdamW on the float parameters
  * (scales, norms, biases) and the policy's step on each trainable matrix.  The run directory
- * gets config.ini, log.jsonl and checkpoints.  The library prints nothing: progress, warnings and
- * the final sample reach the program through a callback. */
+ * gets config.ini, log.jsonl, checkpoints and sample.txt; one run owns it (a run into a directory
+ * that holds another's checkpoints or log is refused unless it resumes or overwrites), and it is
+ * created only once everything has been set up, so a run that fails at start leaves none.  The
+ * library prints nothing: progress, warnings and the final sample reach the program through a
+ * callback. */
 #ifndef PRIMAL_TRAIN_H
 #define PRIMAL_TRAIN_H
 
@@ -40,6 +43,11 @@ typedef void (*primal_event_fn)(void *user, const primal_event *ev);
 
 typedef struct primal_train_opts {
     int resume;                       /* continue from the newest valid checkpoint in out */
+    int resume_anyway;                /* with resume: even when out's config.ini differs from the
+                                       * experiment in a compared key */
+    int overwrite;                    /* out may hold another run: its files (checkpoints,
+                                       * log.jsonl, config.ini, sample.txt) are removed once
+                                       * set-up has succeeded; not with resume */
     volatile sig_atomic_t *stop_flag; /* set (by a signal handler): finish the step, checkpoint,
                                        * return PRIMAL_EINTR */
     primal_event_fn on_event; /* called on rank 0 only */

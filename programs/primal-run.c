@@ -22,19 +22,27 @@ static void on_signal(int sig)
 static void usage(FILE *f)
 {
     fputs("usage: primal-run EXP.ini [--set SECTION.KEY=VALUE]... [--plugin-path DIR]...\n"
-          "                  [--resume] [--check] [--dump-batches N OUT.safetensors]\n"
+          "                  [--resume | --resume-anyway | --overwrite] [--check]\n"
+          "                  [--dump-batches N OUT.safetensors]\n"
           "       primal-run --list-plugins [--plugin-path DIR]...\n"
           "       primal-run --describe NAME|PATH.so [--plugin-path DIR]...\n"
           "       primal-run --version | --help\n"
           "\n"
           "Trains the model that EXP.ini describes.  The run directory ([run] out, default\n"
-          "runs/<EXP>) receives config.ini (the resolved configuration), log.jsonl and\n"
-          "checkpoints.\n"
+          "runs/<EXP>) receives config.ini (the resolved configuration), log.jsonl,\n"
+          "checkpoints and sample.txt.  A run into a directory holding another run's\n"
+          "checkpoints or log.jsonl is refused: --resume continues that run, --overwrite\n"
+          "replaces it.\n"
           "\n"
           "  --set S.K=V      override key K of section S (repeatable); S may contain dots\n"
           "  --plugin-path D  search D for plugins first (repeatable); then $PRIMAL_PLUGIN_PATH,\n"
           "                   the build tree and the installed plugin directory\n"
-          "  --resume         continue from the newest valid checkpoint in the run directory\n"
+          "  --resume         continue from the newest valid checkpoint in the run directory;\n"
+          "                   refused where its config.ini differs from the experiment (but\n"
+          "                   for [run] out, steps, the intervals, device and speed keys)\n"
+          "  --resume-anyway  --resume, even where config.ini differs\n"
+          "  --overwrite      delete the run directory's checkpoints, log.jsonl, config.ini\n"
+          "                   and sample.txt (once set-up succeeded), then train afresh\n"
           "  --check          load and validate everything, print the resolved configuration\n"
           "  --dump-batches N OUT  write the first N training batches (tokens, mask) and exit\n"
           "  --list-plugins   name, kind, description and file of every plugin found\n"
@@ -159,7 +167,7 @@ static void on_event(void *user, const primal_event *ev)
 static int run_main(int argc, char **argv, const char **sets, const char **dirs)
 {
     const char *exp = NULL, *describe_name = NULL, *dump_out = NULL;
-    int check = 0, list = 0, resume = 0, dump_n = 0;
+    int check = 0, list = 0, resume = 0, resume_anyway = 0, overwrite = 0, dump_n = 0;
     int nsets = 0, ndirs = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -181,6 +189,10 @@ static int run_main(int argc, char **argv, const char **sets, const char **dirs)
             check = 1;
         } else if (strcmp(a, "--resume") == 0) {
             resume = 1;
+        } else if (strcmp(a, "--resume-anyway") == 0) {
+            resume = resume_anyway = 1;
+        } else if (strcmp(a, "--overwrite") == 0) {
+            overwrite = 1;
         } else if (strcmp(a, "--list-plugins") == 0) {
             list = 1;
         } else if (strcmp(a, "--describe") == 0 && more) {
@@ -223,6 +235,11 @@ static int run_main(int argc, char **argv, const char **sets, const char **dirs)
         usage(stderr);
         return 2;
     }
+    if (resume && overwrite) {
+        fprintf(stderr, "primal-run: --resume continues the run directory's run, --overwrite "
+                        "deletes it: not both\n");
+        return 2;
+    }
     primal_experiment *e = NULL;
     int rc = primal_experiment_load(exp, sets, dirs, &e, &err);
     if (rc != PRIMAL_OK) {
@@ -254,8 +271,9 @@ static int run_main(int argc, char **argv, const char **sets, const char **dirs)
         sigaction(SIGINT, &sa, NULL);
         sigaction(SIGTERM, &sa, NULL);
         int tty = isatty(STDERR_FILENO);
-        primal_train_opts o = {.resume = resume, .stop_flag = &stop_flag, .on_event = on_event,
-                               .user = &tty, .dist = dist};
+        primal_train_opts o = {.resume = resume, .resume_anyway = resume_anyway,
+                               .overwrite = overwrite, .stop_flag = &stop_flag,
+                               .on_event = on_event, .user = &tty, .dist = dist};
         rc = primal_train(e, &o, &err);
     }
     int rank = primal_dist_rank(dist), nranks = primal_dist_size(dist);

@@ -7,7 +7,8 @@
 #   - describes it (--describe lists its key, threshold),
 #   - trains 5 steps with examples/plugins/sign_flip/sign_flip.ini, moving indices, and
 #     checkpoints the policy's state;
-# and the installed primal-sweep finds the installed primal-run beside itself.
+# and the installed primal-sweep finds the installed primal-run beside itself.  The installed
+# primal-run never opens a plugin planted in the build tree's plugin folders.
 # Skipped (77) without pkg-config or GNU make.  Runs `make install`, so it takes ~10 s.
 # shellcheck source-path=SCRIPTDIR source=run_lib.sh
 . "$(dirname "$0")/run_lib.sh"
@@ -47,11 +48,54 @@ for p in primal-generate primal-sweep plot-runs; do
     check "$p is installed in $(basename "$bindir")/" test -x "$bindir/$p"
 done
 
-# The installed programs use the installed library and plugins (the build tree's plugin
-# directories come after PRIMAL_PLUGIN_PATH in the search).
+# The installed programs use the installed library and plugins (an installed libprimal never
+# searches the build tree; PRIMAL_PLUGIN_PATH stands in for $(pkglibdir), which DESTDIR moved).
+ld_before=${LD_LIBRARY_PATH:-}
 LD_LIBRARY_PATH=$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 PRIMAL_PLUGIN_PATH=$plugindir
 export LD_LIBRARY_PATH PRIMAL_PLUGIN_PATH
+
+# ---------------------------------------------------------------------------------------------
+# The installed primal-run runs no code from the build tree's plugin folders: a build tree that
+# is deleted and recreated later by someone else (a build under /tmp) could hold anything.  A
+# .so whose constructor leaves a mark is planted in the build tree's grids/.libs, which the
+# uninstalled programs search; the installed ones must neither list it, nor find it by name,
+# nor so much as open it.
+
+cc=${CC:-cc}
+planted=$bld/grids/.libs/planted_by_install_test.so
+mark=$tmp/planted-ran
+cat >"$tmp/planted.c" <<'EOF'
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((constructor)) static void planted(void)
+{
+    const char *m = getenv("PRIMAL_PLANTED_MARK");
+    FILE *f = m != NULL ? fopen(m, "w") : NULL;
+    if (f != NULL)
+        fclose(f);
+}
+EOF
+if [ -d "$bld/grids/.libs" ] && $cc -shared -fPIC -o "$planted" "$tmp/planted.c" 2>"$tmp/cc.log"; then
+    trap 'rm -f "$planted"; rm -rf "$tmp"' EXIT
+    PRIMAL_PLANTED_MARK=$mark "$run" --list-plugins >"$tmp/list" 2>&1
+    PRIMAL_PLANTED_MARK=$mark "$run" --describe planted_by_install_test >"$tmp/describe" 2>&1
+    rc=$?
+    check "the installed primal-run --list-plugins lists nothing from the build tree" \
+        sh -c "! grep -q '$bld/' '$tmp/list'"
+    check "--describe does not find a plugin planted in the build tree (status $rc)" \
+        sh -c "test $rc -eq 1 && grep -q \"no plugin named 'planted_by_install_test'\" '$tmp/describe'"
+    check "and neither opened it (its constructor never ran)" test ! -e "$mark"
+    # the same .so is opened by the uninstalled primal-run (with the build tree's libprimal),
+    # which searches the build tree
+    PRIMAL_PLANTED_MARK=$mark LD_LIBRARY_PATH=$ld_before "$bld/primal-run" --list-plugins \
+        >"$tmp/list-bld" 2>&1
+    check "(the uninstalled primal-run does open it: the plant is where it should be)" \
+        test -e "$mark"
+    rm -f "$planted" "$mark"
+else
+    fail "a test .so builds with $cc -shared -fPIC" "$tmp/cc.log"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Build sign_flip out of tree

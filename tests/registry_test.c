@@ -1,7 +1,11 @@
 /* Tests of plugin loading (core/registry.c): real plugins load by name along the search path;
- * every kind of bad .so is refused with its path and the reason. */
+ * every kind of bad .so is refused with its path and the reason; a plugin path resolves against
+ * the experiment file's directory, must end in .so and must exist before anything is opened. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <criterion/criterion.h>
 
@@ -92,14 +96,108 @@ Test(registry, refuses_a_default_outside_its_own_range)
     cr_assert(strstr(err.msg, "key 'size' default: must be in [1,10], got 0"), "%s", err.msg);
 }
 
+/* A fresh directory under TMPDIR (Criterion runs each test in its own process). */
+static void tmpdir(char *dir, size_t n)
+{
+    const char *t = getenv("TMPDIR");
+    snprintf(dir, n, "%s/primal-registry.XXXXXX", t && *t ? t : "/tmp");
+    cr_assert_not_null(mkdtemp(dir));
+}
+
 Test(registry, refuses_a_file_that_is_not_a_shared_object)
 {
     primal_err err;
-    char path[1024];
-    snprintf(path, sizeof path, "%s/../registry_test.c", PRIMAL_TEST_FIXTURES);
+    char dir[512], path[1024];
+    tmpdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/text.so", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs("not an ELF file\n", f);
+    fclose(f);
     primal_loaded *p = NULL;
     cr_assert_eq(primal_plugin_load(&search, path, PRIMAL_KIND_GRID, &p, &err), PRIMAL_EABI);
     cr_assert(strstr(err.msg, "cannot load") != NULL, "%s", err.msg);
+    remove(path);
+    rmdir(dir);
+}
+
+Test(registry, refuses_a_path_without_the_so_suffix_before_opening_it)
+{
+    /* a real plugin behind a name without .so: refused all the same */
+    char dir[512], path[1024];
+    tmpdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/prime13", dir);
+    cr_assert_eq(symlink(PRIMAL_TEST_BUILDDIR "/grids/.libs/prime13.so", path), 0);
+    primal_err err;
+    primal_loaded *p = NULL;
+    cr_assert_eq(primal_plugin_load(&search, path, PRIMAL_KIND_GRID, &p, &err), PRIMAL_ECONFIG);
+    cr_assert_null(p);
+    char want[1200];
+    snprintf(want, sizeof want, "'%s': a plugin path must name a .so file", path);
+    cr_assert_str_eq(err.msg, want);
+    remove(path);
+    rmdir(dir);
+}
+
+Test(registry, resolves_a_relative_path_against_the_experiment_files_directory)
+{
+    /* the test runs elsewhere: only the experiment file's directory holds ./prime13.so */
+    primal_err err;
+    cr_assert_eq(chdir("/"), 0);
+    cr_assert_eq(primal_search_relative_to(&search, PRIMAL_TEST_BUILDDIR "/grids/.libs/exp.ini",
+                                           &err),
+                 PRIMAL_OK);
+    primal_loaded *p = NULL;
+    cr_assert_eq(primal_plugin_load(&search, "./prime13.so", PRIMAL_KIND_GRID, &p, &err),
+                 PRIMAL_OK, "%s", err.msg);
+    cr_assert_str_eq(p->path, PRIMAL_TEST_BUILDDIR "/grids/.libs/prime13.so");
+    primal_plugin_unload(p);
+    /* and against the current directory once the value is the command line's */
+    cr_assert_eq(primal_search_relative_to(&search, NULL, &err), PRIMAL_OK);
+    cr_assert_eq(primal_plugin_load(&search, "./prime13.so", PRIMAL_KIND_GRID, &p, &err),
+                 PRIMAL_ECONFIG);
+    cr_assert_str_eq(err.msg, "./prime13.so: no such file");
+    cr_assert_eq(chdir(PRIMAL_TEST_BUILDDIR "/grids"), 0);
+    cr_assert_eq(primal_plugin_load(&search, ".libs/prime13.so", PRIMAL_KIND_GRID, &p, &err),
+                 PRIMAL_OK, "%s", err.msg);
+    primal_plugin_unload(p);
+}
+
+Test(registry, refuses_a_missing_relative_path_naming_the_file_it_looked_for)
+{
+    primal_err err;
+    cr_assert_eq(primal_search_relative_to(&search, "/no/such/dir/exp.ini", &err), PRIMAL_OK);
+    primal_loaded *p = NULL;
+    cr_assert_eq(primal_plugin_load(&search, "plugins/mine.so", PRIMAL_KIND_GRID, &p, &err),
+                 PRIMAL_ECONFIG);
+    cr_assert_str_eq(err.msg, "/no/such/dir/plugins/mine.so: no such file");
+}
+
+Test(registry, refuses_a_directory_named_like_a_plugin)
+{
+    char dir[512], path[1024];
+    tmpdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/sub.so", dir);
+    cr_assert_eq(mkdir(path, 0700), 0);
+    primal_err err;
+    primal_loaded *p = NULL;
+    cr_assert_eq(primal_plugin_load(&search, path, PRIMAL_KIND_GRID, &p, &err), PRIMAL_ECONFIG);
+    char want[1200];
+    snprintf(want, sizeof want, "%s: not a regular file", path);
+    cr_assert_str_eq(err.msg, want);
+    rmdir(path);
+    rmdir(dir);
+}
+
+Test(registry, the_uninstalled_library_searches_the_build_tree)
+{
+    /* this test runs the build tree's libprimal (core/.libs); an installed one does not search
+     * the build tree (tests/install_test.sh) */
+    cr_assert_eq(primal_search_in_build_tree(), 1);
+    int found = 0;
+    for (int i = 0; i < search.n; i++)
+        found |= strcmp(search.dirs[i], PRIMAL_TEST_BUILDDIR "/grids/.libs") == 0;
+    cr_assert(found, "the search path lacks the build tree's grids/.libs");
 }
 
 Test(registry, refuses_a_path_that_does_not_exist)

@@ -3,9 +3,11 @@
 # SPEC.md, "The experiment file and the run directory", "Schedulers"):
 #   - --check prints the resolved configuration, defaults included, and touches nothing;
 #     --set overrides a value;
-#   - bad input (an unknown key in [flip], a bad number in [run], an unknown section, an
-#     unknown plugin) is refused with status 1 and the file:line of the culprit; a
-#     [grid.TENSOR] override with plugin = nf4 is accepted and reaches the checkpoint;
+#   - bad input (an unknown key in [flip] or in a [grid.TENSOR] override, a bad number in [run],
+#     an unknown section, an unknown plugin) is refused with status 1 and the file:line of the
+#     culprit; a [grid.TENSOR] override with plugin = nf4 is accepted and reaches the checkpoint;
+#   - plugin paths resolve against the experiment file's directory (--set: the current one),
+#     must end in .so and must exist;
 #   - night_shift + sealing log "event":"schedule" lines at the steps SPEC.md implies, and a
 #     resume in the middle of the schedule changes nothing;
 #   - --dump-batches writes tokens I32 [n, batch, seq_len + 1] and mask U8 [n, batch, seq_len].
@@ -134,6 +136,16 @@ refuse unknown-plugin 'no_such_policy' 'no_such_policy'
 sed 's/^plugin = prime13$/plugin = no_such_grid/' "$tmp/base.ini" >"$tmp/unknown-grid.ini"
 refuse unknown-grid 'no_such_grid' 'no_such_grid'
 
+# a grid override whose keys its grid refuses (checked under AddressSanitizer too: nothing of
+# the override is left behind)
+{
+    cat "$tmp/base.ini"
+    printf '\n[grid.model.layers.*.mlp.down_proj.weight]\nplugin = nf4\nbogus = 1\n'
+} >"$tmp/bad-override-key.ini"
+refuse bad-override-key '^bogus' 'bogus: unknown key'
+check "and leaves no leak behind (LeakSanitizer in an ASan build)" \
+    sh -c "! grep -q 'LeakSanitizer' '$tmp/err'"
+
 # A grid override for one tensor pattern: accepted, and the checkpoint records nf4 for those
 # tensors and prime13 for the rest.
 {
@@ -179,6 +191,57 @@ else
     fail "[data] tokenizer = ../tok/tokenizer.json resolves against the experiment's directory" \
         "$tmp/out"
 fi
+
+# ---------------------------------------------------------------------------------------------
+# A plugin value with a '/' is the path of a .so (core/registry.c): relative to the experiment
+# file's directory when the file gives it ([grid.TENSOR] without a plugin inherits [grid]'s),
+# relative to the current directory when --set does; without the .so suffix, or missing, it is
+# refused with the file:line before anything is opened.
+
+mkdir -p "$tmp/px/sub" "$tmp/px/plug"
+ln -s "$bld/plugins/.libs/momentum_carry.so" "$tmp/px/plug/mc.so"
+ln -s "$bld/plugins/.libs/momentum_carry.so" "$tmp/px/plug/mc"
+ln -s "$bld/grids/.libs/prime13.so" "$tmp/px/plug/p13.so"
+ln -s "$bld/schedulers/.libs/night_shift.so" "$tmp/px/plug/ns.so"
+ln -s "$bld/loaders/.libs/text.so" "$tmp/px/plug/txt.so"
+sed -e 's|^plugin = prime13$|plugin = ../plug/p13.so|' -e 's|^plugin = text$|plugin = ./../plug/txt.so|' \
+    "$tmp/base.ini" >"$tmp/px/sub/paths.ini"
+printf '\n[flip]\nplugin = ../plug/mc.so\n\n[scheduler]\nplugins = ../plug/ns.so\n' \
+    >>"$tmp/px/sub/paths.ini"
+printf '\n[grid.model.layers.*.mlp.down_proj.weight]\n' >>"$tmp/px/sub/paths.ini"
+if (cd "$tmp" && "$RUN" px/sub/paths.ini --check) >"$tmp/check" 2>"$tmp/err"; then
+    pass "plugin paths of the grid, an override, the policy, a scheduler and the loader resolve against the experiment's directory"
+    check "--check shows the plugins' names (momentum_carry, prime13, text)" \
+        sh -c "grep -qx 'plugin = momentum_carry' '$tmp/check' &&
+               test \"\$(grep -cx 'plugin = prime13' '$tmp/check')\" -eq 2 &&
+               grep -qx 'plugin = text' '$tmp/check' && grep -qx '\[ns\]' '$tmp/check'"
+else
+    fail "plugin paths resolve against the experiment's directory" "$tmp/err"
+fi
+if (cd "$tmp/px" && "$RUN" sub/paths.ini --set flip.plugin=plug/mc.so --check) \
+    >/dev/null 2>"$tmp/err"; then
+    pass "--set flip.plugin=plug/mc.so resolves against the current directory"
+else
+    fail "--set flip.plugin=plug/mc.so resolves against the current directory" "$tmp/err"
+fi
+sed 's|^plugin = ../plug/mc.so$|plugin = ../plug/none.so|' "$tmp/px/sub/paths.ini" \
+    >"$tmp/px/sub/missing-plugin.ini"
+line=$(grep -n 'none.so' "$tmp/px/sub/missing-plugin.ini" | cut -d: -f1)
+(cd "$tmp" && "$RUN" px/sub/missing-plugin.ini --check) >/dev/null 2>"$tmp/err"
+rc=$?
+check "a missing plugin path: status 1 (got $rc)" test "$rc" -eq 1
+check "and missing-plugin.ini:$line names the file looked for" \
+    grep -q "missing-plugin.ini:$line: \[flip\] plugin: px/sub/../plug/none.so: no such file" \
+    "$tmp/err"
+sed 's|^plugin = ../plug/mc.so$|plugin = ../plug/mc|' "$tmp/px/sub/paths.ini" \
+    >"$tmp/px/sub/no-suffix.ini"
+line=$(grep -n 'plug/mc$' "$tmp/px/sub/no-suffix.ini" | cut -d: -f1)
+(cd "$tmp" && "$RUN" px/sub/no-suffix.ini --check) >/dev/null 2>"$tmp/err"
+rc=$?
+check "a plugin path without .so (a real plugin behind it): status 1 (got $rc)" test "$rc" -eq 1
+check "and no-suffix.ini:$line says it must name a .so file" \
+    grep -q "no-suffix.ini:$line: \[flip\] plugin: '../plug/mc': a plugin path must name a .so file" \
+    "$tmp/err"
 
 # ---------------------------------------------------------------------------------------------
 # Schedulers.  2 blocks of 9 tensors (2 norms, q, k, v, o, gate, up, down), plus the embedding,

@@ -9,10 +9,33 @@
 #   - a run stopped by SIGINT exits 130 with a checkpoint, and --resume ends where an
 #     uninterrupted run ends;
 #   - --resume passes over a corrupt newest checkpoint with a warning and resumes from the
-#     previous one.
+#     previous one;
+#   - the run directory belongs to one run: a second run into it is refused, untouched, unless
+#     it resumes (refused where config.ini differs, but for --resume-anyway) or overwrites; a run
+#     that fails at start leaves no directory; temporary files of killed runs are removed;
+#   - [run] keep_checkpoints keeps the newest N;
+#   - a log.jsonl that cannot be written (/dev/full; a file-size limit mid-run) stops the run
+#     with an error naming it, the log cut back to its last whole line;
+#   - training lines carry grad_norm and time_s (going on across a resume), and the final
+#     sample is also in sample.txt.
 # Tiny models (dim 32, seq 32, batch 4) keep it to seconds.
 # shellcheck source-path=SCRIPTDIR source=run_lib.sh
 . "$(dirname "$0")/run_lib.sh"
+
+# The names in directory $1 that match glob $2 (default *), each followed by a space.
+names() {
+    _l=
+    for _f in "$1"/${2:-*}; do
+        if [ -e "$_f" ]; then _l="$_l${_f##*/} "; fi
+    done
+    printf '%s' "$_l"
+}
+
+# run_lib.sh's train_lines, without time_s either (wall-clock time varies from run to run too)
+train_lines() {
+    grep '"loss":' "$1" | grep -v '"event"' |
+        sed 's/,"tokens_per_s":[^,}]*//; s/,"peak_mem_bytes":[^,}]*//; s/,"time_s":[^,}]*//'
+}
 
 need_programs "$RUN" "$EVAL"
 write_base "$tmp/base.ini"
@@ -33,10 +56,10 @@ for pol in $policies; do
         sh -c "grep -qx 'plugin = $pol' '$d/config.ini' && grep -qx 'steps = 6' '$d/config.ini'"
     missing=$(grep -v '"event"' "$d/log.jsonl" | grep -v '"val_loss"' | awk '
         { for (i = 1; i <= n; i++) if (index($0, "\"" k[i] "\":") == 0) print NR ": " k[i] }
-        BEGIN { n = split("step loss lr tokens_per_s flips flip_frac trainable peak_mem_bytes", k, " ") }')
+        BEGIN { n = split("step loss grad_norm lr tokens_per_s flips flip_frac trainable peak_mem_bytes time_s", k, " ") }')
     nlines=$(grep -v '"event"' "$d/log.jsonl" | grep -c '"loss":')
     if [ -z "$missing" ] && [ "$nlines" -eq 6 ]; then
-        pass "$pol: log.jsonl has 6 training lines with step, loss, lr, tokens_per_s, flips, flip_frac, trainable, peak_mem_bytes"
+        pass "$pol: log.jsonl has 6 training lines with step, loss, grad_norm, lr, tokens_per_s, flips, flip_frac, trainable, peak_mem_bytes, time_s"
     else
         fail "$pol: log.jsonl training lines" "lines: $nlines; missing: $missing"
     fi
@@ -178,6 +201,173 @@ if "$RUN" "$@" >"$tmp/out" 2>&1; then
     fi
 else
     fail "a $steps-step run of $pol" "$tmp/out"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# One run owns its run directory (issue 24.4): a second run into a directory holding a run's
+# checkpoints or log.jsonl is refused before it writes anything; --resume is refused where
+# config.ini differs in a key that changes what is computed (unless --resume-anyway);
+# --overwrite removes the old run's files, and only those.
+
+x=$tmp/own
+rm -rf "$x"
+set -- "$tmp/base.ini" --set "run.out=$x" --set flip.plugin=momentum_carry
+if "$RUN" "$@" >"$tmp/out" 2>&1; then
+    ls "$x" >"$tmp/ls1"
+    cp "$x/log.jsonl" "$tmp/log1"
+    cp "$x/config.ini" "$tmp/cfg1"
+    if "$RUN" "$@" --set run.steps=3 >"$tmp/out" 2>&1; then
+        fail "a second run into a run directory is refused" "$tmp/out"
+    else
+        pass "a second run into a run directory is refused"
+        check "the refusal names --resume and --overwrite" \
+            sh -c "grep -q -- '--resume' '$tmp/out' && grep -q -- '--overwrite' '$tmp/out'"
+        ls "$x" >"$tmp/ls2"
+        check "the directory is as it was (its files, log.jsonl, config.ini)" \
+            sh -c "cmp -s '$tmp/ls1' '$tmp/ls2' && cmp -s '$tmp/log1' '$x/log.jsonl' &&
+                   cmp -s '$tmp/cfg1' '$x/config.ini'"
+    fi
+    if "$RUN" "$@" --resume --set optim.lr=1e-2 --set run.steps=10 >"$tmp/out" 2>&1; then
+        fail "--resume with another [optim] lr is refused" "$tmp/out"
+    else
+        check "--resume with another [optim] lr is refused, naming the key and --resume-anyway" \
+            sh -c "grep -q '\[optim\] lr = ' '$tmp/out' && grep -q -- '--resume-anyway' '$tmp/out'"
+        check "and leaves log.jsonl as it was" cmp -s "$tmp/log1" "$x/log.jsonl"
+    fi
+    "$RUN" "$@" --resume --overwrite >"$tmp/out" 2>&1
+    rc=$?
+    check "--resume with --overwrite is a usage error (status $rc)" \
+        sh -c "test $rc -eq 2 && grep -q 'not both' '$tmp/out'"
+    if "$RUN" "$@" --resume-anyway --set optim.lr=1e-2 --set run.steps=10 >"$tmp/out" 2>&1
+    then
+        check "--resume-anyway resumes from step 8 all the same" \
+            grep -q "resumed from .*ckpt-00000008.safetensors at step 8" "$tmp/out"
+        check "and config.ini holds the new lr" grep -qx 'lr = 1e-2' "$x/config.ini"
+    else
+        fail "--resume-anyway resumes all the same" "$tmp/out"
+    fi
+    echo mine >"$x/notes.txt"
+    if "$RUN" "$@" --overwrite --set run.steps=3 >"$tmp/out" 2>&1; then
+        pass "--overwrite trains afresh in the run directory"
+        files=$(names "$x")
+        check "only the new run's files and notes.txt are left (got: $files)" \
+            test "$files" = "ckpt-00000003.safetensors config.ini log.jsonl notes.txt "
+        check "its log.jsonl has the new run's 3 training lines" \
+            test "$(train_lines "$x/log.jsonl" | grep -c .)" -eq 3
+    else
+        fail "--overwrite trains afresh in the run directory" "$tmp/out"
+    fi
+else
+    fail "an 8-step run to refuse a second one over" "$tmp/out"
+fi
+
+# A run that fails at start (here, no data) leaves no run directory, nested ones included.
+"$RUN" "$tmp/base.ini" --set "run.out=$tmp/never/a/b" --set "data.path=$tmp/no-such.txt" \
+    >"$tmp/out" 2>&1
+rc=$?
+check "a run without its data fails (status $rc)" test "$rc" -eq 1
+check "and leaves no run directory" test ! -e "$tmp/never"
+
+# Temporary files of killed runs go at start; those of a live process, or not a run's, stay.
+# 99999999 is no process (pid_max is at most 2^22); $$ is this shell.
+x=$tmp/stale
+mkdir -p "$x"
+: >"$x/ckpt-00000004.safetensors.tmp.99999999"
+: >"$x/config.ini.tmp.$$"
+: >"$x/data.tmp.99999999"
+if "$RUN" "$tmp/base.ini" --set "run.out=$x" --set run.steps=2 >"$tmp/out" 2>&1; then
+    check "a killed run's ckpt-00000004.safetensors.tmp.99999999 is removed, with a warning" \
+        sh -c "test ! -e '$x/ckpt-00000004.safetensors.tmp.99999999' &&
+               grep -q 'warning: removed .*ckpt-00000004.safetensors.tmp.99999999' '$tmp/out'"
+    check "a live process's config.ini.tmp.PID and a foreign data.tmp.99999999 stay" \
+        test -e "$x/config.ini.tmp.$$" -a -e "$x/data.tmp.99999999"
+else
+    fail "a run into a directory with temporary files" "$tmp/out"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# [run] keep_checkpoints = 2 keeps the two newest (issue 25.7), also after a resume.
+
+x=$tmp/keep
+set -- "$tmp/base.ini" --set "run.out=$x" --set run.ckpt_every=2 --set run.keep_checkpoints=2
+if "$RUN" "$@" >"$tmp/out" 2>&1; then
+    files=$(names "$x" 'ckpt-*')
+    check "8 steps, a checkpoint every 2, keep 2: ckpt 6 and 8 are left (got: $files)" \
+        test "$files" = "ckpt-00000006.safetensors ckpt-00000008.safetensors "
+    if "$RUN" "$@" --resume --set run.steps=12 >"$tmp/out" 2>&1; then
+        files=$(names "$x" 'ckpt-*')
+        check "resumed to 12: ckpt 10 and 12 are left (got: $files)" \
+            test "$files" = "ckpt-00000010.safetensors ckpt-00000012.safetensors "
+    else
+        fail "--resume to 12 with keep_checkpoints = 2" "$tmp/out"
+    fi
+else
+    fail "a run with keep_checkpoints = 2" "$tmp/out"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# A log.jsonl that cannot be written stops the run (issue 25.7).
+
+x=$tmp/full
+if [ -c /dev/full ] && [ -w /dev/full ]; then
+    mkdir -p "$x"
+    ln -s /dev/full "$x/log.jsonl" # --resume: the directory may hold a log (and no checkpoint)
+    "$RUN" "$tmp/base.ini" --set "run.out=$x" --resume >"$tmp/out" 2>&1
+    rc=$?
+    check "a log.jsonl on a full device stops the run (status $rc)" test "$rc" -eq 1
+    check "with an error naming log.jsonl and the cause" \
+        grep -q "log.jsonl: cannot write: No space left on device" "$tmp/out"
+    check "before it writes a checkpoint" sh -c "! ls '$x'/ckpt-* >/dev/null 2>&1"
+else
+    printf 'SKIP: /dev/full is not a writable device here\n'
+fi
+
+# Mid-run: a file-size limit (dash counts 512-byte blocks, bash 1024) that config.ini fits and
+# the log outgrows after some tens of steps; SIGXFSZ ignored, so write() fails with EFBIG.
+x=$tmp/fsize
+(
+    ulimit -f 16 && trap '' XFSZ &&
+        exec "$RUN" "$tmp/base.ini" --set "run.out=$x" --set run.steps=300 --set run.ckpt_every=0
+) >"$tmp/out" 2>&1
+rc=$?
+check "a log.jsonl that outgrows the file-size limit stops the run (status $rc)" test "$rc" -eq 1
+check "with an error naming log.jsonl" grep -q "log.jsonl: cannot write: File too large" "$tmp/out"
+last=$(train_lines "$x/log.jsonl" | tail -n 1 | sed 's/.*"step":\([0-9]*\),.*/\1/')
+check "at the step the log failed (last logged step: $last), not at the end" \
+    test "${last:-300}" -lt 300
+check "and log.jsonl is cut back to its last whole line" \
+    sh -c "[ -s '$x/log.jsonl' ] && [ \"\$(tail -c 1 '$x/log.jsonl' | od -An -tx1 | tr -d ' ')\" = 0a ] &&
+           ! grep -qv '}\$' '$x/log.jsonl'"
+
+# ---------------------------------------------------------------------------------------------
+# Training lines carry time_s and grad_norm, and the sample goes to sample.txt too (issue 24.7).
+
+x=$tmp/sample
+set -- "$tmp/base.ini" --set "run.out=$x" --set run.sample_tokens=40 --set run.steps=4
+if "$RUN" "$@" >"$tmp/sout" 2>"$tmp/out" && "$RUN" "$@" --resume --set run.steps=8 \
+    >"$tmp/sout2" 2>"$tmp/out"; then
+    sed -n '/^--- sample ---$/,/^--------------$/p' "$tmp/sout2" | sed '1d;$d' >"$tmp/printed"
+    check "sample.txt holds the sample primal-run printed" cmp -s "$tmp/printed" "$x/sample.txt"
+    grep '"time_s":' "$x/log.jsonl" | sed 's/.*"step":\([0-9]*\),.*"time_s":\([^,}]*\).*/\1 \2/' \
+        >"$tmp/times"
+    # shellcheck disable=SC2016 # an awk program
+    check "time_s grows over steps 1-8, across the resume at 4" \
+        awk 'NR == 1 { p = $2 } $2 < p || $2 < 0 { exit 1 } { p = $2; n++ } END { exit n != 8 }' \
+        "$tmp/times"
+else
+    fail "4 steps with a sample, then --resume to 8" "$tmp/out"
+fi
+gn() { grep '"step":1,"loss"' "$1" | sed 's/.*"grad_norm":\([^,]*\),.*/\1/'; }
+if "$RUN" "$tmp/base.ini" --set "run.out=$tmp/clip" --set optim.clip=0.01 --set run.steps=1 \
+    >"$tmp/out" 2>&1 &&
+    "$RUN" "$tmp/base.ini" --set "run.out=$tmp/noclip" --set optim.clip=0 --set run.steps=1 \
+        >>"$tmp/out" 2>&1; then
+    a=$(gn "$tmp/clip/log.jsonl")
+    b=$(gn "$tmp/noclip/log.jsonl")
+    check "grad_norm is the norm before clipping: $a with clip 0.01, $b without" \
+        awk -v a="$a" -v b="$b" 'BEGIN { exit !(a != "" && a == b && a > 0.01) }'
+else
+    fail "one step with clip 0.01 and without" "$tmp/out"
 fi
 
 finish
