@@ -14,3 +14,11 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 # shellcheck disable=SC2086
 $SUDO apt-get install -y -q --no-install-recommends $PKGS
+# tests/gguf_test.sh loads primal-export's GGUF files in llama.cpp through the npm package
+# node-llama-cpp 3.21.1 (prebuilt for linux-x64), which needs Node.js 20 or later; Debian 12's
+# own nodejs is 18, too old, so none is installed here.  Where node 20+ and npm exist, the
+# package goes into the test's cache now (~/.cache/primal; the test installs it itself when
+# missing, and skips without node 20+).
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+    sh "$(dirname "$0")/../tests/gguf_test.sh" --install || true
+fi
