@@ -453,9 +453,9 @@ int primal_experiment_load(const char *path, const char *const *sets,
     if (rc == PRIMAL_OK) {
         int line = 0;
         const char *name = primal_ini_get(e->ini, "flip", "plugin", &line);
-        /* momentum_carry is the default: it learns within ~1-4% of dense AdamW where the
-         * prototype's policies are 25-100% behind (docs/RESULTS.md) */
-        rc = load_plugin_section(e, "flip", name ? name : "momentum_carry", line,
+        /* adam_carry is the default: below one epoch of the Linux C corpus it learns closest
+         * to QAT of the shadowless policies (docs/RESULTS.md) */
+        rc = load_plugin_section(e, "flip", name ? name : "adam_carry", line,
                                  PRIMAL_KIND_POLICY, ignore_plugin, &e->policy, &e->policy_c,
                                  err);
     }

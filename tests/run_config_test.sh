@@ -28,11 +28,12 @@ if "$RUN" "$tmp/base.ini" --check --set run.steps=3 --set "run.out=$tmp/never" \
     check "--set run.steps=3 shows as steps = 3" grep -qx 'steps = 3' "$tmp/run"
     check "a key the file leaves out shows with its default (eval_batches = 0)" \
         grep -qx 'eval_batches = 0' "$tmp/run"
-    # momentum_carry is the default policy; SPEC.md gives its defaults (beta2 0.999, 8 bits)
+    # adam_carry is the default policy (beta2 0.95, factored second moment, blocks of 64)
     sed -n '/^\[flip\]/,/^\[/p' "$tmp/check" >"$tmp/flip"
-    check "the default policy's keys show with their defaults (beta2 = 0.999)" \
-        sh -c "grep -qx 'plugin = momentum_carry' '$tmp/flip' &&
-               grep -qx 'beta2 = 0.999' '$tmp/flip' && grep -qx 'residual_bits = 8' '$tmp/flip'"
+    check "the default policy's keys show with their defaults (beta2 = 0.95)" \
+        sh -c "grep -qx 'plugin = adam_carry' '$tmp/flip' &&
+               grep -qx 'beta2 = 0.95' '$tmp/flip' && grep -qx 'second_moment = factored' '$tmp/flip' &&
+               grep -qx 'block = 64' '$tmp/flip'"
     check "the data path of the file is kept" \
         grep -qx "path = $fixtures/data/genesis.txt" "$tmp/check"
     check "--check creates no run directory" test ! -e "$tmp/never"

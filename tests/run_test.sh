@@ -39,7 +39,7 @@ train_lines() {
 
 need_programs "$RUN" "$EVAL"
 write_base "$tmp/base.ini"
-policies="threshold_consensus stochastic_zscore momentum_carry adamw latent_adamw"
+policies="threshold_consensus stochastic_zscore momentum_carry adam_carry adamw latent_adamw"
 
 # ---------------------------------------------------------------------------------------------
 # Each policy trains
