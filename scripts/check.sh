@@ -1,7 +1,8 @@
 #!/bin/sh
 # Build PRIMAL twice and run the whole test suite in each build: once with
-# -Wall -Wextra -Werror, once under AddressSanitizer and UndefinedBehaviorSanitizer.  Then
-# `make distcheck`.  Prints one closing line "tests: N passed, N failed".
+# -Wall -Wextra -Werror, once under AddressSanitizer and UndefinedBehaviorSanitizer; where CUDA
+# is found, a third time configured --without-cuda (the build of a machine without CUDA, which
+# the two others would not catch breaking).  Then `make distcheck`.  Prints one closing line "tests: N passed, N failed".
 # Usage: scripts/check.sh [--no-distcheck]
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,13 +20,16 @@ if [ -f config.status ]; then
 fi
 status=0
 
-build() { # dir, CFLAGS, LDFLAGS
+build() { # dir, CFLAGS, LDFLAGS, [configure options]
     mkdir -p "$1"
-    (cd "$1" && "$top/configure" -q --enable-werror CFLAGS="$2" LDFLAGS="$3" &&
+    (cd "$1" && "$top/configure" -q --enable-werror CFLAGS="$2" LDFLAGS="$3" ${4:-} &&
         make -s -j"$jobs" && make -s -j"$jobs" check) || status=1
 }
 
 build _build "-O2 -g -Wall -Wextra" ""
+if [ -x /usr/local/cuda/bin/nvcc ]; then
+    build _build-nocuda "-O2 -g -Wall -Wextra" "" --without-cuda
+fi
 # CUDA's runtime maps memory where ASan keeps its shadow gap
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:protect_shadow_gap=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export ASAN_OPTIONS UBSAN_OPTIONS
@@ -40,7 +44,7 @@ fi
 pass=0
 fail=0
 skip=0
-for log in _build/tests/*.log _build-asan/tests/*.log; do
+for log in _build/tests/*.log _build-nocuda/tests/*.log _build-asan/tests/*.log; do
     [ -f "$log" ] || continue
     line=$(grep -a 'Synthesis: Tested:' "$log" | tail -n 1) || true
     if grep -q '^:test-result: SKIP' "${log%.log}.trs" 2>/dev/null; then
