@@ -1017,7 +1017,8 @@ static int resume(trainer *t, int *found, primal_err *err)
             n++;
     }
     closedir(d);
-    qsort(names, (size_t)n, sizeof *names, cmp_desc);
+    if (n > 1) /* names is NULL when the directory holds none (qsort's argument is nonnull) */
+        qsort(names, (size_t)n, sizeof *names, cmp_desc);
     int rc = PRIMAL_OK;
     primal_ckpt *c = NULL;
     for (int i = 0; i < n && c == NULL; i++) {
