@@ -219,29 +219,35 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
-# primal-sweep: 2 policies x 2 learning rates, one of the policies unknown.
+# primal-sweep: a variant that primal-run --check refuses stops the sweep before anything runs;
+# then 2 policies x 2 learning rates; run again, the done variants are not run again.
 
 PRIMAL_RUN=$RUN
 export PRIMAL_RUN
-sw=$tmp/sweep
 "$SWEEP" "$tmp/base.ini" flip.plugin=threshold_consensus,no_such_policy optim.lr=1e-3,3e-3 \
+    --set run.steps=3 --set run.ckpt_every=0 -o "$tmp/badsweep" >"$tmp/table" 2>"$tmp/err"
+rc=$?
+check "a sweep with a variant --check refuses exits 2 (got $rc)" test "$rc" -eq 2
+check "naming the variant and primal-run's reason" \
+    sh -c "grep -q 'flip.plugin=no_such_policy' '$tmp/err' && grep -q 'no_such_policy' '$tmp/err'"
+check "and runs nothing" sh -c "! ls '$tmp'/badsweep/*/log.jsonl >/dev/null 2>&1"
+sw=$tmp/sweep
+"$SWEEP" "$tmp/base.ini" flip.plugin=threshold_consensus,momentum_carry optim.lr=1e-3,3e-3 \
     --set run.steps=3 --set run.ckpt_every=0 -o "$sw" >"$tmp/table" 2>"$tmp/err"
 rc=$?
-check "a sweep with a failing variant exits 1 (got $rc)" test "$rc" -eq 1
+check "a sweep whose variants all succeed exits 0 (got $rc)" test "$rc" -eq 0
 ok_dir="$sw/flip.plugin=threshold_consensus,optim.lr=1e-3"
 check "each variant has its run directory DIR/k1=v1,k2=v2" \
-    test -f "$ok_dir/log.jsonl" -a -f "$sw/flip.plugin=threshold_consensus,optim.lr=3e-3/log.jsonl"
+    test -f "$ok_dir/log.jsonl" -a -f "$sw/flip.plugin=momentum_carry,optim.lr=3e-3/log.jsonl"
 check "the run got its values (config.ini: lr = 1e-3, steps = 3)" \
     sh -c "grep -qx 'lr = 1e-3' '$ok_dir/config.ini' && grep -qx 'steps = 3' '$ok_dir/config.ini'"
-check "the failed variant's directory holds primal-run's message" \
-    grep -q "no_such_policy" "$sw/flip.plugin=no_such_policy,optim.lr=1e-3/primal-run.log"
 if [ -f "$sw/results.csv" ]; then
     pass "results.csv is written"
     check "results.csv has the documented header" test "$(head -n 1 "$sw/results.csv")" = \
         "flip.plugin,optim.lr,status,final_loss,best_val_loss,tokens_per_s,peak_mem_bytes,flips,state_bytes_per_weight"
-    check "and one row per variant, the failed ones with status failed:1" \
+    check "and one row per variant, each with status ok" \
         test "$(cut -d, -f1-3 "$sw/results.csv" | tail -n +2 | tr '\n' ' ')" = \
-        "threshold_consensus,1e-3,ok threshold_consensus,3e-3,ok no_such_policy,1e-3,failed:1 no_such_policy,3e-3,failed:1 "
+        "threshold_consensus,1e-3,ok threshold_consensus,3e-3,ok momentum_carry,1e-3,ok momentum_carry,3e-3,ok "
     row=$(grep '^threshold_consensus,1e-3,' "$sw/results.csv")
     # the figures, against the run's own log lines
     last=$(grep '"step":3,"loss"' "$ok_dir/log.jsonl" | sed 's/.*"loss":\([^,]*\),.*/\1/')
@@ -259,9 +265,24 @@ if [ -f "$sw/results.csv" ]; then
         awk -v v="$(echo "$row" | cut -d, -f9)" 'BEGIN { exit !(v == 2) }'
     check "the Markdown table on stdout has a header, a rule and 4 rows" \
         test "$(grep -c '^|' "$tmp/table")" -eq 6
+    check "and is kept as results.md" cmp -s "$tmp/table" "$sw/results.md"
 else
     fail "results.csv is written" "$tmp/err"
 fi
+cp "$ok_dir/log.jsonl" "$tmp/first.jsonl"
+"$SWEEP" "$tmp/base.ini" flip.plugin=threshold_consensus,momentum_carry optim.lr=1e-3,3e-3 \
+    --set run.steps=3 --set run.ckpt_every=0 -o "$sw" >"$tmp/table2" 2>"$tmp/err"
+rc=$?
+check "the same sweep again exits 0 (got $rc)" test "$rc" -eq 0
+check "without running its done variants again" \
+    sh -c "test \"\$(grep -c 'done already' '$tmp/err')\" -eq 4 && cmp -s '$ok_dir/log.jsonl' '$tmp/first.jsonl'"
+check "and tabulates them as before" cmp -s "$tmp/table" "$tmp/table2"
+"$SWEEP" "$tmp/base.ini" flip.plugin=threshold_consensus optim.lr=1e-3 \
+    --set run.steps=3 --set run.ckpt_every=0 -o "$sw" --rerun >/dev/null 2>"$tmp/err"
+rc=$?
+check "--rerun runs a done variant again, over its old run (status $rc)" \
+    sh -c "test $rc -eq 0 && ! grep -q 'done already' '$tmp/err' &&
+           test \"\$(grep -c '\"event\":\"start\"' '$ok_dir/log.jsonl')\" -eq 1"
 
 "$SWEEP" "$tmp/base.ini" "data.path=$fixtures/data/genesis.txt" 'run.sample_prompt=a b' \
     --set run.steps=2 -o "$tmp/dry" --dry-run >"$tmp/cmds" 2>"$tmp/err"
