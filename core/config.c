@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #include <ini.h>
 
@@ -245,6 +246,12 @@ int primal_ini_load(const char *path, primal_ini **out, primal_err *err)
     FILE *f = fopen(path, "r");
     if (f == NULL)
         return primal_errf(err, PRIMAL_EIO, "%s: cannot open: %s", path, strerror(errno));
+    /* fopen opens a directory for reading, and inih then sees an empty file */
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+        fclose(f);
+        return primal_errf(err, PRIMAL_EIO, "%s: is a directory, not an INI file", path);
+    }
     primal_ini *ini = primal_ini_new(path);
     if (ini == NULL) {
         fclose(f);
@@ -735,6 +742,20 @@ int primal_cfg_is_set(const primal_config *c, const char *key)
     primal_key_type t;
     const cfg_val *v = lookup(c, key, &t);
     return v ? v->set : 0;
+}
+
+int primal_config_set_str(primal_config *c, const char *key, const char *text, primal_err *err)
+{
+    primal_key_type t;
+    cfg_val *v = (cfg_val *)lookup(c, key, &t);
+    if (v == NULL || t != PRIMAL_KEY_STRING)
+        return primal_errf(err, PRIMAL_ERROR, "[%s] %s: not a string key", c->section, key);
+    char *d = xstrdup(text);
+    if (d == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    free(v->text);
+    v->text = d;
+    return PRIMAL_OK;
 }
 
 const char *primal_cfg_section(const primal_config *c) { return c->section; }

@@ -16,7 +16,8 @@
 typedef struct primal_ini primal_ini;
 
 /* Read path.  Syntax errors (no '=', a line too long, an unterminated section) are
- * PRIMAL_ECONFIG with "path:line: ...". */
+ * PRIMAL_ECONFIG with "path:line: ..."; a file that cannot be opened, or a directory
+ * ("path: is a directory, not an INI file"), PRIMAL_EIO. */
 int primal_ini_load(const char *path, primal_ini **out, primal_err *err);
 /* An empty file (for tests and tools); name is used in messages. */
 primal_ini *primal_ini_new(const char *name);
@@ -28,7 +29,7 @@ const char *primal_ini_path(const primal_ini *ini);
 int primal_ini_nsections(const primal_ini *ini);
 const char *primal_ini_section_name(const primal_ini *ini, int i);
 int primal_ini_has_section(const primal_ini *ini, const char *section);
-/* The raw text of a key, or NULL; *line gets its line (0 for --set). */
+/* The raw text of a key, or NULL; *line gets its line (-1 for --set). */
 const char *primal_ini_get(const primal_ini *ini, const char *section, const char *key,
                            int *line);
 /* Mark a whole section as known although nothing is bound to it yet. */
@@ -48,6 +49,10 @@ int primal_config_bind(primal_ini *ini, const char *section, const primal_key *k
 int primal_config_from_kv(const primal_plugin *p, const char *section, const char *const *kv,
                           primal_config **out, primal_err *err);
 void primal_config_free(primal_config *c);
+
+/* Replace the text of a bound STRING key's value, keeping where it came from (its line): the
+ * core's own resolved values, such as [run] out's run directory. */
+int primal_config_set_str(primal_config *c, const char *key, const char *text, primal_err *err);
 
 /* Write the bound section, every key with its value (defaults included), as INI text. */
 void primal_config_write(const primal_config *c, FILE *f);

@@ -1,14 +1,28 @@
-/* experiment.c: loading and resolving an experiment file (experiment.h). */
+/* experiment.c: loading and resolving an experiment file, and checking it as a run would
+ * (experiment.h). */
+#include <errno.h>
 #include <fnmatch.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <primal/policy_cuda.h>
+#include <primal/tokenizer.h>
+
+#include "checkpoint.h"
 #include "experiment.h"
+#include "hfconfig.h"
+#include "model_cuda.h"
 
 /* Key names are an interface (SPEC.md): examples, sweeps and users' files depend on them. */
 const primal_key primal_run_keys[] = {
-    {"out", PRIMAL_KEY_STRING, "", "run directory (default: runs/<experiment file name>)", NULL},
+    {"out", PRIMAL_KEY_STRING, "",
+     "run directory; a relative one is relative to the experiment file's directory (given with "
+     "--set: to the current directory); default: runs/<experiment file name> in the current "
+     "directory", NULL},
     {"steps", PRIMAL_KEY_INT, "1000", "optimizer steps", "[0,1000000000]"},
     {"batch", PRIMAL_KEY_INT, "8", "rows per micro-batch", "[1,65536]"},
     {"seq_len", PRIMAL_KEY_INT, "256", "tokens per row (schedulers may change it)", "[1,1048576]"},
@@ -65,7 +79,8 @@ const primal_key primal_run_keys[] = {
 
 const primal_key primal_model_keys[] = {
     {"init", PRIMAL_KEY_STRING, "random",
-     "random, a checkpoint (.safetensors) or a Hugging Face model directory", NULL},
+     "random, a checkpoint (.safetensors) or a Hugging Face model directory (a relative path: "
+     "as [run] out)", NULL},
     {"init_std", PRIMAL_KEY_FLOAT, "0.02", "std of the random normal initialisation",
      "(0,10]"},
     {"arch", PRIMAL_KEY_ENUM, "llama", "model family", "llama|qwen2"},
@@ -100,7 +115,24 @@ const primal_key primal_optim_keys[] = {
 const primal_key primal_data_keys[] = {
     {"plugin", PRIMAL_KEY_STRING, "text", "data loader plugin", NULL},
     {"tokenizer", PRIMAL_KEY_STRING, "bytes",
-     "bytes, or the path of a Hugging Face tokenizer.json", NULL},
+     "bytes, or the path of a Hugging Face tokenizer.json (a relative path: as [run] out)",
+     NULL},
+    {0},
+};
+
+/* [grid] and [flip]: the core reads only plugin (load_grids, primal_grid_from_ini and
+ * primal_experiment_load); the plugin declares the rest.  For --describe. */
+const primal_key primal_grid_core_keys[] = {
+    {"plugin", PRIMAL_KEY_STRING, "prime13",
+     "grid plugin: a name, or the path of a .so (relative: as [run] out)", NULL},
+    {0},
+};
+
+/* adam_carry is the default: below one epoch of the Linux C corpus it learns closest to QAT of
+ * the shadowless policies (docs/RESULTS.md) */
+const primal_key primal_flip_core_keys[] = {
+    {"plugin", PRIMAL_KEY_STRING, "adam_carry",
+     "flip policy plugin: a name, or the path of a .so (relative: as [run] out)", NULL},
     {0},
 };
 
@@ -152,10 +184,82 @@ static char *trim(char *s)
     return s;
 }
 
+/* The one rule for a path that the experiment names (README, "Paths"): a relative path that the
+ * experiment file gives (line > 0) is relative to the file's directory; one that --set gives
+ * (line < 0), or a default (line 0), is relative to the current directory and so is kept as it
+ * is.  malloc'ed; NULL when out of memory. */
+static char *resolve_path(const primal_experiment *e, const char *value, int line)
+{
+    if (line <= 0 || value[0] == '/' || value[0] == '\0')
+        return strdup(value);
+    char *p;
+    return asprintf(&p, "%s/%s", primal_cfg_dir(e->run_c), value) < 0 ? NULL : p;
+}
+
+/* [data] KEY (path, val_path: the loaders' comma-separated paths or globs, primal/datafiles.h)
+ * given with --set: the loader joins a relative item onto the experiment file's directory
+ * (primal_cfg_dir), so each relative item is made absolute here, against the current
+ * directory, and the run's config.ini records it so. */
+static int data_paths_from_cwd(primal_experiment *e, const char *key, primal_err *err)
+{
+    int line = 0;
+    const char *v = primal_ini_get(e->ini, "data", key, &line);
+    if (v == NULL || line >= 0)
+        return PRIMAL_OK;
+    char *cwd = getcwd(NULL, 0);
+    if (cwd == NULL)
+        return primal_errf(err, PRIMAL_EIO, "--set data.%s: the current directory: %s", key,
+                           strerror(errno));
+    size_t cap = strlen("data.") + strlen(key) + 2 + strlen(v) * (strlen(cwd) + 2) + 1;
+    char *set = malloc(cap), *list = strdup(v);
+    if (set == NULL || list == NULL) {
+        free(cwd);
+        free(set);
+        free(list);
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    }
+    size_t n = (size_t)snprintf(set, cap, "data.%s=", key);
+    char *save = NULL;
+    for (char *item = strtok_r(list, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        item = trim(item);
+        if (*item == '\0')
+            continue;
+        n += (size_t)snprintf(set + n, cap - n, "%s%s%s%s", set[n - 1] == '=' ? "" : ",",
+                              item[0] == '/' ? "" : cwd, item[0] == '/' ? "" : "/", item);
+    }
+    int rc = primal_ini_set(e->ini, set, err);
+    free(cwd);
+    free(set);
+    free(list);
+    return rc;
+}
+
 static int resolve_run(primal_experiment *e, primal_err *err)
 {
     primal_config *c = e->run_c;
     primal_run_cfg *r = &e->run;
+    /* the run directory, as the resolved configuration then shows it: out by the rule of
+     * paths, or runs/<experiment file name> in the current directory */
+    const char *out = primal_cfg_str(c, "out");
+    char *dir = NULL;
+    if (out[0] != '\0') {
+        int line = 0;
+        primal_ini_get(e->ini, "run", "out", &line);
+        dir = resolve_path(e, out, line);
+    } else {
+        const char *path = primal_ini_path(e->ini);
+        const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+        const char *dot = strrchr(base, '.');
+        int len = dot != NULL && dot != base ? (int)(dot - base) : (int)strlen(base);
+        if (asprintf(&dir, "runs/%.*s", len, base) < 0)
+            dir = NULL;
+    }
+    if (dir == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    int rc = primal_config_set_str(c, "out", dir, err);
+    free(dir);
+    if (rc != PRIMAL_OK)
+        return rc;
     r->out = primal_cfg_str(c, "out");
     r->steps = primal_cfg_int(c, "steps");
     r->batch = (int)primal_cfg_int(c, "batch");
@@ -229,6 +333,14 @@ static int resolve_model(primal_experiment *e, primal_err *err)
     primal_config *c = e->model_c;
     primal_model_config *m = &e->model;
     e->model_init = primal_cfg_str(c, "init");
+    if (strcmp(e->model_init, "random") != 0) {
+        int line = 0;
+        primal_ini_get(e->ini, "model", "init", &line);
+        e->model_init_path = resolve_path(e, e->model_init, line);
+        if (e->model_init_path == NULL)
+            return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+        e->model_init = e->model_init_path;
+    }
     e->init_std = primal_cfg_float(c, "init_std");
     m->arch = strcmp(primal_cfg_str(c, "arch"), "qwen2") == 0 ? PRIMAL_ARCH_QWEN2
                                                                : PRIMAL_ARCH_LLAMA;
@@ -453,9 +565,7 @@ int primal_experiment_load(const char *path, const char *const *sets,
     if (rc == PRIMAL_OK) {
         int line = 0;
         const char *name = primal_ini_get(e->ini, "flip", "plugin", &line);
-        /* adam_carry is the default: below one epoch of the Linux C corpus it learns closest
-         * to QAT of the shadowless policies (docs/RESULTS.md) */
-        rc = load_plugin_section(e, "flip", name ? name : "adam_carry", line,
+        rc = load_plugin_section(e, "flip", name ? name : primal_flip_core_keys[0].def, line,
                                  PRIMAL_KIND_POLICY, ignore_plugin, &e->policy, &e->policy_c,
                                  err);
     }
@@ -464,21 +574,22 @@ int primal_experiment_load(const char *path, const char *const *sets,
     if (rc == PRIMAL_OK)
         rc = load_schedulers(e, err);
     if (rc == PRIMAL_OK) {
+        /* data_c was bound from a copy of [data]'s two core keys, where every line reads as
+         * --set's: where the value came from is e->ini's line */
         int line = 0;
-        primal_ini_get(e->ini, "data", "plugin", &line);
+        primal_ini_get(e->ini, "data", "tokenizer", &line);
         e->tokenizer = primal_cfg_str(e->data_c, "tokenizer");
-        if (strcmp(e->tokenizer, "bytes") != 0 && e->tokenizer[0] != '/') {
-            /* relative to the experiment file, like every other path in it */
-            const char *dir = primal_cfg_dir(e->data_c);
-            size_t n = strlen(dir) + strlen(e->tokenizer) + 2;
-            e->tokenizer_path = malloc(n);
+        if (strcmp(e->tokenizer, "bytes") != 0) {
+            e->tokenizer_path = resolve_path(e, e->tokenizer, line);
             if (e->tokenizer_path == NULL)
                 rc = primal_errf(err, PRIMAL_ENOMEM, "out of memory");
-            else
-                snprintf(e->tokenizer_path, n, "%s/%s", dir, e->tokenizer);
             e->tokenizer = e->tokenizer_path;
         }
     }
+    if (rc == PRIMAL_OK)
+        rc = data_paths_from_cwd(e, "path", err);
+    if (rc == PRIMAL_OK)
+        rc = data_paths_from_cwd(e, "val_path", err);
     if (rc == PRIMAL_OK) {
         int line = 0;
         primal_ini_get(e->ini, "data", "plugin", &line);
@@ -533,6 +644,7 @@ void primal_experiment_free(primal_experiment *e)
     primal_search_free(&e->search);
     primal_ini_free(e->ini);
     free(e->tokenizer_path);
+    free(e->model_init_path);
     free(e);
 }
 
@@ -608,4 +720,263 @@ char *primal_experiment_resolved(const primal_experiment *e)
     snprintf(dline, sizeof dline, "tokenizer = %s\n", e->tokenizer);
     section_text(&buf, &len, &cap, "data", e->loader->desc->name, e->loader_c, dline);
     return buf;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* What a run refuses at start (primal-run --check)                                           */
+
+int primal_experiment_check_run(const primal_experiment *e, int nranks, primal_err *err)
+{
+    const primal_policy_vt *pvt = e->policy->desc->vtable;
+    if (e->run.device == PRIMAL_DEVICE_CUDA) {
+#ifdef PRIMAL_HAVE_CUDA
+        char gpu[256];
+        if (primal_cuda_device_count(gpu, sizeof gpu) < 1)
+            return primal_cfg_errf(e->run_c, "device", err, PRIMAL_EDEVICE,
+                                   "cuda: no CUDA device on this machine");
+        if (pvt->size < offsetof(primal_policy_vt, cuda) + sizeof pvt->cuda ||
+            pvt->cuda == NULL)
+            return primal_cfg_errf(e->run_c, "device", err, PRIMAL_ECONFIG,
+                                   "cuda: flip policy %s has no CUDA version (policies with "
+                                   "one: see primal-run --describe NAME)",
+                                   e->policy->desc->name);
+        if (nranks > 1)
+            return primal_cfg_errf(e->run_c, "device", err, PRIMAL_ECONFIG,
+                                   "cuda: several ranks on GPUs need NCCL, which this build "
+                                   "does not use yet; run one rank per job");
+#else
+        (void)nranks;
+        return primal_cfg_errf(e->run_c, "device", err, PRIMAL_ECONFIG,
+                               "cuda: this PRIMAL was built without CUDA (configure "
+                               "--with-cuda)");
+#endif
+    }
+    if (e->run.reduce_votes) {
+        if (pvt->size < offsetof(primal_policy_vt, vote_increments) +
+                            sizeof pvt->vote_increments ||
+            pvt->vote_increments == NULL)
+            return primal_cfg_errf(e->run_c, "reduce", err, PRIMAL_ECONFIG,
+                                   "votes: flip policy %s is not a sum of integer votes it can "
+                                   "reduce (threshold_consensus is); use reduce = grad",
+                                   e->policy->desc->name);
+        if (e->run.device == PRIMAL_DEVICE_CUDA)
+            return primal_cfg_errf(e->run_c, "reduce", err, PRIMAL_ECONFIG,
+                                   "votes: the vote all-reduce runs on the CPU only");
+    }
+    return PRIMAL_OK;
+}
+
+/* A checkpoint's matrices are stored over the grids the experiment gives them (or dense where
+ * the policy is), as primal_ckpt_load_model will insist: the same messages, without a model. */
+typedef struct ckpt_grids_ctx {
+    primal_experiment *e;
+    const primal_ckpt *c;
+} ckpt_grids_ctx;
+
+static int check_ckpt_grid(void *user, const primal_param_desc *d, primal_err *err)
+{
+    const ckpt_grids_ctx *x = user;
+    if (!d->is_matrix)
+        return PRIMAL_OK;
+    const char *path = primal_ckpt_path(x->c);
+    const primal_grid_ref *g = primal_experiment_grid_for(x->e, d->name);
+    const char *cg = primal_ckpt_grid_name(x->c, d->name);
+    if (g == NULL && cg != NULL)
+        return primal_errf(err, PRIMAL_ECONFIG,
+                           "%s: tensor %s: dense here, over grid %s in the checkpoint", path,
+                           d->name, cg);
+    if (g == NULL)
+        return PRIMAL_OK;
+    if (cg == NULL)
+        return primal_errf(err, PRIMAL_ECONFIG,
+                           "%s: tensor %s: over grid %s here, dense in the checkpoint", path,
+                           d->name, g->name);
+    const float *values = NULL;
+    int n = 0;
+    primal_err ignored;
+    int found = primal_ckpt_grid(x->c, cg, &values, &n, &ignored) == PRIMAL_OK;
+    if (strcmp(cg, g->name) != 0 || !found || n != g->size ||
+        memcmp(values, g->values, (size_t)g->size * sizeof(float)) != 0)
+        return primal_errf(err, PRIMAL_ECONFIG,
+                           "%s: tensor %s: grid %s (%d values) here, %s (%d values) in the "
+                           "checkpoint%s",
+                           path, d->name, g->name, g->size, cg, found ? n : 0,
+                           strcmp(cg, g->name) == 0 ? ", with other values" : "");
+    return PRIMAL_OK;
+}
+
+/* A Hugging Face directory's weights hold every parameter of its config.json's model with its
+ * shape, and nothing the model lacks (as primal_hf_load_model checks before it fills a model). */
+typedef struct hf_ctx {
+    const char *dir;
+    primal_hf_weights *w;
+    char **names;
+    int n, cap;
+} hf_ctx;
+
+static int check_hf_tensor(void *user, const primal_param_desc *d, primal_err *err)
+{
+    hf_ctx *x = user;
+    const primal_st *st;
+    const primal_st_tensor *t = primal_hf_weight(x->w, d->name, &st);
+    if (t == NULL)
+        return primal_errf(err, PRIMAL_EIO, "%s: tensor %s: missing from the weights", x->dir,
+                           d->name);
+    int nd = d->is_matrix ? 2 : 1;
+    if (t->ndim != nd || t->shape[0] != d->rows || (nd == 2 && t->shape[1] != d->cols)) {
+        char got[160], want[64];
+        int k = snprintf(got, sizeof got, "[");
+        for (int i = 0; i < t->ndim && k < (int)sizeof got; i++)
+            k += snprintf(got + k, sizeof got - (size_t)k, "%s%lld", i ? ", " : "",
+                          (long long)t->shape[i]);
+        if (k < (int)sizeof got)
+            snprintf(got + k, sizeof got - (size_t)k, "]");
+        if (nd == 2)
+            snprintf(want, sizeof want, "[%lld, %lld]", (long long)d->rows, (long long)d->cols);
+        else
+            snprintf(want, sizeof want, "[%lld]", (long long)d->rows);
+        return primal_errf(err, PRIMAL_EIO, "%s: tensor %s: shape %s, config.json gives %s",
+                           primal_st_path(st), d->name, got, want);
+    }
+    if (x->n == x->cap) {
+        int cap = x->cap ? 2 * x->cap : 64;
+        char **nn = realloc(x->names, (size_t)cap * sizeof *nn);
+        if (nn == NULL)
+            return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+        x->names = nn;
+        x->cap = cap;
+    }
+    if ((x->names[x->n] = strdup(d->name)) == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    x->n++;
+    return PRIMAL_OK;
+}
+
+static int check_hf_dir(const char *dir, primal_model_config *mc, primal_err *err)
+{
+    hf_ctx x = {.dir = dir};
+    int rc = primal_hfconfig_load(dir, mc, err);
+    if (rc == PRIMAL_OK)
+        rc = primal_hf_open_weights(dir, &x.w, err);
+    if (rc == PRIMAL_OK && (rc = primal_model_check_config(mc, err)) != PRIMAL_OK)
+        primal_err_prefix(err, "%s/config.json", dir);
+    if (rc == PRIMAL_OK)
+        rc = primal_model_layout(mc, check_hf_tensor, &x, err);
+    for (int i = 0; rc == PRIMAL_OK && i < primal_hf_weight_count(x.w); i++) {
+        const char *name = primal_hf_weight_name(x.w, i);
+        size_t len = strlen(name);
+        static const char inv[] = "rotary_emb.inv_freq"; /* as hfimport.c's ignorable() */
+        if ((len >= sizeof inv - 1 && strcmp(name + len - (sizeof inv - 1), inv) == 0) ||
+            (mc->tied && strcmp(name, "lm_head.weight") == 0))
+            continue;
+        int known = 0;
+        for (int j = 0; j < x.n && !known; j++)
+            known = strcmp(x.names[j], name) == 0;
+        if (!known)
+            rc = primal_errf(err, PRIMAL_ECONFIG,
+                             "%s: tensor %s is not part of a %s model of this config (an "
+                             "unsupported feature?)",
+                             dir, name, mc->arch == PRIMAL_ARCH_QWEN2 ? "qwen2" : "llama");
+    }
+    for (int j = 0; j < x.n; j++)
+        free(x.names[j]);
+    free(x.names);
+    primal_hf_close_weights(x.w);
+    return rc;
+}
+
+/* [model] init: random, a checkpoint or a Hugging Face directory, opened and checked as the
+ * run's open_model (core/train.c) does, up to allocating the model; *mc gets the shape the run
+ * would build. */
+static int check_init(primal_experiment *e, primal_model_config *mc, primal_err *err)
+{
+    const char *init = e->model_init;
+    if (strcmp(init, "random") == 0)
+        return primal_model_check_config(mc, err);
+    struct stat st;
+    if (stat(init, &st) != 0)
+        return primal_cfg_errf(e->model_c, "init", err, PRIMAL_ECONFIG,
+                               "%s: no such file or directory", init);
+    if (S_ISDIR(st.st_mode))
+        return check_hf_dir(init, mc, err);
+    primal_ckpt *c = NULL;
+    int rc = primal_ckpt_open(init, &c, err);
+    if (rc == PRIMAL_OK)
+        rc = primal_ckpt_model_config(c, mc, err);
+    if (rc == PRIMAL_OK)
+        rc = primal_model_layout(mc, check_ckpt_grid, &(ckpt_grids_ctx){e, c}, err);
+    primal_ckpt_close(c);
+    return rc;
+}
+
+/* One split of the loader, opened and closed as the run opens it (one rank of one). */
+static int check_split(primal_experiment *e, primal_tokenizer *tok, int split, primal_err *err)
+{
+    const primal_loader_vt *vt = e->loader->desc->vtable;
+    primal_loader_info info = {tok, split, e->run.seed, 0, 1};
+    void *ctx = NULL;
+    int rc = vt->open(e->loader_c, &info, &ctx, err);
+    if (split == PRIMAL_SPLIT_VAL && rc == PRIMAL_EOF)
+        return PRIMAL_OK; /* no validation split, by configuration */
+    if (rc != PRIMAL_OK)
+        return primal_err_prefix(err, "[data] %s%s", e->loader->desc->name,
+                                 split == PRIMAL_SPLIT_VAL ? " (validation split)" : "");
+    if (split == PRIMAL_SPLIT_VAL && vt->rewind == NULL)
+        rc = primal_errf(err, PRIMAL_EABI, "%s: has a validation split but no rewind()",
+                         e->loader->desc->name);
+    vt->close(ctx);
+    return rc;
+}
+
+int primal_experiment_check(primal_experiment *e, primal_err *err)
+{
+    primal_tokenizer *tok = NULL;
+    int rc = primal_tokenizer_open(e->tokenizer, &tok, err);
+    if (rc != PRIMAL_OK)
+        return primal_err_prefix(err, "[data] tokenizer");
+    primal_model_config mc = e->model;
+    int32_t tv = primal_tokenizer_vocab(tok);
+    if (mc.vocab == 0)
+        mc.vocab = tv;
+    else if (mc.vocab < tv)
+        rc = primal_cfg_errf(e->model_c, "vocab", err, PRIMAL_ECONFIG,
+                             "%d is smaller than the tokenizer's vocabulary (%d)", mc.vocab,
+                             (int)tv);
+    if (rc == PRIMAL_OK)
+        rc = check_init(e, &mc, err);
+    if (rc == PRIMAL_OK && e->run.device == PRIMAL_DEVICE_CUDA &&
+        e->run.recompute_blocks > mc.layers) /* the model may come from a checkpoint */
+        rc = primal_cfg_errf(e->run_c, "recompute_blocks", err, PRIMAL_ECONFIG,
+                             "%d blocks, but the model has %d", e->run.recompute_blocks,
+                             mc.layers);
+    if (rc == PRIMAL_OK) {
+        const primal_policy_vt *vt = e->policy->desc->vtable;
+        primal_policy_info pinfo = {e->run.seed, e->run.steps, e->run.device,
+                                    e->run.reduce_votes};
+        void *ctx = NULL;
+        rc = vt->create(e->policy_c, &pinfo, &ctx, err);
+        if (rc != PRIMAL_OK)
+            primal_err_prefix(err, "%s", e->policy->desc->name);
+        else if (vt->destroy != NULL)
+            vt->destroy(ctx);
+    }
+    for (int i = 0; rc == PRIMAL_OK && i < e->n_scheds; i++) {
+        const primal_scheduler_vt *vt = e->scheds[i]->desc->vtable;
+        void *ctx = NULL;
+        rc = vt->create(e->sched_cs[i], &ctx, err);
+        if (rc != PRIMAL_OK)
+            primal_err_prefix(err, "%s", e->scheds[i]->desc->name);
+        else if (vt->destroy != NULL)
+            vt->destroy(ctx);
+    }
+    if (rc == PRIMAL_OK)
+        rc = check_split(e, tok, PRIMAL_SPLIT_TRAIN, err);
+    if (rc == PRIMAL_OK)
+        rc = check_split(e, tok, PRIMAL_SPLIT_VAL, err);
+    /* last, so that on a machine without a GPU a CUDA experiment is checked in everything else
+     * before this says so */
+    if (rc == PRIMAL_OK)
+        rc = primal_experiment_check_run(e, 1, err);
+    primal_tokenizer_close(tok);
+    return rc;
 }

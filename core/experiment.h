@@ -4,8 +4,9 @@
  * [model], [optim], [data]'s plugin and tokenizer, [scheduler]'s plugins), the grid plugin
  * ([grid] and each [grid.TENSOR] override), the flip policy ([flip]), each scheduler ([NAME])
  * and the data loader (the rest of [data]).  Plugins are loaded along the search path.  Anything
- * left over (a section or key nobody declared) is an error naming file and line.  SPEC.md, "The
- * experiment file and the run directory". */
+ * left over (a section or key nobody declared) is an error naming file and line.  A relative path
+ * that the file gives resolves against the file's directory, one that --set gives against the
+ * current directory (README, "Paths").  SPEC.md, "The experiment file and the run directory". */
 #ifndef PRIMAL_EXPERIMENT_H
 #define PRIMAL_EXPERIMENT_H
 
@@ -17,7 +18,8 @@
 #include "registry.h"
 
 typedef struct primal_run_cfg {
-    const char *out;
+    const char *out; /* the run directory: [run] out by the rule of paths (README, "Paths"), or
+                      * runs/<experiment file name> in the current directory */
     int64_t steps;
     int batch, seq_len, grad_accum;
     uint64_t seed;
@@ -60,9 +62,11 @@ typedef struct primal_experiment {
     primal_run_cfg run;
     primal_optim_cfg optim;
     primal_model_config model;
-    const char *model_init; /* "random", a checkpoint, or a Hugging Face directory */
+    const char *model_init; /* "random", a checkpoint, or a Hugging Face directory (a path
+                             * resolved by the rule of paths, README "Paths") */
+    char *model_init_path;  /* owns that path */
     double init_std;
-    const char *tokenizer; /* [data] tokenizer: "bytes" or a path (made absolute) */
+    const char *tokenizer; /* [data] tokenizer: "bytes" or a path (resolved likewise) */
     char *tokenizer_path;  /* owns the absolute path */
 
     primal_grid *grid; /* [grid] */
@@ -94,8 +98,23 @@ char *primal_experiment_resolved(const primal_experiment *e);
  * NULL when the policy stores dense matrices.  (Signature of primal_grid_for.) */
 const primal_grid_ref *primal_experiment_grid_for(void *e, const char *tensor_name);
 
-/* The core's own key tables, for --describe and the docs. */
+/* What a run refuses at start, once the file has loaded, short of building the model and
+ * training (primal-run --check): the tokenizer and [model] init are opened (a checkpoint's
+ * matrices must be over the experiment's grids, a Hugging Face directory's weights must match
+ * its config.json), the policy and every scheduler are created (their create() checks) and
+ * destroyed, the loader's train and validation splits are opened and closed, and last the
+ * device and reduce checks of primal_experiment_check_run, for one rank.  The messages are
+ * the run's. */
+int primal_experiment_check(primal_experiment *e, primal_err *err);
+
+/* The run's checks of [run] device and reduce against this build, this machine, the policy and
+ * nranks ranks (train.c calls it first at set-up). */
+int primal_experiment_check_run(const primal_experiment *e, int nranks, primal_err *err);
+
+/* The core's own key tables, for --describe and the docs.  [grid] and [flip]: only the plugin
+ * key is the core's, the plugin declares the rest. */
 extern const primal_key primal_run_keys[], primal_model_keys[], primal_optim_keys[],
-    primal_data_keys[], primal_scheduler_keys[];
+    primal_data_keys[], primal_scheduler_keys[], primal_grid_core_keys[],
+    primal_flip_core_keys[];
 
 #endif

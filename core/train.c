@@ -121,18 +121,7 @@ static double now_s(void)
 
 void primal_run_dir(const primal_experiment *e, char *buf, size_t n)
 {
-    if (e->run.out != NULL && e->run.out[0] != '\0') {
-        snprintf(buf, n, "%s", e->run.out);
-        return;
-    }
-    const char *path = primal_ini_path(e->ini);
-    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
-    char name[512];
-    snprintf(name, sizeof name, "%s", base);
-    char *dot = strrchr(name, '.');
-    if (dot != NULL && dot != name)
-        *dot = '\0';
-    snprintf(buf, n, "runs/%s", name);
+    snprintf(buf, n, "%s", e->run.out); /* resolved at load (experiment.c, resolve_run) */
 }
 
 /* Create path and its missing parents; made (n bytes) gets the topmost directory created, or
@@ -1237,46 +1226,13 @@ static void trainer_free(trainer *t)
 static int setup(trainer *t, primal_err *err)
 {
     primal_experiment *e = t->e;
-    if (e->run.device == PRIMAL_DEVICE_CUDA) {
-#ifdef PRIMAL_HAVE_CUDA
-        const primal_policy_vt *pvt = e->policy->desc->vtable;
-        char gpu[256];
-        if (primal_cuda_device_count(gpu, sizeof gpu) < 1)
-            return primal_cfg_errf(e->run_c, "device", err, PRIMAL_EDEVICE,
-                                   "cuda: no CUDA device on this machine");
-        if (pvt->size < offsetof(primal_policy_vt, cuda) + sizeof pvt->cuda ||
-            pvt->cuda == NULL)
-            return primal_cfg_errf(e->run_c, "device", err, PRIMAL_ECONFIG,
-                                   "cuda: flip policy %s has no CUDA version (policies with "
-                                   "one: see primal-run --describe NAME)",
-                                   e->policy->desc->name);
-        if (primal_dist_size(t->o->dist) > 1)
-            return primal_cfg_errf(e->run_c, "device", err, PRIMAL_ECONFIG,
-                                   "cuda: several ranks on GPUs need NCCL, which this build "
-                                   "does not use yet; run one rank per job");
-#else
-        return primal_cfg_errf(e->run_c, "device", err, PRIMAL_ECONFIG,
-                               "cuda: this PRIMAL was built without CUDA (configure "
-                               "--with-cuda)");
-#endif
-    }
+    int rc = primal_experiment_check_run(e, primal_dist_size(t->o->dist), err);
+    if (rc != PRIMAL_OK)
+        return rc;
     t->dist = t->o->dist;
     t->rank = primal_dist_rank(t->dist);
     t->nranks = primal_dist_size(t->dist);
-    if (e->run.reduce_votes) {
-        const primal_policy_vt *pvt = e->policy->desc->vtable;
-        if (pvt->size < offsetof(primal_policy_vt, vote_increments) +
-                            sizeof pvt->vote_increments ||
-            pvt->vote_increments == NULL)
-            return primal_cfg_errf(e->run_c, "reduce", err, PRIMAL_ECONFIG,
-                                   "votes: flip policy %s is not a sum of integer votes it can "
-                                   "reduce (threshold_consensus is); use reduce = grad",
-                                   e->policy->desc->name);
-        if (e->run.device == PRIMAL_DEVICE_CUDA)
-            return primal_cfg_errf(e->run_c, "reduce", err, PRIMAL_ECONFIG,
-                                   "votes: the vote all-reduce runs on the CPU only");
-    }
-    int rc = primal_tokenizer_open(e->tokenizer, &t->tok_train, err);
+    rc = primal_tokenizer_open(e->tokenizer, &t->tok_train, err);
     if (rc == PRIMAL_OK)
         rc = primal_tokenizer_open(e->tokenizer, &t->tok_val, err);
     if (rc == PRIMAL_OK)

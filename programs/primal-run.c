@@ -25,14 +25,16 @@ static void usage(FILE *f)
           "                  [--resume | --resume-anyway | --overwrite] [--check]\n"
           "                  [--dump-batches N OUT.safetensors]\n"
           "       primal-run --list-plugins [--plugin-path DIR]...\n"
-          "       primal-run --describe NAME|PATH.so [--plugin-path DIR]...\n"
+          "       primal-run --describe NAME|PATH.so|SECTION [--plugin-path DIR]...\n"
           "       primal-run --version | --help\n"
           "\n"
           "Trains the model that EXP.ini describes.  The run directory ([run] out, default\n"
-          "runs/<EXP>) receives config.ini (the resolved configuration), log.jsonl,\n"
-          "checkpoints and sample.txt.  A run into a directory holding another run's\n"
-          "checkpoints or log.jsonl is refused: --resume continues that run, --overwrite\n"
-          "replaces it.\n"
+          "runs/<EXP> in the current directory) receives config.ini (the resolved\n"
+          "configuration), log.jsonl, checkpoints and sample.txt.  A run into a directory\n"
+          "holding another run's checkpoints or log.jsonl is refused: --resume continues that\n"
+          "run, --overwrite replaces it.  A relative path in EXP.ini ([run] out, [model] init,\n"
+          "[data] path, tokenizer, a plugin's .so) is relative to EXP.ini's directory; one\n"
+          "given with --set is relative to the current directory.\n"
           "\n"
           "  --set S.K=V      override key K of section S (repeatable); S may contain dots\n"
           "  --plugin-path D  search D for plugins first (repeatable); then $PRIMAL_PLUGIN_PATH,\n"
@@ -44,10 +46,14 @@ static void usage(FILE *f)
           "  --resume-anyway  --resume, even where config.ini differs\n"
           "  --overwrite      delete the run directory's checkpoints, log.jsonl, config.ini\n"
           "                   and sample.txt (once set-up succeeded), then train afresh\n"
-          "  --check          load and validate everything, print the resolved configuration\n"
+          "  --check          check everything a run would refuse at start (every file opened,\n"
+          "                   every plugin created; no model built, nothing written), then\n"
+          "                   print the resolved configuration\n"
           "  --dump-batches N OUT  write the first N training batches (tokens, mask) and exit\n"
           "  --list-plugins   name, kind, description and file of every plugin found\n"
-          "  --describe P     the keys plugin P accepts, with types, defaults and help\n"
+          "  --describe P     the keys plugin P accepts, with types, defaults and help; P may\n"
+          "                   also be a section of the core: run, model, optim, grid, flip,\n"
+          "                   scheduler, data\n"
           "\n"
           "Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and exits with\n"
           "status 130; --resume continues from there.\n"
@@ -80,8 +86,59 @@ static const char *type_name(primal_key_type t)
     return "?";
 }
 
+static void print_keys(const primal_key *keys)
+{
+    if (keys == NULL || keys[0].name == NULL)
+        printf("  no keys\n");
+    for (const primal_key *k = keys; k && k->name; k++) {
+        printf("  %-18s %-6s default %-10s %s%s%s\n", k->name, type_name(k->type),
+               k->def ? (k->def[0] ? k->def : "\"\"") : "(required)", k->help ? k->help : "",
+               k->range ? "  " : "", k->range ? k->range : "");
+    }
+}
+
+/* The core's sections of the experiment file: their keys, and whose keys follow. */
+static int describe_section(const char *name)
+{
+    static const struct {
+        const char *name;
+        const primal_key *keys;
+        const char *more;
+    } sections[] = {
+        {"run", primal_run_keys, NULL},
+        {"model", primal_model_keys, NULL},
+        {"optim", primal_optim_keys, NULL},
+        {"grid", primal_grid_core_keys,
+         "the grid plugin's keys follow in [grid] (primal-run --describe NAME); a section\n"
+         "  [grid.TENSOR] gives the tensors matching the glob TENSOR a grid of their own, with\n"
+         "  the same keys (plugin: [grid]'s when absent)"},
+        {"flip", primal_flip_core_keys,
+         "the flip policy's keys follow in [flip] (primal-run --describe NAME)"},
+        {"scheduler", primal_scheduler_keys,
+         "each scheduler's keys go in a section named after it, [NAME] (primal-run --describe "
+         "NAME)"},
+        {"data", primal_data_keys,
+         "the data loader's keys follow in [data] (primal-run --describe NAME), among them\n"
+         "  path and val_path for the loaders that read corpus files"},
+    };
+    for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++) {
+        if (strcmp(name, sections[i].name) != 0)
+            continue;
+        printf("[%s] (a section of the experiment file; keys of the core)\n", name);
+        print_keys(sections[i].keys);
+        if (sections[i].more != NULL)
+            printf("  %s\n", sections[i].more);
+        printf("  A relative path in the file is relative to the file's directory; one given "
+               "with\n  --set is relative to the current directory.\n");
+        return 1;
+    }
+    return 0;
+}
+
 static int describe(const primal_search *s, const char *name)
 {
+    if (describe_section(name))
+        return 0;
     primal_err err;
     primal_loaded *p = NULL;
     static const primal_kind kinds[] = {PRIMAL_KIND_GRID, PRIMAL_KIND_POLICY,
@@ -94,7 +151,8 @@ static int describe(const primal_search *s, const char *name)
         }
     }
     if (p == NULL) {
-        fprintf(stderr, "primal-run: no plugin named '%s'\n", name);
+        fprintf(stderr, "primal-run: no plugin named '%s' (nor a section of the core: run, "
+                        "model, optim, grid, flip, scheduler, data)\n", name);
         return 1;
     }
     const primal_plugin *d = p->desc;
@@ -107,13 +165,7 @@ static int describe(const primal_search *s, const char *name)
                vt->storage == PRIMAL_STORAGE_DENSE ? "dense float32" : "indexed",
                vt->cuda ? "yes" : "no");
     }
-    if (d->keys == NULL || d->keys[0].name == NULL)
-        printf("  no keys\n");
-    for (const primal_key *k = d->keys; k && k->name; k++) {
-        printf("  %-18s %-6s default %-10s %s%s%s\n", k->name, type_name(k->type),
-               k->def ? (k->def[0] ? k->def : "\"\"") : "(required)", k->help ? k->help : "",
-               k->range ? "  " : "", k->range ? k->range : "");
-    }
+    print_keys(d->keys);
     primal_plugin_unload(p);
     return 0;
 }
@@ -257,6 +309,12 @@ static int run_main(int argc, char **argv, const char **sets, const char **dirs)
         }
     }
     if (check) {
+        /* everything the run would refuse at start, short of building the model */
+        if (primal_experiment_check(e, &err) != PRIMAL_OK) {
+            fprintf(stderr, "primal-run: %s\n", err.msg);
+            primal_experiment_free(e);
+            return 1;
+        }
         char *ini = primal_experiment_resolved(e);
         fputs(ini ? ini : "", stdout);
         free(ini);

@@ -1,13 +1,18 @@
 /* Tests of the experiment file reader and key binding (core/config.c): every bad input is
- * refused with file:line, section and key. */
+ * refused with file:line, section and key; and of the rule of paths of an experiment
+ * (core/experiment.c): relative to the file's directory when the file gives them, to the
+ * current directory when --set does. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
 
 #include "config.h"
+#include "experiment.h"
 
 static const primal_key keys[] = {
     {"threshold", PRIMAL_KEY_INT, NULL, "required", "[1,32760]"},
@@ -190,4 +195,113 @@ Test(config, plugin_errors_point_at_the_key)
     cr_assert_eq(rc, PRIMAL_ECONFIG);
     cr_assert(strstr(err.msg, ":3: [flip] threshold: must be odd, got 3"), "%s", err.msg);
     primal_config_free(c);
+}
+
+Test(config, refuses_a_directory_as_an_ini_file)
+{
+    char dir[256];
+    snprintf(dir, sizeof dir, "/tmp/primal-config-test-dir-%d", (int)getpid());
+    cr_assert_eq(mkdir(dir, 0700), 0);
+    primal_ini *ini = NULL;
+    primal_err err;
+    int rc = primal_ini_load(dir, &ini, &err);
+    rmdir(dir);
+    cr_assert_eq(rc, PRIMAL_EIO);
+    cr_assert_null(ini);
+    char want[300];
+    snprintf(want, sizeof want, "%s: is a directory, not an INI file", dir);
+    cr_assert_str_eq(err.msg, want);
+}
+
+/* An experiment file at DIR/sub/NAME.ini (DIR a fresh directory under /tmp) with the given
+ * text, loaded with sets from cwd; the plugins come from the build tree. */
+static char exp_dir[256], exp_path[300];
+
+static int load_exp(const char *name, const char *text, const char *const *sets,
+                    primal_experiment **e, primal_err *err)
+{
+    snprintf(exp_dir, sizeof exp_dir, "/tmp/primal-config-test-exp-%d", (int)getpid());
+    char sub[300];
+    snprintf(sub, sizeof sub, "%s/sub", exp_dir);
+    mkdir(exp_dir, 0700);
+    mkdir(sub, 0700);
+    snprintf(exp_path, sizeof exp_path, "%s/%s.ini", sub, name);
+    FILE *f = fopen(exp_path, "w");
+    cr_assert_not_null(f);
+    fputs(text, f);
+    fclose(f);
+    static const char *const dirs[] = {
+        PRIMAL_TEST_BUILDDIR "/grids/.libs", PRIMAL_TEST_BUILDDIR "/plugins/.libs",
+        PRIMAL_TEST_BUILDDIR "/schedulers/.libs", PRIMAL_TEST_BUILDDIR "/loaders/.libs", NULL};
+    int rc = primal_experiment_load(exp_path, sets, dirs, e, err);
+    unlink(exp_path);
+    rmdir(sub);
+    rmdir(exp_dir);
+    return rc;
+}
+
+static const char paths_ini[] = "[run]\nout = ../o\n\n[model]\ninit = ../m.safetensors\n\n"
+                                "[data]\ntokenizer = ../t.json\npath = ../d.txt\n"
+                                "val_path = v.txt, /abs/w.txt\n";
+
+static const char *data_key(const primal_experiment *e, const char *key)
+{
+    return primal_cfg_str(e->loader_c, key);
+}
+
+Test(experiment, resolves_the_files_relative_paths_against_its_directory)
+{
+    primal_experiment *e = NULL;
+    primal_err err;
+    cr_assert_eq(load_exp("paths", paths_ini, NULL, &e, &err), PRIMAL_OK, "%s", err.msg);
+    char want[600];
+    snprintf(want, sizeof want, "%s/sub/../o", exp_dir);
+    cr_assert_str_eq(e->run.out, want);
+    snprintf(want, sizeof want, "%s/sub/../m.safetensors", exp_dir);
+    cr_assert_str_eq(e->model_init, want);
+    snprintf(want, sizeof want, "%s/sub/../t.json", exp_dir);
+    cr_assert_str_eq(e->tokenizer, want);
+    /* the loader joins its paths onto primal_cfg_dir itself (core/datafiles.c) */
+    snprintf(want, sizeof want, "%s/sub", exp_dir);
+    cr_assert_str_eq(primal_cfg_dir(e->loader_c), want);
+    cr_assert_str_eq(data_key(e, "path"), "../d.txt");
+    cr_assert_str_eq(data_key(e, "val_path"), "v.txt, /abs/w.txt");
+    /* the resolved configuration shows the run directory */
+    char *ini = primal_experiment_resolved(e);
+    snprintf(want, sizeof want, "[run]\nout = %s/sub/../o\n", exp_dir);
+    cr_assert(strncmp(ini, want, strlen(want)) == 0, "%s", ini);
+    free(ini);
+    primal_experiment_free(e);
+}
+
+Test(experiment, resolves_set_relative_paths_against_the_current_directory)
+{
+    static const char *const sets[] = {"run.out=o2", "model.init=m2", "data.tokenizer=t2.json",
+                                       "data.path=d2.txt, /abs/d3.txt", "data.val_path=v2.txt",
+                                       NULL};
+    primal_experiment *e = NULL;
+    primal_err err;
+    cr_assert_eq(load_exp("paths", paths_ini, sets, &e, &err), PRIMAL_OK, "%s", err.msg);
+    cr_assert_str_eq(e->run.out, "o2");
+    cr_assert_str_eq(e->model_init, "m2");
+    cr_assert_str_eq(e->tokenizer, "t2.json");
+    char cwd[PATH_MAX], want[PATH_MAX + 64];
+    cr_assert_not_null(getcwd(cwd, sizeof cwd));
+    snprintf(want, sizeof want, "%s/d2.txt,/abs/d3.txt", cwd);
+    cr_assert_str_eq(data_key(e, "path"), want);
+    snprintf(want, sizeof want, "%s/v2.txt", cwd);
+    cr_assert_str_eq(data_key(e, "val_path"), want);
+    primal_experiment_free(e);
+}
+
+Test(experiment, puts_the_default_run_directory_in_the_current_directory)
+{
+    primal_experiment *e = NULL;
+    primal_err err;
+    cr_assert_eq(load_exp("my.exp", "[data]\npath = d.txt\n", NULL, &e, &err), PRIMAL_OK, "%s",
+                 err.msg);
+    cr_assert_str_eq(e->run.out, "runs/my.exp"); /* the name less its last extension */
+    cr_assert_str_eq(e->model_init, "random");
+    cr_assert_str_eq(e->tokenizer, "bytes");
+    primal_experiment_free(e);
 }

@@ -2,7 +2,14 @@
 # run_config_test.sh: the experiment file as primal-run reads it (core/experiment.c, core/train.c;
 # SPEC.md, "The experiment file and the run directory", "Schedulers"):
 #   - --check prints the resolved configuration, defaults included, and touches nothing;
-#     --set overrides a value;
+#     --set overrides a value; --check refuses what a run would refuse at start (a missing file,
+#     a plugin's create() or a loader's open() check, a checkpoint over other grids), and a
+#     directory given as the experiment file;
+#   - every relative path that the file gives ([run] out, [model] init, [data] path, val_path,
+#     tokenizer) resolves against the file's directory, one that --set gives against the current
+#     directory; the default run directory is runs/<EXP> in the current directory; the examples
+#     run from the repository's root and write under its runs/;
+#   - --describe SECTION lists the core's keys of that section;
 #   - bad input (an unknown key in [flip] or in a [grid.TENSOR] override, a bad number in [run],
 #     an unknown section, an unknown plugin) is refused with status 1 and the file:line of the
 #     culprit; a [grid.TENSOR] override with plugin = nf4 is accepted and reaches the checkpoint;
@@ -45,14 +52,88 @@ rc=$?
 check "--set of an unknown key fails with status 1 (got $rc)" test "$rc" -eq 1
 check "and names --set and the key" grep -q -- "--set: .*stepz" "$tmp/err"
 
-# every experiment file the project ships is one primal-run accepts, keys and values alike
+# Every experiment file the project ships is one primal-run accepts, keys, values, files and
+# plugins alike, started from the repository's root; and its run directory is under the root's
+# runs/ (git-ignored), never in a tracked folder such as examples/.  A corpus that scripts make
+# (data/kjv.txt, data/linux-c.txt) and that is not here is swapped for the fixture's; a CUDA
+# experiment on a build or machine without CUDA must be refused for [run] device alone, which
+# --check looks at last.
+root=$(realpath "$src")
 for ex in "$src"/examples/*.ini; do
-    if "$RUN" "$ex" --check >/dev/null 2>"$tmp/err"; then
-        pass "examples/$(basename "$ex") passes --check"
+    name=examples/$(basename "$ex")
+    set --
+    p=$(sed -n 's/^path *= *//p' "$ex" | head -n 1)
+    if [ -n "$p" ] && [ ! -e "$src/examples/$p" ]; then
+        set -- --set "data.path=$fixtures/data/genesis.txt"
+    fi
+    if (cd "$src" && "$RUN" "$name" --check "$@") >"$tmp/check" 2>"$tmp/err"; then
+        pass "$name passes --check from the repository's root${1:+ (with the fixture corpus)}"
+        out=$(sed -n '/^\[run\]$/,/^\[/s/^out = //p' "$tmp/check")
+        d=$(cd "$src" && realpath -m "$out")
+        check "and runs in the root's runs/ ($out)" \
+            sh -c "case '$d' in '$root'/runs/?*) exit 0 ;; *) exit 1 ;; esac"
+    elif grep -q '^device = cuda' "$ex" && grep -q '\[run\] device: cuda: ' "$tmp/err"; then
+        pass "$name passes --check but for [run] device = cuda: $(sed 's/.*cuda: //' "$tmp/err")"
     else
-        fail "examples/$(basename "$ex") passes --check" "$tmp/err"
+        fail "$name passes --check from the repository's root" "$tmp/err"
     fi
 done
+
+# examples/finetune-sft.ini runs from the root: its init (../tests/fixtures/hf-qwen2-tiny) and
+# its data resolve against examples/
+if (cd "$src" && "$RUN" examples/finetune-sft.ini --set "run.out=$tmp/ft" --set run.steps=2 \
+    --set run.sample_tokens=0) >"$tmp/out" 2>&1; then
+    check "examples/finetune-sft.ini trains 2 steps from the repository's root" \
+        test -f "$tmp/ft/ckpt-00000002.safetensors"
+else
+    fail "examples/finetune-sft.ini trains 2 steps from the repository's root" "$tmp/out"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# --check refuses what a run refuses at start, with the run's message: files that are missing,
+# a plugin's own create() check, a loader's open() check.  Status 1, nothing written.
+
+refuse_check() { # what, grep pattern of the message, primal-run arguments...
+    _what=$1
+    _pat=$2
+    shift 2
+    "$RUN" "$@" --check >"$tmp/check" 2>"$tmp/err"
+    _rc=$?
+    if [ "$_rc" -eq 1 ] && grep -q -- "$_pat" "$tmp/err" && [ ! -s "$tmp/check" ]; then
+        pass "--check refuses $_what"
+    else
+        fail "--check refuses $_what (status $_rc, want 1 and: $_pat)" "$tmp/err"
+    fi
+}
+
+refuse_check "a missing [data] path" "$tmp/none.txt: cannot open" \
+    "$tmp/base.ini" --set "data.path=$tmp/none.txt"
+refuse_check "a missing [data] val_path" "(validation split): $tmp/nonev.txt: cannot open" \
+    "$tmp/base.ini" --set "data.val_path=$tmp/nonev.txt" --set data.val_fraction=0
+refuse_check "a missing [data] tokenizer" "\[data\] tokenizer: .*$tmp/none.json" \
+    "$tmp/base.ini" --set "data.tokenizer=$tmp/none.json"
+refuse_check "a missing [model] init" "\[model\] init: $tmp/none.safetensors: no such file" \
+    "$tmp/base.ini" --set "model.init=$tmp/none.safetensors"
+refuse_check "a [model] init directory without config.json" "$fixtures/data/config.json" \
+    "$tmp/base.ini" --set "model.init=$fixtures/data"
+refuse_check "flip.residual_bits=5 (momentum_carry's create())" \
+    "momentum_carry: --set: \[flip\] residual_bits: must be 4 or 8, got 5" \
+    "$tmp/base.ini" --set flip.plugin=momentum_carry --set flip.residual_bits=5
+{
+    cat "$tmp/base.ini"
+    printf '\n[scheduler]\nplugins = night_shift\n\n[night_shift]\nseq_len = 3000000000\n'
+} >"$tmp/ns-big.ini"
+refuse_check "night_shift.seq_len above INT_MAX (night_shift's create())" \
+    "night_shift: .*ns-big.ini:[0-9]*: \[night_shift\] seq_len: must be at most" "$tmp/ns-big.ini"
+refuse_check "a text doc_sep with an unknown escape (the loader's open())" \
+    "\[data\] text: --set: \[data\] doc_sep: unknown escape" \
+    "$tmp/base.ini" --set 'data.doc_sep=\q'
+mkdir "$tmp/adir.ini"
+"$RUN" "$tmp/adir.ini" --check >/dev/null 2>"$tmp/err"
+rc=$?
+check "a directory as the experiment file: status 1 (got $rc)" test "$rc" -eq 1
+check "and it says so" grep -qx "primal-run: $tmp/adir.ini: is a directory, not an INI file" \
+    "$tmp/err"
 
 # ---------------------------------------------------------------------------------------------
 # Bad input: status 1 and FILE:LINE of the culprit.  Each file is the base with one change; the
@@ -168,6 +249,16 @@ if "$RUN" "$tmp/nf4.ini" --set "run.out=$tmp/nf4" --set run.steps=2 >"$tmp/out" 
         grep -q 'model.layers.1.mlp.down_proj.weight\\":\\"nf4\\"' "$tmp/h"
     check "and its q_proj over prime13" \
         grep -q 'model.layers.1.self_attn.q_proj.weight\\":\\"prime13\\"' "$tmp/h"
+    # a run from that checkpoint under prime13 alone is refused at start, and so by --check
+    refuse_check "a [model] init checkpoint whose down_proj is over another grid" \
+        "nf4/ckpt-00000002.safetensors: tensor model.layers.0.mlp.down_proj.weight: grid prime13 (13 values) here, nf4" \
+        "$tmp/base.ini" --set "model.init=$tmp/nf4/ckpt-00000002.safetensors"
+    if "$RUN" "$tmp/nf4.ini" --set "model.init=$tmp/nf4/ckpt-00000002.safetensors" --check \
+        >/dev/null 2>"$tmp/err"; then
+        pass "and --check passes it with the same override"
+    else
+        fail "and --check passes it with the same override" "$tmp/err"
+    fi
 else
     fail "2 steps with the nf4 override" "$tmp/out"
 fi
@@ -192,6 +283,94 @@ else
     fail "[data] tokenizer = ../tok/tokenizer.json resolves against the experiment's directory" \
         "$tmp/out"
 fi
+
+# ---------------------------------------------------------------------------------------------
+# One rule for paths: relative to the experiment file's directory when the file gives them, to
+# the current directory when --set does.  pp/exp/sub/p.ini names ../out, ../hf (the tiny Qwen2),
+# ../text/*.txt and ../tok/tokenizer.json; it is run from pp/cwd, which has its own hf, text and
+# tok for the --set variants (none of them exists beside p.ini).
+
+pp=$tmp/pp
+mkdir -p "$pp/exp/sub" "$pp/exp/text" "$pp/exp/tok" "$pp/cwd/text" "$pp/cwd/tok"
+for d in exp cwd; do
+    cp "$fixtures/data/genesis.txt" "$pp/$d/text/train.txt"
+    cp "$fixtures/data/genesis.txt" "$pp/$d/text/val.txt"
+    ln -s "$fixtures/hf-qwen2-tiny" "$pp/$d/hf"
+    ln -s "$fixtures/qwen-tokenizer/tokenizer.json" "$pp/$d/tok/tokenizer.json"
+done
+sed -e 's|^path = .*|path = ../text/train.txt\nval_path = ../text/val.txt|' \
+    -e 's|^val_fraction = .*|val_fraction = 0|' -e 's|^\[run\]$|[run]\nout = ../out|' \
+    -e 's|^\[model\]$|[model]\ninit = ../hf|' -e 's|^steps = 8$|steps = 2|' "$tmp/base.ini" \
+    >"$pp/exp/sub/p.ini"
+sed 's|^\[data\]$|[data]\ntokenizer = ../tok/tokenizer.json|' "$pp/exp/sub/p.ini" \
+    >"$pp/exp/sub/p-bpe.ini"
+if (cd "$pp/cwd" && "$RUN" ../exp/sub/p-bpe.ini --check) >"$tmp/check" 2>"$tmp/err"; then
+    pass "--check from elsewhere opens init, path, val_path, tokenizer beside the file"
+    check "the resolved [run] out is ../exp/sub/../out" grep -qx 'out = ../exp/sub/../out' \
+        "$tmp/check"
+    check "and [data] tokenizer ../exp/sub/../tok/tokenizer.json" \
+        grep -qx 'tokenizer = ../exp/sub/../tok/tokenizer.json' "$tmp/check"
+else
+    fail "--check from elsewhere opens init, path, val_path, tokenizer beside the file" \
+        "$tmp/err"
+fi
+if (cd "$pp/cwd" && "$RUN" ../exp/sub/p.ini) >"$tmp/out" 2>&1; then
+    check "a run from another directory trains from ../hf and writes to the file's ../out" \
+        test -f "$pp/exp/out/ckpt-00000002.safetensors" -a ! -e "$pp/out" -a ! -e "$pp/cwd/runs"
+else
+    fail "a run from another directory trains from ../hf and writes to the file's ../out" "$tmp/out"
+fi
+if (cd "$pp/cwd" && "$RUN" ../exp/sub/p.ini --set run.out=out2 --set model.init=hf \
+    --set data.path=text/train.txt --set data.val_path=text/val.txt --set run.steps=1) \
+    >"$tmp/out" 2>&1; then
+    pass "--set run.out, model.init, data.path, data.val_path: against the current directory"
+    check "the run directory is ./out2" test -f "$pp/cwd/out2/ckpt-00000001.safetensors"
+    cwd=$(cd "$pp/cwd" && pwd)
+    check "config.ini records the --set data paths made absolute" \
+        sh -c "grep -qx 'path = $cwd/text/train.txt' '$pp/cwd/out2/config.ini' &&
+               grep -qx 'val_path = $cwd/text/val.txt' '$pp/cwd/out2/config.ini'"
+else
+    fail "--set run.out, model.init, data.path, data.val_path: against the current directory" \
+        "$tmp/out"
+fi
+if (cd "$pp/cwd" && "$RUN" ../exp/sub/p.ini --set data.tokenizer=tok/tokenizer.json --check) \
+    >/dev/null 2>"$tmp/err"; then
+    pass "--set data.tokenizer=tok/tokenizer.json resolves against the current directory"
+else
+    fail "--set data.tokenizer=tok/tokenizer.json resolves against the current directory" "$tmp/err"
+fi
+sed '/^out = /d' "$pp/exp/sub/p.ini" >"$pp/exp/sub/no-out.ini"
+(cd "$pp/cwd" && "$RUN" ../exp/sub/no-out.ini --check) >"$tmp/check" 2>"$tmp/err"
+check "without [run] out the run directory is runs/no-out in the current directory" \
+    grep -qx 'out = runs/no-out' "$tmp/check"
+sed 's|^init = ../hf$|init = ../none|' "$pp/exp/sub/p.ini" >"$pp/exp/sub/no-init.ini"
+line=$(grep -n '^init = ../none' "$pp/exp/sub/no-init.ini" | cut -d: -f1)
+(cd "$pp/cwd" && "$RUN" ../exp/sub/no-init.ini --check) >/dev/null 2>"$tmp/err"
+check "a missing init is refused with no-init.ini:$line and the path looked for" \
+    grep -q "no-init.ini:$line: \[model\] init: ../exp/sub/../none: no such file or directory" \
+    "$tmp/err"
+
+# ---------------------------------------------------------------------------------------------
+# --describe SECTION: the core's own keys of a section of the experiment file
+
+for sec in run model optim grid flip scheduler data; do
+    if "$RUN" --describe "$sec" >"$tmp/desc" 2>"$tmp/err"; then
+        pass "--describe $sec succeeds"
+    else
+        fail "--describe $sec succeeds" "$tmp/err"
+    fi
+done
+"$RUN" --describe run >"$tmp/desc" 2>&1
+check "--describe run lists out, steps and sample_prompt" \
+    sh -c "grep -q '^  out ' '$tmp/desc' && grep -q '^  steps  *int  *default 1000 ' '$tmp/desc' &&
+           grep -q '^  sample_prompt ' '$tmp/desc'"
+"$RUN" --describe data >"$tmp/desc" 2>&1
+check "--describe data lists plugin (text) and tokenizer (bytes)" \
+    sh -c "grep -q '^  plugin  *string default text ' '$tmp/desc' &&
+           grep -q '^  tokenizer  *string default bytes ' '$tmp/desc'"
+"$RUN" --describe flip >"$tmp/desc" 2>&1
+check "--describe flip gives the default policy (adam_carry)" \
+    grep -q '^  plugin  *string default adam_carry ' "$tmp/desc"
 
 # ---------------------------------------------------------------------------------------------
 # A plugin value with a '/' is the path of a .so (core/registry.c): relative to the experiment
