@@ -668,8 +668,38 @@ static void append(char **buf, size_t *len, size_t *cap, const char *text)
     *len += n;
 }
 
+/* Append the "key = value" lines of text, less those whose key is in omit (NULL-terminated)
+ * and was not given in the experiment. */
+static void append_kept(char **buf, size_t *len, size_t *cap, const char *text,
+                        const primal_config *c, const char *const *omit)
+{
+    char line[4200];
+    for (const char *p = text; *p != '\0';) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl != NULL ? (size_t)(nl - p) + 1 : strlen(p);
+        int keep = 1;
+        for (int i = 0; omit != NULL && omit[i] != NULL && keep; i++) {
+            size_t k = strlen(omit[i]);
+            if (n > k + 2 && strncmp(p, omit[i], k) == 0 && strncmp(p + k, " = ", 3) == 0 &&
+                !primal_cfg_is_set(c, omit[i]))
+                keep = 0;
+        }
+        if (keep) {
+            snprintf(line, sizeof line, "%.*s", (int)n, p);
+            append(buf, len, cap, line);
+        }
+        p += n;
+    }
+}
+
+/* [run] keys that only the CUDA backend reads: a CPU run's resolved configuration leaves them
+ * out unless the experiment gave them. */
+static const char *const cuda_only_keys[] = {"recompute_residual", "norm_input", "head_ahead",
+                                             "logits", "gemm", "grad_stream", NULL};
+
 static void section_text(char **buf, size_t *len, size_t *cap, const char *name,
-                         const char *plugin, const primal_config *c, const char *extra)
+                         const char *plugin, const primal_config *c, const char *extra,
+                         const char *const *omit)
 {
     char line[4200];
     snprintf(line, sizeof line, "[%s]\n", name);
@@ -687,7 +717,7 @@ static void section_text(char **buf, size_t *len, size_t *cap, const char *name,
         if (f != NULL) {
             primal_config_write(c, f);
             fclose(f);
-            append(buf, len, cap, mem);
+            append_kept(buf, len, cap, mem, c, omit);
             free(mem);
         }
     }
@@ -701,24 +731,25 @@ char *primal_experiment_resolved(const primal_experiment *e)
     if (buf == NULL)
         return NULL;
     buf[0] = '\0';
-    section_text(&buf, &len, &cap, "run", NULL, e->run_c, NULL);
-    section_text(&buf, &len, &cap, "model", NULL, e->model_c, NULL);
-    section_text(&buf, &len, &cap, "grid", e->grid->plugin, NULL, e->grid->keys_ini);
+    section_text(&buf, &len, &cap, "run", NULL, e->run_c, NULL,
+                 e->run.device == PRIMAL_DEVICE_CPU ? cuda_only_keys : NULL);
+    section_text(&buf, &len, &cap, "model", NULL, e->model_c, NULL, NULL);
+    section_text(&buf, &len, &cap, "grid", e->grid->plugin, NULL, e->grid->keys_ini, NULL);
     for (int i = 0; i < e->n_overrides; i++) {
         char sect[512];
         snprintf(sect, sizeof sect, "grid.%s", e->overrides[i].pattern);
         section_text(&buf, &len, &cap, sect, e->overrides[i].grid->plugin, NULL,
-                     e->overrides[i].grid->keys_ini);
+                     e->overrides[i].grid->keys_ini, NULL);
     }
-    section_text(&buf, &len, &cap, "flip", e->policy->desc->name, e->policy_c, NULL);
-    section_text(&buf, &len, &cap, "optim", NULL, e->optim_c, NULL);
-    section_text(&buf, &len, &cap, "scheduler", NULL, e->sched_c, NULL);
+    section_text(&buf, &len, &cap, "flip", e->policy->desc->name, e->policy_c, NULL, NULL);
+    section_text(&buf, &len, &cap, "optim", NULL, e->optim_c, NULL, NULL);
+    section_text(&buf, &len, &cap, "scheduler", NULL, e->sched_c, NULL, NULL);
     for (int i = 0; i < e->n_scheds; i++)
         section_text(&buf, &len, &cap, primal_cfg_section(e->sched_cs[i]), NULL,
-                     e->sched_cs[i], NULL);
+                     e->sched_cs[i], NULL, NULL);
     char dline[600];
     snprintf(dline, sizeof dline, "tokenizer = %s\n", e->tokenizer);
-    section_text(&buf, &len, &cap, "data", e->loader->desc->name, e->loader_c, dline);
+    section_text(&buf, &len, &cap, "data", e->loader->desc->name, e->loader_c, dline, NULL);
     return buf;
 }
 

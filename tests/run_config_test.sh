@@ -44,6 +44,8 @@ if "$RUN" "$tmp/base.ini" --check --set run.steps=3 --set "run.out=$tmp/never" \
     check "the data path of the file is kept" \
         grep -qx "path = $fixtures/data/genesis.txt" "$tmp/check"
     check "--check creates no run directory" test ! -e "$tmp/never"
+    check "a CPU run's resolved [run] leaves out the CUDA-only keys (gemm, logits, grad_stream)" \
+        sh -c "! grep -qE '^(gemm|logits|grad_stream|head_ahead|norm_input|recompute_residual) = ' '$tmp/run'"
 else
     fail "--check succeeds" "$tmp/err"
 fi
