@@ -16,7 +16,8 @@
  * - it has no weight decay.  Here `weight_decay` is decoupled, on the position, as AdamW's.
  *
  * Per trainable tensor (rows x cols) the state is: resid (int8, in [-64, 64]: the position is
- * grid[i] + resid/127 of the gap on its side), mom (int8, the first moment of g = G sign(scale),
+ * grid[i] + resid/127 of the gap on its side; with residual_bits 12 or 16, 4 or 8 more low bits
+ * per weight, 16 or 256 times finer, adam_carry.h), mom (int8, the first moment of g = G sign(scale),
  * times one float scale per block), vr (rows) and vc (cols), two accumulators of this step's
  * squared gradients (rows and cols), and the step count: 2 bytes per weight plus 4/block, plus 8
  * per row and per column.
@@ -29,6 +30,10 @@
  *   weight_decay   FLOAT  0        [0,inf)   decoupled, on the position
  *   second_moment  ENUM   factored factored|row
  *   block          INT    64       32, 64, 128 or 256 columns per momentum scale
+ *   residual_bits  INT    8        8, 12 or 16: the sub-grid position's resolution (1, 1.5 or 2
+ *                                  bytes per weight); the stochastic rounding of a small move
+ *                                  adds noise of variance ~ |move| x unit, which the finer
+ *                                  units cut
  *
  * One step, with k micro-batches (the core divides each G by k, so the step's gradient is their
  * sum):
@@ -71,12 +76,16 @@ static const primal_key ac_keys[] = {
     {"second_moment", PRIMAL_KEY_ENUM, "factored",
      "factored: row x column (Adafactor's estimate); row: one per row", "factored|row"},
     {"block", PRIMAL_KEY_INT, "64", "columns per momentum scale: 32, 64, 128 or 256", "[32,256]"},
+    {"residual_bits", PRIMAL_KEY_INT, "8",
+     "bits of a weight's sub-grid position: 8, 12 or 16 (127, 2032 or 32512 units per grid gap)",
+     "[8,16]"},
     {NULL, 0, NULL, NULL, NULL},
 };
 
 typedef struct ac_state {
     int64_t rows, cols, nblk;
     int8_t *resid, *mom;      /* (rows, cols) */
+    uint8_t *rlo;             /* the residuals' low bits (ac_lo_bytes; NULL for 8 bits) */
     float *mscale;            /* (rows, nblk) */
     float *vr, *vc;           /* (rows), (cols) */
     float *racc, *cacc;       /* (rows), (cols) this step's sums of g^2 */
@@ -93,6 +102,10 @@ static int ac_create(const primal_config *cfg, const primal_policy_info *info, v
     if (block != 32 && block != 64 && block != 128 && block != 256)
         return primal_cfg_errf(cfg, "block", err, PRIMAL_ECONFIG,
                                "must be 32, 64, 128 or 256, got %lld", (long long)block);
+    int64_t rbits = primal_cfg_int(cfg, "residual_bits");
+    if (rbits != 8 && rbits != 12 && rbits != 16)
+        return primal_cfg_errf(cfg, "residual_bits", err, PRIMAL_ECONFIG,
+                               "must be 8, 12 or 16, got %lld", (long long)rbits);
     ac_ctx *c = calloc(1, sizeof *c);
     if (c == NULL)
         return primal_errf(err, PRIMAL_ENOMEM, "adam_carry: out of memory");
@@ -102,6 +115,7 @@ static int ac_create(const primal_config *cfg, const primal_policy_info *info, v
     c->eps = primal_cfg_float(cfg, "eps");
     c->wd = primal_cfg_float(cfg, "weight_decay");
     c->block = (int)block;
+    c->rbits = (int)rbits;
     c->factored = strcmp(primal_cfg_str(cfg, "second_moment"), "factored") == 0;
     *ctx = c;
     return PRIMAL_OK;
@@ -129,6 +143,7 @@ static void ac_tensor_free(void *ctx, const primal_qtensor *t, void *state)
     if (s == NULL)
         return;
     free(s->resid);
+    free(s->rlo);
     free(s->mom);
     free(s->mscale);
     free(s->vr);
@@ -158,6 +173,8 @@ static int ac_tensor_init(void *ctx, const primal_qtensor *t, void **state, prim
     s->nblk = ac_nblk(c, t->cols);
     size_t n = (size_t)(t->rows * t->cols);
     s->resid = calloc(n, 1);
+    const size_t nlo = (size_t)ac_lo_bytes(c, t->rows, t->cols);
+    s->rlo = nlo > 0 ? calloc(nlo, 1) : NULL;
     s->mom = calloc(n, 1);
     s->mscale = calloc((size_t)(s->rows * s->nblk), sizeof(float));
     s->vr = calloc((size_t)s->rows, sizeof(float));
@@ -167,8 +184,8 @@ static int ac_tensor_init(void *ctx, const primal_qtensor *t, void **state, prim
     s->cpart = calloc((size_t)s->cols, sizeof(float));
     s->mv = calloc((size_t)c->block, sizeof(float));
     s->t_step = -1;
-    if (s->resid == NULL || s->mom == NULL || s->mscale == NULL || s->vr == NULL ||
-        s->vc == NULL || s->racc == NULL || s->cacc == NULL || s->cpart == NULL || s->mv == NULL) {
+    if (s->resid == NULL || (nlo > 0 && s->rlo == NULL) || s->mom == NULL || s->mscale == NULL ||
+        s->vr == NULL || s->vc == NULL || s->racc == NULL || s->cacc == NULL || s->cpart == NULL || s->mv == NULL) {
         ac_tensor_free(ctx, t, s);
         return primal_errf(err, PRIMAL_ENOMEM,
                            "adam_carry: tensor %s: out of memory for [%lld,%lld] state", t->name,
@@ -294,6 +311,8 @@ static int ac_step(void *ctx, void *state, const primal_qtensor *t, const primal
     const float lr = (float)(c->lr * si->lr_mult), lrwd = (float)(c->lr * si->lr_mult * c->wd);
     const uint64_t rstream =
         primal_rng_stream((uint64_t)t->id, (uint64_t)si->step, AC_RNG_RESIDUAL);
+    const int shift = ac_lo_shift(c);
+    const int64_t pairs = (cols + 1) / 2;
     int64_t flips = 0, saturated = 0;
     for (int64_t r = 0; r < rows; r++) {
         const float lrs = AC_DIV(lr, fmaxf(fabsf(t->scale[r]), 1e-12f));
@@ -302,10 +321,17 @@ static int ac_step(void *ctx, void *state, const primal_qtensor *t, const primal
             const float ug =
                 ac_direction(s->mom[f], s->mscale[r * nblk + col / c->block], inv_bc1, lrs);
             const int i = (int)primal_index_get(t, r, col);
-            int rv = s->resid[f], sat;
+            int rv = ac_resid_get(s->resid, s->rlo, shift, r, cols, col), sat;
             const int ni = ac_move(t->grid, t->grid_size, i, &rv, ug, lrwd,
-                                   primal_rng_u01(si->seed, rstream, (uint64_t)f), &sat);
-            s->resid[f] = (int8_t)rv;
+                                   primal_rng_u01(si->seed, rstream, (uint64_t)f), shift, &sat);
+            s->resid[f] = (int8_t)ac_resid_hi(rv, shift);
+            if (shift == 8) {
+                s->rlo[f] = (uint8_t)ac_resid_lo(rv, shift);
+            } else if (shift == 4) {
+                uint8_t *b = &s->rlo[r * pairs + col / 2];
+                const int lo = ac_resid_lo(rv, shift);
+                *b = (uint8_t)((col & 1) ? (*b & 15) | (lo << 4) : (*b & 0xf0) | lo);
+            }
             if (ni != i) {
                 primal_index_set(t, r, col, (uint32_t)ni);
                 flips++;
@@ -322,14 +348,16 @@ static int ac_step(void *ctx, void *state, const primal_qtensor *t, const primal
 static int ac_state_save(void *ctx, const primal_qtensor *t, const void *state, void *buf,
                          primal_err *err)
 {
-    (void)ctx;
     (void)t;
     (void)err;
     const ac_state *s = state;
     uint8_t *p = buf;
     const size_t n = (size_t)(s->rows * s->cols), fr = (size_t)s->rows * sizeof(float),
                  fc = (size_t)s->cols * sizeof(float);
+    const size_t nlo = (size_t)ac_lo_bytes(ctx, s->rows, s->cols);
     memcpy(p, s->resid, n), p += n;
+    if (nlo > 0)
+        memcpy(p, s->rlo, nlo), p += nlo;
     memcpy(p, s->mom, n), p += n;
     memcpy(p, s->mscale, (size_t)s->nblk * fr), p += (size_t)s->nblk * fr;
     memcpy(p, s->vr, fr), p += fr;
@@ -357,7 +385,10 @@ static int ac_state_load(void *ctx, const primal_qtensor *t, void *state, const 
     const uint8_t *p = buf;
     const size_t n = (size_t)(s->rows * s->cols), fr = (size_t)s->rows * sizeof(float),
                  fc = (size_t)s->cols * sizeof(float);
+    const size_t nlo = (size_t)ac_lo_bytes(ctx, s->rows, s->cols);
     memcpy(s->resid, p, n), p += n;
+    if (nlo > 0)
+        memcpy(s->rlo, p, nlo), p += nlo;
     memcpy(s->mom, p, n), p += n;
     memcpy(s->mscale, p, (size_t)s->nblk * fr), p += (size_t)s->nblk * fr;
     memcpy(s->vr, p, fr), p += fr;

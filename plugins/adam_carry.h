@@ -36,8 +36,8 @@
 #define AC_SUB(a, b) AC_ADD((a), -(b))
 
 #define AC_Q 127     /* momentum levels each side of zero (int8) */
-#define AC_R 127     /* residual units per grid gap (int8) */
-#define AC_H 64      /* a residual lies in [-AC_H, AC_H] between steps */
+#define AC_R 127     /* residual units per grid gap of the high byte (int8) */
+#define AC_H 64      /* the high byte lies in [-AC_H, AC_H] between steps */
 #define AC_TB 256    /* columns per partial row sum (the device's thread block) */
 #define AC_RPB 32    /* rows per partial column sum */
 #define AC_RNG_MOMENTUM 0x41 /* primal_rng_stream purposes */
@@ -48,19 +48,56 @@ typedef struct ac_ctx {
     double lr, beta1, beta2, eps, wd;
     int block;    /* momentum block, columns */
     int factored; /* 1: row x column second moment; 0: per row */
+    int rbits;    /* residual bits: 8, 12 or 16 (an int8 high part and 0, 4 or 8 low bits) */
     void *gpu;
 } ac_ctx;
 
 static inline int64_t ac_nblk(const ac_ctx *c, int64_t cols) { return (cols + c->block - 1) / c->block; }
 
-/* The checkpoint layout, in order: resid (int8, rows*cols), mom (int8, rows*cols), mscale (f32,
- * rows*nblk), vr (f32, rows), vc (f32, cols), racc (f32, rows), cacc (f32, cols), invS (f32, 1:
- * 1/mean(vr)), t, t_step (int64); native byte order. */
+/* The residual of a weight is v = hi L + lo with hi the int8 `resid` and lo in [0, L) its low
+ * bits, L = 2^(rbits - 8): 1 (no low bits), 16 (a nibble, two weights of a row to a byte: column
+ * c in byte c/2 of its row, the even column in the low nibble) or 256 (a byte).  v counts
+ * AC_R L units per grid gap and lies in [-AC_H L, AC_H L]. */
+static inline int ac_lo_shift(const ac_ctx *c) { return c->rbits - 8; }
+static inline int64_t ac_lo_bytes(const ac_ctx *c, int64_t rows, int64_t cols)
+{
+    return c->rbits == 12 ? rows * ((cols + 1) / 2) : c->rbits == 16 ? rows * cols : 0;
+}
+
+/* The checkpoint layout, in order: resid (int8, rows*cols), rlo (the low bits, ac_lo_bytes), mom
+ * (int8, rows*cols), mscale (f32, rows*nblk), vr (f32, rows), vc (f32, cols), racc (f32, rows),
+ * cacc (f32, cols), invS (f32, 1: 1/mean(vr)), t, t_step (int64); native byte order. */
 static inline size_t ac_state_bytes(const ac_ctx *c, int64_t rows, int64_t cols)
 {
-    return (size_t)(2 * rows * cols) +
+    return (size_t)(2 * rows * cols + ac_lo_bytes(c, rows, cols)) +
            sizeof(float) * (size_t)(rows * ac_nblk(c, cols) + 2 * rows + 2 * cols + 1) +
            2 * sizeof(int64_t);
+}
+
+/* The residual of weight (r, c) from hi (rows*cols) and lo (ac_lo_bytes) with shift 0, 4 or 8. */
+AC_HD int ac_resid_get(const int8_t *hi, const uint8_t *lo, int shift, int64_t r, int64_t cols,
+                       int64_t c)
+{
+    const int h = hi[r * cols + c];
+    if (shift == 0)
+        return h;
+    if (shift == 8)
+        return h * 256 + lo[r * cols + c];
+    const uint8_t b = lo[r * ((cols + 1) / 2) + c / 2];
+    return h * 16 + ((c & 1) ? b >> 4 : b & 15);
+}
+
+/* v split into its high part (floor(v / L)) and low bits (v - hi L). */
+AC_HD int ac_resid_hi(int v, int shift)
+{
+    const int L = 1 << shift, lo = ((v % L) + L) % L;
+    return (v - lo) / L;
+}
+
+AC_HD int ac_resid_lo(int v, int shift)
+{
+    const int L = 1 << shift;
+    return ((v % L) + L) % L;
 }
 
 /* A checkpoint's state is untrusted: residuals and momenta within their ranges, every float
@@ -70,13 +107,25 @@ static inline int ac_state_check(const ac_ctx *c, int64_t rows, int64_t cols, co
 {
     const int8_t *p = (const int8_t *)buf;
     const int64_t n = rows * cols, nf = rows * ac_nblk(c, cols) + 2 * rows + 2 * cols + 1;
+    const int64_t nlo = ac_lo_bytes(c, rows, cols);
+    const int shift = ac_lo_shift(c), H = AC_H << shift;
+    const uint8_t *lo = (const uint8_t *)buf + n;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t col = 0; col < cols; col++) {
+            const int v = ac_resid_get(p, lo, shift, r, cols, col);
+            if (v < -H || v > H)
+                return *what = shift == 0 ? "a residual outside [-64, 64]"
+                                          : "a residual outside [-64, 64] grid-gap units / 127",
+                       -1;
+        }
+    if (shift == 4 && (cols & 1))
+        for (int64_t r = 0; r < rows; r++)
+            if (lo[r * ((cols + 1) / 2) + cols / 2] >> 4)
+                return *what = "residual low bits past the last column", -1;
     for (int64_t i = 0; i < n; i++)
-        if (p[i] < -AC_H || p[i] > AC_H)
-            return *what = "a residual outside [-64, 64]", -1;
-    for (int64_t i = 0; i < n; i++)
-        if (p[n + i] < -AC_Q)
+        if (p[n + nlo + i] < -AC_Q)
             return *what = "a momentum of -128", -1;
-    const uint8_t *f = (const uint8_t *)buf + 2 * n;
+    const uint8_t *f = (const uint8_t *)buf + 2 * n + nlo;
     for (int64_t i = 0; i < nf; i++) {
         float x;
         memcpy(&x, f + 4 * i, sizeof x);
@@ -161,15 +210,17 @@ AC_HD float ac_direction(int mi, float s, float inv_bc1, float lrs)
     return -AC_MUL(lrs, AC_MUL(AC_MUL((float)mi, s), inv_bc1));
 }
 
-/* One weight's move at step(): its position grid[i] + rv/AC_R gaps goes by ug (the Adam
- * direction) minus lrwd times itself (decoupled weight decay), then is split again into the
- * nearest grid index, returned, and a residual *rv rounded stochastically with u.  A position
- * past either end of the grid keeps its residual at +-AC_H and sets *sat. */
+/* One weight's move at step(): its position grid[i] + rv/R gaps (R = AC_R << shift) goes by ug
+ * (the Adam direction) minus lrwd times itself (decoupled weight decay), then is split again
+ * into the nearest grid index, returned, and a residual *rv rounded stochastically with u.  A
+ * position past either end of the grid keeps its residual at +-H (AC_H << shift) and sets
+ * *sat. */
 AC_HD int ac_move(const float *grid, int n, int i, int *rv, float ug, float lrwd, float u,
-                  int *sat)
+                  int shift, int *sat)
 {
+    const int R = AC_R << shift, H = AC_H << shift;
     const float gap = *rv > 0 ? ac_gap_up(grid, n, i) : ac_gap_dn(grid, n, i);
-    const float pos = AC_ADD(grid[i], AC_MUL((float)*rv, AC_DIV(gap, (float)AC_R)));
+    const float pos = AC_ADD(grid[i], AC_MUL((float)*rv, AC_DIV(gap, (float)R)));
     const float p = AC_ADD(pos, AC_SUB(ug, AC_MUL(lrwd, pos)));
     *sat = 0;
     if (!(p == p))
@@ -177,15 +228,15 @@ AC_HD int ac_move(const float *grid, int n, int i, int *rv, float ug, float lrwd
     const int j = ac_nearest(grid, n, p);
     const float d = AC_SUB(p, grid[j]);
     const float gj = d > 0.0f ? ac_gap_up(grid, n, j) : ac_gap_dn(grid, n, j);
-    float x = AC_MUL(AC_DIV(d, gj), (float)AC_R);
-    const float lim = (float)(AC_H + 1);
+    float x = AC_MUL(AC_DIV(d, gj), (float)R);
+    const float lim = (float)(H + 1);
     x = x > lim ? lim : x < -lim ? -lim : x;
     int r = (int)floorf(AC_ADD(x, u));
-    if (r > AC_H) {
-        r = AC_H;
+    if (r > H) {
+        r = H;
         *sat = 1;
-    } else if (r < -AC_H) {
-        r = -AC_H;
+    } else if (r < -H) {
+        r = -H;
         *sat = 1;
     }
     *rv = r;

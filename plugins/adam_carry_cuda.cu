@@ -37,6 +37,7 @@ typedef struct acg_scratch {
 typedef struct acg_state {
     int64_t rows, cols, nblk;
     int8_t *resid, *mom;
+    uint8_t *rlo;               /* the residuals' low bits (ac_lo_bytes; NULL for 8 bits) */
     float *mscale, *vr, *vc, *racc, *cacc;
     float *invS;                /* (1) */
     unsigned long long *counts; /* (2) flips, saturated */
@@ -167,11 +168,11 @@ __global__ void ac_prep(float *vr, float *vc, float *racc, float *cacc, float *i
     }
 }
 
-__global__ void ac_step(int8_t *resid, const int8_t *mom, const float *mscale, uint8_t *index,
-                        const float *scale, const float *grid, int64_t rows, int64_t cols,
-                        int64_t nblk, int block, int64_t row_stride, int bits, int grid_size,
-                        float inv_bc1, float lr, float lrwd, uint64_t seed, uint64_t rstream,
-                        unsigned long long *counts)
+__global__ void ac_step(int8_t *resid, uint8_t *rlo, int shift, const int8_t *mom,
+                        const float *mscale, uint8_t *index, const float *scale,
+                        const float *grid, int64_t rows, int64_t cols, int64_t nblk, int block,
+                        int64_t row_stride, int bits, int grid_size, float inv_bc1, float lr,
+                        float lrwd, uint64_t seed, uint64_t rstream, unsigned long long *counts)
 {
     const int64_t pairs = (cols + 1) / 2;
     unsigned long long flips = 0, sat_n = 0;
@@ -181,20 +182,25 @@ __global__ void ac_step(int8_t *resid, const int8_t *mom, const float *mscale, u
         const int nc = cols - c0 >= 2 ? 2 : 1;
         uint8_t *irow = index + r * row_stride;
         const float lrs = AC_DIV(lr, fmaxf(fabsf(scale[r]), 1e-12f));
-        int idx[2] = {0, 0}, moved[2] = {0, 0};
+        int idx[2] = {0, 0}, moved[2] = {0, 0}, lo[2] = {0, 0};
         for (int q = 0; q < nc; q++) {
             const int64_t c = c0 + q, f = r * cols + c;
             const float ug = ac_direction(mom[f], mscale[r * nblk + c / block], inv_bc1, lrs);
             const int i = index_load(irow, bits, c);
-            int rv = resid[f], sat;
+            int rv = ac_resid_get(resid, rlo, shift, r, cols, c), sat;
             const int ni = ac_move(grid, grid_size, i, &rv, ug, lrwd,
-                                   primal_rng_u01(seed, rstream, (uint64_t)f), &sat);
-            resid[f] = (int8_t)rv;
+                                   primal_rng_u01(seed, rstream, (uint64_t)f), shift, &sat);
+            resid[f] = (int8_t)ac_resid_hi(rv, shift);
+            lo[q] = ac_resid_lo(rv, shift);
+            if (shift == 8)
+                rlo[f] = (uint8_t)lo[q];
             idx[q] = ni;
             moved[q] = ni != i;
             flips += (unsigned long long)moved[q];
             sat_n += (unsigned long long)sat;
         }
+        if (shift == 4) /* the pair's two nibbles are this thread's byte */
+            rlo[r * pairs + c0 / 2] = (uint8_t)(lo[0] | (lo[1] << 4));
         index_store_pair(irow, bits, c0, nc, idx, moved);
     }
     block_add2(&counts[0], &counts[1], flips, sat_n);
@@ -221,6 +227,7 @@ static void acg_free(void *ctx, const primal_qtensor *t, void *state)
     if (s == NULL)
         return;
     cudaFree(s->resid);
+    cudaFree(s->rlo);
     cudaFree(s->mom);
     cudaFree(s->mscale);
     cudaFree(s->vr);
@@ -270,6 +277,7 @@ static int acg_init(void *ctx, const primal_qtensor *t, void **state, void *stre
         void **p;
         size_t bytes;
     } a[] = {{(void **)&s->resid, n},
+             {(void **)&s->rlo, (size_t)ac_lo_bytes(c, t->rows, t->cols)},
              {(void **)&s->mom, n},
              {(void **)&s->mscale, (size_t)s->nblk * fr},
              {(void **)&s->vr, fr},
@@ -279,6 +287,8 @@ static int acg_init(void *ctx, const primal_qtensor *t, void **state, void *stre
              {(void **)&s->invS, sizeof(float)},
              {(void **)&s->counts, 2 * sizeof(unsigned long long)}};
     for (size_t k = 0; k < sizeof a / sizeof *a; k++) {
+        if (a[k].bytes == 0)
+            continue; /* rlo with 8-bit residuals */
         cudaError_t e = cudaMalloc(a[k].p, a[k].bytes);
         if (e == cudaSuccess)
             e = cudaMemsetAsync(*a[k].p, 0, a[k].bytes, st);
@@ -352,7 +362,7 @@ static int acg_step_common(void *ctx, void *state, const primal_qtensor *t,
         primal_rng_stream((uint64_t)t->id, (uint64_t)si->step, AC_RNG_RESIDUAL);
     CU_TRY(cudaMemsetAsync(s->counts, 0, 2 * sizeof(unsigned long long), st));
     ac_step<<<grid_for(rows * ((cols + 1) / 2)), THREADS, 0, st>>>(
-        s->resid, s->mom, s->mscale, (uint8_t *)t->index, t->scale, t->grid, rows, cols, s->nblk,
+        s->resid, s->rlo, ac_lo_shift(c), s->mom, s->mscale, (uint8_t *)t->index, t->scale, t->grid, rows, cols, s->nblk,
         c->block, t->row_stride, t->bits, t->grid_size, inv_bc1, lr, lrwd, si->seed, rstream,
         s->counts);
     CU_TRY(cudaGetLastError());
@@ -385,9 +395,12 @@ static int acg_download(void *ctx, const primal_qtensor *t, const void *state, v
     const struct {
         const void *src;
         size_t bytes;
-    } a[] = {{s->resid, n}, {s->mom, n}, {s->mscale, (size_t)s->nblk * fr}, {s->vr, fr},
-             {s->vc, fc},   {s->racc, fr}, {s->cacc, fc}, {s->invS, sizeof(float)}};
+    } a[] = {{s->resid, n},  {s->rlo, (size_t)ac_lo_bytes((const ac_ctx *)ctx, s->rows, s->cols)},
+             {s->mom, n},    {s->mscale, (size_t)s->nblk * fr}, {s->vr, fr}, {s->vc, fc},
+             {s->racc, fr},  {s->cacc, fc}, {s->invS, sizeof(float)}};
     for (size_t k = 0; k < sizeof a / sizeof *a; k++) {
+        if (a[k].bytes == 0)
+            continue;
         CU_TRY(cudaMemcpyAsync(p, a[k].src, a[k].bytes, cudaMemcpyDeviceToHost, st));
         p += a[k].bytes;
     }
@@ -416,9 +429,12 @@ static int acg_upload(void *ctx, const primal_qtensor *t, void *state, const voi
     const struct {
         void *dst;
         size_t bytes;
-    } a[] = {{s->resid, n}, {s->mom, n}, {s->mscale, (size_t)s->nblk * fr}, {s->vr, fr},
-             {s->vc, fc},   {s->racc, fr}, {s->cacc, fc}, {s->invS, sizeof(float)}};
+    } a[] = {{s->resid, n},  {s->rlo, (size_t)ac_lo_bytes((const ac_ctx *)ctx, s->rows, s->cols)},
+             {s->mom, n},    {s->mscale, (size_t)s->nblk * fr}, {s->vr, fr}, {s->vc, fc},
+             {s->racc, fr},  {s->cacc, fc}, {s->invS, sizeof(float)}};
     for (size_t k = 0; k < sizeof a / sizeof *a; k++) {
+        if (a[k].bytes == 0)
+            continue;
         CU_TRY(cudaMemcpyAsync(a[k].dst, p, a[k].bytes, cudaMemcpyHostToDevice, st));
         p += a[k].bytes;
     }

@@ -1,7 +1,8 @@
 /* adam_carry_test.c: the adam_carry flip policy through the mock host (plugins/adam_carry.c).
- * The state is read in its documented checkpoint layout (resid, mom, mscale, vr, vc, racc, cacc,
- * t, t_step), decoded here. */
+ * The state is read in its documented checkpoint layout (resid, rlo, mom, mscale, vr, vc, racc,
+ * cacc, t, t_step), decoded here. */
 #include <math.h>
+#include <stdio.h>
 
 #include "policy_harness.h"
 
@@ -163,14 +164,13 @@ Test(adam_carry, weight_decay_pulls_the_position_towards_zero)
 }
 
 /* Save after 5 steps, load into fresh state, and both copies go on identically. */
-Test(adam_carry, a_saved_state_resumes_bit_for_bit_and_a_corrupted_one_is_refused)
+static void resume_case(const char *const *kv, int64_t cols, int64_t nlo)
 {
     grids();
-    static const char *const kv[] = {"lr=0.01", NULL};
     policy_fx f;
     pfx_open(&f, "adam_carry", kv);
     primal_qtensor a, b;
-    const int64_t rows = 9, cols = 70;
+    const int64_t rows = 9;
     tensor_make(&a, rows, cols, u255, 255, 127);
     void *sa = state_init(&f, &a);
     float *G = malloc(sizeof(float) * rows * cols);
@@ -192,9 +192,24 @@ Test(adam_carry, a_saved_state_resumes_bit_for_bit_and_a_corrupted_one_is_refuse
                       f.err.msg);
             memcpy(bad, buf, n);
             float nan = NAN;
-            memcpy(bad + 2 * rows * cols + 4 * rows * 2, &nan, 4); /* vr[0] (nblk = 2) */
+            memcpy(bad + 2 * rows * cols + nlo + 4 * rows * 2, &nan, 4); /* vr[0] (nblk = 2) */
             cr_expect_eq(f.vt->state_load(f.ctx, &b, sb, bad, n, &f.err), PRIMAL_EIO);
             cr_expect_eq(f.vt->state_load(f.ctx, &b, sb, buf, n - 1, &f.err), PRIMAL_EIO);
+            if (nlo == rows * ((cols + 1) / 2) && (cols & 1)) {
+                /* 12 bits: the unused high nibble after an odd row's last column */
+                memcpy(bad, buf, n);
+                bad[rows * cols + cols / 2] |= 0x10;
+                cr_expect_eq(f.vt->state_load(f.ctx, &b, sb, bad, n, &f.err), PRIMAL_EIO);
+                cr_expect(strstr(f.err.msg, "low bits"), "%s", f.err.msg);
+            }
+            if (nlo > 0) {
+                /* high part 64 with low bits above 0: past +64 units of the high byte */
+                memcpy(bad, buf, n);
+                bad[0] = 64;
+                bad[rows * cols] = 1;
+                cr_expect_eq(f.vt->state_load(f.ctx, &b, sb, bad, n, &f.err), PRIMAL_EIO);
+                cr_expect(strstr(f.err.msg, "residual"), "%s", f.err.msg);
+            }
             free(bad);
             free(buf);
             for (int s2 = 5; s2 < 10; s2++) {
@@ -232,4 +247,111 @@ Test(adam_carry, a_saved_state_resumes_bit_for_bit_and_a_corrupted_one_is_refuse
     state_free(&f, &a, sa);
     tensor_free(&a);
     pfx_close(&f);
+}
+
+Test(adam_carry, a_saved_state_resumes_bit_for_bit_and_a_corrupted_one_is_refused)
+{
+    static const char *const kv[] = {"lr=0.01", NULL};
+    resume_case(kv, 70, 0);
+}
+
+Test(adam_carry, a_12_bit_state_resumes_bit_for_bit_on_odd_rows)
+{
+    static const char *const kv[] = {"lr=0.01", "residual_bits=12", NULL};
+    resume_case(kv, 71, 9 * 36);
+}
+
+Test(adam_carry, a_16_bit_state_resumes_bit_for_bit)
+{
+    static const char *const kv[] = {"lr=0.01", "residual_bits=16", "second_moment=row", NULL};
+    resume_case(kv, 70, 9 * 70);
+}
+
+Test(adam_carry, refuses_residual_bits_other_than_8_12_16)
+{
+    static const char *const kv[] = {"residual_bits=10", NULL};
+    policy_fx f;
+    cr_expect_eq(pfx_try(&f, "adam_carry", kv), PRIMAL_ECONFIG);
+    cr_expect(strstr(f.err.msg, "residual_bits") != NULL && strstr(f.err.msg, "10") != NULL,
+              "%s", f.err.msg);
+    mockhost_unload_all();
+}
+
+Test(adam_carry, finer_residuals_cost_half_or_one_byte_more_per_weight)
+{
+    grids();
+    static const char *const k12[] = {"residual_bits=12", NULL};
+    static const char *const k16[] = {"residual_bits=16", NULL};
+    const char *const *kv[] = {k12, k16};
+    const size_t extra[] = {256 * 256, 256 * 511};
+    for (int m = 0; m < 2; m++) {
+        policy_fx f;
+        pfx_open(&f, "adam_carry", kv[m]);
+        primal_qtensor t;
+        tensor_make(&t, 256, 511, u255, 255, 127);
+        void *st = state_init(&f, &t);
+        cr_expect_eq(f.vt->state_bytes(f.ctx, &t, st), bytes_for(256, 511, 64) + extra[m]);
+        state_free(&f, &t, st);
+        tensor_free(&t);
+        pfx_close(&f);
+    }
+}
+
+/* The positions (index + residual / R, in grid gaps) of 512 weights that get the same small
+ * move every step: 0.3 units of the 8-bit residual, 300 steps.  Each stochastic rounding adds
+ * variance, so the 8-bit positions spread by about sqrt(300 x 0.21) = 8 units = 0.063 gap, and
+ * the 16-bit ones 256 times less in variance.  Returns the standard deviation in gaps. */
+static double spread(int rbits)
+{
+    grids();
+    char rb[32];
+    snprintf(rb, sizeof rb, "residual_bits=%d", rbits);
+    const char *const kv[] = {"lr=1.86e-5", "beta1=0", rb, NULL};
+    policy_fx f;
+    pfx_open(&f, "adam_carry", kv);
+    primal_qtensor t;
+    const int64_t rows = 8, cols = 64, n = rows * cols;
+    tensor_make(&t, rows, cols, u255, 255, 127);
+    void *st = state_init(&f, &t);
+    float *G = malloc(sizeof(float) * (size_t)n);
+    cr_assert_not_null(G);
+    for (int64_t k = 0; k < n; k++)
+        G[k] = -1.0f; /* normalised to 1: every weight moves up alike */
+    for (int s = 0; s < 300; s++) {
+        feed(&f, st, &t, G, s, 0, 1);
+        step_once(&f, st, &t, s);
+    }
+    size_t nb;
+    uint8_t *buf = state_dump(&f, &t, st, &nb);
+    const int L = 1 << (rbits - 8);
+    double sum = 0.0, sum2 = 0.0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) {
+            const int64_t k = r * cols + c;
+            int v = (int8_t)buf[k] * L;
+            if (rbits == 16)
+                v += buf[n + k];
+            else if (rbits == 12)
+                v += (buf[n + r * (cols / 2) + c / 2] >> (4 * (c & 1))) & 15;
+            const double pos = (double)primal_index_get(&t, r, c) + (double)v / (127.0 * L);
+            sum += pos;
+            sum2 += pos * pos;
+        }
+    const double mean = sum / (double)n, sd = sqrt(fmax(0.0, sum2 / (double)n - mean * mean));
+    cr_expect(mean > 127.4 && mean < 127.95, "%d bits: mean position %.4f, want ~127.7", rbits,
+              mean);
+    free(buf);
+    free(G);
+    state_free(&f, &t, st);
+    tensor_free(&t);
+    pfx_close(&f);
+    return sd;
+}
+
+Test(adam_carry, finer_residuals_spread_equal_small_moves_less)
+{
+    const double s8 = spread(8), s12 = spread(12), s16 = spread(16);
+    cr_expect(s8 > 0.04 && s8 < 0.09, "8 bits: spread %.4f gap, want ~0.063", s8);
+    cr_expect(s12 < 0.025, "12 bits: spread %.4f gap, want ~0.016", s12);
+    cr_expect(s16 < 0.006, "16 bits: spread %.4f gap, want ~0.004", s16);
 }

@@ -58,6 +58,14 @@ roundtrip() {
     if "$CMP" "$tmp/$_n.out.safetensors" "$tmp/$_n.ref.safetensors" logits 0 "$_tol" \
         --of-max >"$tmp/cmp" 2>&1; then
         pass "$_n ($_dt): the same logits after export and import, within $_tol x max|logit| ($(sed -n 's/.*that is \(.*\) of max.*/measured \1/p' "$tmp/cmp"))"
+        # HF_EXPORT_KEEP=DIR keeps the export, the ids and primal-eval's logits of the
+        # checkpoint for scripts/check-hf-export.py (transformers, on a machine that has it)
+        if [ -n "${HF_EXPORT_KEEP:-}" ]; then
+            mkdir -p "$HF_EXPORT_KEEP/$_n"
+            cp -r "$tmp/$_n/." "$HF_EXPORT_KEEP/$_n/export"
+            cp "$tmp/$_n.ref.safetensors" "$HF_EXPORT_KEEP/$_n/eval.safetensors"
+            cp "$tmp/ids.safetensors" "$HF_EXPORT_KEEP/$_n/ids.safetensors"
+        fi
     else
         fail "$_n ($_dt): the same logits after export and import, within $_tol x max|logit|" "$tmp/cmp"
     fi

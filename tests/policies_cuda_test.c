@@ -655,6 +655,16 @@ Test(adam_carry_cuda, matches_the_cpu_with_wide_blocks_and_coarse_gradients)
     cr_expect_gt(run_shapes("adam_carry", kv, 4, 2, GRAD_COARSE, 1, 930), 0);
 }
 
+Test(adam_carry_cuda, matches_the_cpu_with_12_and_16_bit_residuals)
+{
+    /* 12 bits: two weights' low nibbles share a byte (odd column counts among the shapes) */
+    static const char *const k12[] = {"lr=0.02", "residual_bits=12", NULL};
+    static const char *const k16[] = {"lr=0.003", "residual_bits=16", "weight_decay=0.1", NULL};
+    cr_expect_gt(run_shapes_r("adam_carry", k12, 5, 1, GRAD_REAL, 1, 1, 940), 0);
+    cr_expect_gt(run_shapes("adam_carry", k12, 4, 2, GRAD_COARSE, 1, 950), 0);
+    cr_expect_gt(run_shapes_r("adam_carry", k16, 5, 1, GRAD_REAL, 1, 1, 960), 0);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* All five                                                                                  */
 
