@@ -169,18 +169,97 @@ static int put_entry(ini_section *s, const char *key, const char *value, int lin
     return PRIMAL_OK;
 }
 
+/* inih's limits: a line of at most INI_MAX_LINE - 2 characters (its buffer also holds the
+ * newline and the NUL), and section names cut at 49 characters (MAX_SECTION, 50 with the NUL, a
+ * constant of ini.c that ini.h does not show). */
+_Static_assert(PRIMAL_INI_MAX_LINE == INI_MAX_LINE - 2, "PRIMAL_INI_MAX_LINE is inih's");
+
+/* The value inih takes from the text after a key's '=': cut at an inline comment (a ';' after
+ * white space, INI_INLINE_COMMENT_PREFIXES), then without leading and trailing white space.
+ * Returns its start; *len gets its length. */
+static const char *read_value(const char *raw, size_t *len)
+{
+    const char *end = raw;
+    int was_space = 0;
+    while (*end != '\0' && !(was_space && *end == ';')) {
+        was_space = isspace((unsigned char)*end);
+        end++;
+    }
+    while (raw < end && isspace((unsigned char)*raw))
+        raw++;
+    while (end > raw && isspace((unsigned char)end[-1]))
+        end--;
+    *len = (size_t)(end - raw);
+    return raw;
+}
+
+const char *primal_ini_value_problem(const char *value)
+{
+    if (strchr(value, '\n') != NULL)
+        return "holds a line break";
+    if (value[0] == ';')
+        return "starts with ';', which after \" = \" starts a comment";
+    if (value[0] != '\0' && isspace((unsigned char)value[0]))
+        return "starts with white space, which the reader drops";
+    size_t n = strlen(value);
+    if (n > 0 && isspace((unsigned char)value[n - 1]))
+        return "ends in white space, which the reader drops";
+    for (size_t i = 1; i < n; i++)
+        if (value[i] == ';' && isspace((unsigned char)value[i - 1]))
+            return "holds a ';' after white space, which starts a comment";
+    return NULL;
+}
+
+const char *primal_ini_section_problem(const char *name)
+{
+    if (strlen(name) > PRIMAL_INI_MAX_SECTION)
+        return "section name longer than 49 characters";
+    if (strchr(name, '\n') != NULL)
+        return "section name holds a line break";
+    if (strchr(name, ']') != NULL)
+        return "section name holds ']', which ends it";
+    for (size_t i = 1; name[i] != '\0'; i++)
+        if (name[i] == ';' && isspace((unsigned char)name[i - 1]))
+            return "section name holds a ';' after white space, which starts a comment";
+    return NULL;
+}
+
+/* A section name for messages: whole, or its first 49 characters and "...". */
+static void section_shown(char *buf, size_t n, const char *name)
+{
+    if (strlen(name) > PRIMAL_INI_MAX_SECTION)
+        snprintf(buf, n, "%.*s...", PRIMAL_INI_MAX_SECTION, name);
+    else
+        snprintf(buf, n, "%s", name);
+}
+
 /* inih's Debian build has no line numbers for handlers, so the reader counts lines itself and
- * also notices section headers (inih does not report empty sections) and over-long lines
- * (inih would silently split them). */
+ * also notices section headers (inih does not report empty sections), over-long lines (inih
+ * would silently split them) and over-long section names (inih would silently cut them, and
+ * the file would get two sections: the whole name's, empty, and the cut one's).  The first
+ * such problem, by line, is kept in bad_line and bad_msg. */
 typedef struct reader_state {
     FILE *f;
     primal_ini *ini;
     int line;
-    int too_long_line;
-    int dup_line, dup_first;
-    char dup_key[128];
+    int bad_line;
+    char bad_msg[512];
     int oom;
 } reader_state;
+
+static void note_bad(reader_state *rs, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void note_bad(reader_state *rs, int line, const char *fmt, ...)
+{
+    if (rs->bad_line != 0 && rs->bad_line <= line)
+        return;
+    rs->bad_line = line;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(rs->bad_msg, sizeof rs->bad_msg, fmt, ap);
+    va_end(ap);
+}
 
 static char *line_reader(char *str, int num, void *stream)
 {
@@ -190,13 +269,14 @@ static char *line_reader(char *str, int num, void *stream)
     rs->line++;
     size_t len = strlen(str);
     if (len == (size_t)num - 1 && str[len - 1] != '\n' && !feof(rs->f)) {
-        if (rs->too_long_line == 0)
-            rs->too_long_line = rs->line;
+        note_bad(rs, rs->line, "line too long (at most %d characters)", PRIMAL_INI_MAX_LINE);
         int c;
         while ((c = fgetc(rs->f)) != EOF && c != '\n')
             ;
     }
     const char *p = str;
+    if (rs->line == 1 && strncmp(p, "\xEF\xBB\xBF", 3) == 0)
+        p += 3; /* a UTF-8 byte order mark, which inih skips (INI_ALLOW_BOM) */
     while (isspace((unsigned char)*p))
         p++;
     if (*p == '[') {
@@ -208,9 +288,15 @@ static char *line_reader(char *str, int num, void *stream)
                 n = sizeof name - 1;
             memcpy(name, p + 1, n);
             name[n] = '\0';
-            /* inih strips surrounding space inside brackets? it does not; match it */
-            if (add_section(rs->ini, name, rs->line) == NULL)
+            /* inih keeps the name as written between the brackets, spaces included */
+            if (n > PRIMAL_INI_MAX_SECTION) {
+                char shown[64];
+                section_shown(shown, sizeof shown, name);
+                note_bad(rs, rs->line, "[%s]: section name longer than %d characters", shown,
+                         PRIMAL_INI_MAX_SECTION);
+            } else if (add_section(rs->ini, name, rs->line) == NULL) {
                 rs->oom = 1;
+            }
         }
     }
     return str;
@@ -226,13 +312,16 @@ static int ini_handler_fn(void *user, const char *section, const char *name, con
     }
     ini_entry *e = find_entry(s, name);
     if (e != NULL) {
-        if (rs->dup_line == 0) {
-            rs->dup_line = rs->line;
-            rs->dup_first = e->line;
-            snprintf(rs->dup_key, sizeof rs->dup_key, "%s", name);
-        }
+        note_bad(rs, rs->line, "%.128s: key given twice (first at line %d)", name, e->line);
         return 1;
     }
+    /* "key =;v" reads as ";v" (no white space before the ';'), but the resolved configuration
+     * would write it back as "key = ;v", a comment */
+    if (value[0] == ';')
+        note_bad(rs, rs->line,
+                 "[%s] %.128s: a value may not start with ';' (written back as \"%.128s = ;...\" "
+                 "in the resolved configuration, it would read as a comment)",
+                 section, name, name);
     if (put_entry(s, name, value, rs->line) != PRIMAL_OK) {
         rs->oom = 1;
         return 0;
@@ -264,10 +353,11 @@ int primal_ini_load(const char *path, primal_ini **out, primal_err *err)
         primal_ini_free(ini);
         return primal_errf(err, PRIMAL_ENOMEM, "%s: out of memory", path);
     }
-    if (rs.too_long_line && (rc == 0 || rs.too_long_line <= rc)) {
+    /* the first problem by line: inih's (rc, the first line it could not parse) or the
+     * reader's */
+    if (rs.bad_line && (rc <= 0 || rs.bad_line <= rc)) {
         primal_ini_free(ini);
-        return primal_errf(err, PRIMAL_ECONFIG, "%s:%d: line too long (at most %d characters)",
-                           path, rs.too_long_line, INI_MAX_LINE - 2);
+        return primal_errf(err, PRIMAL_ECONFIG, "%s:%d: %s", path, rs.bad_line, rs.bad_msg);
     }
     if (rc > 0) {
         primal_ini_free(ini);
@@ -277,11 +367,6 @@ int primal_ini_load(const char *path, primal_ini **out, primal_err *err)
     if (rc < 0) {
         primal_ini_free(ini);
         return primal_errf(err, PRIMAL_EIO, "%s: cannot read", path);
-    }
-    if (rs.dup_line) {
-        primal_ini_free(ini);
-        return primal_errf(err, PRIMAL_ECONFIG, "%s:%d: %s: key given twice (first at line %d)",
-                           path, rs.dup_line, rs.dup_key, rs.dup_first);
     }
     /* keys before any [section] */
     ini_section *top = find_section(ini, "");
@@ -318,11 +403,37 @@ int primal_ini_set(primal_ini *ini, const char *assignment, primal_err *err)
         return primal_errf(err, PRIMAL_ECONFIG, "--set %s: expected section.key=value",
                            assignment);
     *dot = '\0';
-    const char *value = eq + 1;
-    while (isspace((unsigned char)*value))
-        value++;
+    const char *key = dot + 1;
+    /* the section must be one a file's [header] gives back as it is, since the resolved
+     * configuration (config.ini) writes it so */
+    const char *why = primal_ini_section_problem(lhs);
+    if (why != NULL) {
+        char shown[64];
+        section_shown(shown, sizeof shown, lhs);
+        return primal_errf(err, PRIMAL_ECONFIG, "--set: [%s]: %s", shown, why);
+    }
+    /* the value as a file's line "key = value" gives it (read_value), so that --set and the
+     * file agree and the resolved configuration reads back the value the run used */
+    if (strchr(eq + 1, '\n') != NULL)
+        return primal_errf(err, PRIMAL_ECONFIG, "--set: [%s] %s: a value may not hold a line "
+                           "break", lhs, key);
+    size_t vlen;
+    const char *v = read_value(eq + 1, &vlen);
+    if (vlen > 0 && v[0] == ';')
+        return primal_errf(err, PRIMAL_ECONFIG,
+                           "--set: [%s] %s: a value may not start with ';' (written back as "
+                           "\"%s = ;...\" in the resolved configuration, it would read as a "
+                           "comment)",
+                           lhs, key, key);
+    char *value = malloc(vlen + 1);
+    if (value == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "--set: out of memory");
+    memcpy(value, v, vlen);
+    value[vlen] = '\0';
     ini_section *s = add_section(ini, lhs, -1);
-    if (s == NULL || put_entry(s, dot + 1, value, -1) != PRIMAL_OK)
+    int rc = s == NULL ? PRIMAL_ENOMEM : put_entry(s, key, value, -1);
+    free(value);
+    if (rc != PRIMAL_OK)
         return primal_errf(err, PRIMAL_ENOMEM, "--set: out of memory");
     return PRIMAL_OK;
 }

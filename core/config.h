@@ -15,16 +15,33 @@
 
 typedef struct primal_ini primal_ini;
 
-/* Read path.  Syntax errors (no '=', a line too long, an unterminated section) are
- * PRIMAL_ECONFIG with "path:line: ..."; a file that cannot be opened, or a directory
- * ("path: is a directory, not an INI file"), PRIMAL_EIO. */
+/* What the reader (inih) takes: lines of at most PRIMAL_INI_MAX_LINE characters, section names
+ * of at most PRIMAL_INI_MAX_SECTION (longer ones inih would cut silently).  The resolved
+ * configuration (config.ini) must keep to them too, to load again. */
+#define PRIMAL_INI_MAX_LINE 198
+#define PRIMAL_INI_MAX_SECTION 49
+
+/* Read path.  Syntax errors (no '=', a line too long, an unterminated section, a section name
+ * longer than PRIMAL_INI_MAX_SECTION, a key given twice, a value starting with ';', which
+ * "key =;v" gives but config.ini could not write back) are PRIMAL_ECONFIG with
+ * "path:line: ...", the first by line; a file that cannot be opened, or a directory ("path: is
+ * a directory, not an INI file"), PRIMAL_EIO. */
 int primal_ini_load(const char *path, primal_ini **out, primal_err *err);
 /* An empty file (for tests and tools); name is used in messages. */
 primal_ini *primal_ini_new(const char *name);
 void primal_ini_free(primal_ini *ini);
 /* Apply "section.key=value" (the key is after the last dot, so section names may contain dots,
- * as in grid.model.layers.*.mlp.down_proj.weight). */
+ * as in grid.model.layers.*.mlp.down_proj.weight).  The value is read as a file's line reads
+ * it: cut at an inline comment (a ';' after white space), without leading and trailing white
+ * space.  Refused (PRIMAL_ECONFIG, "--set: [section] ..."): a section name a [header] could not
+ * give back (primal_ini_section_problem), a value starting with ';' or holding a line break. */
 int primal_ini_set(primal_ini *ini, const char *assignment, primal_err *err);
+/* NULL when "[name]" reads back as section name, else why not ("section name longer than 49
+ * characters", ...). */
+const char *primal_ini_section_problem(const char *name);
+/* NULL when a line "key = value" reads back as value, else why not ("starts with ';', ...",
+ * "ends in white space, ...", ...).  The length is not checked. */
+const char *primal_ini_value_problem(const char *value);
 const char *primal_ini_path(const primal_ini *ini);
 int primal_ini_nsections(const primal_ini *ini);
 const char *primal_ini_section_name(const primal_ini *ini, int i);

@@ -227,7 +227,23 @@ static int data_paths_from_cwd(primal_experiment *e, const char *key, primal_err
         n += (size_t)snprintf(set + n, cap - n, "%s%s%s%s", set[n - 1] == '=' ? "" : ",",
                               item[0] == '/' ? "" : cwd, item[0] == '/' ? "" : "/", item);
     }
-    int rc = primal_ini_set(e->ini, set, err);
+    /* primal_ini_set reads the value as a file's line would: the current directory could make
+     * it one that reads otherwise (a " ;" in a directory's name) */
+    const char *value = strchr(set, '=') + 1;
+    const char *why = primal_ini_value_problem(value);
+    int most = PRIMAL_INI_MAX_LINE - (int)strlen(key) - 3, rc;
+    if (why != NULL)
+        rc = primal_errf(err, PRIMAL_ECONFIG, "--set: [data] %s: once made absolute, \"%s\" "
+                         "%s: the resolved configuration (config.ini) would not read it back",
+                         key, value, why);
+    else if (strlen(value) > (size_t)most)
+        rc = primal_errf(err, PRIMAL_ECONFIG,
+                         "--set: [data] %s: paths longer than %d characters once made absolute "
+                         "(%zu: %.40s...), more than a line of the resolved configuration "
+                         "(config.ini) holds (%d)",
+                         key, most, strlen(value), value, PRIMAL_INI_MAX_LINE);
+    else
+        rc = primal_ini_set(e->ini, set, err);
     free(cwd);
     free(set);
     free(list);
@@ -515,6 +531,8 @@ static int load_schedulers(primal_experiment *e, primal_err *err)
     return rc;
 }
 
+static int check_resolved(primal_experiment *e, primal_err *err);
+
 int primal_experiment_load(const char *path, const char *const *sets,
                            const char *const *plugin_dirs, primal_experiment **out,
                            primal_err *err)
@@ -580,8 +598,21 @@ int primal_experiment_load(const char *path, const char *const *sets,
         primal_ini_get(e->ini, "data", "tokenizer", &line);
         e->tokenizer = primal_cfg_str(e->data_c, "tokenizer");
         if (strcmp(e->tokenizer, "bytes") != 0) {
-            e->tokenizer_path = resolve_path(e, e->tokenizer, line);
-            if (e->tokenizer_path == NULL)
+            if (line < 0 && e->tokenizer[0] != '/' && e->tokenizer[0] != '\0') {
+                /* the resolved configuration writes this path: a relative one that --set
+                 * gives is made absolute against the current directory (as [data] path and
+                 * val_path), so that config.ini, read again, names the same file */
+                char *cwd = getcwd(NULL, 0);
+                if (cwd == NULL)
+                    rc = primal_errf(err, PRIMAL_EIO, "--set data.tokenizer: the current "
+                                     "directory: %s", strerror(errno));
+                else if (asprintf(&e->tokenizer_path, "%s/%s", cwd, e->tokenizer) < 0)
+                    e->tokenizer_path = NULL;
+                free(cwd);
+            } else {
+                e->tokenizer_path = resolve_path(e, e->tokenizer, line);
+            }
+            if (rc == PRIMAL_OK && e->tokenizer_path == NULL)
                 rc = primal_errf(err, PRIMAL_ENOMEM, "out of memory");
             e->tokenizer = e->tokenizer_path;
         }
@@ -607,6 +638,8 @@ int primal_experiment_load(const char *path, const char *const *sets,
                  "");
         rc = primal_ini_check_unused(e->ini, hint, err);
     }
+    if (rc == PRIMAL_OK)
+        rc = check_resolved(e, err);
     if (rc != PRIMAL_OK) {
         primal_experiment_free(e);
         return rc;
@@ -751,6 +784,84 @@ char *primal_experiment_resolved(const primal_experiment *e)
     snprintf(dline, sizeof dline, "tokenizer = %s\n", e->tokenizer);
     section_text(&buf, &len, &cap, "data", e->loader->desc->name, e->loader_c, dline, NULL);
     return buf;
+}
+
+/* The resolved configuration (what primal-run writes to config.ini) must load again as it is:
+ * each line within the reader's PRIMAL_INI_MAX_LINE characters, each section name and value one
+ * the reader gives back.  A file's own lines keep to the limit, but resolving joins relative
+ * paths onto the file's directory ([run] out, [data] tokenizer) or makes them absolute ([data]
+ * path, val_path and tokenizer given with --set), "key=value" comes back as "key = value", and a
+ * --set value has no line to keep to: where a line would not hold, the experiment is refused
+ * here, naming where the value came from, rather than its config.ini when it is read again. */
+static int check_resolved(primal_experiment *e, primal_err *err)
+{
+    char *text = primal_experiment_resolved(e);
+    if (text == NULL)
+        return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
+    const char *path = primal_ini_path(e->ini);
+    char section[256] = "";
+    int rc = PRIMAL_OK;
+    for (char *line = text; *line != '\0' && rc == PRIMAL_OK;) {
+        char *nl = strchr(line, '\n');
+        if (nl != NULL)
+            *nl = '\0';
+        size_t len = strlen(line);
+        if (line[0] == '[') {
+            snprintf(section, sizeof section, "%.*s", len > 1 ? (int)(len - 2) : 0, line + 1);
+            const char *why = primal_ini_section_problem(section);
+            if (why != NULL)
+                rc = primal_errf(err, PRIMAL_ECONFIG,
+                                 "%s: [%.*s%s]: %s, as the resolved configuration (config.ini) "
+                                 "would name it",
+                                 path, PRIMAL_INI_MAX_SECTION, section,
+                                 strlen(section) > PRIMAL_INI_MAX_SECTION ? "..." : "", why);
+        } else if (strstr(line, " = ") != NULL) {
+            char *eq = strstr(line, " = ");
+            *eq = '\0';
+            const char *key = line, *value = eq + 3;
+            int at = 0;
+            const char *given = primal_ini_get(e->ini, section, key, &at);
+            char where[600];
+            if (at > 0)
+                snprintf(where, sizeof where, "%s:%d", path, at);
+            else
+                snprintf(where, sizeof where, "%s", at < 0 ? "--set" : path);
+            /* a path the core made absolute (or joined onto the file's directory) */
+            int resolved = given != NULL && strcmp(given, value) != 0;
+            const char *how = value[0] == '/' ? "made absolute"
+                                              : "joined onto the experiment file's directory";
+            int most = PRIMAL_INI_MAX_LINE - (int)strlen(key) - 3;
+            const char *why = primal_ini_value_problem(value);
+            if (len > PRIMAL_INI_MAX_LINE && resolved)
+                rc = primal_errf(err, PRIMAL_ECONFIG,
+                                 "%s: [%s] %s: path longer than %d characters once %s (%zu: "
+                                 "%.40s...), more than a line of the resolved configuration "
+                                 "(config.ini) holds (%d)",
+                                 where, section, key, most, how, strlen(value), value,
+                                 PRIMAL_INI_MAX_LINE);
+            else if (len > PRIMAL_INI_MAX_LINE)
+                rc = primal_errf(err, PRIMAL_ECONFIG,
+                                 "%s: [%s] %s: value longer than %d characters (%zu: %.40s...), "
+                                 "more than a line of the resolved configuration (config.ini) "
+                                 "holds (%d)",
+                                 where, section, key, most, strlen(value), value,
+                                 PRIMAL_INI_MAX_LINE);
+            else if (why != NULL)
+                rc = primal_errf(err, PRIMAL_ECONFIG,
+                                 "%s: [%s] %s: %s%s%s\"%s\" %s: the resolved configuration "
+                                 "(config.ini) would not read it back",
+                                 where, section, key, resolved ? "once " : "",
+                                 resolved ? how : "", resolved ? ", " : "", value, why);
+        } else if (len > PRIMAL_INI_MAX_LINE) {
+            rc = primal_errf(err, PRIMAL_ECONFIG,
+                             "%s: [%s]: a line of the resolved configuration (config.ini) "
+                             "longer than %d characters (%.48s...)",
+                             path, section, PRIMAL_INI_MAX_LINE, line);
+        }
+        line = nl != NULL ? nl + 1 : line + len;
+    }
+    free(text);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -963,8 +1074,14 @@ int primal_experiment_check(primal_experiment *e, primal_err *err)
 {
     primal_tokenizer *tok = NULL;
     int rc = primal_tokenizer_open(e->tokenizer, &tok, err);
-    if (rc != PRIMAL_OK)
-        return primal_err_prefix(err, "[data] tokenizer");
+    if (rc != PRIMAL_OK) {
+        int line = 0;
+        primal_ini_get(e->ini, "data", "tokenizer", &line);
+        if (line > 0)
+            return primal_err_prefix(err, "%s:%d: [data] tokenizer", primal_ini_path(e->ini),
+                                     line);
+        return primal_err_prefix(err, "%s[data] tokenizer", line < 0 ? "--set: " : "");
+    }
     primal_model_config mc = e->model;
     int32_t tv = primal_tokenizer_vocab(tok);
     if (mc.vocab == 0)

@@ -66,7 +66,8 @@ typedef struct primal_experiment {
                              * resolved by the rule of paths, README "Paths") */
     char *model_init_path;  /* owns that path */
     double init_std;
-    const char *tokenizer; /* [data] tokenizer: "bytes" or a path (resolved likewise) */
+    const char *tokenizer; /* [data] tokenizer: "bytes" or a path (resolved likewise; one
+                            * --set gives is made absolute, as config.ini records it) */
     char *tokenizer_path;  /* owns the absolute path */
 
     primal_grid *grid; /* [grid] */
@@ -84,7 +85,11 @@ typedef struct primal_experiment {
     primal_config *loader_c;
 } primal_experiment;
 
-/* sets: "section.key=value" overrides (NULL-terminated, may be NULL); plugin_dirs likewise. */
+/* sets: "section.key=value" overrides (NULL-terminated, may be NULL); plugin_dirs likewise.
+ * Refused too (PRIMAL_ECONFIG): an experiment whose resolved configuration would not load
+ * again as it is, a line over PRIMAL_INI_MAX_LINE characters (a relative path once made
+ * absolute, a long --set value) or a value the reader would read otherwise, with the file and
+ * line (or --set), section and key of the value. */
 int primal_experiment_load(const char *path, const char *const *sets,
                            const char *const *plugin_dirs, primal_experiment **out,
                            primal_err *err);

@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <jansson.h>
 #include <pcre2.h>
@@ -841,6 +842,10 @@ static int load_vocab(primal_tokenizer *t, const json_t *root, primal_err *err)
 
 static int open_bpe(primal_tokenizer *t, primal_err *err)
 {
+    /* jansson reads a directory as an empty text: "not valid JSON" would hide the mistake */
+    struct stat sb;
+    if (stat(t->path, &sb) == 0 && S_ISDIR(sb.st_mode))
+        return primal_errf(err, PRIMAL_EIO, "%s: is a directory, not a tokenizer.json", t->path);
     json_error_t jerr;
     json_t *root = json_load_file(t->path, 0, &jerr);
     if (root == NULL) {

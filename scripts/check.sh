@@ -3,6 +3,8 @@
 # -Wall -Wextra -Werror, once under AddressSanitizer and UndefinedBehaviorSanitizer; where CUDA
 # is found, a third time configured --without-cuda (the build of a machine without CUDA, which
 # the two others would not catch breaking).  Then `make distcheck`.  Prints one closing line "tests: N passed, N failed".
+# After the test builds, where clang with libFuzzer is installed, `make fuzz` runs the libFuzzer
+# harnesses of tests/fuzz (docs/FUZZING.md) FUZZ_SECONDS (60) each.
 # Usage: scripts/check.sh [--no-distcheck]
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,6 +37,16 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:protect_shadow_gap=0 UBSAN_OPTIONS=
 export ASAN_OPTIONS UBSAN_OPTIONS
 build _build-asan "-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -Wall -Wextra" \
     "-fsanitize=address,undefined"
+
+# Fuzzing (docs/FUZZING.md): every libFuzzer harness of tests/fuzz for FUZZ_SECONDS (60) on its
+# seed corpus, two at a time on 2 cores (about 5 minutes with the build), where clang with
+# libFuzzer is installed (scripts/install-deps.sh); a crash, a leak or a timeout fails.
+# FUZZ_SECONDS=0 leaves it out.
+if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
+    if sh tests/fuzz/fuzz.sh check; then
+        (cd _build && make -s fuzz) || status=1
+    fi
+fi
 
 if [ "$distcheck" = yes ] && [ "$status" -eq 0 ]; then
     (cd _build && make -s -j"$jobs" distcheck DISTCHECK_CONFIGURE_FLAGS="--enable-werror CFLAGS=-O2") || status=1

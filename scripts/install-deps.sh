@@ -10,6 +10,10 @@ fi
 PKGS="build-essential autoconf automake libtool pkg-config
       libinih-dev libjansson-dev libpcre2-dev libutf8proc-dev libssl-dev libopenblas-dev
       libcriterion-dev libopenmpi-dev openmpi-bin bible-kjv gnuplot-nox"
+# clang and its compiler-rt (libFuzzer, ASan, UBSan) for the fuzzers of tests/fuzz, which
+# scripts/check.sh runs (docs/FUZZING.md); Debian 12's clang is 14, whose libFuzzer comes in
+# libclang-rt-14-dev, only recommended by clang and so named here
+PKGS="$PKGS clang libclang-rt-14-dev"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 # shellcheck disable=SC2086

@@ -213,6 +213,125 @@ Test(config, refuses_a_directory_as_an_ini_file)
     cr_assert_str_eq(err.msg, want);
 }
 
+/* inih cuts a section name at 49 characters (its MAX_SECTION), so a longer [header] made two
+ * sections: the whole name, empty, and the cut one with the header's keys (an override with
+ * [grid]'s plugin instead of its own).  It is refused, naming the line and the section. */
+Test(config, refuses_a_section_name_longer_than_49_characters)
+{
+    static const char name[] = "grid.model.layers.*.self_attn.q_proj.weight*************"; /* 56 */
+    char text[300];
+    snprintf(text, sizeof text, "[grid]\nplugin = prime13\n\n[%s]\nplugin = uniform\n", name);
+    primal_err err;
+    int rc;
+    primal_ini *ini = load_text(text, &err, &rc);
+    cr_assert_null(ini);
+    cr_assert_eq(rc, PRIMAL_ECONFIG);
+    char want[600];
+    snprintf(want, sizeof want, "%s:4: [%.49s...]: section name longer than 49 characters", path,
+             name);
+    cr_assert_str_eq(err.msg, want);
+    /* 49 characters are read whole, with their keys */
+    snprintf(text, sizeof text, "[%.49s]\nplugin = uniform\n", name);
+    ini = load_text(text, &err, &rc);
+    cr_assert_eq(rc, PRIMAL_OK, "%s", err.msg);
+    char cut[50];
+    snprintf(cut, sizeof cut, "%.49s", name);
+    cr_assert_eq(primal_ini_nsections(ini), 1);
+    cr_assert_str_eq(primal_ini_get(ini, cut, "plugin", NULL), "uniform");
+    primal_ini_free(ini);
+}
+
+Test(config, set_refuses_a_section_name_a_header_could_not_hold)
+{
+    primal_err err;
+    primal_ini *ini = primal_ini_new("x.ini");
+    cr_assert_eq(primal_ini_set(ini, "grid.model.layers.*.self_attn.q_proj.weight*************."
+                                     "plugin=uniform", &err), PRIMAL_ECONFIG);
+    cr_assert_str_eq(err.msg, "--set: [grid.model.layers.*.self_attn.q_proj.weight******...]: "
+                              "section name longer than 49 characters");
+    cr_assert_eq(primal_ini_set(ini, "grid.a]b.plugin=uniform", &err), PRIMAL_ECONFIG);
+    cr_assert_str_eq(err.msg, "--set: [grid.a]b]: section name holds ']', which ends it");
+    cr_assert_eq(primal_ini_set(ini, "grid.a ;b.plugin=uniform", &err), PRIMAL_ECONFIG);
+    cr_assert(strstr(err.msg, "--set: [grid.a ;b]: section name holds a ';' after white space"),
+              "%s", err.msg);
+    cr_assert_eq(primal_ini_nsections(ini), 0);
+    /* 49 characters pass */
+    cr_assert_eq(primal_ini_set(ini, "grid.model.layers.*.self_attn.q_proj.weight******.plugin=u",
+                                &err), PRIMAL_OK, "%s", err.msg);
+    primal_ini_free(ini);
+}
+
+/* A --set value is read as the same text on a file's line would be: cut at an inline comment
+ * (';' after white space), without trailing white space; before, --set kept "Hi ;there " while
+ * config.ini read back "Hi". */
+Test(config, set_reads_a_value_as_a_files_line_does)
+{
+    static const char *const values[] = {"Hi ;there ", "a b\t ", "x;y", "  ;v", "", "p ; q ;r",
+                                         "tab\t;c"};
+    for (size_t i = 0; i < sizeof values / sizeof *values; i++) {
+        char text[200], set[200];
+        snprintf(text, sizeof text, "[run]\nnote =%s\n", values[i]);
+        primal_err err;
+        int rc;
+        primal_ini *file = load_text(text, &err, &rc);
+        cr_assert_eq(rc, PRIMAL_OK, "%s: %s", values[i], err.msg);
+        primal_ini *ini = primal_ini_new("x.ini");
+        snprintf(set, sizeof set, "run.note=%s", values[i]);
+        cr_assert_eq(primal_ini_set(ini, set, &err), PRIMAL_OK, "%s", err.msg);
+        cr_assert_str_eq(primal_ini_get(ini, "run", "note", NULL),
+                         primal_ini_get(file, "run", "note", NULL), "value \"%s\"", values[i]);
+        primal_ini_free(ini);
+        primal_ini_free(file);
+    }
+    primal_ini *ini = primal_ini_new("x.ini");
+    primal_err err;
+    cr_assert_eq(primal_ini_set(ini, "run.sample_prompt=Hi ;there ", &err), PRIMAL_OK);
+    cr_assert_str_eq(primal_ini_get(ini, "run", "sample_prompt", NULL), "Hi");
+    cr_assert_eq(primal_ini_set(ini, "run.sample_prompt=a\nb", &err), PRIMAL_ECONFIG);
+    cr_assert_str_eq(err.msg, "--set: [run] sample_prompt: a value may not hold a line break");
+    primal_ini_free(ini);
+}
+
+/* "key =;v" reads as ";v" (no white space before the ';'), but config.ini writes it back as
+ * "key = ;v", which reads as empty: a value starting with ';' is refused, from the file and from
+ * --set. */
+Test(config, refuses_a_value_starting_with_a_semicolon)
+{
+    primal_err err;
+    int rc;
+    primal_ini *ini = load_text("[run]\nsteps = 3\nsample_prompt =;Hi\n", &err, &rc);
+    cr_assert_null(ini);
+    cr_assert_eq(rc, PRIMAL_ECONFIG);
+    char want[600];
+    snprintf(want, sizeof want,
+             "%s:3: [run] sample_prompt: a value may not start with ';' (written back as "
+             "\"sample_prompt = ;...\" in the resolved configuration, it would read as a "
+             "comment)", path);
+    cr_assert_str_eq(err.msg, want);
+    ini = primal_ini_new("x.ini");
+    cr_assert_eq(primal_ini_set(ini, "run.sample_prompt=;Hi", &err), PRIMAL_ECONFIG);
+    cr_assert(strncmp(err.msg, "--set: [run] sample_prompt: a value may not start with ';'", 58)
+                  == 0, "%s", err.msg);
+    /* after white space it is a comment, in the file and in --set alike */
+    cr_assert_eq(primal_ini_set(ini, "run.sample_prompt= ;Hi", &err), PRIMAL_OK);
+    cr_assert_str_eq(primal_ini_get(ini, "run", "sample_prompt", NULL), "");
+    primal_ini_free(ini);
+}
+
+Test(config, value_and_section_problems)
+{
+    cr_assert_null(primal_ini_value_problem("a;b c"));
+    cr_assert_null(primal_ini_value_problem(""));
+    cr_assert_not_null(primal_ini_value_problem(";a"));
+    cr_assert_not_null(primal_ini_value_problem("a ;b"));
+    cr_assert_not_null(primal_ini_value_problem(" a"));
+    cr_assert_not_null(primal_ini_value_problem("a\t"));
+    cr_assert_not_null(primal_ini_value_problem("a\nb"));
+    cr_assert_null(primal_ini_section_problem("grid.model.layers.*.mlp.down_proj.weight"));
+    cr_assert_not_null(primal_ini_section_problem("grid.a]"));
+    cr_assert_not_null(primal_ini_section_problem("grid.a\t;b"));
+}
+
 /* An experiment file at DIR/sub/NAME.ini (DIR a fresh directory under /tmp) with the given
  * text, loaded with sets from cwd; the plugins come from the build tree. */
 static char exp_dir[256], exp_path[300];
@@ -284,9 +403,12 @@ Test(experiment, resolves_set_relative_paths_against_the_current_directory)
     cr_assert_eq(load_exp("paths", paths_ini, sets, &e, &err), PRIMAL_OK, "%s", err.msg);
     cr_assert_str_eq(e->run.out, "o2");
     cr_assert_str_eq(e->model_init, "m2");
-    cr_assert_str_eq(e->tokenizer, "t2.json");
     char cwd[PATH_MAX], want[PATH_MAX + 64];
     cr_assert_not_null(getcwd(cwd, sizeof cwd));
+    /* the tokenizer made absolute, as the data paths: config.ini names the same file when it is
+     * read again, from elsewhere */
+    snprintf(want, sizeof want, "%s/t2.json", cwd);
+    cr_assert_str_eq(e->tokenizer, want);
     snprintf(want, sizeof want, "%s/d2.txt,/abs/d3.txt", cwd);
     cr_assert_str_eq(data_key(e, "path"), want);
     snprintf(want, sizeof want, "%s/v2.txt", cwd);
@@ -303,5 +425,164 @@ Test(experiment, puts_the_default_run_directory_in_the_current_directory)
     cr_assert_str_eq(e->run.out, "runs/my.exp"); /* the name less its last extension */
     cr_assert_str_eq(e->model_init, "random");
     cr_assert_str_eq(e->tokenizer, "bytes");
+    primal_experiment_free(e);
+}
+
+/* text without its "out = " line ([run]'s: a relative default resolves otherwise from a file) */
+static void drop_out(char *text)
+{
+    char *o = strstr(text, "\nout = ");
+    if (o != NULL) {
+        char *nl = strchr(o + 1, '\n');
+        memmove(o, nl, strlen(nl) + 1);
+    }
+}
+
+/* The resolved configuration (config.ini) of e loads again, as a file in /tmp, and resolves to
+ * the same text ([run] out aside). */
+static void expect_round_trip(primal_experiment *e)
+{
+    char *text = primal_experiment_resolved(e);
+    cr_assert_not_null(text);
+    char again_path[400];
+    snprintf(again_path, sizeof again_path, "/tmp/primal-config-test-again-%d.ini",
+             (int)getpid());
+    FILE *f = fopen(again_path, "w");
+    cr_assert_not_null(f);
+    fputs(text, f);
+    fclose(f);
+    static const char *const dirs[] = {
+        PRIMAL_TEST_BUILDDIR "/grids/.libs", PRIMAL_TEST_BUILDDIR "/plugins/.libs",
+        PRIMAL_TEST_BUILDDIR "/schedulers/.libs", PRIMAL_TEST_BUILDDIR "/loaders/.libs", NULL};
+    primal_experiment *e2 = NULL;
+    primal_err err;
+    int rc = primal_experiment_load(again_path, NULL, dirs, &e2, &err);
+    unlink(again_path);
+    cr_assert_eq(rc, PRIMAL_OK, "config.ini does not load again: %s\n%s", err.msg, text);
+    char *text2 = primal_experiment_resolved(e2);
+    drop_out(text);
+    drop_out(text2);
+    cr_assert_str_eq(text2, text);
+    free(text2);
+    free(text);
+    primal_experiment_free(e2);
+}
+
+/* --set run.sample_prompt="Hi ;there ": the run used "Hi ;there " and config.ini read back "Hi";
+ * now --set reads it as the file would, "Hi", and config.ini gives the same. */
+Test(experiment, set_values_read_back_from_the_resolved_configuration)
+{
+    static const char *const sets[] = {"run.sample_prompt=Hi ;there ", "run.out=/tmp/o",
+                                       "data.tokenizer=" PRIMAL_TEST_FIXTURES
+                                       "/qwen-tokenizer/tokenizer.json\t",
+                                       "data.path=/tmp/d.txt ", NULL};
+    primal_experiment *e = NULL;
+    primal_err err;
+    cr_assert_eq(load_exp("set", "[data]\npath = d.txt\n", sets, &e, &err), PRIMAL_OK, "%s",
+                 err.msg);
+    cr_assert_str_eq(e->run.sample_prompt, "Hi");
+    cr_assert_str_eq(e->tokenizer, PRIMAL_TEST_FIXTURES "/qwen-tokenizer/tokenizer.json");
+    cr_assert_str_eq(data_key(e, "path"), "/tmp/d.txt");
+    expect_round_trip(e);
+    primal_experiment_free(e);
+}
+
+/* A 49-character [grid.PATTERN] override keeps its own plugin, and config.ini holds it. */
+Test(experiment, a_49_character_override_round_trips)
+{
+    primal_experiment *e = NULL;
+    primal_err err;
+    cr_assert_eq(load_exp("o49", "[grid]\nplugin = prime13\n\n"
+                                 "[grid.model.layers.*.self_attn.q_proj.weight******]\n"
+                                 "plugin = uniform\nsize = 16\n\n[data]\npath = d.txt\n",
+                          NULL, &e, &err), PRIMAL_OK, "%s", err.msg);
+    cr_assert_eq(e->n_overrides, 1);
+    cr_assert_eq(e->overrides[0].grid->size, 16);
+    expect_round_trip(e);
+    primal_experiment_free(e);
+}
+
+/* The reader takes lines of at most 198 characters, but resolving joins a relative path onto
+ * the file's directory: a path that config.ini could not hold is refused when the file is read,
+ * with its line, rather than when config.ini is read again. */
+Test(experiment, refuses_a_path_too_long_for_config_ini_once_made_absolute)
+{
+    char text[400], tok[200];
+    memset(tok, 't', 180);
+    strcpy(tok + 180, ".json"); /* 185: the line "tokenizer = ..." is 197 characters */
+    snprintf(text, sizeof text, "[run]\nsteps = 1\n\n[data]\npath = d.txt\ntokenizer = %s\n",
+             tok);
+    primal_experiment *e = NULL;
+    primal_err err;
+    cr_assert_eq(load_exp("long", text, NULL, &e, &err), PRIMAL_ECONFIG, "%s", err.msg);
+    cr_assert_null(e);
+    char want[600], value[400];
+    snprintf(value, sizeof value, "%s/sub/%s", exp_dir, tok);
+    snprintf(want, sizeof want, "%s:6: [data] tokenizer: path longer than 186 characters once "
+             "made absolute (%zu: %.40s...), more than a line of the resolved configuration "
+             "(config.ini) holds (198)", exp_path, strlen(value), value);
+    cr_assert_str_eq(err.msg, want);
+    /* [model] init and [data] path are written as given: 185 characters pass */
+    snprintf(text, sizeof text, "[model]\ninit = %s\n\n[data]\npath = %s\n", tok, tok);
+    cr_assert_eq(load_exp("long", text, NULL, &e, &err), PRIMAL_OK, "%s", err.msg);
+    primal_experiment_free(e);
+}
+
+/* "key=value" comes back as "key = value", and a --set value has no line to keep to: a value
+ * config.ini could not hold is refused, naming where it came from. */
+Test(experiment, refuses_a_value_too_long_for_config_ini)
+{
+    char text[400], set[400];
+    char v[200];
+    memset(v, 'x', 184);
+    v[184] = '\0';
+    /* "sample_prompt=" + 184 = 198 characters: the file's line holds, config.ini's would not */
+    snprintf(text, sizeof text, "[run]\nsample_prompt=%s\n\n[data]\npath = d.txt\n", v);
+    primal_experiment *e = NULL;
+    primal_err err;
+    cr_assert_eq(load_exp("long", text, NULL, &e, &err), PRIMAL_ECONFIG);
+    char want[600];
+    snprintf(want, sizeof want, "%s:2: [run] sample_prompt: value longer than 182 characters "
+             "(184: %.40s...), more than a line of the resolved configuration (config.ini) "
+             "holds (198)", exp_path, v);
+    cr_assert_str_eq(err.msg, want);
+    snprintf(set, sizeof set, "run.sample_prompt=%s", v);
+    const char *const sets[] = {set, NULL};
+    cr_assert_eq(load_exp("long", "[data]\npath = d.txt\n", sets, &e, &err), PRIMAL_ECONFIG);
+    cr_assert(strncmp(err.msg, "--set: [run] sample_prompt: value longer than 182 characters",
+                      60) == 0, "%s", err.msg);
+    /* 182 pass, and round-trip */
+    v[182] = '\0';
+    snprintf(set, sizeof set, "run.sample_prompt=%s", v);
+    cr_assert_eq(load_exp("long", "[data]\npath = d.txt\n", sets, &e, &err), PRIMAL_OK, "%s",
+                 err.msg);
+    expect_round_trip(e);
+    primal_experiment_free(e);
+}
+
+/* [data] tokenizer naming a directory: --check said "DIR:1:0: not valid JSON"; it says what
+ * the path is, after the experiment file's line (issue 25). */
+Test(experiment, check_names_a_tokenizer_directory_and_its_line)
+{
+    static const char *const sets[] = {"data.tokenizer=" PRIMAL_TEST_FIXTURES "/qwen-tokenizer",
+                                       NULL};
+    primal_experiment *e = NULL;
+    primal_err err;
+    char text[400];
+    snprintf(text, sizeof text, "[data]\npath = d.txt\ntokenizer = %s/qwen-tokenizer\n",
+             PRIMAL_TEST_FIXTURES);
+    cr_assert_eq(load_exp("tokdir", text, NULL, &e, &err), PRIMAL_OK, "%s", err.msg);
+    cr_assert_eq(primal_experiment_check(e, &err), PRIMAL_EIO);
+    char want[700];
+    snprintf(want, sizeof want, "%s:3: [data] tokenizer: %s/qwen-tokenizer: is a directory, not a "
+             "tokenizer.json", exp_path, PRIMAL_TEST_FIXTURES);
+    cr_assert_str_eq(err.msg, want);
+    primal_experiment_free(e);
+    cr_assert_eq(load_exp("tokdir", "[data]\npath = d.txt\n", sets, &e, &err), PRIMAL_OK, "%s",
+                 err.msg);
+    cr_assert_eq(primal_experiment_check(e, &err), PRIMAL_EIO);
+    snprintf(want, sizeof want, "--set: [data] tokenizer: %s/qwen-tokenizer: is a directory, not "
+             "a tokenizer.json", PRIMAL_TEST_FIXTURES);
+    cr_assert_str_eq(err.msg, want);
     primal_experiment_free(e);
 }

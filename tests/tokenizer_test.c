@@ -633,3 +633,16 @@ Test(tokenizer_ids, push_grows_the_array_and_keeps_order)
     cr_expect_eq(ids.v[9999], 29997);
     free(ids.v);
 }
+
+/* jansson reads a directory as an empty text, which gave "DIR:1:0: not valid JSON" (issue 25):
+ * the directory is named as such. */
+Test(tokenizer_refuses, a_directory_naming_it)
+{
+    primal_tokenizer *t = NULL;
+    primal_err err;
+    int rc = primal_tokenizer_open(PRIMAL_TEST_FIXTURES "/qwen-tokenizer", &t, &err);
+    cr_assert_eq(rc, PRIMAL_EIO, "%s", err.msg);
+    cr_assert_null(t);
+    cr_assert_str_eq(err.msg, PRIMAL_TEST_FIXTURES
+                     "/qwen-tokenizer: is a directory, not a tokenizer.json");
+}

@@ -78,6 +78,7 @@ stale() {
     shift
     [ -e "$out" ] || return 0
     for f in "$@"; do
+        # shellcheck disable=SC3013 # -nt: dash and bash have it
         [ "$f" -nt "$out" ] && return 0
     done
     return 1
@@ -86,7 +87,9 @@ stale() {
 build() {
     check
     PKGS="inih jansson libpcre2-8 libutf8proc libcrypto openblas"
+    # shellcheck disable=SC2086 # a list of packages
     pkgcflags=$(pkg-config --cflags $PKGS) || die "pkg-config: $PKGS (scripts/install-deps.sh)"
+    # shellcheck disable=SC2086
     pkglibs=$(pkg-config --libs $PKGS)
     mkdir -p "$B/obj" "$B/plugins" "$B/bin" "$B/corpus" "$B/artifacts" "$B/logs" "$B/tmp"
     # (the jobs below run through sh -c, which takes one level of quoting off)
@@ -178,7 +181,7 @@ run_one() {
     echo "fuzz $name: FAILED (status $st) after ${execs:-?} runs; log $log"
     grep -a -E '^(==[0-9]+==ERROR|SUMMARY|.*runtime error|artifact_prefix|Test unit written)' \
         "$log" | head -n 8 | sed 's/^/    /'
-    echo "    reproduce: tests/fuzz/fuzz.sh repro $name $B/artifacts/$name-*"
+    echo "    reproduce: FUZZ_BUILD=$B tests/fuzz/fuzz.sh repro $name $B/artifacts/$name-*"
     return 1
 }
 
@@ -189,13 +192,14 @@ run() {
     # shellcheck disable=SC2086
     set -- $names
     for n in "$@"; do
-        [ -x "$B/bin/fuzz_$n" ] || die "no harness named $n (harnesses: $(echo $HARNESSES))"
+        [ -x "$B/bin/fuzz_$n" ] || die "no harness named $n (harnesses: $HARNESSES)"
     done
     echo "fuzz.sh: running $# harnesses, ${SECONDS_EACH}s each, $JOBS at a time"
     rm -rf "$B/status"
     mkdir -p "$B/status"
+    # shellcheck disable=SC2016 # expanded by the inner sh
     for n in "$@"; do echo "$n"; done |
-        xargs -P "$JOBS" -I{} sh -c '"$0" run-one "$1" >"$2/status/$1.out" 2>&1;
+        xargs -P "$JOBS" -I{} sh -c 'sh "$0" run-one "$1" >"$2/status/$1.out" 2>&1;
             echo $? >"$2/status/$1.rc"; cat "$2/status/$1.out"' "$fz/fuzz.sh" {} "$B"
     status=0
     for n in "$@"; do
@@ -218,7 +222,7 @@ repro() {
 corpus() {
     build
     run_env
-    # shellcheck disable=SC2086
+    # shellcheck disable=SC2086,SC2046 # flag lists
     "$CLANG" $CFLAGS_BASE $SAN -I"$top/core" -DFUZZ_PLUGIN_DIR="\"$B/plugins\"" \
         -DFUZZ_FIXTURES="\"$top/tests/fixtures\"" "$fz/mkcorpus.c" "$fz/fuzz_common.c" \
         -o "$B/bin/mkcorpus" -rdynamic -Wl,--whole-archive "$B/libprimal_fuzz.a" \

@@ -3,7 +3,7 @@
  *
  * The input is an INI text, optionally followed by a NUL byte and up to 8 `--set` assignments
  * ("section.key=value"), one a line.  The text is written to exp.ini in the harness's scratch
- * directory, which also holds d.txt and v.txt (small text files for the loaders), and loaded
+ * directory, which also holds d.txt, v.txt and s.jsonl (small files for the loaders), and loaded
  * with primal_experiment_load, the sanitised plugins of the harness build on the search path.
  * A refusal must come with a message.  A file that loads is then:
  *   - resolved (primal_experiment_resolved, the text primal-run writes to config.ini), and that
@@ -36,48 +36,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
                             "And the earth was without form, and void.\n\n"
                             "And God said, Let there be light: and there was light.\n";
     static const char v[] = "And God saw the light, that it was good.\n";
+    static const char sft[] = "{\"prompt\": \"Hi\", \"response\": \"Yo\"}\n"
+                              "{\"prompt\": \"Who?\", \"response\": \"Moses\"}\n";
     fuzz_write("d.txt", d, sizeof d - 1);
     fuzz_write("v.txt", v, sizeof v - 1);
+    fuzz_write("s.jsonl", sft, sizeof sft - 1);
     return 0;
 }
 
 static const char *const plugin_dirs[] = {FUZZ_PLUGIN_DIR, NULL};
-
-/* Known bug, not yet fixed (tests/fuzz/crashes/experiment-long-section.ini, docs/FUZZING.md): a
- * section name longer than 49 characters is cut there by inih (its MAX_SECTION) but not by
- * core/config.c's line_reader, so the file silently gets two sections (the keys in the cut one,
- * the whole one empty, e.g. an override with [grid]'s plugin instead of its own), and the
- * resolved configuration does not load again.  Such inputs are passed over until the reader
- * refuses them; with FUZZ_KNOWN_BUGS=1 in the environment they are not (to reproduce it). */
-static int show_known_bugs(void)
-{
-    static int show = -1;
-    if (show < 0)
-        show = getenv("FUZZ_KNOWN_BUGS") != NULL;
-    return show;
-}
-
-static int has_long_section(const uint8_t *s, size_t n)
-{
-    if (show_known_bugs())
-        return 0;
-    for (size_t i = 0; i < n;) {
-        size_t j = i;
-        while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\v' || s[j] == '\f' ||
-                         s[j] == '\r'))
-            j++;
-        size_t end = i;
-        while (end < n && s[end] != '\n')
-            end++;
-        if (j < end && s[j] == '[') {
-            const uint8_t *q = memchr(s + j, ']', end - j);
-            if (q != NULL && (size_t)(q - (s + j)) - 1 > 49)
-                return 1;
-        }
-        i = end + 1;
-    }
-    return 0;
-}
 
 /* A [data] path value that names files of the scratch directory only: no '/', no glob. */
 static int plain_names(const char *v)
@@ -111,29 +78,8 @@ static char *without_out(const char *text)
     return s;
 }
 
-/* Known limitation, not yet fixed (tests/fuzz/crashes/experiment-long-resolved-line.ini,
- * docs/FUZZING.md): the reader refuses lines over 198 characters, but resolving makes relative
- * paths absolute ([run] out, [data] tokenizer, [model] init), so a file that loads can resolve
- * to a config.ini that does not.  The reload check passes over such texts unless
- * FUZZ_KNOWN_BUGS is set. */
-static int has_long_line(const char *text)
-{
-    if (show_known_bugs())
-        return 0;
-    for (const char *line = text; *line;) {
-        const char *nl = strchr(line, '\n');
-        size_t n = nl ? (size_t)(nl - line) : strlen(line);
-        if (n > 198)
-            return 1;
-        line += n + (nl != NULL);
-    }
-    return 0;
-}
-
 static void reload(const char *resolved)
 {
-    if (has_long_line(resolved))
-        return;
     char path[1024];
     fuzz_path("resolved.ini", path, sizeof path);
     fuzz_write("resolved.ini", resolved, strlen(resolved));
@@ -160,8 +106,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const uint8_t *nul = memchr(data, '\0', size);
     size_t ini_n = nul ? (size_t)(nul - data) : size;
-    if (has_long_section(data, ini_n))
-        return 0;
     const char *path = fuzz_write("exp.ini", data, ini_n);
     char pathbuf[1024];
     snprintf(pathbuf, sizeof pathbuf, "%s", path);
