@@ -58,6 +58,7 @@ typedef struct trainer {
     char dir[4096];
     char made[4096]; /* the topmost directory of dir this run created ("" if none): removed again
                       * when the run fails before its first step */
+    int took_dir;    /* take_dir began: the run directory may hold this run's files */
     char log_path[4200];
     int log_fd;        /* log.jsonl, or -1 (other ranks) */
     off_t log_bytes;   /* its length up to the last whole line */
@@ -266,18 +267,24 @@ static int remove_run_files(trainer *t, int all, primal_err *err)
     return rc;
 }
 
-/* After a failure before the first step: remove what the run created (the files it wrote, then
- * the directories up to the topmost one it made). */
+/* After a failure before the first step (at start, or in the first step: a batch the data
+ * cannot give...): remove what the run created, so that it leaves no empty run directory.  A
+ * fresh run (not one resumed from a checkpoint) removes the files it wrote (config.ini and
+ * log.jsonl; take_dir found none of another run's there, or deleted them with --overwrite),
+ * then the directories up to the topmost one it made; they stay where other files are left
+ * (a sweep's primal-run.log).  Nothing is removed before take_dir (a refused directory). */
 static void unmake_dir(trainer *t)
 {
-    if (t->made[0] == '\0' || t->rank != 0)
+    if (!t->took_dir || t->rank != 0)
         return;
     static const char *const files[] = {"config.ini", "log.jsonl", "sample.txt"};
     char path[4400];
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+    for (size_t i = 0; i < sizeof files / sizeof files[0] && t->step == 0; i++) {
         snprintf(path, sizeof path, "%s/%s", t->dir, files[i]);
         unlink(path);
     }
+    if (t->made[0] == '\0')
+        return;
     snprintf(path, sizeof path, "%s", t->dir);
     for (;;) {
         size_t n = strlen(path);
@@ -334,11 +341,12 @@ static int next_compared(const char **p, char *sect, size_t ns, char *line, size
     return 0;
 }
 
-/* --resume: the run directory's config.ini against the experiment's resolved configuration. */
-static int compare_config(trainer *t, primal_err *err)
+/* --resume: the config.ini of run directory dir against the experiment's resolved
+ * configuration. */
+static int compare_config(const char *dir, const primal_experiment *e, primal_err *err)
 {
     char path[4200];
-    snprintf(path, sizeof path, "%s/config.ini", t->dir);
+    snprintf(path, sizeof path, "%s/config.ini", dir);
     FILE *f = fopen(path, "r");
     if (f == NULL)
         return primal_errf(err, PRIMAL_EIO, "%s: cannot read: %s", path, strerror(errno));
@@ -354,7 +362,7 @@ static int compare_config(trainer *t, primal_err *err)
     if (mem == NULL)
         return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
     fclose(mem);
-    char *now = primal_experiment_resolved(t->e);
+    char *now = primal_experiment_resolved(e);
     int rc = PRIMAL_OK;
     if (bad)
         rc = primal_errf(err, PRIMAL_EIO, "%s: cannot read", path);
@@ -383,16 +391,16 @@ static int compare_config(trainer *t, primal_err *err)
 
 /* Before anything is read or written: may this run use its run directory?  One run owns it: a
  * new run is refused where another left checkpoints or a log (unless --overwrite), and --resume
- * where config.ini says another experiment ran (unless --resume-anyway). */
-static int check_dir(trainer *t, primal_err *err)
+ * where config.ini says another experiment ran (unless --resume-anyway).  It only reads. */
+static int check_dir(const char *dir, const primal_experiment *e, const primal_train_opts *o,
+                     primal_err *err)
 {
-    const primal_train_opts *o = t->o;
     if (o->resume && o->overwrite)
         return primal_errf(err, PRIMAL_ECONFIG,
                            "--resume continues the run in %s, --overwrite deletes it: not both",
-                           t->dir);
+                           dir);
     dir_scan sc;
-    int rc = scan_dir(t->dir, &sc, err);
+    int rc = scan_dir(dir, &sc, err);
     if (rc != PRIMAL_OK)
         return rc;
     if (!o->resume && !o->overwrite && (sc.ckpts > 0 || sc.has_log)) {
@@ -405,11 +413,19 @@ static int check_dir(trainer *t, primal_err *err)
                            "%s: holds another run (%s); continue it with --resume, replace it "
                            "with --overwrite (which deletes its checkpoints, log.jsonl, "
                            "config.ini and sample.txt), or set [run] out to another directory",
-                           t->dir, what);
+                           dir, what);
     }
     if (o->resume && !o->resume_anyway && sc.has_config)
-        return compare_config(t, err);
+        return compare_config(dir, e, err);
     return PRIMAL_OK;
+}
+
+int primal_train_check_dir(const primal_experiment *e, const primal_train_opts *o,
+                           primal_err *err)
+{
+    char dir[4096];
+    primal_run_dir(e, dir, sizeof dir);
+    return check_dir(dir, e, o, err);
 }
 
 /* Once set-up (and --resume's restore) has succeeded: make the run directory this run's.  The
@@ -419,6 +435,7 @@ static int check_dir(trainer *t, primal_err *err)
 static int take_dir(trainer *t, primal_err *err)
 {
     int rc = PRIMAL_OK;
+    t->took_dir = 1;
     if (t->o->overwrite)
         rc = remove_run_files(t, 1, err);
     if (rc == PRIMAL_OK)
@@ -1846,7 +1863,7 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
     t.keep_ckpts = primal_cfg_int(e->run_c, "keep_checkpoints");
     primal_run_dir(e, t.dir, sizeof t.dir);
     /* nothing is written until set-up and --resume's restore have succeeded */
-    int rc = t.rank == 0 ? check_dir(&t, err) : PRIMAL_OK;
+    int rc = t.rank == 0 ? check_dir(t.dir, e, o, err) : PRIMAL_OK;
     if (rc == PRIMAL_OK)
         rc = setup(&t, err);
     if (rc == PRIMAL_OK && o->resume) {
@@ -2028,6 +2045,9 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
         emit(&t, (primal_event){.kind = PRIMAL_EV_DONE, .step = t.step,
                                 .peak_mem_bytes = peak_mem(&t)});
     trainer_free(&t);
+    /* failed in its first step: as at start, leave no run directory behind */
+    if (rc != PRIMAL_OK && rc != PRIMAL_EINTR && t.step == start_step)
+        unmake_dir(&t);
     return rc;
 }
 

@@ -57,6 +57,14 @@ typedef struct primal_train_opts {
 
 int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *err);
 
+/* What primal_train would refuse first, before set-up, about the run directory ([run] out) and
+ * o's resume, resume_anyway and overwrite: a directory that holds another run's checkpoints or
+ * log.jsonl (unless resume or overwrite), a config.ini that differs from the experiment (with
+ * resume, unless resume_anyway), resume with overwrite.  Same messages as primal_train's; it
+ * reads the directory and writes, creates and deletes nothing (primal-run --check). */
+int primal_train_check_dir(const primal_experiment *e, const primal_train_opts *o,
+                           primal_err *err);
+
 /* primal-run --dump-batches: write the first n training batches to path as safetensors:
  * tokens I32 [n, batch, seq_len+1] and mask U8 [n, batch, seq_len]. */
 int primal_dump_batches(primal_experiment *e, int n, const char *path, primal_err *err);

@@ -47,8 +47,9 @@ static void usage(FILE *f)
           "  --overwrite      delete the run directory's checkpoints, log.jsonl, config.ini\n"
           "                   and sample.txt (once set-up succeeded), then train afresh\n"
           "  --check          check everything a run would refuse at start (every file opened,\n"
-          "                   every plugin created; no model built, nothing written), then\n"
-          "                   print the resolved configuration\n"
+          "                   every plugin created, the run directory looked into as the\n"
+          "                   run does, with --resume or --overwrite if given; no model\n"
+          "                   built, nothing written), then print the resolved configuration\n"
           "  --dump-batches N OUT  write the first N training batches (tokens, mask) and exit\n"
           "  --list-plugins   name, kind, description and file of every plugin found\n"
           "  --describe P     the keys plugin P accepts, with types, defaults and help; P may\n"
@@ -309,8 +310,12 @@ static int run_main(int argc, char **argv, const char **sets, const char **dirs)
         }
     }
     if (check) {
-        /* everything the run would refuse at start, short of building the model */
-        if (primal_experiment_check(e, &err) != PRIMAL_OK) {
+        /* everything the run would refuse at start, short of building the model, in the run's
+         * order: the run directory (another run's files, --resume's config.ini), then set-up */
+        primal_train_opts o = {.resume = resume, .resume_anyway = resume_anyway,
+                               .overwrite = overwrite};
+        if (primal_train_check_dir(e, &o, &err) != PRIMAL_OK ||
+            primal_experiment_check(e, &err) != PRIMAL_OK) {
             fprintf(stderr, "primal-run: %s\n", err.msg);
             primal_experiment_free(e);
             return 1;

@@ -1,9 +1,10 @@
 #!/bin/sh
 # install_test.sh: an installed PRIMAL is enough to write a plugin out of tree (docs/
 # writing-a-plugin.md).  `make install DESTDIR=TMP` from the build directory, then
-# examples/plugins/sign_flip is built with its Makefile against the installed headers, the
-# flags coming from `pkg-config --define-prefix --cflags primal` (PKG_CONFIG_PATH = the
-# installed lib/pkgconfig), and the installed primal-run, finding it with --plugin-path:
+# `pkg-config --define-prefix --cflags primal` (PKG_CONFIG_PATH = the installed lib/pkgconfig)
+# points into it, and examples/plugins/sign_flip is built with its Makefile as documented,
+# `make PKG_CONFIG_PATH=PREFIX/lib/pkgconfig` (the staged primal.pc given that PREFIX), against
+# the installed headers; the installed primal-run, finding it with --plugin-path:
 #   - describes it (--describe lists its key, threshold),
 #   - trains 5 steps with examples/plugins/sign_flip/sign_flip.ini, moving indices, and
 #     checkpoints the policy's state;
@@ -124,11 +125,21 @@ if [ ! -f "$sf/Makefile" ]; then
     fail "examples/plugins/sign_flip/Makefile exists (a top-level .gitignore 'Makefile' hides it from git)"
     finish
 fi
-if MAKEFLAGS='' MFLAGS='' MAKELEVEL='' $make -C "$sf" PRIMAL_CFLAGS="$cflags" \
-    CFLAGS="-O2 -Wall -Wextra -Werror" >"$tmp/build.log" 2>&1 && [ -f "$sf/sign_flip.so" ]; then
-    pass "sign_flip.so builds against the installed headers with -Wall -Wextra -Werror"
+# The documented form (issue 24.5), `make PKG_CONFIG_PATH=PREFIX/lib/pkgconfig`, against an
+# install under PREFIX: the staged primal.pc is made to say prefix=$root/usr/local, as a
+# `configure --prefix=$root/usr/local` install would, and PKG_CONFIG_PATH is given only on
+# make's command line (GNU make before 4.4 does not pass it to $(shell pkg-config)).
+pcdir=$(dirname "$pc")
+staged_prefix=$root$(PKG_CONFIG_PATH=$pcdir pkg-config --variable=prefix primal)
+sed "s|^prefix=.*|prefix=$staged_prefix|" "$pc" >"$tmp/primal.pc" && cat "$tmp/primal.pc" >"$pc"
+if (unset PKG_CONFIG_PATH; MAKEFLAGS='' MFLAGS='' MAKELEVEL='' $make -C "$sf" \
+    PKG_CONFIG_PATH="$pcdir" CFLAGS="-O2 -Wall -Wextra -Werror") >"$tmp/build.log" 2>&1 &&
+    [ -f "$sf/sign_flip.so" ]; then
+    pass "make PKG_CONFIG_PATH=PREFIX/lib/pkgconfig builds sign_flip.so with -Wall -Wextra -Werror"
+    check "with the installed headers' -I$staged_prefix/include from pkg-config" \
+        grep -q -- "-I$staged_prefix/include" "$tmp/build.log"
 else
-    fail "sign_flip.so builds against the installed headers" "$tmp/build.log"
+    fail "make PKG_CONFIG_PATH=PREFIX/lib/pkgconfig builds sign_flip.so" "$tmp/build.log"
     finish
 fi
 

@@ -68,7 +68,8 @@ for ex in "$src"/examples/*.ini; do
     if [ -n "$p" ] && [ ! -e "$src/examples/$p" ]; then
         set -- --set "data.path=$fixtures/data/genesis.txt"
     fi
-    if (cd "$src" && "$RUN" "$name" --check "$@") >"$tmp/check" 2>"$tmp/err"; then
+    # --overwrite: the root's runs/ may hold the example's own run, which --check alone refuses
+    if (cd "$src" && "$RUN" "$name" --check --overwrite "$@") >"$tmp/check" 2>"$tmp/err"; then
         pass "$name passes --check from the repository's root${1:+ (with the fixture corpus)}"
         out=$(sed -n '/^\[run\]$/,/^\[/s/^out = //p' "$tmp/check")
         d=$(cd "$src" && realpath -m "$out")
@@ -335,8 +336,9 @@ else
     fail "--set run.out, model.init, data.path, data.val_path: against the current directory" \
         "$tmp/out"
 fi
-if (cd "$pp/cwd" && "$RUN" ../exp/sub/p.ini --set data.tokenizer=tok/tokenizer.json --check) \
-    >/dev/null 2>"$tmp/err"; then
+# (--overwrite: ../out holds the run above, which --check alone refuses, as the run would)
+if (cd "$pp/cwd" && "$RUN" ../exp/sub/p.ini --set data.tokenizer=tok/tokenizer.json --check \
+    --overwrite) >/dev/null 2>"$tmp/err"; then
     pass "--set data.tokenizer=tok/tokenizer.json resolves against the current directory"
 else
     fail "--set data.tokenizer=tok/tokenizer.json resolves against the current directory" "$tmp/err"
@@ -347,7 +349,7 @@ check "without [run] out the run directory is runs/no-out in the current directo
     grep -qx 'out = runs/no-out' "$tmp/check"
 sed 's|^init = ../hf$|init = ../none|' "$pp/exp/sub/p.ini" >"$pp/exp/sub/no-init.ini"
 line=$(grep -n '^init = ../none' "$pp/exp/sub/no-init.ini" | cut -d: -f1)
-(cd "$pp/cwd" && "$RUN" ../exp/sub/no-init.ini --check) >/dev/null 2>"$tmp/err"
+(cd "$pp/cwd" && "$RUN" ../exp/sub/no-init.ini --check --overwrite) >/dev/null 2>"$tmp/err"
 check "a missing init is refused with no-init.ini:$line and the path looked for" \
     grep -q "no-init.ini:$line: \[model\] init: ../exp/sub/../none: no such file or directory" \
     "$tmp/err"

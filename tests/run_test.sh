@@ -11,8 +11,10 @@
 #   - --resume passes over a corrupt newest checkpoint with a warning and resumes from the
 #     previous one;
 #   - the run directory belongs to one run: a second run into it is refused, untouched, unless
-#     it resumes (refused where config.ini differs, but for --resume-anyway) or overwrites; a run
-#     that fails at start leaves no directory; temporary files of killed runs are removed;
+#     it resumes (refused where config.ini differs, but for --resume-anyway) or overwrites, and
+#     --check refuses and passes alike, touching nothing; a run that fails at start (no data,
+#     a refused directory, a bad value) leaves no directory it created; temporary files of
+#     killed runs are removed;
 #   - [run] keep_checkpoints keeps the newest N;
 #   - a log.jsonl that cannot be written (/dev/full; a file-size limit mid-run) stops the run
 #     with an error naming it, the log cut back to its last whole line;
@@ -227,6 +229,39 @@ if "$RUN" "$@" >"$tmp/out" 2>&1; then
             sh -c "cmp -s '$tmp/ls1' '$tmp/ls2' && cmp -s '$tmp/log1' '$x/log.jsonl' &&
                    cmp -s '$tmp/cfg1' '$x/config.ini'"
     fi
+    # --check refuses what the run refuses (issue 24.7), with the same message, and --check
+    # --overwrite / --resume pass; none of them creates, deletes or writes anything there.
+    snap() { (cd "$x" && ls -ld --time-style=+%s.%N . ./* && cksum ./*) >"$1" 2>&1; }
+    snap "$tmp/snap1"
+    "$RUN" "$@" --check >"$tmp/check" 2>"$tmp/err"
+    rc=$?
+    check "--check refuses it too (status $rc), naming the directory, --resume and --overwrite" \
+        sh -c "test $rc -eq 1 && grep -q -- '$x: holds another run' '$tmp/err' &&
+               grep -q -- '--resume' '$tmp/err' && grep -q -- '--overwrite' '$tmp/err'"
+    "$RUN" "$@" --set run.steps=3 >"$tmp/out" 2>&1
+    check "with the run's own message" cmp -s "$tmp/err" "$tmp/out"
+    for fl in --overwrite --resume --resume-anyway; do
+        if "$RUN" "$@" --check "$fl" >"$tmp/check" 2>"$tmp/err"; then
+            pass "--check $fl passes it"
+        else
+            fail "--check $fl passes it" "$tmp/err"
+        fi
+    done
+    "$RUN" "$@" --check --resume --set optim.lr=1e-2 >/dev/null 2>"$tmp/err"
+    rc=$?
+    check "--check --resume with another [optim] lr is refused as --resume is (status $rc)" \
+        sh -c "test $rc -eq 1 && grep -q '\[optim\] lr = ' '$tmp/err' &&
+               grep -q -- '--resume-anyway' '$tmp/err'"
+    "$RUN" "$@" --check --resume --overwrite >/dev/null 2>&1
+    rc=$?
+    check "--check --resume --overwrite is a usage error (status $rc)" test "$rc" -eq 2
+    snap "$tmp/snap2"
+    check "and --check left the directory as it was (names, sizes, times, contents)" \
+        cmp -s "$tmp/snap1" "$tmp/snap2"
+    "$RUN" "$@" --check --overwrite --set "run.out=$tmp/never-ow/a" >/dev/null 2>"$tmp/err"
+    rc=$?
+    check "--check --overwrite of a directory that does not exist passes (status $rc) and creates none" \
+        sh -c "test $rc -eq 0 && test ! -e '$tmp/never-ow'"
     if "$RUN" "$@" --resume --set optim.lr=1e-2 --set run.steps=10 >"$tmp/out" 2>&1; then
         fail "--resume with another [optim] lr is refused" "$tmp/out"
     else
@@ -267,6 +302,29 @@ fi
 rc=$?
 check "a run without its data fails (status $rc)" test "$rc" -eq 1
 check "and leaves no run directory" test ! -e "$tmp/never"
+
+# Nor one that fails in its first step (issue 24.7; here, rows longer than the data: the loader
+# refuses the first batch, after config.ini and log.jsonl were written); in a directory that
+# existed, it removes the files it wrote and leaves the others, so that a second try is not
+# refused as "another run".
+"$RUN" "$tmp/base.ini" --set "run.out=$tmp/never1/a/b" --set run.seq_len=100000 \
+    >"$tmp/out" 2>&1
+rc=$?
+check "a run whose first batch fails fails (status $rc)" test "$rc" -eq 1
+check "and leaves no run directory" test ! -e "$tmp/never1"
+mkdir -p "$tmp/kept"
+echo mine >"$tmp/kept/notes.txt"
+"$RUN" "$tmp/base.ini" --set "run.out=$tmp/kept" --set run.seq_len=100000 >"$tmp/out" 2>&1
+rc=$?
+files=$(names "$tmp/kept")
+check "in a directory that existed, only its other files are left (status $rc; got: $files)" \
+    test "$rc" -eq 1 -a "$files" = "notes.txt "
+"$RUN" "$tmp/base.ini" --set "run.out=$tmp/refused" --set run.steps=1 >"$tmp/out" 2>&1
+"$RUN" "$tmp/base.ini" --set "run.out=$tmp/refused" --set run.steps=1 >"$tmp/out" 2>&1
+rc=$?
+files=$(names "$tmp/refused")
+check "a run refused its directory (status $rc) leaves the other run's files (got: $files)" \
+    test "$rc" -eq 1 -a "$files" = "ckpt-00000001.safetensors config.ini log.jsonl "
 
 # Temporary files of killed runs go at start; those of a live process, or not a run's, stay.
 # 99999999 is no process (pid_max is at most 2^22); $$ is this shell.

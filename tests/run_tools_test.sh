@@ -4,7 +4,9 @@
 #     reports errors as "primal-generate: ..." with status 1 (usage errors 2);
 #   - primal-sweep runs the cartesian product of the values given, one run directory each,
 #     records a failed variant and goes on, and writes results.csv from the runs' log.jsonl;
-#     --dry-run prints the primal-run commands;
+#     with run.seed varied, it groups the seeds of each variant into one row (n, mean and
+#     sample sd of the final validation loss, beside each seed's value) in results-seeds.csv
+#     and results.md; --dry-run prints the primal-run commands;
 #   - plot-runs draws a PNG (when gnuplot is installed);
 #   - forged checkpoints (issue 25): the checksums have no key, so a file edited and signed again
 #     (resign below) verifies; primal-generate, primal-eval, [model] init and --resume still
@@ -244,7 +246,7 @@ check "the run got its values (config.ini: lr = 1e-3, steps = 3)" \
 if [ -f "$sw/results.csv" ]; then
     pass "results.csv is written"
     check "results.csv has the documented header" test "$(head -n 1 "$sw/results.csv")" = \
-        "flip.plugin,optim.lr,status,final_loss,best_val_loss,tokens_per_s,peak_mem_bytes,flips,state_bytes_per_weight"
+        "flip.plugin,optim.lr,status,final_loss,final_val_loss,best_val_loss,tokens_per_s,peak_mem_bytes,flips,state_bytes_per_weight"
     check "and one row per variant, each with status ok" \
         test "$(cut -d, -f1-3 "$sw/results.csv" | tail -n +2 | tr '\n' ' ')" = \
         "threshold_consensus,1e-3,ok threshold_consensus,3e-3,ok momentum_carry,1e-3,ok momentum_carry,3e-3,ok "
@@ -256,13 +258,15 @@ if [ -f "$sw/results.csv" ]; then
         awk '{ s += $1 } END { print s }')
     check "final_loss is the loss of step 3 ($last)" \
         test "$(echo "$row" | cut -d, -f4)" = "$last"
-    check "best_val_loss is the val_loss of the only evaluation ($val)" \
-        test "$(echo "$row" | cut -d, -f5)" = "$val"
+    check "final_val_loss and best_val_loss are the val_loss of the only evaluation ($val)" \
+        test "$(echo "$row" | cut -d, -f5-6)" = "$val,$val"
     check "flips is the sum over the logged steps ($flips)" \
-        test "$(echo "$row" | cut -d, -f8)" = "$flips"
+        test "$(echo "$row" | cut -d, -f9)" = "$flips"
     # threshold_consensus keeps int16 votes: 2 bytes of state per weight (SPEC.md)
     check "state_bytes_per_weight of threshold_consensus is 2" \
-        awk -v v="$(echo "$row" | cut -d, -f9)" 'BEGIN { exit !(v == 2) }'
+        awk -v v="$(echo "$row" | cut -d, -f10)" 'BEGIN { exit !(v == 2) }'
+    check "no seeds varied: no results-seeds.csv, and results.md holds one table" \
+        sh -c "test ! -e '$sw/results-seeds.csv' && ! grep -q 'Over the seeds' '$sw/results.md'"
     check "the Markdown table on stdout has a header, a rule and 4 rows" \
         test "$(grep -c '^|' "$tmp/table")" -eq 6
     check "and is kept as results.md" cmp -s "$tmp/table" "$sw/results.md"
@@ -283,6 +287,47 @@ rc=$?
 check "--rerun runs a done variant again, over its old run (status $rc)" \
     sh -c "test $rc -eq 0 && ! grep -q 'done already' '$tmp/err' &&
            test \"\$(grep -c '\"event\":\"start\"' '$ok_dir/log.jsonl')\" -eq 1"
+
+# Seeds grouped: 2 seeds x 2 learning rates make one row per learning rate, with n = 2 and the
+# mean (and sample standard deviation) of the two seeds' final validation losses.
+ss=$tmp/seeds
+"$SWEEP" "$tmp/base.ini" run.seed=1,2 optim.lr=1e-3,3e-3 --set run.steps=3 \
+    --set run.ckpt_every=0 -o "$ss" >"$tmp/table" 2>"$tmp/err"
+rc=$?
+check "a sweep over 2 seeds x 2 learning rates exits 0 (got $rc)" test "$rc" -eq 0
+# per run: run.seed,optim.lr,status,final_loss,final_val_loss,...
+check "results.csv keeps one row per run (4)" \
+    test "$(tail -n +2 "$ss/results.csv" 2>/dev/null | grep -c .)" -eq 4
+if [ -f "$ss/results-seeds.csv" ]; then
+    pass "results-seeds.csv is written"
+    check "results-seeds.csv has the documented header" \
+        test "$(head -n 1 "$ss/results-seeds.csv")" = \
+        "optim.lr,status,n,seeds,final_val_loss_mean,final_val_loss_sd,final_val_loss_per_seed,final_loss_mean,final_loss_sd,best_val_loss_mean,best_val_loss_sd,tokens_per_s_mean,tokens_per_s_sd,peak_mem_bytes_max,flips_mean,flips_sd,state_bytes_per_weight"
+    check "and one row per learning rate" \
+        test "$(tail -n +2 "$ss/results-seeds.csv" | cut -d, -f1 | tr '\n' ' ')" = "1e-3 3e-3 "
+    for lr in 1e-3 3e-3; do
+        v1=$(grep "^1,$lr,ok," "$ss/results.csv" | cut -d, -f5)
+        v2=$(grep "^2,$lr,ok," "$ss/results.csv" | cut -d, -f5)
+        g=$(grep "^$lr," "$ss/results-seeds.csv")
+        check "lr $lr: the grouped row has status ok, n = 2 and seeds \"1 2\"" \
+            test "$(echo "$g" | cut -d, -f2-4)" = 'ok,2,"1 2"'
+        check "lr $lr: it lists the per-seed final_val_loss ($v1 $v2)" \
+            test "$(echo "$g" | cut -d, -f7)" = "\"$v1 $v2\""
+        # means printed with %.6g: within 1e-5 relative; for two values, sd = |v1 - v2| / sqrt(2)
+        check "lr $lr: final_val_loss_mean is their mean and _sd their sample sd ($g)" \
+            awk -v a="$v1" -v b="$v2" -v m="$(echo "$g" | cut -d, -f5)" \
+                -v sd="$(echo "$g" | cut -d, -f6)" 'function abs(x) { return x < 0 ? -x : x }
+                BEGIN { e = (a + b) / 2; s = abs(a - b) / sqrt(2)
+                        exit !(a != "" && b != "" && m != "" && abs(m - e) <= 1e-5 * abs(e) &&
+                               sd != "" && abs(sd - s) <= 1e-2 * s + 1e-9) }'
+    done
+    check "the printed table holds the per-run table, then the grouped one (2 + 4, 2 + 2 rows)" \
+        sh -c "test \"\$(grep -c '^|' '$tmp/table')\" -eq 10 && grep -q '^Over the seeds' '$tmp/table' &&
+               grep -q '^| 1e-3 | ok | 2 | 1 2 | ' '$tmp/table'"
+    check "and is kept as results.md" cmp -s "$tmp/table" "$ss/results.md"
+else
+    fail "results-seeds.csv is written" "$tmp/err"
+fi
 
 "$SWEEP" "$tmp/base.ini" "data.path=$fixtures/data/genesis.txt" 'run.sample_prompt=a b' \
     --set run.steps=2 -o "$tmp/dry" --dry-run >"$tmp/cmds" 2>"$tmp/err"
