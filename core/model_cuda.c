@@ -140,6 +140,7 @@ struct primal_cuda_model {
     void *lt_ws;
     cuda_gemm *gemm; /* a plan per GEMM shape (primal_cuda_opts.gemm_timed) */
     size_t mem[MEM_KINDS], peak;
+    size_t dev_peak; /* the largest whole-device use sampled (cudaMemGetInfo's total - free) */
 
     /* grids: one device copy per distinct host array */
     int ngrids;
@@ -228,6 +229,19 @@ struct primal_cuda_model {
 /* ------------------------------------------------------------------------------------------ */
 /* Device memory with accounting                                                              */
 
+/* Samples the whole device's use (cudaMemGetInfo's total - free: every process, the context and
+ * the libraries included) into the device peak. */
+static void dev_sample(primal_cuda_model *cm)
+{
+    size_t fr = 0, tot = 0;
+    if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return;
+    }
+    if (tot > fr && tot - fr > cm->dev_peak)
+        cm->dev_peak = tot - fr;
+}
+
 static int dev_alloc(primal_cuda_model *cm, void **p, size_t bytes, int kind, const char *what,
                      primal_err *err)
 {
@@ -251,6 +265,7 @@ static int dev_alloc(primal_cuda_model *cm, void **p, size_t bytes, int kind, co
         sum += cm->mem[k];
     if (sum > cm->peak)
         cm->peak = sum;
+    dev_sample(cm); /* the device peak: sampled at each of the model's own allocations too */
     return PRIMAL_OK;
 }
 
@@ -790,6 +805,11 @@ int primal_cuda_model_memory(primal_cuda_model *cm, primal_cuda_mem *out, primal
     out->other = cm->mem[MEM_OTHER];
     out->peak = cm->peak;
     CUDA_TRY(cudaMemGetInfo(&out->device_free, &out->device_total), err);
+    out->device_used =
+        out->device_total > out->device_free ? out->device_total - out->device_free : 0;
+    if (out->device_used > cm->dev_peak)
+        cm->dev_peak = out->device_used;
+    out->device_peak = cm->dev_peak;
     return PRIMAL_OK;
 }
 

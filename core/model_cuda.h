@@ -159,11 +159,19 @@ int primal_cuda_model_sync(primal_cuda_model *cm, primal_err *err);
 int primal_cuda_model_stacks(const primal_cuda_model *cm);
 
 /* Device memory: the model's own accounting (bytes now, by kind, and the peak of the sum) and
- * what the driver reports for the whole device. */
+ * what the driver reports for the whole device.  The model's accounting covers only what it
+ * allocates itself (primal_cuda_alloc included): not a flip policy's device state (which the
+ * policies cudaMalloc themselves and report through their state_bytes), the CUDA context, or
+ * cuBLAS's own workspaces.  device_used is cudaMemGetInfo's total - free, which sees the whole
+ * device: the context, the libraries and every other process on it too.  Each call of
+ * primal_cuda_model_memory samples it, and so does each of the model's own allocations;
+ * device_peak is the largest sample so far. */
 typedef struct primal_cuda_mem {
     size_t weights, grads, activations, workspace, other; /* other: primal_cuda_alloc */
     size_t peak;                                           /* highest sum seen */
-    size_t device_free, device_total;                      /* cudaMemGetInfo */
+    size_t device_free, device_total;                      /* cudaMemGetInfo, at this call */
+    size_t device_used;                                    /* device_total - device_free */
+    size_t device_peak;                                    /* the largest device_used sampled */
 } primal_cuda_mem;
 int primal_cuda_model_memory(primal_cuda_model *cm, primal_cuda_mem *out, primal_err *err);
 

@@ -1526,20 +1526,44 @@ static int truncate_log(const char *path, int64_t s, double *time_s, primal_err 
     return rc;
 }
 
-static double state_bytes_per_weight(trainer *t, double *index_bytes)
+/* Bytes of flip-policy state the run holds now: the policy's state_bytes over every matrix that
+ * has state (the trainable ones), on the device on a CUDA run. */
+static size_t policy_state_bytes(trainer *t)
 {
-    double state = 0, weights = 0, idx = 0;
+    size_t n = 0;
     for (int i = 0; i < t->np; i++) {
         primal_param *p = primal_model_param(t->m, i);
-        if (!p->is_matrix)
-            continue;
-        double w = (double)p->q.rows * (double)p->q.cols;
-        weights += w;
-        idx += p->q.dense ? 4.0 * w : (double)p->q.rows * (double)p->q.row_stride;
-        if (t->ps[i].has_policy)
-            state += (double)t->pvt->state_bytes(t->pctx, &p->q, t->ps[i].policy);
+        if (p->is_matrix && t->ps[i].has_policy)
+            n += t->pvt->state_bytes(t->pctx, &p->q, t->ps[i].policy);
     }
+    return n;
+}
+
+/* What the run holds per matrix weight (every matrix's, trainable or not, the same divisor for
+ * all three): the policy's state (returned), the index (*index_bytes: a dense matrix's float32
+ * values count here, as its storage) and the float parameters (*float_bytes: each quantised
+ * matrix's row scales, the vectors (norms, biases), and the AdamW moments m and v the trainer
+ * allocated for the trainable ones; a dense matrix's moments are its policy's state). */
+static double state_bytes_per_weight(trainer *t, double *index_bytes, double *float_bytes)
+{
+    double weights = 0, idx = 0, flt = 0;
+    for (int i = 0; i < t->np; i++) {
+        primal_param *p = primal_model_param(t->m, i);
+        if (p->is_matrix) {
+            double w = (double)p->q.rows * (double)p->q.cols;
+            weights += w;
+            idx += p->q.dense ? 4.0 * w : (double)p->q.rows * (double)p->q.row_stride;
+            if (p->q.dense == NULL)
+                flt += (double)sizeof(float) * (double)p->q.rows;
+        } else {
+            flt += (double)sizeof(float) * (double)p->n;
+        }
+        if (t->ps[i].m != NULL)
+            flt += 2.0 * (double)sizeof(float) * (double)t->ps[i].n;
+    }
+    double state = (double)policy_state_bytes(t);
     *index_bytes = weights > 0 ? idx / weights : 0;
+    *float_bytes = weights > 0 ? flt / weights : 0;
     return weights > 0 ? state / weights : 0;
 }
 
@@ -1803,19 +1827,40 @@ static int one_step(trainer *t, double *loss_out, primal_step_stats *tot, primal
     return PRIMAL_OK;
 }
 
-/* Peak memory of the run: the GPU's (the model's own accounting) on a CUDA run, else the
- * process's resident set. */
-static size_t peak_mem(trainer *t)
+/* Memory at a log line.  peak: the run's peak as peak_mem_bytes reports it: on a CUDA run the
+ * model's own accounting (its buffers only: not the policy's state, the CUDA context or cuBLAS's
+ * workspaces), else the process's peak resident set.  On a CUDA run also the whole device's use
+ * now and its largest sample so far (cudaMemGetInfo: every process on the device counts);
+ * device is 0 where those are not known. */
+typedef struct mem_sample {
+    size_t peak, policy_state, device_used, device_peak;
+    int device;
+} mem_sample;
+
+static mem_sample mem_now(trainer *t)
 {
+    mem_sample ms = {.peak = peak_rss(), .policy_state = policy_state_bytes(t)};
 #ifdef PRIMAL_HAVE_CUDA
     primal_cuda_mem cmem;
     primal_err e2;
-    if (CUDA_RUN(t) && primal_cuda_model_memory(t->cm, &cmem, &e2) == PRIMAL_OK)
-        return cmem.peak;
-#else
-    (void)t;
+    if (CUDA_RUN(t) && primal_cuda_model_memory(t->cm, &cmem, &e2) == PRIMAL_OK) {
+        ms.peak = cmem.peak;
+        ms.device_used = cmem.device_used;
+        ms.device_peak = cmem.device_peak;
+        ms.device = 1;
+    }
 #endif
-    return peak_rss();
+    return ms;
+}
+
+/* j, a log line, with the device figures of ms added where known (a CUDA run). */
+static json_t *with_device(json_t *j, const mem_sample *ms)
+{
+    if (j != NULL && ms->device) {
+        json_object_set_new(j, "device_used_bytes", json_integer((json_int_t)ms->device_used));
+        json_object_set_new(j, "device_peak_bytes", json_integer((json_int_t)ms->device_peak));
+    }
+    return j;
 }
 
 static int sample(trainer *t, primal_err *err)
@@ -1884,7 +1929,7 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
     if (rc == PRIMAL_OK && t.step == 0)
         rc = apply_trainable(&t, err);
     if (rc == PRIMAL_OK) {
-        double idx_b = 0, st_b = state_bytes_per_weight(&t, &idx_b);
+        double idx_b = 0, flt_b = 0, st_b = state_bytes_per_weight(&t, &idx_b, &flt_b);
         primal_model_mem mm;
         primal_model_memory(t.m, &mm);
         int64_t nw = 0;
@@ -1895,13 +1940,18 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
         char msg[1024];
         snprintf(msg, sizeof msg,
                  "%s: %lld parameters, policy %s, grid %s; training state %.3g B/weight "
-                 "(+ %.3g B/weight of index), weights in memory %.1f MB",
+                 "(+ %.3g B/weight of index, %.3g B/weight of float parameters and their AdamW "
+                 "moments), weights in memory %.1f MB",
                  t.dir, (long long)nw, e->policy->desc->name, e->grid->name, st_b, idx_b,
-                 (double)mm.weights / 1e6);
-        json_t *j = json_pack("{s:s,s:I,s:s,s:s,s:f,s:f,s:I}", "event", "start", "params",
-                              (json_int_t)nw, "policy", e->policy->desc->name, "grid",
+                 flt_b, (double)mm.weights / 1e6);
+        /* the bytes per matrix weight the run holds: policy state, index, float parameters
+         * (state_bytes_per_weight); policy_state_bytes: the policy's state in all */
+        json_t *j = json_pack("{s:s,s:I,s:s,s:s,s:f,s:f,s:f,s:I,s:I}", "event", "start",
+                              "params", (json_int_t)nw, "policy", e->policy->desc->name, "grid",
                               e->grid->name, "state_bytes_per_weight", st_b,
-                              "index_bytes_per_weight", idx_b, "step", (json_int_t)t.step);
+                              "index_bytes_per_weight", idx_b, "float_bytes_per_weight", flt_b,
+                              "policy_state_bytes", (json_int_t)policy_state_bytes(&t), "step",
+                              (json_int_t)t.step);
         rc = log_json(&t, j, err);
         if (rc == PRIMAL_OK)
             emit(&t, (primal_event){.kind = PRIMAL_EV_START, .step = t.step,
@@ -1974,6 +2024,7 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
             for (int i = 0; i < t.np; i++)
                 ntrain += t.trainable[i];
             double steps_per_s = (double)(t.step - start_step) / (now - t0 + 1e-9);
+            mem_sample ms = mem_now(&t);
             primal_event ev = {
                 .kind = PRIMAL_EV_STEP,
                 .step = t.step,
@@ -1985,23 +2036,30 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
                 .flip_frac = win.weights ? (double)win.flips / (double)win.weights : 0,
                 .saturated = win.saturated,
                 .trainable = ntrain,
-                .peak_mem_bytes = peak_mem(&t),
+                .peak_mem_bytes = ms.peak,
+                .policy_state_bytes = ms.policy_state,
+                .device_used_bytes = ms.device_used,
+                .device_peak_bytes = ms.device_peak,
                 .eta_s = steps_per_s > 0 ? (double)(e->run.steps - t.step) / steps_per_s : 0,
             };
             /* grad_norm: the mean, over the line's steps, of the norm before clipping (-1, as
              * loss, when none of them was finite); time_s: since the run began, resumes
-             * included */
+             * included; peak_mem_bytes: the model's own buffers on a CUDA run (the process's
+             * peak resident set on the CPU), policy_state_bytes beside it, and on a CUDA run
+             * the whole device's use (device_used_bytes, device_peak_bytes) */
             double gn = nloss ? gnorm_window / nloss : -1.0;
-            json_t *j = json_pack(
-                "{s:I,s:f,s:f,s:f,s:f,s:I,s:f,s:I,s:f,s:I,s:I,s:I,s:f}", "step",
-                (json_int_t)ev.step, "loss", isfinite(ev.loss) ? ev.loss : -1.0, "grad_norm",
-                isfinite(gn) ? gn : -1.0, "lr", ev.lr, "tokens_per_s", tps, "flips",
-                (json_int_t)ev.flips, "flip_frac", ev.flip_frac, "saturated",
-                (json_int_t)ev.saturated, "saturated_frac",
-                win.weights ? (double)win.saturated / (double)win.weights : 0.0, "trainable",
-                (json_int_t)ntrain, "peak_mem_bytes", (json_int_t)ev.peak_mem_bytes,
-                "nan_skips", (json_int_t)t.nan_skips, "time_s",
-                t.time_off + (now - t.t_start));
+            json_t *j = with_device(
+                json_pack("{s:I,s:f,s:f,s:f,s:f,s:I,s:f,s:I,s:f,s:I,s:I,s:I,s:I,s:f}", "step",
+                          (json_int_t)ev.step, "loss", isfinite(ev.loss) ? ev.loss : -1.0,
+                          "grad_norm", isfinite(gn) ? gn : -1.0, "lr", ev.lr, "tokens_per_s",
+                          tps, "flips", (json_int_t)ev.flips, "flip_frac", ev.flip_frac,
+                          "saturated", (json_int_t)ev.saturated, "saturated_frac",
+                          win.weights ? (double)win.saturated / (double)win.weights : 0.0,
+                          "trainable", (json_int_t)ntrain, "peak_mem_bytes",
+                          (json_int_t)ev.peak_mem_bytes, "policy_state_bytes",
+                          (json_int_t)ev.policy_state_bytes, "nan_skips",
+                          (json_int_t)t.nan_skips, "time_s", t.time_off + (now - t.t_start)),
+                &ms);
             if ((rc = log_json(&t, j, err)) != PRIMAL_OK)
                 break;
             emit(&t, ev);
@@ -2017,7 +2075,9 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
             rc = evaluate(&t, &vl, err);
             if (rc != PRIMAL_OK)
                 break;
-            json_t *j = json_pack("{s:I,s:f}", "step", (json_int_t)t.step, "val_loss", vl);
+            mem_sample ms = mem_now(&t); /* evaluation may have grown the device's buffers */
+            json_t *j = with_device(
+                json_pack("{s:I,s:f}", "step", (json_int_t)t.step, "val_loss", vl), &ms);
             if ((rc = log_json(&t, j, err)) != PRIMAL_OK)
                 break;
             emit(&t, (primal_event){.kind = PRIMAL_EV_EVAL, .step = t.step,
@@ -2041,9 +2101,14 @@ int primal_train(primal_experiment *e, const primal_train_opts *o, primal_err *e
     if (rc == PRIMAL_OK && t.log_fd >= 0 && close(t.log_fd) != 0)
         rc = primal_errf(err, PRIMAL_EIO, "%s: cannot write: %s", t.log_path, strerror(errno));
     t.log_fd = -1;
-    if (rc == PRIMAL_OK)
+    if (rc == PRIMAL_OK) {
+        mem_sample ms = mem_now(&t);
         emit(&t, (primal_event){.kind = PRIMAL_EV_DONE, .step = t.step,
-                                .peak_mem_bytes = peak_mem(&t)});
+                                .peak_mem_bytes = ms.peak,
+                                .policy_state_bytes = ms.policy_state,
+                                .device_used_bytes = ms.device_used,
+                                .device_peak_bytes = ms.device_peak});
+    }
     trainer_free(&t);
     /* failed in its first step: as at start, leave no run directory behind */
     if (rc != PRIMAL_OK && rc != PRIMAL_EINTR && t.step == start_step)

@@ -35,7 +35,13 @@ typedef struct primal_event {
     int64_t step, total_steps;
     double loss, val_loss, lr, tokens_per_s, flip_frac, eta_s;
     int64_t flips, saturated, trainable;
-    size_t peak_mem_bytes;
+    /* STEP and DONE.  peak_mem_bytes: on a CUDA run the peak of the model's own buffers (not
+     * the policy's state, the CUDA context or cuBLAS's workspaces), else the process's peak
+     * resident set; policy_state_bytes: the flip policy's state now (its state_bytes over the
+     * trainable matrices); device_used_bytes, device_peak_bytes: a CUDA run's whole-device use
+     * (cudaMemGetInfo's total - free: the context, the libraries and other processes on the
+     * device count) now and the largest sampled so far, 0 on the CPU */
+    size_t peak_mem_bytes, policy_state_bytes, device_used_bytes, device_peak_bytes;
     const char *message;
 } primal_event;
 

@@ -199,10 +199,24 @@ static void on_event(void *user, const primal_event *ev)
         printf("--- sample ---\n%s\n--------------\n", ev->message);
         break;
     case PRIMAL_EV_DONE:
+        /* each figure says what it counts: on a GPU the model's counter leaves out the policy's
+         * state, the CUDA context and cuBLAS, which only the whole device's figure includes
+         * (with whatever else runs on the device) */
         if (tty)
             fprintf(stderr, "\r\033[K");
-        fprintf(stderr, "done at step %lld; peak memory %.1f MB\n", (long long)ev->step,
-                (double)ev->peak_mem_bytes / 1e6);
+        if (ev->device_peak_bytes > 0)
+            fprintf(stderr,
+                    "done at step %lld; model buffers peak %.1f MiB, policy state %.1f MiB; "
+                    "whole device (cudaMemGetInfo, all processes) peak %.1f MiB\n",
+                    (long long)ev->step, (double)ev->peak_mem_bytes / 1048576.0,
+                    (double)ev->policy_state_bytes / 1048576.0,
+                    (double)ev->device_peak_bytes / 1048576.0);
+        else
+            fprintf(stderr,
+                    "done at step %lld; process peak resident set %.1f MiB, policy state "
+                    "%.1f MiB\n",
+                    (long long)ev->step, (double)ev->peak_mem_bytes / 1048576.0,
+                    (double)ev->policy_state_bytes / 1048576.0);
         break;
     case PRIMAL_EV_WARN:
         if (tty)

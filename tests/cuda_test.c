@@ -2443,6 +2443,15 @@ Test(cuda_model, download_returns_what_adamw_changed_and_memory_is_accounted,
     cr_assert_eq(mem.weights, want, "weights %zu bytes, expected %zu", mem.weights, want);
     cr_assert_geq(mem.peak, mem.weights + mem.grads + mem.workspace);
     cr_assert_gt(mem.device_total, 0);
+    /* the whole device (cudaMemGetInfo) holds at least the model's buffers, and its sampled
+     * peak at least this sample (issue 22) */
+    cr_assert_eq(mem.device_used, mem.device_total - mem.device_free);
+    cr_assert_geq(mem.device_used,
+                  mem.weights + mem.grads + mem.activations + mem.workspace + mem.other,
+                  "device_used %zu bytes, the model's buffers %zu", mem.device_used,
+                  mem.weights + mem.grads + mem.activations + mem.workspace + mem.other);
+    cr_assert_geq(mem.device_peak, mem.device_used);
+    cr_assert_leq(mem.device_peak, mem.device_total);
 
     /* one AdamW step on the first matrix's scales with a gradient of 1: w -= lr·(1/(1+eps)) */
     primal_param *hp = primal_model_param(m, 0);

@@ -58,10 +58,10 @@ for pol in $policies; do
         sh -c "grep -qx 'plugin = $pol' '$d/config.ini' && grep -qx 'steps = 6' '$d/config.ini'"
     missing=$(grep -v '"event"' "$d/log.jsonl" | grep -v '"val_loss"' | awk '
         { for (i = 1; i <= n; i++) if (index($0, "\"" k[i] "\":") == 0) print NR ": " k[i] }
-        BEGIN { n = split("step loss grad_norm lr tokens_per_s flips flip_frac trainable peak_mem_bytes time_s", k, " ") }')
+        BEGIN { n = split("step loss grad_norm lr tokens_per_s flips flip_frac trainable peak_mem_bytes policy_state_bytes time_s", k, " ") }')
     nlines=$(grep -v '"event"' "$d/log.jsonl" | grep -c '"loss":')
     if [ -z "$missing" ] && [ "$nlines" -eq 6 ]; then
-        pass "$pol: log.jsonl has 6 training lines with step, loss, grad_norm, lr, tokens_per_s, flips, flip_frac, trainable, peak_mem_bytes, time_s"
+        pass "$pol: log.jsonl has 6 training lines with step, loss, grad_norm, lr, tokens_per_s, flips, flip_frac, trainable, peak_mem_bytes, policy_state_bytes, time_s"
     else
         fail "$pol: log.jsonl training lines" "lines: $nlines; missing: $missing"
     fi
@@ -396,6 +396,80 @@ check "at the step the log failed (last logged step: $last), not at the end" \
 check "and log.jsonl is cut back to its last whole line" \
     sh -c "[ -s '$x/log.jsonl' ] && [ \"\$(tail -c 1 '$x/log.jsonl' | od -An -tx1 | tr -d ' ')\" = 0a ] &&
            ! grep -qv '}\$' '$x/log.jsonl'"
+
+# ---------------------------------------------------------------------------------------------
+# Memory accounting (issue 22): the start line states what the run holds per matrix weight
+# (policy state, index, float parameters with their AdamW moments) and the policy's state in
+# bytes; each training line has the policy's state of the matrices that trained in its step.
+# A CPU run has no device figures.  The expected numbers come from the tiny model's shape: byte
+# vocabulary V 256, dim C 32, ffn F 64, L 2 layers, untied head, no biases (the smoke runs of
+# the first section, 6 steps each).
+V=256 C=32 F=64 L=2
+W=$((2 * V * C + L * (4 * C * C + 3 * C * F))) # matrix weights, the divisor: 36864
+R=$((2 * V + L * (4 * C + 2 * F + C)))          # matrix rows, a float scale each: 1088
+NV=$((L * 2 * C + C))                           # the norms' floats: 160
+NM=$((2 + 7 * L))                               # matrices: 16
+# num FILE PATTERN KEY: KEY's number on FILE's first line that matches PATTERN
+num() { grep -m 1 -e "$2" "$1" | sed -n "s/.*\"$3\":\([-0-9.e+]*\).*/\1/p"; }
+# near A B: A is B within 1e-6 relative (the log prints 8 significant digits)
+# shellcheck disable=SC2317 # called through check
+near() {
+    awk -v a="$1" -v b="$2" 'BEGIN { d = a - b; if (d < 0) d = -d
+        exit !(a != "" && d <= 1e-6 * (b < 0 ? -b : b) + 1e-9) }'
+}
+# policy, its state in bytes (each policy's state_bytes), index B/weight, float bytes in all:
+# quantised matrices hold a scale per row, and every trainable row and vector has AdamW's m and
+# v; adamw's dense float32 matrices keep their values in the index and their moments (and a
+# gradient sum) in its state, so only the norms and their moments are float parameters there
+for spec in "threshold_consensus $((2 * W)) 0.5 $((12 * (R + NV)))" \
+    "momentum_carry $((2 * W + 20 * R + 16 * NM)) 0.5 $((12 * (R + NV)))" \
+    "adamw $((12 * W + 8 * NM)) 4 $((12 * NV))"; do
+    # shellcheck disable=SC2086 # the spec's words
+    set -- $spec
+    pol=$1 state=$2 idx=$3 flt=$4
+    log=$tmp/smoke-$pol/log.jsonl
+    if [ ! -s "$log" ]; then
+        fail "$pol: memory accounting (no smoke run log)"
+        continue
+    fi
+    got=$(num "$log" '"event":"start"' policy_state_bytes)
+    check "$pol: the start line's policy_state_bytes is $state (got $got)" [ "$got" = "$state" ]
+    got=$(num "$log" '"event":"start"' state_bytes_per_weight)
+    check "$pol: state_bytes_per_weight is policy_state_bytes / $W weights (got $got)" \
+        near "$got" "$(awk -v a="$state" -v w="$W" 'BEGIN { printf "%.10g", a / w }')"
+    got=$(num "$log" '"event":"start"' index_bytes_per_weight)
+    check "$pol: index_bytes_per_weight is $idx (got $got)" near "$got" "$idx"
+    got=$(num "$log" '"event":"start"' float_bytes_per_weight)
+    want=$(awk -v a="$flt" -v w="$W" 'BEGIN { printf "%.10g", a / w }')
+    check "$pol: float_bytes_per_weight is $flt / $W = $want (got $got)" near "$got" "$want"
+    n=$(grep -v '"event"' "$log" | grep '"loss":' | grep -c "\"policy_state_bytes\":$state,")
+    check "$pol: all 6 training lines have policy_state_bytes $state (got $n)" [ "$n" -eq 6 ]
+    check "$pol: a CPU run logs no device figures" \
+        sh -c "! grep -q -e device_used_bytes -e device_peak_bytes '$log'"
+done
+# The figures follow the trainable set: night_shift trains the embedding, the final norm and the
+# head for 2 steps, then adds block 1, then block 0 (threshold_consensus: 2 B per weight).
+x=$tmp/mem-night-shift
+if "$RUN" "$tmp/base.ini" --set "run.out=$x" --set flip.plugin=threshold_consensus \
+    --set run.steps=4 --set scheduler.plugins=night_shift --set night_shift.warmup=2 \
+    --set night_shift.every=1 --set night_shift.count=1 >"$tmp/out" 2>&1; then
+    head=$((2 * 2 * V * C)) blk=$((2 * (4 * C * C + 3 * C * F)))
+    got=$(num "$x/log.jsonl" '"event":"start"' policy_state_bytes)
+    check "night_shift: the start line's policy_state_bytes is the embedding's and the head's, $head (got $got)" \
+        [ "$got" = "$head" ]
+    # moments for the embedding's and the head's rows and the final norm only
+    want=$(awk -v a="$((4 * R + 4 * NV + 8 * (2 * V + C)))" -v w="$W" \
+        'BEGIN { printf "%.10g", a / w }')
+    got=$(num "$x/log.jsonl" '"event":"start"' float_bytes_per_weight)
+    check "night_shift: float_bytes_per_weight counts AdamW moments of the trainable only, $want (got $got)" \
+        near "$got" "$want"
+    got=$(grep '"loss":' "$x/log.jsonl" | sed -n 's/.*"policy_state_bytes":\([0-9]*\),.*/\1/p' |
+        tr '\n' ' ')
+    want="$head $head $((head + blk)) $((head + 2 * blk)) "
+    check "night_shift: steps 1-4 log policy_state_bytes $want(got $got)" [ "$got" = "$want" ]
+else
+    fail "a 4-step night_shift run" "$tmp/out"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Training lines carry time_s and grad_norm, and the sample goes to sample.txt too (issue 24.7).
