@@ -26,14 +26,15 @@
 #                                       multiplier, which ends at min_lr/lr; [optim] lr is the
 #                                       norms' rate), the SPEC anchor's dense row
 #                  qat_prime13_s0, _s1  latent_adamw on prime13 (float shadow weights)
-#                  mc_prime13_s0, _s1   momentum_carry 8/8 on prime13
-#   grids          qat_G, mc_G for G = nf4, fp8_e4m3, uniform255 (grid.plugin=uniform,
+#                  ac_prime13_s0, _s1   the best shadowless policy on prime13: $BEST
+#   grids          qat_G, ac_G for G = nf4, fp8_e4m3, uniform255 (grid.plugin=uniform,
 #                  grid.size=255)
-#   policies       tc_prime13 (threshold_consensus), sz_prime13 (stochastic_zscore),
-#                  mc44_prime13 (momentum_carry, residual_bits=4, momentum_bits=4)
+#   policies       mc_prime13 (momentum_carry 8/8), tc_prime13 (threshold_consensus),
+#                  sz_prime13 (stochastic_zscore), mc44_prime13 (momentum_carry,
+#                  residual_bits=4, momentum_bits=4)
 #   confirm124m[:POLICY]   the 124M shape (dim 768, 12 layers, 12 heads, ffn 2048, bytes,
 #                  batch 32 x 1024, 4,600 steps = 150.7M tokens): dense124m, qat124m and
-#                  POLICY124m (default momentum_carry), prime13
+#                  POLICY124m (default: $BEST, named ac124m), prime13
 # Every row's run directory and stdout go to /tmp/primal_quality/NAME{,.txt}.
 # Environment: PRIMAL_RUN  a primal-run to use instead of the bundle's (e.g. a build tree's, for
 #   a CPU test); BUILD_ID  the build's name when `git describe` has no repository to read.
@@ -44,6 +45,8 @@ mode=${1:-}
 work=/tmp/primal_quality
 
 DENSE="flip.plugin=adamw,optim.lr=1e-3,optim.min_lr=1e-4"
+# the best shadowless policy measured (docs/QUALITY.md), the [flip] default of the examples
+BEST="flip.plugin=adam_carry"
 SHAPE124M="model.dim=768,model.layers=12,model.heads=12,model.ffn=2048,run.batch=32"
 SHAPE124M="$SHAPE124M,run.seq_len=1024,run.steps=4600"
 
@@ -54,25 +57,28 @@ preset() {
         for s in 0 1; do
             echo "dense_s$s=$DENSE,run.seed=$s"
             echo "qat_prime13_s$s=flip.plugin=latent_adamw,grid.plugin=prime13,run.seed=$s"
-            echo "mc_prime13_s$s=flip.plugin=momentum_carry,grid.plugin=prime13,run.seed=$s"
+            echo "ac_prime13_s$s=$BEST,grid.plugin=prime13,run.seed=$s"
         done ;;
     grids)
         for g in nf4 fp8_e4m3 uniform255; do
             gs="grid.plugin=$g"
             [ "$g" = uniform255 ] && gs="grid.plugin=uniform,grid.size=255"
             echo "qat_$g=flip.plugin=latent_adamw,$gs"
-            echo "mc_$g=flip.plugin=momentum_carry,$gs"
+            echo "ac_$g=$BEST,$gs"
         done ;;
     policies)
+        echo "mc_prime13=flip.plugin=momentum_carry,grid.plugin=prime13"
         echo "tc_prime13=flip.plugin=threshold_consensus,grid.plugin=prime13"
         echo "sz_prime13=flip.plugin=stochastic_zscore,grid.plugin=prime13"
         echo "mc44_prime13=flip.plugin=momentum_carry,grid.plugin=prime13,flip.residual_bits=4,flip.momentum_bits=4" ;;
     confirm124m|confirm124m:*)
-        pol=momentum_carry
-        case $1 in *:*) pol=${1#*:} ;; esac
         echo "dense124m=$SHAPE124M,$DENSE"
         echo "qat124m=$SHAPE124M,flip.plugin=latent_adamw,grid.plugin=prime13"
-        echo "${pol}124m=$SHAPE124M,flip.plugin=$pol,grid.plugin=prime13" ;;
+        case $1 in
+        *:*) pol=${1#*:}
+            echo "${pol}124m=$SHAPE124M,flip.plugin=$pol,grid.plugin=prime13" ;;
+        *) echo "ac124m=$SHAPE124M,$BEST,grid.plugin=prime13" ;;
+        esac ;;
     *) return 1 ;;
     esac
 }

@@ -146,7 +146,7 @@ static double descend(const char *const *kv, int steps, int64_t *saturated)
 
 Test(adam_carry, descends_to_the_target_and_holds_targets_past_the_grid_at_its_ends)
 {
-    static const char *const kv[] = {"lr=0.02", NULL};
+    static const char *const kv[] = {"lr=0.02", "weight_decay=0", NULL};
     int64_t sat;
     double err = descend(kv, 400, &sat);
     /* from about 0.5 to the grid's resolution (half a gap is 0.004) */
@@ -156,7 +156,7 @@ Test(adam_carry, descends_to_the_target_and_holds_targets_past_the_grid_at_its_e
 
 Test(adam_carry, weight_decay_pulls_the_position_towards_zero)
 {
-    static const char *const kv0[] = {"lr=0.02", NULL};
+    static const char *const kv0[] = {"lr=0.02", "weight_decay=0", NULL};
     static const char *const kv1[] = {"lr=0.02", "weight_decay=5", NULL};
     int64_t sat0, sat1;
     double e0 = descend(kv0, 200, &sat0), e1 = descend(kv1, 200, &sat1);
@@ -306,7 +306,7 @@ static double spread(int rbits)
     grids();
     char rb[32];
     snprintf(rb, sizeof rb, "residual_bits=%d", rbits);
-    const char *const kv[] = {"lr=1.86e-5", "beta1=0", rb, NULL};
+    const char *const kv[] = {"lr=1.86e-5", "beta1=0", "weight_decay=0", rb, NULL};
     policy_fx f;
     pfx_open(&f, "adam_carry", kv);
     primal_qtensor t;
