@@ -703,8 +703,11 @@ static void append(char **buf, size_t *len, size_t *cap, const char *text)
 
 /* Append the "key = value" lines of text, less those whose key is in omit (NULL-terminated)
  * and was not given in the experiment. */
+/* text without the lines of the keys in omit that the experiment did not set, and of the keys
+ * in drop whatever it did (extra lines of section_text replace them). */
 static void append_kept(char **buf, size_t *len, size_t *cap, const char *text,
-                        const primal_config *c, const char *const *omit)
+                        const primal_config *c, const char *const *omit,
+                        const char *const *drop)
 {
     char line[4200];
     for (const char *p = text; *p != '\0';) {
@@ -715,6 +718,11 @@ static void append_kept(char **buf, size_t *len, size_t *cap, const char *text,
             size_t k = strlen(omit[i]);
             if (n > k + 2 && strncmp(p, omit[i], k) == 0 && strncmp(p + k, " = ", 3) == 0 &&
                 !primal_cfg_is_set(c, omit[i]))
+                keep = 0;
+        }
+        for (int i = 0; drop != NULL && drop[i] != NULL && keep; i++) {
+            size_t k = strlen(drop[i]);
+            if (n > k + 2 && strncmp(p, drop[i], k) == 0 && strncmp(p + k, " = ", 3) == 0)
                 keep = 0;
         }
         if (keep) {
@@ -732,7 +740,7 @@ static const char *const cuda_only_keys[] = {"recompute_residual", "norm_input",
 
 static void section_text(char **buf, size_t *len, size_t *cap, const char *name,
                          const char *plugin, const primal_config *c, const char *extra,
-                         const char *const *omit)
+                         const char *const *omit, const char *const *drop)
 {
     char line[4200];
     snprintf(line, sizeof line, "[%s]\n", name);
@@ -750,11 +758,17 @@ static void section_text(char **buf, size_t *len, size_t *cap, const char *name,
         if (f != NULL) {
             primal_config_write(c, f);
             fclose(f);
-            append_kept(buf, len, cap, mem, c, omit);
+            append_kept(buf, len, cap, mem, c, omit, drop);
             free(mem);
         }
     }
     append(buf, len, cap, "\n");
+}
+
+/* A grid's plugin as config.ini names it (grid.h). */
+static const char *grid_ref(const primal_grid *g)
+{
+    return g->plugin_ref != NULL ? g->plugin_ref : g->plugin;
 }
 
 char *primal_experiment_resolved(const primal_experiment *e)
@@ -765,24 +779,42 @@ char *primal_experiment_resolved(const primal_experiment *e)
         return NULL;
     buf[0] = '\0';
     section_text(&buf, &len, &cap, "run", NULL, e->run_c, NULL,
-                 e->run.device == PRIMAL_DEVICE_CPU ? cuda_only_keys : NULL);
-    section_text(&buf, &len, &cap, "model", NULL, e->model_c, NULL, NULL);
-    section_text(&buf, &len, &cap, "grid", e->grid->plugin, NULL, e->grid->keys_ini, NULL);
+                 e->run.device == PRIMAL_DEVICE_CPU ? cuda_only_keys : NULL, NULL);
+    section_text(&buf, &len, &cap, "model", NULL, e->model_c, NULL, NULL, NULL);
+    section_text(&buf, &len, &cap, "grid", grid_ref(e->grid), NULL, e->grid->keys_ini, NULL,
+                 NULL);
     for (int i = 0; i < e->n_overrides; i++) {
         char sect[512];
         snprintf(sect, sizeof sect, "grid.%s", e->overrides[i].pattern);
-        section_text(&buf, &len, &cap, sect, e->overrides[i].grid->plugin, NULL,
-                     e->overrides[i].grid->keys_ini, NULL);
+        section_text(&buf, &len, &cap, sect, grid_ref(e->overrides[i].grid), NULL,
+                     e->overrides[i].grid->keys_ini, NULL, NULL);
     }
-    section_text(&buf, &len, &cap, "flip", e->policy->desc->name, e->policy_c, NULL, NULL);
-    section_text(&buf, &len, &cap, "optim", NULL, e->optim_c, NULL, NULL);
-    section_text(&buf, &len, &cap, "scheduler", NULL, e->sched_c, NULL, NULL);
+    section_text(&buf, &len, &cap, "flip", e->policy->ref, e->policy_c, NULL, NULL, NULL);
+    section_text(&buf, &len, &cap, "optim", NULL, e->optim_c, NULL, NULL, NULL);
+    /* the scheduler plugins as loaded: a name, or a .so's absolute path (registry.h) */
+    static const char *const sched_omit[] = {"plugins", NULL};
+    size_t plen = 0, pcap = 64;
+    char *plist = malloc(pcap);
+    if (plist != NULL) {
+        plist[0] = '\0';
+        append(&plist, &plen, &pcap, "plugins = ");
+        for (int i = 0; i < e->n_scheds; i++) {
+            if (i > 0)
+                append(&plist, &plen, &pcap, ", ");
+            append(&plist, &plen, &pcap, e->scheds[i]->ref);
+        }
+        append(&plist, &plen, &pcap, "\n");
+    }
+    section_text(&buf, &len, &cap, "scheduler", NULL, e->sched_c,
+                 plist != NULL && e->n_scheds > 0 ? plist : NULL, NULL,
+                 plist != NULL && e->n_scheds > 0 ? sched_omit : NULL);
+    free(plist);
     for (int i = 0; i < e->n_scheds; i++)
         section_text(&buf, &len, &cap, primal_cfg_section(e->sched_cs[i]), NULL,
-                     e->sched_cs[i], NULL, NULL);
+                     e->sched_cs[i], NULL, NULL, NULL);
     char dline[600];
     snprintf(dline, sizeof dline, "tokenizer = %s\n", e->tokenizer);
-    section_text(&buf, &len, &cap, "data", e->loader->desc->name, e->loader_c, dline, NULL);
+    section_text(&buf, &len, &cap, "data", e->loader->ref, e->loader_c, dline, NULL, NULL);
     return buf;
 }
 

@@ -31,6 +31,7 @@ void primal_grid_free(primal_grid *g)
         return;
     free(g->values);
     free(g->keys_ini);
+    free(g->plugin_ref);
     free(g);
 }
 
@@ -78,6 +79,7 @@ static int generate(const primal_loaded *pl, const primal_config *cfg, primal_gr
             used += (size_t)snprintf(g->name + used, sizeof g->name - used, ")");
     }
     snprintf(g->plugin, sizeof g->plugin, "%s", pl->desc->name);
+    g->plugin_ref = strdup(pl->ref != NULL ? pl->ref : pl->desc->name);
     size_t klen = 0;
     FILE *kf = open_memstream(&g->keys_ini, &klen);
     if (kf != NULL) {

@@ -14,6 +14,7 @@
 typedef struct primal_grid {
     char name[128];   /* the plugin name, plus its keys if any: "uniform(size=16)" */
     char plugin[64];  /* the plugin's name */
+    char *plugin_ref; /* what config.ini names it by: the name, or the .so's absolute path */
     char *keys_ini;   /* its keys as resolved, "key = value\n" lines (for config.ini) */
     float *values;    /* ascending */
     int size;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "registry.h"
@@ -266,7 +267,9 @@ static int open_file(const char *path, primal_kind want, const char *want_name,
         return rc;
     }
     primal_loaded *p = calloc(1, sizeof *p);
-    if (p == NULL || (p->path = strdup(path)) == NULL) {
+    if (p == NULL || (p->path = strdup(path)) == NULL || (p->ref = strdup(d->name)) == NULL) {
+        if (p != NULL)
+            free(p->path);
         free(p);
         dlclose(dl);
         return primal_errf(err, PRIMAL_ENOMEM, "out of memory");
@@ -306,7 +309,26 @@ static int load_path(const primal_search *s, const char *value, primal_kind want
         return primal_errf(err, PRIMAL_ECONFIG, "%s: no such file", path);
     if (!S_ISREG(st.st_mode))
         return primal_errf(err, PRIMAL_ECONFIG, "%s: not a regular file", path);
-    return open_file(path, want, NULL, out, err);
+    int rc = open_file(path, want, NULL, out, err);
+    if (rc != PRIMAL_OK)
+        return rc;
+    /* absolute, as given (symbolic links kept) */
+    char cwd[4096], *abs = NULL;
+    if (path[0] == '/') {
+        abs = strdup(path);
+    } else if (getcwd(cwd, sizeof cwd) != NULL) {
+        size_t n = strlen(cwd) + strlen(path) + 2;
+        if ((abs = malloc(n)) != NULL)
+            snprintf(abs, n, "%s/%s", cwd, path);
+    }
+    if (abs == NULL) {
+        primal_plugin_unload(*out);
+        *out = NULL;
+        return primal_errf(err, PRIMAL_ECONFIG, "%s: cannot make the path absolute", path);
+    }
+    free((*out)->ref);
+    (*out)->ref = abs;
+    return PRIMAL_OK;
 }
 
 int primal_plugin_load(const primal_search *s, const char *name_or_path, primal_kind want,
@@ -347,6 +369,7 @@ void primal_plugin_unload(primal_loaded *p)
      * leaks with unknown frames only if a plugin leaks, which is itself worth seeing. */
     dlclose(p->dl);
     free(p->path);
+    free(p->ref);
     free(p);
 }
 

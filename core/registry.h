@@ -30,6 +30,10 @@ typedef struct primal_loaded {
     const primal_plugin *desc;
     void *dl;
     char *path;
+    /* what a resolved configuration (config.ini) names it by: the plugin's name when it was
+     * found by name along the search path, else the absolute path of the file loaded, so that
+     * the configuration loads the same file again from any directory */
+    char *ref;
 } primal_loaded;
 
 /* extra: --plugin-path directories (NULL-terminated, may be NULL). */

@@ -395,10 +395,23 @@ printf '\n[flip]\nplugin = ../plug/mc.so\n\n[scheduler]\nplugins = ../plug/ns.so
 printf '\n[grid.model.layers.*.mlp.down_proj.weight]\n' >>"$tmp/px/sub/paths.ini"
 if (cd "$tmp" && "$RUN" px/sub/paths.ini --check) >"$tmp/check" 2>"$tmp/err"; then
     pass "plugin paths of the grid, an override, the policy, a scheduler and the loader resolve against the experiment's directory"
-    check "--check shows the plugins' names (momentum_carry, prime13, text)" \
-        sh -c "grep -qx 'plugin = momentum_carry' '$tmp/check' &&
-               test \"\$(grep -cx 'plugin = prime13' '$tmp/check')\" -eq 2 &&
-               grep -qx 'plugin = text' '$tmp/check' && grep -qx '\[ns\]' '$tmp/check'"
+    # config.ini (the resolved text) names a plugin given by path by its absolute path, so that
+    # it loads the same file again from the run directory or anywhere else
+    check "--check names path plugins by their absolute paths (policy, grid and override, loader, scheduler)" \
+        sh -c "grep -qx 'plugin = $tmp/px/sub/../plug/mc.so' '$tmp/check' &&
+               test \"\$(grep -cx 'plugin = $tmp/px/sub/../plug/p13.so' '$tmp/check')\" -eq 2 &&
+               grep -qx 'plugin = $tmp/px/sub/../plug/txt.so' '$tmp/check' &&
+               grep -qx 'plugins = $tmp/px/sub/../plug/ns.so' '$tmp/check' &&
+               grep -qx '\[ns\]' '$tmp/check'"
+    grep -v '^out = ' "$tmp/check" >"$tmp/px/resolved.ini"
+    if (cd / && "$RUN" "$tmp/px/resolved.ini" --set "run.out=$tmp/px/rr" --check) \
+        >"$tmp/check2" 2>"$tmp/err"; then
+        check "the resolved text loads again from another directory, to the same plugins" \
+            sh -c "grep '^plugin' '$tmp/check' >'$tmp/p1' && grep '^plugin' '$tmp/check2' >'$tmp/p2' &&
+                   cmp -s '$tmp/p1' '$tmp/p2'"
+    else
+        fail "the resolved text of path plugins loads again from another directory" "$tmp/err"
+    fi
 else
     fail "plugin paths resolve against the experiment's directory" "$tmp/err"
 fi
