@@ -357,6 +357,13 @@ __global__ void __launch_bounds__(CE_ONCE_THREADS)
     __shared__ float sh[32];
     __shared__ float2 part;                  /* this block's (max, sum), read by the cluster */
     __shared__ float2 parts[CE_ONCE_PARTS];  /* every block's, copied in */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    /* thread-block clusters need sm_90: ce_rows never launches this kernel on older GPUs
+     * (ce_clusters), and this build of it for them is empty */
+    (void)losses, (void)lse, (void)dlogits, (void)logits, (void)targets, (void)mask, (void)d,
+        (void)V, (void)span, (void)W, (void)sh, (void)part, (void)parts;
+    __trap();
+#else
     cg::cluster_group cluster = cg::this_cluster();
     const int P = (int)cluster.num_blocks(), q = (int)cluster.block_rank();
     const int64_t n = blockIdx.x / P, a = q * span;
@@ -423,6 +430,29 @@ __global__ void __launch_bounds__(CE_ONCE_THREADS)
         }
     }
     cluster.barrier_wait();
+#endif
+}
+
+/* Whether the current device launches thread-block clusters (compute capability 9.0 and newer),
+ * asked once per process and device. */
+static int ce_clusters(void)
+{
+    static int known[64], yes[64];
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    if (!known[dev]) {
+        int v = 0;
+        if (cudaDeviceGetAttribute(&v, cudaDevAttrClusterLaunch, dev) != cudaSuccess) {
+            (void)cudaGetLastError();
+            v = 0;
+        }
+        yes[dev] = v != 0;
+        known[dev] = 1;
+    }
+    return yes[dev];
 }
 
 /* One cluster of P blocks per row; V % 8 == 0, 16-byte aligned buffers, V ≤ CE_ONCE_PARTS ·
@@ -468,7 +498,8 @@ static int ce_rows(float *losses, float *lse, void *dlogits, cuda_dtype dt, cons
                    float *scratch, cudaStream_t s, primal_err *err)
 {
     if (V > 0 && V % 8 == 0 && V <= CE_ONCE_PARTS * ce_part_cols<L>() &&
-        cuda_aligned8(logits) && cuda_aligned8(dlogits) && N <= INT32_MAX / CE_ONCE_PARTS)
+        cuda_aligned8(logits) && cuda_aligned8(dlogits) && N <= INT32_MAX / CE_ONCE_PARTS &&
+        ce_clusters())
         return ce_rows_once(losses, lse, dlogits, dt, logits, targets, mask, d, V, N, s, err);
     int64_t span;
     int P = ce_parts(V, &span);
