@@ -121,14 +121,10 @@ const primal_key primal_data_keys[] = {
 };
 
 /* [grid] and [flip]: the core reads only plugin (load_grids, primal_grid_from_ini and
- * primal_experiment_load); the plugin declares the rest.  For --describe. */
-const primal_key primal_grid_core_keys[] = {
-    {"plugin", PRIMAL_KEY_STRING, "prime13",
-     "grid plugin: a name, or the path of a .so (relative: as [run] out)", NULL},
-    {0},
-};
-
-/* adam_carry is the default: below one epoch of the Linux C corpus it learns closest to QAT of
+ * primal_experiment_load); the plugin declares the rest.  For --describe.  [grid]'s table,
+ * primal_grid_core_keys, is grid.c's (primal_grid_from_ini takes its default from it).
+ *
+ * adam_carry is the default: below one epoch of the Linux C corpus it learns closest to QAT of
  * the shadowless policies (docs/RESULTS.md) */
 const primal_key primal_flip_core_keys[] = {
     {"plugin", PRIMAL_KEY_STRING, "adam_carry",
@@ -449,7 +445,8 @@ static int load_grids(primal_experiment *e, primal_err *err)
         if (primal_ini_get(e->ini, name, "plugin", &line) == NULL) {
             char set[600];
             const char *base = primal_ini_get(e->ini, "grid", "plugin", NULL);
-            snprintf(set, sizeof set, "%s.plugin=%s", name, base ? base : "prime13");
+            snprintf(set, sizeof set, "%s.plugin=%s", name,
+                     base ? base : primal_grid_core_keys[0].def);
             rc = primal_ini_set(e->ini, set, err);
             line = grid_line;
         }
@@ -931,7 +928,8 @@ int primal_experiment_check_run(const primal_experiment *e, int nranks, primal_e
             pvt->vote_increments == NULL)
             return primal_cfg_errf(e->run_c, "reduce", err, PRIMAL_ECONFIG,
                                    "votes: flip policy %s is not a sum of integer votes it can "
-                                   "reduce (threshold_consensus is); use reduce = grad",
+                                   "reduce (it has no vote_increments entry point); use "
+                                   "reduce = grad",
                                    e->policy->desc->name);
         if (e->run.device == PRIMAL_DEVICE_CUDA)
             return primal_cfg_errf(e->run_c, "reduce", err, PRIMAL_ECONFIG,

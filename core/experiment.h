@@ -117,9 +117,9 @@ int primal_experiment_check(primal_experiment *e, primal_err *err);
 int primal_experiment_check_run(const primal_experiment *e, int nranks, primal_err *err);
 
 /* The core's own key tables, for --describe and the docs.  [grid] and [flip]: only the plugin
- * key is the core's, the plugin declares the rest. */
+ * key is the core's, the plugin declares the rest ([grid]'s table, primal_grid_core_keys, is in
+ * grid.h).  A default plugin is the def of the table's plugin key, never a name in code. */
 extern const primal_key primal_run_keys[], primal_model_keys[], primal_optim_keys[],
-    primal_data_keys[], primal_scheduler_keys[], primal_grid_core_keys[],
-    primal_flip_core_keys[];
+    primal_data_keys[], primal_scheduler_keys[], primal_flip_core_keys[];
 
 #endif

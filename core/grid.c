@@ -93,6 +93,13 @@ static int generate(const primal_loaded *pl, const primal_config *cfg, primal_gr
     return PRIMAL_OK;
 }
 
+/* [grid]'s (and [grid.TENSOR]'s) key of the core: the plugin, and the default grid. */
+const primal_key primal_grid_core_keys[] = {
+    {"plugin", PRIMAL_KEY_STRING, "prime13",
+     "grid plugin: a name, or the path of a .so (relative: as [run] out)", NULL},
+    {0},
+};
+
 int primal_grid_from_ini(const primal_search *s, primal_ini *ini, const char *section,
                          primal_grid **out, primal_err *err)
 {
@@ -100,7 +107,7 @@ int primal_grid_from_ini(const primal_search *s, primal_ini *ini, const char *se
     int line = 0;
     const char *name = primal_ini_get(ini, section, "plugin", &line);
     if (name == NULL)
-        name = "prime13";
+        name = primal_grid_core_keys[0].def;
     primal_loaded *pl = NULL;
     int rc = primal_plugin_load(s, name, PRIMAL_KIND_GRID, &pl, err);
     if (rc != PRIMAL_OK) {

@@ -23,8 +23,13 @@ typedef struct primal_grid {
 /* Check values; who names the grid in the message. */
 int primal_grid_validate(const float *values, size_t n, const char *who, primal_err *err);
 
-/* Build the grid that section ([grid] or [grid.TENSOR]) of ini describes: plugin = NAME and the
- * plugin's keys.  Loads the plugin along s. */
+/* [grid]'s key of the core, plugin; its default (primal_grid_core_keys[0].def) is the grid of a
+ * section that names none, and of primal-import without --grid. */
+extern const primal_key primal_grid_core_keys[];
+
+/* Build the grid that section ([grid] or [grid.TENSOR]) of ini describes: plugin = NAME (the
+ * default of primal_grid_core_keys when absent) and the plugin's keys.  Loads the plugin along
+ * s. */
 int primal_grid_from_ini(const primal_search *s, primal_ini *ini, const char *section,
                          primal_grid **out, primal_err *err);
 

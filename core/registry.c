@@ -7,6 +7,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <primal/policy_cuda.h>
+
 #include "config.h"
 #include "registry.h"
 
@@ -156,6 +158,40 @@ static int check_keys(const primal_plugin *d, const char *path, primal_err *err)
     ((vt)->size >= offsetof(__typeof__(*(vt)), member) + sizeof((vt)->member) && \
      (vt)->member != NULL)
 
+/* A flip policy's GPU entry points (primal/policy_cuda.h), where it has them: its size must
+ * cover every member the core calls unconditionally (train.c: tensor_init at set-up,
+ * accumulate and step each micro-batch and step, state_download and state_upload for
+ * checkpoints), and those must be set; tensor_free, observe and step_async are optional (the
+ * core checks them before each call).  Checked whether or not this PRIMAL was built with CUDA:
+ * the descriptor is the plugin's, whichever core loads it. */
+static int check_cuda_vtable(const primal_policy_cuda_vt *cvt, const char *path,
+                             primal_err *err)
+{
+    size_t need = offsetof(primal_policy_cuda_vt, state_upload) + sizeof cvt->state_upload;
+    if (cvt->size < need)
+        return primal_errf(err, PRIMAL_EABI,
+                           "%s: flip policy CUDA vtable (.cuda) is %zu bytes, too small for "
+                           "its required members (%zu bytes: set .size = "
+                           "sizeof(primal_policy_cuda_vt))",
+                           path, cvt->size, need);
+    const char *missing = NULL;
+    if (!HAS(cvt, tensor_init))
+        missing = "tensor_init";
+    else if (!HAS(cvt, accumulate))
+        missing = "accumulate";
+    else if (!HAS(cvt, step))
+        missing = "step";
+    else if (!HAS(cvt, state_download))
+        missing = "state_download";
+    else if (!HAS(cvt, state_upload))
+        missing = "state_upload";
+    if (missing != NULL)
+        return primal_errf(err, PRIMAL_EABI,
+                           "%s: flip policy CUDA vtable (.cuda) lacks the required member %s",
+                           path, missing);
+    return PRIMAL_OK;
+}
+
 static int check_vtable(const primal_plugin *d, const char *path, primal_err *err)
 {
     const char *missing = NULL;
@@ -184,6 +220,8 @@ static int check_vtable(const primal_plugin *d, const char *path, primal_err *er
             missing = "state_save";
         else if (!HAS(vt, state_load))
             missing = "state_load";
+        else if (HAS(vt, cuda))
+            return check_cuda_vtable(vt->cuda, path, err);
         break;
     }
     case PRIMAL_KIND_SCHEDULER: {

@@ -13,17 +13,18 @@
 
 static void usage(FILE *f)
 {
-    fputs("usage: primal-import HF_DIR -o OUT.safetensors [--grid NAME|PATH.so|dense]\n"
-          "                     [--set key=value]... [--plugin-path DIR]...\n"
-          "Reads HF_DIR/config.json and model.safetensors (or the shards of\n"
-          "model.safetensors.index.json), snaps every matrix onto the grid (default prime13;\n"
-          "dense keeps float32) and writes a PRIMAL checkpoint.\n",
-          f);
+    fprintf(f,
+            "usage: primal-import HF_DIR -o OUT.safetensors [--grid NAME|PATH.so|dense]\n"
+            "                     [--set key=value]... [--plugin-path DIR]...\n"
+            "Reads HF_DIR/config.json and model.safetensors (or the shards of\n"
+            "model.safetensors.index.json), snaps every matrix onto the grid (default %s;\n"
+            "dense keeps float32) and writes a PRIMAL checkpoint.\n",
+            primal_grid_core_keys[0].def);
 }
 
 static int run_main(int argc, char **argv, const char **kv, const char **dirs)
 {
-    const char *dir = NULL, *out = NULL, *gname = "prime13";
+    const char *dir = NULL, *out = NULL, *gname = primal_grid_core_keys[0].def;
     int nkv = 0, ndirs = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {

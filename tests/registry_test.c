@@ -89,6 +89,24 @@ Test(registry, refuses_a_vtable_missing_a_required_member)
               err.msg);
 }
 
+Test(registry, refuses_a_cuda_vtable_missing_a_required_member)
+{
+    primal_err err;
+    cr_assert_eq(load_bad("bad_cuda_vtable", PRIMAL_KIND_POLICY, &err), PRIMAL_EABI);
+    cr_assert(strstr(err.msg, "flip policy CUDA vtable (.cuda) lacks the required member "
+                              "state_download"),
+              "%s", err.msg);
+}
+
+Test(registry, refuses_a_cuda_vtable_too_small_for_its_required_members)
+{
+    primal_err err;
+    cr_assert_eq(load_bad("bad_cuda_size", PRIMAL_KIND_POLICY, &err), PRIMAL_EABI);
+    cr_assert(strstr(err.msg, "flip policy CUDA vtable (.cuda) is 0 bytes, too small for its "
+                              "required members"),
+              "%s", err.msg);
+}
+
 Test(registry, refuses_a_default_outside_its_own_range)
 {
     primal_err err;
