@@ -388,7 +388,6 @@ static int acg_download(void *ctx, const primal_qtensor *t, const void *state, v
 {
     const acg_state *s = (const acg_state *)state;
     cudaStream_t st = (cudaStream_t)stream;
-    (void)ctx;
     uint8_t *p = (uint8_t *)buf;
     const size_t n = (size_t)(s->rows * s->cols), fr = (size_t)s->rows * sizeof(float),
                  fc = (size_t)s->cols * sizeof(float);
