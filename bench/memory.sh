@@ -16,14 +16,18 @@
 #   124m_tc     124M llama shape (dim 768, 12 layers, 12 heads, ffn 2048, vocab 50304), batch
 #               32 x 1024, examples/gpt2-124m-gpu.ini's settings, threshold_consensus
 #   124m_mc     the same with momentum_carry 8/8
+#   124m_ac     the same with adam_carry (its defaults: the best policy of docs/RESULTS.md)
 #   124m_torch  PyTorch dense AdamW, torch.compile, the same shape (bench/torch_baseline.py)
 #   15b_mc8     Qwen2.5-1.5B shape (dim 1536, 28 layers, 12/2 heads, ffn 8960, vocab 151936,
 #               tied, q/k/v biases), batch 1 x 512, recompute = true, momentum_carry 8/8
 #   15b_mc4     the same with momentum_carry 4/4
+#   15b_ac      the same with adam_carry (its defaults)
 #   15b_torch   PyTorch dense AdamW, eager, the nearest shape torch_baseline.py builds (12 KV
 #               heads, untied, no biases)
 #   7b_mc4      Llama-2-7B shape (dim 4096, 32 layers, 32 heads, ffn 11008, vocab 32000), batch
 #               1 x 512, recompute = true, momentum_carry 4/4
+#   7b_mc4_lean the same with the LM head's memory keys of [run] at their lean setting:
+#               head_ahead = off, logits = bf16
 #   7b_tc       the same with threshold_consensus
 #   7b_torch    PyTorch dense AdamW, eager, the same shape (needs about 16 bytes a parameter:
 #               on an 80 GB card it reports its out-of-memory error)
@@ -68,7 +72,8 @@ done
 case $steps in '' | *[!0-9]*) echo "memory.sh: --steps: expected a count, got $steps" >&2; exit 2 ;; esac
 case $gpu in '' | *[!0-9]*) echo "memory.sh: --gpu: expected an index, got $gpu" >&2; exit 2 ;; esac
 if [ ${#runs[@]} -eq 0 ]; then
-    runs=(124m_tc 124m_mc 124m_torch 15b_mc8 15b_mc4 15b_torch 7b_mc4 7b_tc 7b_torch)
+    runs=(124m_tc 124m_mc 124m_ac 124m_torch 15b_mc8 15b_mc4 15b_ac 15b_torch 7b_mc4 7b_mc4_lean
+        7b_tc 7b_torch)
 fi
 work=${WORK:-/tmp/primal_mem}
 run=primal-run # setup_primal says which
@@ -88,6 +93,8 @@ t7b=(--dim 4096 --layers 32 --heads 32 --ffn 11008 --vocab 32000 --seq 512 --bat
 mc8=(--set flip.plugin=momentum_carry --set flip.residual_bits=8 --set flip.momentum_bits=8)
 mc4=(--set flip.plugin=momentum_carry --set flip.residual_bits=4 --set flip.momentum_bits=4)
 tc=(--set flip.plugin=threshold_consensus)
+ac=(--set flip.plugin=adam_carry)
+lean=(--set run.head_ahead=off --set run.logits=bf16)
 # every PRIMAL run: N steps, a log line each, no sample; the validation split of the example it
 # starts from (2% of KJV) is evaluated once, at the end, as a real run's would be, and the final
 # checkpoint is written (then deleted)
@@ -127,6 +134,9 @@ command_of() {
     124m_mc) shape=124m policy=momentum_carry_8_8
         cmd=("$run" "$top/examples/gpt2-124m-gpu.ini" "${out[@]}" "${p124m[@]}" "${mc8[@]}"
             "${common[@]}") ;;
+    124m_ac) shape=124m policy=adam_carry
+        cmd=("$run" "$top/examples/gpt2-124m-gpu.ini" "${out[@]}" "${p124m[@]}" "${ac[@]}"
+            "${common[@]}") ;;
     124m_torch) shape=124m system=pytorch policy=$v124
         cmd=("${tb[@]}" "${t124m[@]}" --variants "$v124") ;;
     15b_mc8) shape=qwen2.5-1.5b policy=momentum_carry_8_8
@@ -135,10 +145,16 @@ command_of() {
     15b_mc4) shape=qwen2.5-1.5b policy=momentum_carry_4_4
         cmd=("$run" "$top/examples/anchor.ini" "${out[@]}" "${p15b[@]}" "${mc4[@]}"
             "${common[@]}") ;;
+    15b_ac) shape=qwen2.5-1.5b policy=adam_carry
+        cmd=("$run" "$top/examples/anchor.ini" "${out[@]}" "${p15b[@]}" "${ac[@]}"
+            "${common[@]}") ;;
     15b_torch) shape=qwen2.5-1.5b-12kv-untied system=pytorch policy=$vbig
         cmd=("${tb[@]}" "${t15b[@]}" --variants "$vbig") ;;
     7b_mc4) shape=llama2-7b policy=momentum_carry_4_4
         cmd=("$run" "$top/examples/anchor.ini" "${out[@]}" "${p7b[@]}" "${mc4[@]}"
+            "${common[@]}") ;;
+    7b_mc4_lean) shape=llama2-7b policy=momentum_carry_4_4_lean
+        cmd=("$run" "$top/examples/anchor.ini" "${out[@]}" "${p7b[@]}" "${mc4[@]}" "${lean[@]}"
             "${common[@]}") ;;
     7b_tc) shape=llama2-7b policy=threshold_consensus
         cmd=("$run" "$top/examples/anchor.ini" "${out[@]}" "${p7b[@]}" "${tc[@]}"
