@@ -51,25 +51,10 @@
 #include <primal/datafiles.h>
 #include <primal/plugin.h>
 
+#include "loader_util.h"
+
 #define RNG_TAG 0xDA7Au  /* loaders' tensor-id slot in primal_rng_stream: no model tensor */
 #define STATE_MAGIC 0x31667370u /* "psf1" */
-
-/* ------------------------------------------------------------------------------------------ */
-/* Small helpers (each loader is one file, so these recur in the others)             */
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Examples                                                                                   */

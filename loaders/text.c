@@ -77,48 +77,12 @@
 #include <primal/datafiles.h>
 #include <primal/plugin.h>
 
+#include "loader_util.h"
+
 #define RNG_TAG 0xDA7Au  /* loaders' tensor-id slot in primal_rng_stream: no model tensor */
 #define STATE_MAGIC 0x32787470u     /* "ptx2" */
 #define STATE_MAGIC_OLD 0x31787470u /* "ptx1": windows of neighbouring rows */
 #define MAX_EPOCH UINT32_MAX        /* keeps the epoch below primal_rng_stream's step bits */
-
-/* ------------------------------------------------------------------------------------------ */
-/* Small helpers (each loader is one file, so these recur in the others)                      */
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-
-/* A keyed bijection of [0, n), n <= 2^62: a 4-round Feistel network over the 4^h >= n values
- * (h bits a half), its round functions drawn from (seed, stream), walked until it lands below
- * n.  4^h < 4n, so a walk takes fewer than 4 rounds on average. */
-static uint64_t permute(uint64_t i, uint64_t n, uint64_t seed, uint64_t stream)
-{
-    int h = 1;
-    while (h < 31 && (UINT64_C(1) << (2 * h)) < n)
-        h++;
-    uint64_t mask = (UINT64_C(1) << h) - 1, x = i;
-    do {
-        uint64_t l = x >> h, r = x & mask;
-        for (uint64_t k = 0; k < 4; k++) {
-            uint64_t t = l ^ (primal_rng_u64(seed, stream, r << 2 | k) & mask);
-            l = r;
-            r = t;
-        }
-        x = l << h | r;
-    } while (x >= n);
-    return x;
-}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Chunks                                                                                     */

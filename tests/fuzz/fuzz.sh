@@ -115,7 +115,7 @@ build() {
     for src in "$top"/grids/*.c "$top"/plugins/*.c "$top"/schedulers/*.c "$top"/loaders/*.c; do
         so=$B/plugins/$(basename "$src" .c).so
         # shellcheck disable=SC2086
-        if stale "$so" "$src" $headers "$top"/plugins/*.h; then
+        if stale "$so" "$src" $headers "$top"/plugins/*.h "$top"/loaders/*.h; then
             echo "$CLANG $cflags -fsanitize=fuzzer-no-link -fPIC -shared $src -o $so -lm" \
                 >>"$B/jobs"
         fi
