@@ -28,7 +28,7 @@
 #                  qat_prime13_s0, _s1  latent_adamw on prime13 (float shadow weights)
 #                  ac_prime13_s0, _s1   the best shadowless policy on prime13: $BEST
 #   grids          qat_G, ac_G for G = nf4, fp8_e4m3, uniform255 (grid.plugin=uniform,
-#                  grid.size=255)
+#                  grid.size=255), lloyd16 (grid.plugin=lloyd_max, grid.size=16)
 #   policies       mc_prime13 (momentum_carry 8/8), tc_prime13 (threshold_consensus),
 #                  sz_prime13 (stochastic_zscore), mc44_prime13 (momentum_carry,
 #                  residual_bits=4, momentum_bits=4)
@@ -63,9 +63,10 @@ preset() {
             echo "ac_prime13_s$s=$BEST,grid.plugin=prime13,run.seed=$s"
         done ;;
     grids)
-        for g in nf4 fp8_e4m3 uniform255; do
+        for g in nf4 fp8_e4m3 uniform255 lloyd16; do
             gs="grid.plugin=$g"
             [ "$g" = uniform255 ] && gs="grid.plugin=uniform,grid.size=255"
+            [ "$g" = lloyd16 ] && gs="grid.plugin=lloyd_max,grid.size=16"
             echo "qat_$g=flip.plugin=latent_adamw,$gs"
             echo "ac_$g=$BEST,$gs"
         done ;;
