@@ -200,7 +200,7 @@ static int solve(const dist *d, int size, double *y, double *work)
     }
     double err = residual(d, y, K, odd, t, f, jl, jd, ju);
     for (int it = 0; it < MAX_ITER && err > TOL; it++) {
-        if (!(err == err) || !tridiag(jl, jd, ju, f, K))
+        if (isnan(err) || !tridiag(jl, jd, ju, f, K))
             return 0;
         /* y - lambda * delta, lambda halved until ascending, positive and |F| no larger */
         double lambda = 1.0, nerr = NAN;
@@ -213,11 +213,11 @@ static int solve(const dist *d, int size, double *y, double *work)
             if (!ok)
                 continue;
             nerr = residual(d, ny, K, odd, t, jl, NULL, NULL, NULL); /* jl as scratch */
-            if (nerr == nerr && nerr < err)
+            if (!isnan(nerr) && nerr < err)
                 break;
             nerr = NAN;
         }
-        if (!(nerr == nerr))
+        if (isnan(nerr))
             return 0;
         memcpy(y, ny, (size_t)K * sizeof *y);
         err = residual(d, y, K, odd, t, f, jl, jd, ju);
